@@ -1,0 +1,19 @@
+"""qdriver: run QEMU/KVM guests from libvirt domain XML over QMP, no daemon.
+
+``async with Driver(state_dir) as drv: dom = await drv.define_xml(xml)``
+"""
+from .domain import Domain, DomainState
+from .driver import Driver
+from .errors import (AgentUnresponsiveError, ConfigUnsupportedError, DomainBusyError,
+                     ErrorCode, InternalError, InvalidArgError, InvalidSnapshotError,
+                     NoDomainError, NoSnapshotError, NoSupportError, OperationFailedError,
+                     OperationInvalidError, OperationTimeoutError, OperationUnsupportedError,
+                     QDriverError, SystemError_, XMLError)
+
+__all__ = [
+    "Domain", "DomainState", "Driver", "AgentUnresponsiveError", "ConfigUnsupportedError",
+    "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
+    "NoDomainError", "NoSnapshotError", "NoSupportError", "OperationFailedError",
+    "OperationInvalidError", "OperationTimeoutError", "OperationUnsupportedError",
+    "QDriverError", "SystemError_", "XMLError",
+]

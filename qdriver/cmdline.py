@@ -1,0 +1,196 @@
+"""Build the QEMU command line for a domain definition.
+
+Pure: a `DomainDef`, the domain's paths and the accelerator go in, an argument
+list comes out.  Disks are attached with ``-blockdev`` under stable node names
+(`format_node`, `file_node`) so that later QMP ``transaction``,
+``blockdev-snapshot`` and ``snapshot-save`` commands can address them.
+QEMU always starts with ``-S``; the caller decides whether to ``cont``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+
+from .errors import ConfigUnsupportedError
+from .paths import DomainPaths
+from .xml.domain import CharDef, DiskDef, DomainDef
+
+NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
+              "rtl8139": "rtl8139"}
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def format_node(target: str) -> str:
+    """The node name of a disk's format (top) layer."""
+    return f"fmt-{target}"
+
+
+def file_node(target: str) -> str:
+    """The node name of a disk's protocol (file) layer."""
+    return f"file-{target}"
+
+
+def emulator_for(d: DomainDef) -> str:
+    """The QEMU binary: ``<emulator>`` or ``qemu-system-ARCH`` from PATH."""
+    if d.emulator:
+        return d.emulator
+    found = shutil.which(f"qemu-system-{d.arch}")
+    if not found:
+        raise ConfigUnsupportedError(f"no emulator for arch '{d.arch}': qemu-system-{d.arch} "
+                                     "is not installed")
+    return found
+
+
+@dataclass
+class _Builder:
+    d: DomainDef
+    paths: DomainPaths
+    argv: list[str] = field(default_factory=list)
+    controllers: set[str] = field(default_factory=set)
+
+    def add(self, *args: str) -> None:
+        self.argv.extend(args)
+
+    def controller(self, cid: str, device: str) -> None:
+        if cid not in self.controllers:
+            self.controllers.add(cid)
+            self.add("-device", f"{device},id={cid}")
+
+
+def build(d: DomainDef, paths: DomainPaths, accel: str) -> list[str]:
+    """The full argument list that starts ``d`` paused (``-S``)."""
+    if d.unsupported:
+        raise ConfigUnsupportedError(
+            f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
+    b = _Builder(d, paths)
+    b.add(emulator_for(d), "-name", f"guest={d.name},debug-threads=on", "-S",
+          "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
+          "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
+    _machine(b, accel)
+    b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
+    _boot(b)
+    _monitors(b)
+    for disk in d.disks:
+        _disk(b, disk)
+    for i, iface in enumerate(d.interfaces):
+        _interface(b, i, iface.model, iface.mac, iface.forwards)
+    for i, serial in enumerate(d.serials):
+        _serial(b, i, serial)
+    for i, chan in enumerate(d.channels):
+        _channel(b, i, chan)
+    for g in d.graphics:
+        b.add("-vnc", f"{g.listen}:{g.port - 5900}" if g.port else f"{g.listen}:0,to=99",
+              "-device", "VGA,id=video0")
+    if d.balloon:
+        b.add("-device", "virtio-balloon-pci,id=balloon0")
+    if d.rng:
+        b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
+              "-device", "virtio-rng-pci,rng=objrng0,id=rng0")
+    return b.argv
+
+
+def _machine(b: _Builder, accel: str) -> None:
+    d = b.d
+    opts = [d.machine, f"accel={accel}"]
+    if not d.acpi:
+        opts.append("acpi=off")
+    b.add("-machine", ",".join(opts))
+    if d.cpu_mode in ("host-passthrough", "host-model"):
+        if accel != "kvm":
+            raise ConfigUnsupportedError(f"CPU mode '{d.cpu_mode}' needs KVM "
+                                         "(domain type='kvm'), not TCG")
+        b.add("-cpu", "host")
+    elif d.cpu_mode == "maximum":
+        b.add("-cpu", "max")
+    elif d.cpu_model:
+        b.add("-cpu", d.cpu_model)
+    if d.on_poweroff == "preserve":
+        b.add("-no-shutdown")
+    if d.on_reboot == "destroy":
+        b.add("-no-reboot")
+
+
+def _boot(b: _Builder) -> None:
+    d = b.d
+    if d.kernel:
+        b.add("-kernel", d.kernel)
+        if d.initrd:
+            b.add("-initrd", d.initrd)
+        if d.cmdline:
+            b.add("-append", d.cmdline)
+    elif d.boot_devs:
+        letters = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
+        b.add("-boot", "order=" + "".join(letters.get(x, "c") for x in d.boot_devs))
+
+
+def _monitors(b: _Builder) -> None:
+    for cid, path in (("qmp", b.paths.qmp), ("qmpquery", b.paths.qmp_query)):
+        b.add("-chardev", f"socket,id={cid},path={path},server=on,wait=off",
+              "-mon", f"chardev={cid},mode=control")
+
+
+def _disk(b: _Builder, disk: DiskDef) -> None:
+    ro = disk.readonly
+    drive = ""
+    if disk.source:
+        b.add("-blockdev", json.dumps({
+            "driver": "file", "filename": disk.source, "node-name": file_node(disk.target),
+            "read-only": ro, "discard": "unmap"}))
+        b.add("-blockdev", json.dumps({
+            "driver": disk.format, "file": file_node(disk.target),
+            "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap"}))
+        drive = f",drive={format_node(disk.target)}"
+    index = ord(disk.target[-1]) - ord("a")
+    boot = f",bootindex={disk.boot_order}" if disk.boot_order else ""
+    kind = "cd" if disk.device == "cdrom" else "hd"
+    if disk.bus == "virtio":
+        dev = "virtio-blk-device" if b.d.machine == "microvm" else "virtio-blk-pci"
+        b.add("-device", f"{dev}{drive},id={disk.target}{boot}")
+    elif disk.bus == "sata":
+        bus = "ide"
+        if not b.d.machine.startswith(("q35", "pc-q35")):
+            b.controller("sata0", "ahci")
+            bus = "sata0"
+        b.add("-device", f"ide-{kind},bus={bus}.{index}{drive},id={disk.target}{boot}")
+    else:
+        b.controller("scsi0", "virtio-scsi-pci")
+        b.add("-device", f"scsi-{kind},bus=scsi0.0,scsi-id={index}{drive},"
+                         f"id={disk.target}{boot}")
+
+
+def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list) -> None:
+    if model not in NIC_MODELS:
+        raise ConfigUnsupportedError(f"interface model '{model}' is not supported")
+    netdev = f"user,id=hostnet{i}"
+    for pf in forwards:
+        netdev += f",hostfwd={pf.proto}:{pf.address}:{pf.host_port}-:{pf.guest_port}"
+    if mac is None:
+        h = hashlib.sha256(f"{b.d.uuid}/{i}".encode()).digest()
+        mac = "52:54:00:" + ":".join(f"{x:02x}" for x in h[:3])
+    dev = "virtio-net-device" if b.d.machine == "microvm" and model == "virtio" \
+        else NIC_MODELS[model]
+    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={mac}")
+
+
+def _serial(b: _Builder, i: int, c: CharDef) -> None:
+    cid = f"charserial{i}"
+    log = f",logfile={b.paths.console_log},logappend=on" if i == 0 else ""
+    if c.type == "pty":
+        b.add("-chardev", f"pty,id={cid}{log}")
+    elif c.type == "file":
+        b.add("-chardev", f"file,id={cid},path={c.path}")
+    else:
+        path = c.path or (b.paths.console if i == 0 else b.paths.sockets / f"serial{i}.sock")
+        server = ",server=on,wait=off" if c.mode == "bind" else ""
+        b.add("-chardev", f"socket,id={cid},path={path}{server}{log}")
+    b.add("-device", f"isa-serial,chardev={cid},id=serial{i}")
+
+
+def _channel(b: _Builder, i: int, c: CharDef) -> None:
+    b.controller("virtio-serial0", "virtio-serial-pci")
+    path = c.path or b.paths.channel(i)
+    b.add("-chardev", f"socket,id=charchannel{i},path={path},server=on,wait=off",
+          "-device", f"virtserialport,bus=virtio-serial0.0,nr={i + 1},"
+                     f"chardev=charchannel{i},id=channel{i},name={c.target_name or ''}")

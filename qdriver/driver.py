@@ -1,0 +1,113 @@
+"""The Driver: the set of domains in one state dir, like a libvirt connection.
+
+There is no daemon: a Driver is cheap to open, and any number of processes
+may open the same state dir; per-domain locks keep their operations apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+
+from . import accel
+from .domain import Domain
+from .errors import NoDomainError, OperationFailedError, OperationInvalidError, XMLError
+from .paths import default_state_dir
+from .statestore import locked, next_counter
+from .xml.domain import DomainDef
+
+
+class Driver:
+    """Entry point of the API: ``async with Driver(state_dir) as drv: ...``."""
+
+    def __init__(self, state_dir: str | Path | None = None, lock_timeout: float = 30.0) -> None:
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.lock_timeout = lock_timeout
+        (self.state_dir / "domains").mkdir(parents=True, exist_ok=True)
+
+    async def __aenter__(self) -> Driver:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+    # -- domains ------------------------------------------------------------
+
+    def _load(self, name: str) -> Domain | None:
+        path = self.state_dir / "domains" / name / "domain.xml"
+        try:
+            text = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Domain(self, DomainDef.parse(text))
+
+    def list_domains(self) -> list[Domain]:
+        """Every defined domain, by name."""
+        doms = []
+        for entry in sorted((self.state_dir / "domains").iterdir()):
+            try:
+                dom = self._load(entry.name)
+            except XMLError:
+                continue  # a damaged definition must not hide the others
+            if dom is not None:
+                doms.append(dom)
+        return doms
+
+    def lookup(self, name: str) -> Domain:
+        """The domain named ``name``; `NoDomainError` if there is none."""
+        if name and "/" not in name and not name.startswith("."):
+            dom = self._load(name)
+            if dom is not None:
+                return dom
+        raise NoDomainError(f"no domain with matching name '{name}'")
+
+    def lookup_by_uuid(self, uuid: str) -> Domain:
+        """The domain with that uuid."""
+        for dom in self.list_domains():
+            if dom.uuid == uuid.lower():
+                return dom
+        raise NoDomainError(f"no domain with matching uuid '{uuid}'")
+
+    async def define_xml(self, xml: str | bytes) -> Domain:
+        """Define (or redefine, same name and uuid) a persistent domain."""
+        definition = DomainDef.parse(xml)
+        async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
+            for other in self.list_domains():
+                if other.name == definition.name and other.uuid != definition.uuid:
+                    raise OperationFailedError(f"domain '{other.name}' already exists with "
+                                               f"uuid {other.uuid}")
+                if other.uuid == definition.uuid and other.name != definition.name:
+                    raise OperationFailedError(f"domain '{other.name}' is already defined "
+                                               f"with uuid {other.uuid}")
+            dom = Domain(self, definition)
+            dom.save_definition()
+            return dom
+
+    async def undefine(self, dom: Domain, snapshots_metadata: bool = False) -> None:
+        """Remove a shut-off domain's definition and its files."""
+        async with dom._locked():
+            if dom.is_active:
+                raise OperationInvalidError("cannot undefine a running domain; destroy it first")
+            snaps = sorted(dom.paths.snapshots.glob("*.xml")) if dom.paths.snapshots.exists() \
+                else []
+            if snaps and not snapshots_metadata:
+                raise OperationInvalidError(
+                    f"cannot delete inactive domain with {len(snaps)} snapshots")
+            for path in snaps:
+                path.unlink()
+            for path in sorted(dom.paths.dir.rglob("*"), reverse=True):
+                if path.name != "lock":
+                    path.rmdir() if path.is_dir() else path.unlink()
+        dom.paths.lock.unlink(missing_ok=True)
+        dom.paths.dir.rmdir()
+
+    def next_id(self) -> int:
+        """A fresh libvirt-style domain id."""
+        return next_counter(self.state_dir / "next-id")
+
+    # -- host ---------------------------------------------------------------
+
+    @staticmethod
+    def accelerators() -> list[accel.AccelStatus]:
+        """Which of KVM and TCG this host can use, and why not."""
+        return [accel.probe("kvm"), accel.probe("qemu")]

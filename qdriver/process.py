@@ -1,0 +1,150 @@
+"""Start QEMU detached and supervise it without a daemon.
+
+QEMU runs under a tiny ``/bin/sh`` supervisor in its own session: the
+supervisor is QEMU's parent, reaps it and writes its exit status to a file.
+The Python process that started it can exit; a later one finds QEMU by the
+pid in the runtime record, checks that the pid is still that QEMU (process
+start time and the monitor path on its command line), and learns how it
+ended from the exit file: 0 for a guest power-off or a requested stop,
+anything else (137 for ``kill -9``) for a crash.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from .errors import InternalError, OperationTimeoutError
+
+# $1 exit file, $2 log file, then QEMU's argv.  Arguments are passed as
+# positional parameters, never interpolated into the script.
+SUPERVISOR = ('exitfile=$1; log=$2; shift 2; '
+              '( "$@" </dev/null >>"$log" 2>&1; echo $? >"$exitfile.tmp"; '
+              'mv -f "$exitfile.tmp" "$exitfile" ) &')
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid plus its start time, so a recycled pid is not mistaken for QEMU."""
+
+    pid: int
+    start_time: int
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks; None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def is_alive(proc: ProcessId, marker: str) -> bool:
+    """Whether ``proc`` still runs and its command line mentions ``marker``."""
+    if start_time(proc.pid) != proc.start_time:
+        return False
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return marker.encode() in cmdline
+
+
+def spawn(argv: list[str], exitfile: Path, logfile: Path) -> None:
+    """Launch ``argv`` under the supervisor, detached from this process."""
+    for stale in (exitfile, exitfile.with_name(exitfile.name + ".tmp")):
+        stale.unlink(missing_ok=True)
+    subprocess.run(["/bin/sh", "-c", SUPERVISOR, "qdriver-supervise", str(exitfile),
+                    str(logfile), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, start_new_session=True, check=True)
+
+
+def exit_status(exitfile: Path) -> int | None:
+    """QEMU's exit status as the supervisor recorded it, if it has exited."""
+    try:
+        return int(exitfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: Path,
+                         timeout: float) -> ProcessId:
+    """Wait until QEMU wrote its pidfile and made its monitor socket.
+
+    Raises with the tail of QEMU's log if it exited instead.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if exit_status(exitfile) is not None:
+            raise InternalError(f"process exited while connecting to monitor: "
+                                f"{log_tail(logfile)}")
+        try:
+            pid = int(pidfile.read_text().strip())
+            st = start_time(pid)
+            if st is not None and socket.exists():
+                return ProcessId(pid, st)
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise OperationTimeoutError(f"QEMU did not start within {timeout:g} s")
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def log_tail(logfile: Path, lines: int = 5) -> str:
+    """The last lines of a log, for error messages."""
+    try:
+        text = logfile.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+async def wait_exit(proc: ProcessId, timeout: float) -> bool:
+    """Wait until ``proc`` is gone; True if it went within ``timeout``."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pidfd = -1
+    try:
+        with anyio.move_on_after(timeout):
+            while start_time(proc.pid) == proc.start_time:
+                if pidfd >= 0:
+                    with anyio.move_on_after(0.05):
+                        await anyio.wait_readable(pidfd)  # type: ignore[arg-type]
+                else:
+                    await anyio.sleep(0.005)
+            return True
+        return False
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def signal_process(proc: ProcessId, sig: signal.Signals) -> None:
+    """Send ``sig`` if ``proc`` is still the same process."""
+    if start_time(proc.pid) == proc.start_time:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+async def terminate(proc: ProcessId, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; return once it is gone."""
+    signal_process(proc, signal.SIGTERM)
+    if not await wait_exit(proc, grace):
+        signal_process(proc, signal.SIGKILL)
+        await wait_exit(proc, 10.0)

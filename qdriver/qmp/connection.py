@@ -1,0 +1,97 @@
+"""A QMP connection to one QEMU with timeouts on everything.
+
+QEMU's monitor socket serves one client at a time, so qdriver connects for
+an operation and disconnects after it (see `open_monitor`).  Every wait has a
+timeout, and a monitor that closes under us becomes `MonitorClosedError`
+instead of a hang.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+import anyio
+from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp.error import QMPError
+
+from .errors import CommandError, MonitorClosedError, MonitorConnectError, MonitorTimeoutError
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class Monitor:
+    """An open QMP session: execute commands, pass fds, listen for events."""
+
+    def __init__(self, client: QMPClient, path: Path) -> None:
+        self.client = client
+        self.path = path
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None,
+                      timeout: float = DEFAULT_TIMEOUT) -> object:
+        """Run one command and return its result; errors become `CommandError`."""
+        try:
+            with anyio.fail_after(timeout):
+                return await self.client.execute(command, arguments)
+        except ExecuteError as e:
+            raise CommandError(command, e.error_class, e.error.desc) from None
+        except TimeoutError:
+            raise MonitorTimeoutError(f"QEMU did not answer '{command}' "
+                                      f"within {timeout:g} s") from None
+        except (ExecInterruptedError, EOFError, ConnectionError) as e:
+            raise MonitorClosedError(f"QEMU closed the monitor during '{command}': {e}") from None
+
+    async def hmp(self, command_line: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Run a human-monitor command and return its text output."""
+        out = await self.execute("human-monitor-command", {"command-line": command_line},
+                                 timeout)
+        return str(out)
+
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Pass ``fd`` to QEMU under ``name`` (SCM_RIGHTS + ``getfd``)."""
+        self.client.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": name})
+
+    def listener(self, *names: str) -> EventListener:
+        """An event listener for ``names``; use it as a context manager."""
+        return self.client.listener(names)
+
+
+async def connect(path: Path, timeout: float = 5.0) -> Monitor:
+    """Connect to a QMP socket and negotiate capabilities, within ``timeout``."""
+    client = QMPClient(os.path.basename(str(path)))
+    try:
+        with anyio.fail_after(timeout):
+            await client.connect(str(path))
+    except TimeoutError:
+        await _quiet_disconnect(client)
+        raise MonitorConnectError(f"QEMU monitor '{path}' did not answer "
+                                  f"within {timeout:g} s") from None
+    except (ConnectError, QMPError, OSError) as e:
+        await _quiet_disconnect(client)
+        raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from None
+    return Monitor(client, path)
+
+
+async def _quiet_disconnect(client: QMPClient) -> None:
+    try:
+        await client.disconnect()
+    except (QMPError, EOFError, OSError):
+        pass  # QEMU went away first; the connection is closed either way
+
+
+async def close(monitor: Monitor) -> None:
+    """Disconnect, ignoring a QEMU that already went away."""
+    await _quiet_disconnect(monitor.client)
+
+
+@asynccontextmanager
+async def open_monitor(path: Path, timeout: float = 5.0) -> AsyncIterator[Monitor]:
+    """``async with open_monitor(sock) as mon:`` for one operation."""
+    mon = await connect(path, timeout)
+    try:
+        yield mon
+    finally:
+        with anyio.CancelScope(shield=True):
+            await close(mon)

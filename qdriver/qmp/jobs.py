@@ -1,0 +1,44 @@
+"""Run QEMU jobs (``snapshot-save``, ``blockdev-create``, ...) to completion.
+
+QEMU reports a job's failure only in ``query-jobs`` after it concludes, so a
+job is: start it, wait for ``JOB_STATUS_CHANGE`` to ``concluded``, read its
+error, then ``job-dismiss`` it whatever happened.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import anyio
+
+from .connection import Monitor
+from .errors import JobError
+from .events import data, wait_event
+
+ProgressFn = Callable[[int, int], None]
+
+
+async def run_job(mon: Monitor, command: str, arguments: Mapping[str, object], job_id: str,
+                  timeout: float, progress: ProgressFn | None = None) -> None:
+    """Start a job with ``command`` and wait until it concluded; raise `JobError`."""
+    with mon.listener("JOB_STATUS_CHANGE") as listener:
+        await mon.execute(command, {**arguments, "job-id": job_id})
+        async with anyio.create_task_group() as tg:
+            if progress is not None:
+                tg.start_soon(_report_progress, mon, job_id, progress)
+            await wait_event(
+                listener, lambda ev: data(ev).get("id") == job_id
+                and data(ev).get("status") == "concluded", timeout, f"end of job '{job_id}'")
+            tg.cancel_scope.cancel()
+    jobs = await mon.execute("query-jobs")
+    job = next((j for j in jobs if j.get("id") == job_id), {})  # type: ignore[union-attr]
+    await mon.execute("job-dismiss", {"id": job_id})
+    if job.get("error"):
+        raise JobError(job_id, str(job["error"]))
+
+
+async def _report_progress(mon: Monitor, job_id: str, progress: ProgressFn) -> None:
+    while True:
+        await anyio.sleep(0.25)
+        for job in await mon.execute("query-jobs"):  # type: ignore[union-attr]
+            if job.get("id") == job_id:
+                progress(int(job.get("current-progress", 0)), int(job.get("total-progress", 0)))

@@ -1,0 +1,96 @@
+"""Durable, crash-safe state: atomic file writes and per-domain locks.
+
+Files are written as write + fsync + rename (+ fsync of the directory), so a
+crash leaves either the old or the new content, never a torn file.  A domain's
+operations hold an exclusive ``fcntl.flock`` on its lock file; a second
+process waits up to a timeout and then gets `DomainBusyError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, TypeVar
+
+import anyio
+
+from .errors import DomainBusyError
+
+T = TypeVar("T")
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_record(path: Path, record: object) -> None:
+    """Store a dataclass as JSON, atomically."""
+    atomic_write(path, json.dumps(dataclasses.asdict(record), indent=1))  # type: ignore[call-overload]
+
+
+def read_record(path: Path, cls: type[T]) -> T | None:
+    """Load a dataclass stored by `write_record`; None if absent or unreadable."""
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+@asynccontextmanager
+async def locked(path: Path, timeout: float, what: str) -> AsyncIterator[None]:
+    """Hold an exclusive flock on ``path``; `DomainBusyError` after ``timeout``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DomainBusyError(f"cannot acquire state change lock: {what} is busy "
+                                          f"with another operation (waited {timeout:g} s)")
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def next_counter(path: Path) -> int:
+    """Increment and return a counter stored in ``path`` (under flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.read(fd, 32).strip()
+        value = int(raw) + 1 if raw.isdigit() else 1
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(value).encode())
+        return value
+    finally:
+        os.close(fd)

@@ -1,0 +1,366 @@
+"""The libvirt domain XML model.
+
+`DomainDef.parse` reads the subset of libvirt's format qdriver interprets into
+typed dataclasses, and keeps the whole element tree so that `DomainDef.to_xml`
+writes back everything, including elements qdriver does not interpret.  What
+qdriver cannot honour is listed in `DomainDef.unsupported`; starting such a
+domain is an error that names it (see `qdriver.cmdline`).
+"""
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from ..errors import ConfigUnsupportedError, XMLError
+from . import safe
+
+UNITS: dict[str, int] = {
+    "b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
+    "mib": 1024**2, "gb": 1000**3, "g": 1024**3, "gib": 1024**3, "tb": 1000**4,
+    "t": 1024**4, "tib": 1024**4,
+}
+DISK_FORMATS = ("qcow2", "raw")
+DISK_BUSES = ("virtio", "sata", "scsi")
+NAME_RE = re.compile(r"^[^/\x00-\x1f]+$")
+
+# Elements accepted and either interpreted or harmless to leave to QEMU's defaults.
+TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
+             "vcpu", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot",
+             "on_crash", "devices", "pm"}
+FEATURES = {"acpi", "apic", "pae"}
+DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
+           "controller", "memballoon", "input", "video", "rng"}
+LIFECYCLE = {"on_poweroff": ("destroy", "preserve"), "on_reboot": ("restart", "destroy"),
+             "on_crash": ("destroy", "preserve", "restart", "coredump-destroy",
+                          "coredump-restart")}
+
+
+@dataclass
+class DiskDef:
+    """One ``<disk>``: a file-backed disk or cdrom."""
+
+    target: str
+    bus: str
+    device: str = "disk"
+    source: str | None = None
+    format: str = "raw"
+    readonly: bool = False
+    snapshot: str | None = None
+    """The domain-level default snapshot mode (``<disk snapshot=...>``)."""
+    boot_order: int | None = None
+
+
+@dataclass
+class PortForward:
+    """A host port forwarded to the guest over user-mode networking."""
+
+    proto: str
+    host_port: int
+    guest_port: int
+    address: str = "127.0.0.1"
+
+
+@dataclass
+class InterfaceDef:
+    """A user-mode (slirp) network interface."""
+
+    model: str = "virtio"
+    mac: str | None = None
+    forwards: list[PortForward] = field(default_factory=list)
+
+
+@dataclass
+class CharDef:
+    """A serial port, console or channel."""
+
+    kind: str
+    type: str
+    path: str | None = None
+    mode: str = "bind"
+    target_name: str | None = None
+
+
+@dataclass
+class GraphicsDef:
+    """A VNC display, listening on loopback only."""
+
+    type: str
+    listen: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass
+class DomainDef:
+    """A parsed libvirt domain definition."""
+
+    root: safe.Element
+    type: str
+    name: str
+    uuid: str
+    memory_kib: int
+    vcpus: int = 1
+    arch: str = "x86_64"
+    machine: str = "q35"
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    boot_devs: list[str] = field(default_factory=list)
+    acpi: bool = False
+    cpu_mode: str | None = None
+    cpu_model: str | None = None
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    emulator: str | None = None
+    disks: list[DiskDef] = field(default_factory=list)
+    interfaces: list[InterfaceDef] = field(default_factory=list)
+    serials: list[CharDef] = field(default_factory=list)
+    channels: list[CharDef] = field(default_factory=list)
+    graphics: list[GraphicsDef] = field(default_factory=list)
+    balloon: bool = False
+    rng: bool = False
+    unsupported: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> DomainDef:
+        """Parse domain XML text; raise `XMLError` or `ConfigUnsupportedError`."""
+        return _parse(safe.parse(text, "domain XML"))
+
+    def to_xml(self, domain_id: int | None = None) -> str:
+        """The definition as libvirt would print it (live XML carries the id)."""
+        root = safe.copy(self.root)
+        if domain_id is not None:
+            root.set("id", str(domain_id))
+        return safe.tostring(root)
+
+    def disk(self, target: str) -> DiskDef | None:
+        """The disk with that target name, if any."""
+        return next((d for d in self.disks if d.target == target), None)
+
+
+def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None:
+    """A libvirt scaled integer (``<memory unit='MiB'>256</memory>``) in KiB."""
+    if el is None:
+        return None
+    unit = (el.get("unit") or default_unit).lower()
+    if unit not in UNITS:
+        raise XMLError(f"unknown suffix '{el.get('unit')}'")
+    try:
+        value = int((el.text or "").strip())
+    except ValueError:
+        raise XMLError(f"invalid value '{el.text}' for <{el.tag}>") from None
+    return value * UNITS[unit] // 1024
+
+
+def _text(root: safe.Element, path: str) -> str | None:
+    el = root.find(path)
+    return el.text.strip() if el is not None and el.text else None
+
+
+def _parse(root: safe.Element) -> DomainDef:
+    if root.tag != "domain":
+        raise XMLError(f"unexpected root element <{root.tag}>, expecting <domain>")
+    dtype = root.get("type")
+    if dtype not in ("kvm", "qemu"):
+        raise ConfigUnsupportedError(f"domain type '{dtype}' is not supported: use 'kvm' or 'qemu'")
+    name = _text(root, "name")
+    if not name:
+        raise XMLError("missing domain name information")
+    if not NAME_RE.match(name) or name.startswith("."):
+        raise XMLError(f"name '{name}' cannot contain '/', control characters or start with '.'")
+    memory = parse_size(root.find("memory"))
+    if not memory:
+        raise XMLError("missing or zero <memory> in domain XML")
+    d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory)
+    d.vcpus = int(_text(root, "vcpu") or 1)
+    _parse_os(root, d)
+    _parse_features(root, d)
+    _parse_cpu(root, d)
+    for el_name, allowed in LIFECYCLE.items():
+        value = _text(root, el_name) or getattr(d, el_name)
+        if value not in allowed:
+            d.unsupported.append(f"<{el_name}>{value}</{el_name}>")
+        setattr(d, el_name, value)
+    d.unsupported += [f"<{c.tag}>" for c in safe.children(root) if c.tag not in TOP_LEVEL]
+    clock = root.find("clock")
+    if clock is not None and clock.get("offset", "utc") != "utc":
+        d.unsupported.append(f"<clock offset='{clock.get('offset')}'>")
+    _parse_devices(root, d)
+    return d
+
+
+def _uuid(root: safe.Element) -> str:
+    """The domain's uuid, generated (and added to the tree) when absent."""
+    text = _text(root, "uuid")
+    if text is None:
+        value = str(uuidlib.uuid4())
+        el = safe.new("uuid", text=value)
+        name = root.find("name")
+        name.addnext(el)
+        return value
+    try:
+        return str(uuidlib.UUID(text))
+    except ValueError:
+        raise XMLError(f"malformed uuid element '{text}'") from None
+
+
+def _parse_os(root: safe.Element, d: DomainDef) -> None:
+    os_el = root.find("os")
+    if os_el is None:
+        return
+    t = os_el.find("type")
+    if t is not None:
+        if (t.text or "hvm").strip() != "hvm":
+            d.unsupported.append(f"<os><type>{t.text}</type>")
+        d.arch = t.get("arch", d.arch)
+        d.machine = t.get("machine", d.machine)
+    d.kernel = _text(os_el, "kernel")
+    d.initrd = _text(os_el, "initrd")
+    d.cmdline = _text(os_el, "cmdline")
+    d.boot_devs = [b.get("dev", "hd") for b in os_el.findall("boot")]
+    known = {"type", "kernel", "initrd", "cmdline", "boot"}
+    d.unsupported += [f"<os><{c.tag}>" for c in safe.children(os_el) if c.tag not in known]
+
+
+def _parse_features(root: safe.Element, d: DomainDef) -> None:
+    feats = root.find("features")
+    if feats is None:
+        return
+    for f in safe.children(feats):
+        if f.tag not in FEATURES:
+            d.unsupported.append(f"<features><{f.tag}>")
+    d.acpi = feats.find("acpi") is not None
+
+
+def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
+    cpu = root.find("cpu")
+    if cpu is None:
+        return
+    d.cpu_mode = cpu.get("mode", "custom")
+    if d.cpu_mode not in ("host-passthrough", "host-model", "maximum", "custom"):
+        raise XMLError(f"Invalid CPU mode '{d.cpu_mode}'")
+    d.cpu_model = _text(cpu, "model")
+
+
+def _parse_devices(root: safe.Element, d: DomainDef) -> None:
+    devs = root.find("devices")
+    if devs is None:
+        return
+    for el in safe.children(devs):
+        handler = DEVICE_PARSERS.get(el.tag)
+        if handler is None and el.tag not in DEVICES:
+            d.unsupported.append(f"<devices><{el.tag}>")
+        elif handler is not None:
+            handler(el, d)
+    targets = [disk.target for disk in d.disks]
+    dup = {t for t in targets if targets.count(t) > 1}
+    if dup:
+        raise XMLError(f"target '{sorted(dup)[0]}' duplicated for disk sources")
+
+
+def _parse_emulator(el: safe.Element, d: DomainDef) -> None:
+    d.emulator = (el.text or "").strip() or None
+
+
+def _parse_disk(el: safe.Element, d: DomainDef) -> None:
+    dtype, device = el.get("type", "file"), el.get("device", "disk")
+    target = el.find("target")
+    if target is None or not target.get("dev"):
+        raise XMLError("missing target information for device")
+    tdev = target.get("dev")
+    if dtype != "file" or device not in ("disk", "cdrom"):
+        d.unsupported.append(f"<disk type='{dtype}' device='{device}'> ({tdev})")
+        return
+    driver = el.find("driver")
+    fmt = driver.get("type", "raw") if driver is not None else "raw"
+    if fmt not in DISK_FORMATS:
+        raise ConfigUnsupportedError(f"unknown driver format value '{fmt}' for disk '{tdev}'")
+    bus = target.get("bus") or ("virtio" if tdev.startswith("vd") else "sata")
+    if bus not in DISK_BUSES:
+        d.unsupported.append(f"<target bus='{bus}'> ({tdev})")
+    if device == "cdrom" and bus == "virtio":
+        raise XMLError(f"disk '{tdev}': cdrom device cannot use the virtio bus")
+    source = el.find("source")
+    path = source.get("file") if source is not None else None
+    if device == "disk" and not path:
+        raise XMLError(f"disk '{tdev}' has no source file")
+    boot = el.find("boot")
+    d.disks.append(DiskDef(
+        target=tdev, bus=bus, device=device, source=path, format=fmt,
+        readonly=el.find("readonly") is not None or device == "cdrom",
+        snapshot=el.get("snapshot"),
+        boot_order=int(boot.get("order", "0")) or None if boot is not None else None))
+
+
+def _parse_interface(el: safe.Element, d: DomainDef) -> None:
+    if el.get("type") != "user":
+        d.unsupported.append(f"<interface type='{el.get('type')}'>")
+        return
+    model = el.find("model")
+    mac = el.find("mac")
+    iface = InterfaceDef(model=model.get("type", "virtio") if model is not None else "virtio",
+                         mac=mac.get("address") if mac is not None else None)
+    for pf in el.findall("portForward"):
+        for rng in pf.findall("range"):
+            iface.forwards.append(PortForward(
+                proto=pf.get("proto", "tcp"), host_port=int(rng.get("start", "0")),
+                guest_port=int(rng.get("to") or rng.get("start", "0")),
+                address=pf.get("address", "127.0.0.1")))
+    d.interfaces.append(iface)
+
+
+def _parse_chardev(el: safe.Element, d: DomainDef) -> None:
+    ctype = el.get("type", "pty")
+    source = el.find("source")
+    if ctype not in ("pty", "file", "unix"):
+        d.unsupported.append(f"<{el.tag} type='{ctype}'>")
+        return
+    path = source.get("path") if source is not None else None
+    mode = source.get("mode", "bind") if source is not None else "bind"
+    if ctype == "file" and not path:
+        raise XMLError(f"<{el.tag} type='file'> needs <source path=...>")
+    if el.tag == "channel":
+        target = el.find("target")
+        name = target.get("name") if target is not None else None
+        if target is None or target.get("type") != "virtio" or ctype != "unix":
+            d.unsupported.append("<channel> other than a virtio unix channel")
+            return
+        d.channels.append(CharDef("channel", ctype, path, mode, name))
+    elif el.tag == "console" and d.serials:
+        return  # libvirt's <console> aliases the first <serial>
+    else:
+        d.serials.append(CharDef(el.tag, ctype, path, mode))
+
+
+def _parse_graphics(el: safe.Element, d: DomainDef) -> None:
+    gtype = el.get("type")
+    if gtype == "none":
+        return
+    if gtype != "vnc":
+        d.unsupported.append(f"<graphics type='{gtype}'>")
+        return
+    listen = el.get("listen") or "127.0.0.1"
+    lel = el.find("listen")
+    if lel is not None and lel.get("address"):
+        listen = lel.get("address")
+    if listen not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigUnsupportedError(f"VNC may only listen on loopback, not '{listen}'")
+    port = el.get("port")
+    autoport = el.get("autoport", "yes" if not port or port == "-1" else "no") == "yes"
+    d.graphics.append(GraphicsDef("vnc", listen, None if autoport else int(port)))
+
+
+def _parse_memballoon(el: safe.Element, d: DomainDef) -> None:
+    d.balloon = el.get("model", "virtio") != "none"
+
+
+def _parse_rng(el: safe.Element, d: DomainDef) -> None:
+    d.rng = True
+
+
+DEVICE_PARSERS = {
+    "emulator": _parse_emulator, "disk": _parse_disk, "interface": _parse_interface,
+    "serial": _parse_chardev, "console": _parse_chardev, "channel": _parse_chardev,
+    "graphics": _parse_graphics, "memballoon": _parse_memballoon, "rng": _parse_rng,
+}
