@@ -58,7 +58,7 @@ STATE_LABELS = {
 QMP_STATES: dict[str, tuple[DomainState, str]] = {
     "running": (DomainState.RUNNING, "unpaused"),
     "paused": (DomainState.PAUSED, "user"),
-    "prelaunch": (DomainState.PAUSED, "starting up"),
+    "prelaunch": (DomainState.PAUSED, "user"),  # only left there by start --paused
     "postmigrate": (DomainState.PAUSED, "migrated"),
     "finish-migrate": (DomainState.PAUSED, "migrating"),
     "inmigrate": (DomainState.PAUSED, "migrating"),

@@ -1,0 +1,166 @@
+"""Shared fixtures: the real test guest, a driver per test, cleanup checks."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import anyio
+import pytest
+
+import qdriver
+from qdriver.paths import socket_root
+
+HERE = Path(__file__).parent
+IMAGES = HERE / "vm-images"
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """The built test guest."""
+
+    dir: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinux"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """Build (or reuse) the tiny Debian guest once per session."""
+    out = Path(os.environ.get("QDRIVER_GUEST_DIR", IMAGES / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(IMAGES / "build.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return GuestImage(out)
+
+
+def domain_xml(image: GuestImage, name: str, disk: Path | None, *, cmdline: str = "",
+               memory_mib: int = 256, dtype: str = "qemu", serial: str = "pty",
+               extra_devices: str = "", disk_format: str = "qcow2") -> str:
+    """A libvirt domain XML for the test guest."""
+    disk_xml = "" if disk is None else f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='{disk_format}'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+    args = "console=ttyS0 quiet panic=-1 " + ("qd.disk=none " if disk is None else "") + cmdline
+    return f"""<domain type='{dtype}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{image.kernel}</kernel>
+    <initrd>{image.initrd}</initrd>
+    <cmdline>{args.strip()}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>{disk_xml}
+    <serial type='{serial}'/>
+    <memballoon model='none'/>{extra_devices}
+  </devices>
+</domain>
+"""
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def qemu_pids_for(state_dir: Path) -> list[int]:
+    """QEMU processes whose command line mentions this state dir."""
+    marker = str(state_dir).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and marker in cmd and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+async def driver(state_dir: Path) -> AsyncIterator[qdriver.Driver]:
+    """A Driver on a fresh state dir; tears down every domain it left running."""
+    drv = qdriver.Driver(state_dir)
+    yield drv
+    for dom in drv.list_domains():
+        if dom.is_active:
+            await dom.destroy()
+    for pid in qemu_pids_for(state_dir):
+        os.kill(pid, 9)
+        pytest.fail(f"QEMU {pid} survived the test")
+    sockets = socket_root(state_dir)
+    leftovers = list(sockets.rglob("*")) if sockets.exists() else []
+    shutil.rmtree(sockets, ignore_errors=True)
+    assert leftovers == [], f"sockets left behind: {leftovers}"
+    assert list(state_dir.rglob("run.json")) == []
+
+
+@pytest.fixture
+def make_domain(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
+                ) -> Callable[..., Awaitable[qdriver.Domain]]:
+    """Define a test-guest domain with a private copy of the disk."""
+    async def make(name: str = "guest", with_disk: bool = True, **kw: object) -> qdriver.Domain:
+        disk = None
+        if with_disk:
+            disk = tmp_path / f"{name}.qcow2"
+            shutil.copyfile(guest_image.disk, disk)
+        return await driver.define_xml(domain_xml(guest_image, name, disk, **kw))  # type: ignore[arg-type]
+    return make
+
+
+async def wait_console(dom: qdriver.Domain, marker: str, timeout: float = 60.0,
+                       after: int = 0) -> str:
+    """Wait until ``marker`` appears in the console log (past offset ``after``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = dom.paths.console_log.read_text(errors="replace")[after:]
+        except FileNotFoundError:
+            text = ""
+        if marker in text:
+            return text
+        await anyio.sleep(0.05)
+    raise AssertionError(f"'{marker}' not on the console of {dom.name} within {timeout} s")
+
+
+def last_counter(dom: qdriver.Domain) -> int:
+    """The last COUNTER value the guest printed."""
+    lines = [ln for ln in dom.paths.console_log.read_text(errors="replace").splitlines()
+             if ln.startswith("COUNTER ")]
+    return int(lines[-1].split()[1]) if lines else 0
+
+
+def run_cli(state_dir: Path, *args: str, check: bool = True,
+            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``qdriver`` CLI in a separate process."""
+    result = subprocess.run([sys.executable, "-m", "qdriver.cli", "--state-dir",
+                             str(state_dir), *args], capture_output=True, input=input,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"qdriver {' '.join(args)} failed: {result.stderr.decode()}")
+    return result

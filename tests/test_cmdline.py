@@ -1,0 +1,83 @@
+"""The QEMU command-line builder (pure)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qdriver import cmdline
+from qdriver.errors import ConfigUnsupportedError
+from qdriver.paths import DomainPaths
+from qdriver.xml.domain import DomainDef
+
+XML = """<domain type='{t}'>
+  <name>c</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <memory unit='MiB'>256</memory><vcpu>2</vcpu>
+  <os><type machine='q35'>hvm</type><kernel>/k</kernel><initrd>/i</initrd>
+      <cmdline>console=ttyS0</cmdline></os>
+  <features><acpi/></features>{cpu}
+  <devices>
+    <disk type='file' device='disk'><driver type='qcow2'/><source file='/d/a.qcow2'/>
+      <target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver type='raw'/><source file='/d/b.img'/>
+      <target dev='sdb' bus='sata'/><readonly/></disk>
+    <disk type='file' device='cdrom'><target dev='sdc' bus='scsi'/></disk>
+    <interface type='user'><portForward proto='tcp'><range start='2222' to='22'/>
+      </portForward></interface>
+    <serial type='pty'/>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <graphics type='vnc' port='5901'/>
+  </devices>
+</domain>"""
+
+
+def build(tmp_path: Path, t: str = "qemu", cpu: str = "", accel: str = "tcg") -> list[str]:
+    d = DomainDef.parse(XML.format(t=t, cpu=cpu))
+    return cmdline.build(d, DomainPaths.of(tmp_path, "c"), accel)
+
+
+def opts(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_starts_paused_with_two_monitors(tmp_path: Path) -> None:
+    argv = build(tmp_path)
+    assert "-S" in argv
+    assert opts(argv, "-machine") == ["q35,accel=tcg"]
+    assert opts(argv, "-m") == ["size=262144k"] and opts(argv, "-smp") == ["2"]
+    assert opts(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmpquery,mode=control"]
+    paths = DomainPaths.of(tmp_path, "c")
+    assert len(str(paths.qmp)) <= 107
+    assert any(str(paths.qmp) in c for c in opts(argv, "-chardev"))
+
+
+def test_disks_use_blockdev_with_stable_node_names(tmp_path: Path) -> None:
+    argv = build(tmp_path)
+    nodes = [json.loads(b) for b in opts(argv, "-blockdev")]
+    assert [n["node-name"] for n in nodes] == ["file-vda", "fmt-vda", "file-sdb", "fmt-sdb"]
+    assert nodes[1] == {"driver": "qcow2", "file": "file-vda", "node-name": "fmt-vda",
+                        "read-only": False, "discard": "unmap"}
+    assert nodes[3]["driver"] == "raw" and nodes[3]["read-only"] is True
+    devices = opts(argv, "-device")
+    assert "virtio-blk-pci,drive=fmt-vda,id=vda" in devices
+    assert "ide-hd,bus=ide.1,drive=fmt-sdb,id=sdb" in devices
+    assert "virtio-scsi-pci,id=scsi0" in devices
+    assert "scsi-cd,bus=scsi0.0,scsi-id=2,id=sdc" in devices
+
+
+def test_network_serial_channel_vnc(tmp_path: Path) -> None:
+    argv = build(tmp_path)
+    assert opts(argv, "-netdev") == ["user,id=hostnet0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    chardevs = opts(argv, "-chardev")
+    assert any(c.startswith("pty,id=charserial0,logfile=") for c in chardevs)
+    assert any("name=org.qemu.guest_agent.0" in d for d in opts(argv, "-device"))
+    assert opts(argv, "-vnc") == ["127.0.0.1:1"]
+
+
+def test_kvm_and_cpu_modes(tmp_path: Path) -> None:
+    argv = build(tmp_path, t="kvm", cpu="<cpu mode='host-passthrough'/>", accel="kvm")
+    assert opts(argv, "-cpu") == ["host"] and opts(argv, "-machine") == ["q35,accel=kvm"]
+    assert opts(build(tmp_path, cpu="<cpu mode='maximum'/>"), "-cpu") == ["max"]
+    with pytest.raises(ConfigUnsupportedError, match="host-passthrough' needs KVM"):
+        build(tmp_path, cpu="<cpu mode='host-passthrough'/>")
