@@ -107,17 +107,17 @@ async def snapshot_list(path: StrPath) -> tuple[SnapshotInfo, ...]:
 
 async def snapshot_create(path: StrPath, name: str) -> None:
     """``qemu-img snapshot -c NAME``."""
-    await run("snapshot", "-q", "-f", "qcow2", "-c", name, path)
+    await run("snapshot", "-q", "-c", name, path)
 
 
 async def snapshot_apply(path: StrPath, name: str) -> None:
     """``qemu-img snapshot -a NAME``."""
-    await run("snapshot", "-q", "-f", "qcow2", "-a", name, path)
+    await run("snapshot", "-q", "-a", name, path)
 
 
 async def snapshot_delete(path: StrPath, name: str) -> None:
     """``qemu-img snapshot -d NAME``."""
-    await run("snapshot", "-q", "-f", "qcow2", "-d", name, path)
+    await run("snapshot", "-q", "-d", name, path)
 
 
 def exists(path: StrPath) -> bool:

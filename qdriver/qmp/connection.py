@@ -35,7 +35,7 @@ class Monitor:
             with anyio.fail_after(timeout):
                 return await self.client.execute(command, arguments)
         except ExecuteError as e:
-            raise CommandError(command, e.error_class, e.error.desc) from None
+            raise CommandError(command, e.error_class, e.error.error.desc) from None
         except TimeoutError:
             raise MonitorTimeoutError(f"QEMU did not answer '{command}' "
                                       f"within {timeout:g} s") from None

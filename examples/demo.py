@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The main job end to end: define the test guest, start it, show its console's
+ready line, suspend and resume it, shut it down.  Later issues extend this
+with every snapshot kind, revert and the snapshot tree.
+
+Usage: python3 examples/demo.py [WORKDIR]   (builds the test guest if needed)
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+import qdriver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_for(dom: qdriver.Domain, marker: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = dom.paths.console_log.read_text(errors="replace") \
+            if dom.paths.console_log.exists() else ""
+        for line in text.splitlines():
+            if marker in line:
+                return line
+        await anyio.sleep(0.05)
+    raise SystemExit(f"demo: '{marker}' did not appear on the console")
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+async def main(work: Path) -> None:
+    images = ROOT / "tests" / "vm-images" / "out"
+    subprocess.run([sys.executable, str(ROOT / "tests/vm-images/build.py"), str(images)],
+                   check=True, stdout=subprocess.DEVNULL)
+    disk = work / "demo.qcow2"
+    shutil.copyfile(images / "disk.qcow2", disk)
+    xml = f"""<domain type='qemu'>
+  <name>demo</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{images / 'vmlinux'}</kernel>
+    <initrd>{images / 'initrd.img'}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1 qd.interval=0.5</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='pty'/>
+  </devices>
+</domain>"""
+    async with qdriver.Driver(work / "state") as drv:
+        step("define")
+        dom = await drv.define_xml(xml)
+        print(f"Domain '{dom.name}' defined, uuid {dom.uuid}")
+        step("start (TCG)")
+        t = time.monotonic()
+        await dom.start()
+        print(f"QMP ready after {time.monotonic() - t:.2f} s; state {dom.state.label}")
+        print("console:", await wait_for(dom, "GUEST-READY"),
+              f"({time.monotonic() - t:.1f} s after start)")
+        step("suspend / resume")
+        await dom.suspend()
+        print("state:", (await dom.get_state())[0].label)
+        await dom.resume()
+        print("state:", (await dom.get_state())[0].label)
+        print("console:", await wait_for(dom, "COUNTER 2"))
+        step("shutdown (ACPI power button)")
+        graceful = await dom.shutdown(timeout=60)
+        state, reason = dom.state_reason()
+        print(f"state: {state.label} ({reason}); guest powered off by itself: {graceful}")
+        await drv.undefine(dom)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        workdir = Path(sys.argv[1])
+        workdir.mkdir(parents=True, exist_ok=True)
+        anyio.run(main, workdir.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="qdriver-demo-") as tmp:
+            anyio.run(main, Path(tmp))
