@@ -116,6 +116,10 @@ async def driver(state_dir: Path) -> AsyncIterator[qdriver.Driver]:
     sockets = socket_root(state_dir)
     leftovers = list(sockets.rglob("*")) if sockets.exists() else []
     shutil.rmtree(sockets, ignore_errors=True)
+    try:
+        sockets.parent.rmdir()  # the per-user base, once no state dir uses it
+    except OSError:
+        pass
     assert leftovers == [], f"sockets left behind: {leftovers}"
     assert list(state_dir.rglob("run.json")) == []
 
