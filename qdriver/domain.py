@@ -20,6 +20,7 @@ import anyio
 from . import accel, cmdline, process, qmp
 from .errors import (ConfigUnsupportedError, OperationInvalidError, SystemError_)
 from .paths import DomainPaths
+from .snapshot import SnapshotsMixin
 from .statestore import atomic_write, locked, read_record, write_record
 from .xml.domain import DomainDef
 
@@ -101,7 +102,7 @@ class StatusRecord:
     reason: str = "unknown"
 
 
-class Domain:
+class Domain(SnapshotsMixin):
     """One defined domain."""
 
     def __init__(self, driver: Driver, definition: DomainDef) -> None:

@@ -26,6 +26,7 @@ class ErrorCode(enum.IntEnum):
     OPERATION_TIMEOUT = 68
     INVALID_DOMAIN_SNAPSHOT = 71
     NO_DOMAIN_SNAPSHOT = 72
+    ARGUMENT_UNSUPPORTED = 74
     SNAPSHOT_REVERT_RISKY = 77
     OPERATION_UNSUPPORTED = 84
     AGENT_UNRESPONSIVE = 86
@@ -140,6 +141,13 @@ class NoSnapshotError(QDriverError):
 
     code = ErrorCode.NO_DOMAIN_SNAPSHOT
     prefix = "Domain snapshot not found: "
+
+
+class ArgumentUnsupportedError(QDriverError):
+    """A requested feature is not configured for this domain."""
+
+    code = ErrorCode.ARGUMENT_UNSUPPORTED
+    prefix = "argument unsupported: "
 
 
 class OperationUnsupportedError(QDriverError):

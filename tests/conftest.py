@@ -162,7 +162,7 @@ def last_counter(dom: qdriver.Domain) -> int:
 def run_cli(state_dir: Path, *args: str, check: bool = True,
             input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the ``qdriver`` CLI in a separate process."""
-    result = subprocess.run([sys.executable, "-m", "qdriver.cli", "--state-dir",
+    result = subprocess.run([sys.executable, "-m", "qdriver", "--state-dir",
                              str(state_dir), *args], capture_output=True, input=input,
                             timeout=timeout)
     if check and result.returncode != 0:

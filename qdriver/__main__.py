@@ -1,0 +1,4 @@
+"""``python -m qdriver``: the CLI."""
+from .cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The ``qdriver`` command: virsh's commands and output, no daemon.
+
+Each command is an async function registered with `registry.command`;
+errors print as ``error: <libvirt-style message>`` and exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import anyio
+
+from ..driver import Driver
+from ..errors import QDriverError
+from . import domain_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
+from .registry import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="state directory (env QDRIVER_STATE_DIR; "
+                             "default ~/.local/share/qdriver)")
+    parser = argparse.ArgumentParser(prog="qdriver", parents=[common],
+                                     description="virsh-compatible QEMU driver, no daemon")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, parents=[common])
+        cmd.setup(p)
+    return parser
+
+
+async def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command; return the exit status."""
+    args = build_parser().parse_args(argv)
+    state_dir = getattr(args, "state_dir", None) or os.environ.get("QDRIVER_STATE_DIR")
+    try:
+        async with Driver(state_dir) as drv:
+            return await COMMANDS[args.command].handler(drv, args)
+    except (QDriverError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(anyio.run(run, sys.argv[1:] if argv is None else argv))

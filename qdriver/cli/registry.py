@@ -1,0 +1,50 @@
+"""The command registry shared by the CLI modules."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from ..driver import Driver
+
+Handler = Callable[[Driver, argparse.Namespace], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command: its handler, help and argument setup."""
+
+    handler: Handler
+    help: str
+    setup: Callable[[argparse.ArgumentParser], None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str,
+            setup: Callable[[argparse.ArgumentParser], None] = lambda p: None
+            ) -> Callable[[Handler], Handler]:
+    """Register a CLI command."""
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(fn, help, setup)
+        return fn
+    return register
+
+
+def domain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", help="domain name")
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def format_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+    """virsh's table layout: padded columns, a dashed rule under the header."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def line(cells: tuple[str, ...] | list[str]) -> str:
+        return (" " + "   ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()
+    rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
+    return "\n".join([line(header), rule] + [line(r) for r in rows]) + "\n"

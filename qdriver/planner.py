@@ -1,0 +1,355 @@
+"""The snapshot planner: (domain, state, snapshot XML, flags) -> plan or refusal.
+
+Pure: no I/O, no QEMU.  It applies libvirt 12.8's defaults, then looks the
+request up in `TABLE`, one row per (online, memory mode, disk kinds) case,
+and derives the ordered steps the executor carries out.  Rows marked
+``libvirt=False`` are what qdriver does beyond libvirt (mixing internal and
+external, internal disk-only snapshots of a running guest); every refusal
+carries libvirt's error code and, where libvirt has one, its message.
+Refusing happens here, before any side effect.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Union
+
+from .errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCode,
+                     InvalidArgError, NoSupportError, OperationInvalidError,
+                     OperationUnsupportedError, QDriverError, XMLError)
+from .xml.domain import DomainDef
+from .xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+ONLINE_STATES = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class CreateFlags:
+    """``virDomainSnapshotCreateFlags`` as booleans."""
+
+    redefine: bool = False
+    current: bool = False
+    no_metadata: bool = False
+    halt: bool = False
+    disk_only: bool = False
+    reuse_ext: bool = False
+    quiesce: bool = False
+    atomic: bool = False
+    live: bool = False
+    validate: bool = False
+
+    @staticmethod
+    def libvirt_name(flag: str) -> str:
+        return f"VIR_DOMAIN_SNAPSHOT_CREATE_{flag.upper()}"
+
+    @classmethod
+    def from_mask(cls, mask: int) -> CreateFlags:
+        """From libvirt's integer flags (REDEFINE=1 ... VALIDATE=512)."""
+        return cls(**{f.name: bool(mask & (1 << i)) for i, f in enumerate(fields(cls))})
+
+
+@dataclass(frozen=True)
+class HostCaps:
+    """What the QEMU in use can do (the executor probes it)."""
+
+    snapshot_save: bool = True
+    """QMP ``snapshot-save`` exists (QEMU >= 6.0); else HMP ``savevm``."""
+    background_snapshot: bool = True
+    """The ``background-snapshot`` migration capability is usable."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of the decision table: the mechanisms that do the work."""
+
+    mechanisms: tuple[str, ...]
+    libvirt: bool
+    """Whether libvirt 12.8 accepts this case too."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A cell of the decision table that is impossible."""
+
+    error: type[QDriverError]
+    message: str
+
+
+NOTHING = Refuse(ConfigUnsupportedError, "nothing selected for snapshot")
+NO_VMSTATE_DISK = Refuse(ConfigUnsupportedError,
+                         "internal memory snapshot needs at least one disk with "
+                         "snapshot='internal' (a qcow2 image) to hold the memory state")
+
+# (online, memory, disks) -> what happens.  disks: none | int | ext | mix.
+# Offline memory snapshots are refused earlier, as in libvirt's parser.
+TABLE: dict[tuple[bool, str, str], Union[Row, Refuse]] = {
+    # offline                              mechanisms                         libvirt
+    (False, "no", "none"):       NOTHING,
+    (False, "no", "int"):        Row(("qemu-img-snapshot",), True),
+    (False, "no", "ext"):        Row(("qemu-img-create",), True),
+    (False, "no", "mix"):        Row(("qemu-img-snapshot", "qemu-img-create"), False),
+    # online, no memory: a disk-only snapshot, atomic through one transaction
+    (True, "no", "none"):        NOTHING,
+    (True, "no", "int"):         Row(("transaction",), False),
+    (True, "no", "ext"):         Row(("transaction",), True),
+    (True, "no", "mix"):         Row(("transaction",), False),
+    # online, memory inside a qcow2 image (snapshot-save: vmstate + devices)
+    (True, "internal", "none"):  NO_VMSTATE_DISK,
+    (True, "internal", "int"):   Row(("snapshot-save",), True),
+    (True, "internal", "ext"):   NO_VMSTATE_DISK,
+    (True, "internal", "mix"):   Row(("snapshot-save", "transaction"), False),
+    # online, memory to a file (migration), disks in one transaction
+    (True, "external", "none"):  Row(("migrate",), True),
+    (True, "external", "int"):   Row(("migrate", "transaction"), False),
+    (True, "external", "ext"):   Row(("migrate", "transaction"), True),
+    (True, "external", "mix"):   Row(("migrate", "transaction"), False),
+}
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What happens to one domain disk."""
+
+    target: str
+    snapshot: str
+    file: str | None = None
+    """The new overlay (external) file."""
+    source: str | None = None
+    """The image the domain uses now."""
+    source_format: str = "raw"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decision for one snapshot request, as data."""
+
+    name: str
+    memory: str
+    memory_file: str | None
+    disks: tuple[DiskPlan, ...]
+    state: str
+    pause: str
+    """none | whole (paused for the whole operation) | brief (only to switch)."""
+    live: str
+    """none | background (background-snapshot) | precopy."""
+    steps: tuple[str, ...]
+    resume: bool
+    """Whether the guest runs afterwards."""
+    libvirt: bool
+    """Whether libvirt 12.8 would accept the same request."""
+    definition: SnapshotDef = field(compare=False)
+    flags: CreateFlags = CreateFlags()
+
+    def disk(self, target: str) -> DiskPlan:
+        return next(d for d in self.disks if d.target == target)
+
+    def to_json(self) -> dict[str, object]:
+        """The ``snapshot-plan --json`` contract."""
+        return {
+            "name": self.name, "memory": self.memory, "memory_file": self.memory_file,
+            "disks": {d.target: {"snapshot": d.snapshot, "file": d.file} for d in self.disks},
+            "state": self.state, "pause": self.pause, "live": self.live,
+            "steps": list(self.steps), "resume": self.resume, "libvirt": self.libvirt,
+        }
+
+
+def refusal_json(err: QDriverError) -> dict[str, object]:
+    """A refusal in the ``snapshot-plan --json`` contract."""
+    return {"error": {"code": ErrorCode(err.code).name, "message": err.message}}
+
+
+# -- the pipeline ---------------------------------------------------------------
+
+def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
+                  flags: CreateFlags = CreateFlags(), caps: HostCaps = HostCaps(),
+                  now: float | None = None) -> Plan:
+    """Decide what creating this snapshot means; raise the refusal otherwise."""
+    check_flags(flags)
+    if state == "pmsuspended":
+        raise OperationUnsupportedError(
+            "qemu doesn't support taking snapshots of PMSUSPENDED guests")
+    snap = xml if isinstance(xml, SnapshotDef) else SnapshotDef.parse(xml, flags.redefine)
+    snap = replace(snap, name=snap.name or default_name(now))
+    validate_name(snap.name or "")
+    if flags.redefine:
+        return _plan_redefine(snap, flags)
+    online = state in ONLINE_STATES
+    memory, default_location = _memory_defaults(snap, online, flags)
+    disks = align_disks(snap, domain, default_location)
+    _check_disks(disks, domain, flags)
+    kinds = _kinds(disks)
+    cell = TABLE[(online, memory, kinds)]
+    if isinstance(cell, Refuse):
+        raise cell.error(cell.message)
+    if flags.quiesce:
+        _check_quiesce(domain, state)
+    return _build(domain, state, snap, memory, disks, cell, flags, caps, now)
+
+
+def check_flags(flags: CreateFlags) -> None:
+    """libvirt's flag rules, in libvirt's order."""
+    name = CreateFlags.libvirt_name
+    if flags.current and not flags.redefine:
+        raise InvalidArgError(f"Flag '{name('redefine')}' is required by flag "
+                              f"'{name('current')}'")
+    for other in ("no_metadata", "halt", "live"):
+        if flags.redefine and getattr(flags, other):
+            raise InvalidArgError(f"Flags '{name('redefine')}' and '{name(other)}' are "
+                                  "mutually exclusive")
+    if flags.quiesce and not flags.disk_only:
+        raise InvalidArgError(f"Flag '{name('disk_only')}' is required by flag "
+                              f"'{name('quiesce')}'")
+
+
+def _plan_redefine(snap: SnapshotDef, flags: CreateFlags) -> Plan:
+    if flags.disk_only and snap.state != "disk-snapshot":
+        raise InvalidArgError(f"disk-only flag for snapshot {snap.name} requires "
+                              "disk-snapshot state")
+    disks = tuple(DiskPlan(d.name, d.snapshot or "no", d.source) for d in snap.disks)
+    return Plan(name=snap.name or "", memory=snap.memory or "no", memory_file=snap.memory_file,
+                disks=disks, state=snap.state or "shutoff", pause="none", live="none",
+                steps=("write-metadata",) + (("set-current",) if flags.current else ()),
+                resume=False, libvirt=True, definition=snap, flags=flags)
+
+
+def _memory_defaults(snap: SnapshotDef, online: bool, flags: CreateFlags) -> tuple[str, str]:
+    """The memory mode and the default disk location, as libvirt derives them."""
+    if (not online or flags.disk_only) and snap.memory in ("internal", "external"):
+        raise XMLError("memory state cannot be saved with offline or disk-only snapshot")
+    memory = snap.memory or ("internal" if online and not flags.disk_only else "no")
+    if flags.live and not (online and memory == "external"):
+        raise OperationUnsupportedError(
+            "live snapshot creation is supported only during full system snapshots")
+    external_default = flags.disk_only or memory == "external" or (online and memory == "no")
+    return memory, "external" if external_default else "internal"
+
+
+def _check_disks(disks: list[SnapshotDisk], domain: DomainDef, flags: CreateFlags) -> None:
+    for disk in disks:
+        ddisk = domain.disk(disk.name)
+        assert ddisk is not None
+        if disk.snapshot == "internal" and ddisk.format != "qcow2":
+            raise ConfigUnsupportedError(f"internal snapshot for disk {disk.name} "
+                                         f"unsupported for storage type {ddisk.format}")
+        if disk.snapshot == "external":
+            if (disk.driver or "qcow2") != "qcow2":
+                raise ConfigUnsupportedError(f"external snapshot format for disk {disk.name} "
+                                             f"is unsupported: {disk.driver}")
+            if (disk.type or "file") != "file":
+                raise ConfigUnsupportedError(f"external snapshot of disk {disk.name} onto a "
+                                             f"'{disk.type}' target is not supported")
+        if disk.snapshot == "manual" and flags.quiesce:
+            raise ConfigUnsupportedError(
+                "'manual' disk snapshot mode requires explicit quiescing "
+                "(VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE is not supported)")
+
+
+def _kinds(disks: list[SnapshotDisk]) -> str:
+    modes = {d.snapshot for d in disks}
+    has_int, has_ext = "internal" in modes, "external" in modes
+    return {(False, False): "none", (True, False): "int", (False, True): "ext",
+            (True, True): "mix"}[(has_int, has_ext)]
+
+
+def _check_quiesce(domain: DomainDef, state: str) -> None:
+    if state != "running":
+        raise OperationInvalidError(f"domain is {'paused' if state == 'paused' else 'not running'}"
+                                    ": the guest agent cannot freeze filesystems")
+    if not any(c.target_name == AGENT_CHANNEL for c in domain.channels):
+        raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+
+
+def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: str,
+           disks: list[SnapshotDisk], row: Row, flags: CreateFlags, caps: HostCaps,
+           now: float | None) -> Plan:
+    online = state in ONLINE_STATES
+    running = state == "running"
+    manual = any(d.snapshot == "manual" for d in disks)
+    live = "none"
+    if flags.live and running:
+        live = "background" if caps.background_snapshot else "precopy"
+    if not running:
+        pause = "none"
+    elif memory == "no":
+        pause = "whole" if manual else "none"
+    else:
+        pause = "brief" if live != "none" else "whole"
+    snap_state = "shutoff" if not online else ("disk-snapshot" if memory == "no" else state)
+    plan_disks = tuple(_disk_plan(d, domain) for d in disks)
+    if memory == "internal" and not caps.snapshot_save and any(
+            d.snapshot != "internal" and d.source is not None for d in plan_disks):
+        raise NoSupportError("this QEMU has no snapshot-save: HMP savevm cannot leave "
+                             "disks out of an internal snapshot")
+    steps = _steps(online, running, memory, plan_disks, row, live, manual, flags, caps)
+    resume = running and not manual and not flags.halt
+    definition = replace(snap, state=snap_state, memory=memory, disks=disks,
+                         creation_time=int(now) if now is not None else snap.creation_time)
+    return Plan(name=snap.name or "", memory=memory, memory_file=snap.memory_file,
+                disks=plan_disks, state=snap_state, pause=pause, live=live, steps=steps,
+                resume=resume, libvirt=_libvirt_accepts(online, memory, plan_disks, row, flags),
+                definition=definition, flags=flags)
+
+
+def _libvirt_accepts(online: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,
+                     flags: CreateFlags) -> bool:
+    """Whether libvirt 12.8 would take the same request (see facts c.2)."""
+    if online and memory == "no" and not flags.disk_only:
+        return False  # "internal snapshot of a running VM must include the memory state"
+    if memory == "internal" and any(d.snapshot in ("no", "manual") and d.source
+                                    for d in disks):
+        return False  # "internal and full system snapshots require all disks ..."
+    return row.libvirt
+
+
+def _disk_plan(d: SnapshotDisk, domain: DomainDef) -> DiskPlan:
+    ddisk = domain.disk(d.name)
+    assert ddisk is not None
+    return DiskPlan(d.name, d.snapshot or "no", d.source if d.snapshot == "external" else None,
+                    ddisk.source, ddisk.format)
+
+
+def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,
+           live: str, manual: bool, flags: CreateFlags, caps: HostCaps) -> tuple[str, ...]:
+    has_ext = any(d.snapshot == "external" for d in disks)
+    overlays = "check-reused-overlays" if flags.reuse_ext else (
+        "qemu-img-create" if not online else "create-overlays")
+    steps: list[str] = []
+    if not online:
+        if "qemu-img-snapshot" in row.mechanisms:
+            steps.append("qemu-img-snapshot")
+        if has_ext:
+            steps += [overlays, "switch-definition"]
+    else:
+        if has_ext:
+            steps.append(overlays)
+        if flags.quiesce:
+            steps.append("agent-freeze")
+        steps += _online_core(running, memory, row, live, manual, caps)
+        if flags.quiesce:
+            steps.append("agent-thaw")
+        if has_ext:
+            steps.append("switch-definition")
+        if running and memory != "no" and not manual and not flags.halt and \
+                live != "background":
+            steps.append("resume")
+        if flags.halt:
+            steps.append("halt")
+    if not flags.no_metadata:
+        steps.append("write-metadata")
+    return tuple(steps)
+
+
+def _online_core(running: bool, memory: str, row: Row, live: str, manual: bool,
+                 caps: HostCaps) -> list[str]:
+    pause = ["pause"] if running else []
+    txn = ["transaction"] if "transaction" in row.mechanisms else []
+    if memory == "internal":
+        save = "snapshot-save" if caps.snapshot_save else "hmp-savevm"
+        return pause + [save] + txn
+    if memory == "external":
+        if live == "background":  # QEMU resumes the vCPUs itself once devices are saved
+            return pause + txn + ["migrate-background"]
+        if live == "precopy":  # the migration ends with the guest paused
+            return ["migrate-live"] + txn
+        return pause + ["migrate-to-file"] + txn
+    return (pause if manual else []) + txn

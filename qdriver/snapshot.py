@@ -1,0 +1,146 @@
+"""Snapshots of a domain: the API of libvirt's virDomainSnapshot.
+
+`SnapshotsMixin` gives `Domain` its snapshot methods; `Snapshot` is a handle
+on one snapshot.  Every call reads the metadata directory afresh, so all
+processes sharing a state dir see the same tree.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from . import snapshots as meta
+from .errors import NoSnapshotError, NoSupportError
+from .planner import CreateFlags, HostCaps, Plan, plan_snapshot
+from .snapshots import ListFilter, SnapshotStore, SnapshotTree
+from .xml.snapshot import validate_schema
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+ProgressFn = Callable[[int, int], None]
+STATE_NAMES = {1: "running", 2: "running", 3: "paused", 4: "running", 5: "shutoff",
+               6: "shutoff", 7: "pmsuspended"}
+
+
+class Snapshot:
+    """One snapshot of a domain (``virDomainSnapshot``)."""
+
+    def __init__(self, domain: Domain, name: str) -> None:
+        self.domain = domain
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Snapshot {self.domain.name}/{self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and (other.domain.name, other.name) == \
+            (self.domain.name, self.name)
+
+    def __hash__(self) -> int:
+        return hash((self.domain.name, self.name))
+
+    def _tree(self) -> SnapshotTree:
+        tree = self.domain.snapshot_tree()
+        tree.get(self.name)
+        return tree
+
+    def xml_desc(self) -> str:
+        """``virsh snapshot-dumpxml``: the snapshot without the metadata marker."""
+        return self._tree().get(self.name).format()
+
+    def parent(self) -> Snapshot:
+        parent = self._tree().parent(self.name)
+        if parent is None:
+            raise NoSnapshotError(f"snapshot '{self.name}' does not have a parent")
+        return Snapshot(self.domain, parent)
+
+    def children(self, descendants: bool = False) -> list[Snapshot]:
+        return [Snapshot(self.domain, n)
+                for n in self._tree().children(self.name, descendants)]
+
+    def is_current(self) -> bool:
+        return self._tree().current == self.name
+
+    def has_metadata(self) -> bool:
+        self._tree()
+        return True
+
+    async def delete(self, metadata_only: bool = False, children: bool = False,
+                     children_only: bool = False) -> list[str]:
+        """Delete the snapshot (and children if asked); returns the names removed."""
+        if not metadata_only:
+            raise NoSupportError("deleting snapshot data is not implemented yet; "
+                                 "use metadata_only=True (virsh --metadata)")
+        async with self.domain._locked():
+            store = self.domain.snapshot_store()
+            return meta.remove_metadata(store, store.load(), self.name, children,
+                                        children_only)
+
+
+class SnapshotsMixin:
+    """The snapshot methods of `Domain`."""
+
+    def snapshot_store(self: Domain) -> SnapshotStore:  # type: ignore[misc]
+        return SnapshotStore(self.paths.snapshots, self.name)
+
+    def snapshot_tree(self: Domain) -> SnapshotTree:  # type: ignore[misc]
+        return self.snapshot_store().load()
+
+    def snapshot_load_errors(self: Domain) -> list[str]:  # type: ignore[misc]
+        """Why metadata files were skipped at load (corrupt, conflicting)."""
+        store = self.snapshot_store()
+        store.load()
+        return store.errors
+
+    def list_snapshots(self: Domain, start: str | None = None,  # type: ignore[misc]
+                       descendants: bool = False, **flags: bool) -> list[Snapshot]:
+        """``listAllSnapshots`` with libvirt's filters as keyword flags."""
+        names = self.snapshot_tree().list(ListFilter(**flags), start, descendants)
+        return [Snapshot(self, n) for n in names]
+
+    def snapshot_lookup(self: Domain, name: str) -> Snapshot:  # type: ignore[misc]
+        self.snapshot_tree().get(name)
+        return Snapshot(self, name)
+
+    def has_current_snapshot(self: Domain) -> bool:  # type: ignore[misc]
+        return self.snapshot_tree().current is not None
+
+    def current_snapshot(self: Domain) -> Snapshot:  # type: ignore[misc]
+        current = self.snapshot_tree().current
+        if current is None:
+            raise NoSnapshotError("the domain does not have a current snapshot")
+        return Snapshot(self, current)
+
+    async def snapshot_set_current(self: Domain, name: str) -> None:  # type: ignore[misc]
+        """Make ``name`` the current snapshot (``snapshot-current DOM NAME``)."""
+        async with self._locked():
+            store = self.snapshot_store()
+            meta.set_current(store, store.load(), name)
+
+    async def planning_state(self: Domain) -> str:  # type: ignore[misc]
+        """The domain state as the planner names it."""
+        state, _ = await self.get_state()
+        return STATE_NAMES.get(int(state), "shutoff")
+
+    async def plan_snapshot(self: Domain, xml: str | bytes,  # type: ignore[misc]
+                            flags: CreateFlags = CreateFlags(),
+                            assume_state: str | None = None) -> Plan:
+        """What creating this snapshot would do, without doing it."""
+        state = assume_state or await self.planning_state()
+        return plan_snapshot(self.definition, state, xml, flags, HostCaps())
+
+    async def snapshot_create_xml(self: Domain, xml: str | bytes,  # type: ignore[misc]
+                                  progress: ProgressFn | None = None,
+                                  **flag_args: bool) -> Snapshot:
+        """``virDomainSnapshotCreateXML`` with libvirt's flags as keywords."""
+        flags = CreateFlags(**flag_args)
+        if flags.validate:
+            validate_schema(xml)
+        async with self._locked():
+            plan = await self.plan_snapshot(xml, flags)
+            if not flags.redefine:
+                raise NoSupportError("creating snapshots on a domain is not implemented yet; "
+                                     "only --redefine is (see snapshot-plan for the plan)")
+            store = self.snapshot_store()
+            meta.redefine(store, store.load(), plan.definition, self.uuid, flags.current)
+            return Snapshot(self, plan.name)
