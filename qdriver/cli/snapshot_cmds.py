@@ -176,7 +176,7 @@ async def cmd_snapshot_list(drv: Driver, a: argparse.Namespace) -> int:
     for err in dom.snapshot_load_errors():
         print(f"warning: {err}", file=sys.stderr)
     if a.tree:
-        out(format_tree(tree, [s.name for s in snaps]))
+        sys.stdout.write(format_tree(tree, [s.name for s in snaps]))
     elif a.name:
         for s in snaps:
             out(s.name)
