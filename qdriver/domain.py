@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, AsyncIterator
 import anyio
 
 from . import accel, cmdline, process, qmp
-from .errors import (ConfigUnsupportedError, OperationInvalidError, SystemError_)
+from .errors import (ConfigUnsupportedError, OperationInvalidError, QDriverError,
+                     SystemError_)
 from .paths import DomainPaths
 from .snapshot import SnapshotsMixin
 from .statestore import atomic_write, locked, read_record, write_record
@@ -198,6 +199,20 @@ class Domain(SnapshotsMixin):
             raise
         return QMP_STATES.get(str(status["status"]),  # type: ignore[index]
                               (DomainState.NOSTATE, "unknown"))
+
+    async def _sync_run_state(self) -> None:
+        """Bring the runtime record in line with what QEMU says (after snapshots)."""
+        rec = self._record()
+        if rec is None:
+            return
+        try:
+            async with qmp.open_monitor(self.paths.qmp_query, timeout=2) as mon:
+                status = await mon.execute("query-status", timeout=2)
+        except QDriverError:
+            return
+        state, reason = QMP_STATES.get(str(status["status"]),  # type: ignore[index]
+                                       (DomainState.PAUSED, "unknown"))
+        self._update(rec, paused=state != DomainState.RUNNING, reason=reason)
 
     # -- locking and monitor access -----------------------------------------
 

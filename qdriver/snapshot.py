@@ -6,10 +6,12 @@ processes sharing a state dir see the same tree.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from . import qmp
 from . import snapshots as meta
-from .errors import NoSnapshotError, NoSupportError
+from .errors import NoSnapshotError, NoSupportError, OperationInvalidError, QDriverError
+from .executor import Execution, ProgressFn
 from .planner import CreateFlags, HostCaps, Plan, plan_snapshot
 from .snapshots import ListFilter, SnapshotStore, SnapshotTree
 from .xml.snapshot import validate_schema
@@ -17,7 +19,6 @@ from .xml.snapshot import validate_schema
 if TYPE_CHECKING:
     from .domain import Domain
 
-ProgressFn = Callable[[int, int], None]
 STATE_NAMES = {1: "running", 2: "running", 3: "paused", 4: "running", 5: "shutoff",
                6: "shutoff", 7: "pmsuspended"}
 
@@ -122,12 +123,31 @@ class SnapshotsMixin:
         state, _ = await self.get_state()
         return STATE_NAMES.get(int(state), "shutoff")
 
+    async def host_caps(self: Domain, live: bool = False) -> HostCaps:  # type: ignore[misc]
+        """What the running QEMU can do: snapshot-save, background-snapshot."""
+        if not self.is_active:
+            return HostCaps()
+        async with qmp.open_monitor(self.paths.qmp_query) as mon:
+            commands = {c["name"] for c in await mon.execute("query-commands")}  # type: ignore[union-attr]
+            background = False
+            if live:  # QEMU checks the host kernel (userfaultfd write-protect) right here
+                try:
+                    for state in (True, False):
+                        await mon.execute("migrate-set-capabilities", {"capabilities": [
+                            {"capability": "background-snapshot", "state": state}]})
+                    background = True
+                except QDriverError:
+                    background = False
+        return HostCaps(snapshot_save="snapshot-save" in commands,
+                        background_snapshot=background)
+
     async def plan_snapshot(self: Domain, xml: str | bytes,  # type: ignore[misc]
                             flags: CreateFlags = CreateFlags(),
                             assume_state: str | None = None) -> Plan:
         """What creating this snapshot would do, without doing it."""
         state = assume_state or await self.planning_state()
-        return plan_snapshot(self.definition, state, xml, flags, HostCaps())
+        caps = HostCaps() if assume_state else await self.host_caps(flags.live)
+        return plan_snapshot(self.definition, state, xml, flags, caps)
 
     async def snapshot_create_xml(self: Domain, xml: str | bytes,  # type: ignore[misc]
                                   progress: ProgressFn | None = None,
@@ -138,9 +158,12 @@ class SnapshotsMixin:
             validate_schema(xml)
         async with self._locked():
             plan = await self.plan_snapshot(xml, flags)
-            if not flags.redefine:
-                raise NoSupportError("creating snapshots on a domain is not implemented yet; "
-                                     "only --redefine is (see snapshot-plan for the plan)")
             store = self.snapshot_store()
-            meta.redefine(store, store.load(), plan.definition, self.uuid, flags.current)
+            tree = store.load()
+            if flags.redefine:
+                meta.redefine(store, tree, plan.definition, self.uuid, flags.current)
+            else:
+                if plan.name in tree.snaps:
+                    raise OperationInvalidError(f"Snapshot '{plan.name}' already exists")
+                await Execution(self, plan, progress).run()
             return Snapshot(self, plan.name)

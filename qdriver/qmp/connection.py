@@ -15,6 +15,7 @@ from typing import AsyncIterator, Mapping
 import anyio
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
 from qemu.qmp.error import QMPError
+from qemu.qmp.protocol import StateError
 
 from .errors import CommandError, MonitorClosedError, MonitorConnectError, MonitorTimeoutError
 
@@ -39,8 +40,9 @@ class Monitor:
         except TimeoutError:
             raise MonitorTimeoutError(f"QEMU did not answer '{command}' "
                                       f"within {timeout:g} s") from None
-        except (ExecInterruptedError, EOFError, ConnectionError) as e:
-            raise MonitorClosedError(f"QEMU closed the monitor during '{command}': {e}") from None
+        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as e:
+            raise MonitorClosedError(f"QEMU closed the monitor during '{command}': "
+                                     f"{e or type(e).__name__}") from None
 
     async def hmp(self, command_line: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run a human-monitor command and return its text output."""

@@ -138,6 +138,29 @@ class DomainDef:
         """The disk with that target name, if any."""
         return next((d for d in self.disks if d.target == target), None)
 
+    def with_disk_sources(self, sources: dict[str, tuple[str, str]]) -> DomainDef:
+        """A copy whose disks ``{target: (file, format)}`` point at new images."""
+        root = safe.copy(self.root)
+        for el in root.findall("devices/disk"):
+            target = el.find("target")
+            if target is None or target.get("dev") not in sources:
+                continue
+            path, fmt = sources[target.get("dev")]
+            source = el.find("source")
+            if source is None:
+                source = safe.sub(el, "source")
+            source.set("file", path)
+            driver = el.find("driver")
+            if driver is None:
+                driver = safe.new("driver", {"name": "qemu"})
+                el.insert(0, driver)
+            driver.set("type", fmt)
+        return _parse(root)
+
+    def root_copy(self) -> safe.Element:
+        """A detached copy of the whole ``<domain>`` element."""
+        return safe.copy(self.root)
+
 
 def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None:
     """A libvirt scaled integer (``<memory unit='MiB'>256</memory>``) in KiB."""

@@ -1,0 +1,65 @@
+"""A minimal qemu-guest-agent client: freeze and thaw guest filesystems.
+
+The agent speaks JSON lines over the virtio-serial channel's UNIX socket.
+A ``guest-sync`` with a random id first drains stale replies; an agent that
+does not answer within the timeout is `AgentUnresponsiveError`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import anyio
+
+from .errors import AgentUnresponsiveError, OperationFailedError
+
+
+async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,
+                arguments: dict[str, object] | None = None) -> object:
+    msg: dict[str, object] = {"execute": command}
+    if arguments:
+        msg["arguments"] = arguments
+    await stream.send(json.dumps(msg).encode() + b"\n")
+    while True:
+        while b"\n" not in buf:
+            buf += await stream.receive()
+        line, _, rest = bytes(buf).partition(b"\n")
+        buf[:] = rest
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            continue  # noise before the sync reply
+        if "error" in reply:
+            raise OperationFailedError(f"guest agent command '{command}' failed: "
+                                       f"{reply['error'].get('desc', reply['error'])}")
+        if "return" in reply:
+            return reply["return"]
+
+
+async def execute(path: Path, command: str, timeout: float = 10.0) -> object:
+    """Sync with the agent on ``path``, then run ``command``."""
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_unix(str(path))
+            async with stream:
+                buf = bytearray()
+                sync_id = random.randrange(1, 2**31)
+                while await _call(stream, buf, "guest-sync", {"id": sync_id}) != sync_id:
+                    pass
+                return await _call(stream, buf, command)
+    except TimeoutError:
+        raise AgentUnresponsiveError(f"the guest agent did not answer within {timeout:g} s") \
+            from None
+    except OSError as e:
+        raise AgentUnresponsiveError(f"cannot reach the guest agent at {path}: {e}") from None
+
+
+async def fsfreeze(path: Path, timeout: float = 10.0) -> int:
+    """Freeze the guest's filesystems; returns how many were frozen."""
+    return int(await execute(path, "guest-fsfreeze-freeze", timeout))  # type: ignore[call-overload]
+
+
+async def fsthaw(path: Path, timeout: float = 10.0) -> int:
+    """Thaw the guest's filesystems."""
+    return int(await execute(path, "guest-fsfreeze-thaw", timeout))  # type: ignore[call-overload]

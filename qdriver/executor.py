@@ -1,0 +1,396 @@
+"""Carry out a snapshot plan on a real domain.
+
+Every step of a `Plan` has a method here (`STEPS`).  A step that has a side
+effect pushes its undo first-thing after succeeding; if any later step fails,
+the undo stack runs in reverse: created overlays and memory files are
+removed, added block nodes deleted, internal snapshots dropped, the old
+definition put back, and the guest resumed if we paused it.  Checks that
+need the filesystem (files that must not, or must, exist) run in `preflight`
+before the first side effect.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import anyio
+
+from . import agent, process, qemuimg, qmp
+from . import snapshots as meta
+from .errors import ConfigUnsupportedError, OperationFailedError, QDriverError
+from .planner import AGENT_CHANNEL, DiskPlan, Plan
+from .saveimage import mark_complete, write_header
+from .xml.domain import DomainDef
+from .xml.snapshot import SnapshotDef, SnapshotDisk
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
+JOB_TIMEOUT = 3600.0
+Undo = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long phase (memory save) has come."""
+
+    phase: str
+    done: int
+    total: int
+    rate: float
+    """Bytes per second."""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def overlay_nodes(target: str, path: str) -> tuple[str, str]:
+    """Stable (format, file) node names for an overlay image."""
+    tag = hashlib.sha256(path.encode()).hexdigest()[:8]
+    return f"ov-{target}-{tag}", f"ovf-{target}-{tag}"
+
+
+class Execution:
+    """One snapshot creation in progress."""
+
+    def __init__(self, dom: Domain, plan: Plan, progress: ProgressFn | None) -> None:
+        self.dom = dom
+        self.plan = plan
+        self.progress = progress
+        self.undo: list[Undo] = []
+        self.mon: qmp.Monitor | None = None
+        self.nodes: dict[str, str] = {}
+        self.before: DomainDef = dom.definition
+        self.after: DomainDef = dom.definition
+        self.online = plan.state != "shutoff"
+        self.created = int(time.time())
+        self.switched: set[str] = set()
+        """Disks whose new overlay QEMU already writes to: never undone."""
+        self.frozen = False
+
+    # -- driver ------------------------------------------------------------------
+
+    async def run(self) -> SnapshotDef:
+        """Do every step; roll back and re-raise on the first failure."""
+        self.preflight()
+        try:
+            if self.online:
+                async with qmp.open_monitor(self.dom.paths.qmp) as mon:
+                    self.mon = mon
+                    await self._attempt(self._online_steps)
+            else:
+                await self._attempt(self._steps)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.dom._sync_run_state()
+        return self.record()
+
+    async def _attempt(self, steps: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await steps()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.rollback()
+            raise
+
+    async def _online_steps(self) -> None:
+        self.nodes = await top_nodes(self.monitor)
+        await self._steps()
+
+    async def _steps(self) -> None:
+        for step in self.plan.steps:
+            await STEPS[step](self)
+
+    async def rollback(self) -> None:
+        """Undo what was done, newest first; keep going past failures."""
+        while self.undo:
+            try:
+                await self.undo.pop()()
+            except (QDriverError, OSError):
+                continue  # QEMU may be gone; the file undos still run
+
+    def preflight(self) -> None:
+        """Refuse before any side effect if target files are wrong."""
+        for d in self.external():
+            path = Path(d.file or "")
+            if self.plan.flags.reuse_ext:
+                if not path.is_file():
+                    raise OperationFailedError(f"missing existing file for disk {d.target}: "
+                                               f"{path}")
+            elif path.exists():
+                raise OperationFailedError(f"external snapshot file for disk {d.target} "
+                                           f"already exists and is not a block device: {path}")
+            if not path.parent.is_dir():
+                raise OperationFailedError(f"directory '{path.parent}' for the overlay of disk "
+                                           f"{d.target} does not exist")
+        if self.plan.memory_file:
+            mem = Path(self.plan.memory_file)
+            if mem.exists():
+                raise OperationFailedError(f"memory snapshot file '{mem}' already exists")
+            if not mem.parent.is_dir():
+                raise OperationFailedError(f"directory '{mem.parent}' for the memory "
+                                           "snapshot does not exist")
+
+    # -- helpers -----------------------------------------------------------------
+
+    def external(self) -> list[DiskPlan]:
+        return [d for d in self.plan.disks if d.snapshot == "external"]
+
+    def internal(self) -> list[DiskPlan]:
+        return [d for d in self.plan.disks if d.snapshot == "internal"]
+
+    @property
+    def monitor(self) -> qmp.Monitor:
+        assert self.mon is not None, "online step without a monitor"
+        return self.mon
+
+    def _progress(self, phase: str, done: int, total: int, started: float) -> None:
+        if self.progress is not None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            self.progress(Progress(phase, done, total, done / elapsed))
+
+    # -- offline steps -------------------------------------------------------------
+
+    async def qemu_img_snapshot(self) -> None:
+        for d in self.internal():
+            assert d.source is not None
+            await qemuimg.snapshot_create(d.source, self.plan.name)
+            self.undo.append(lambda src=d.source: qemuimg.snapshot_delete(src, self.plan.name))
+
+    async def qemu_img_create(self) -> None:
+        for d in self.external():
+            assert d.file is not None and d.source is not None
+            self.undo.append(lambda d=d: self._drop_overlay_file(d))
+            await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
+
+    async def _drop_overlay_file(self, d: DiskPlan) -> None:
+        if d.target not in self.switched and not self.plan.flags.reuse_ext:
+            await _unlink(d.file or "")
+
+    async def check_reused_overlays(self) -> None:
+        for d in self.external():
+            info = await qemuimg.info(d.file or "")
+            if info.format != "qcow2" or info.backing_filename != d.source:
+                raise ConfigUnsupportedError(
+                    f"reused overlay '{d.file}' for disk {d.target} must be a qcow2 image "
+                    f"backed by '{d.source}' (it is {info.format}, backed by "
+                    f"'{info.backing_filename}')")
+        if self.online:
+            await self._add_overlay_nodes()
+
+    async def switch_definition(self) -> None:
+        self.after = self.before.with_disk_sources(
+            {d.target: (d.file or "", "qcow2") for d in self.external()})
+        self.undo.append(self._restore_definition)
+        self.dom.definition = self.after
+        self.dom.save_definition()
+
+    async def _restore_definition(self) -> None:
+        if self.switched:
+            return  # QEMU writes to the overlays now: the new definition is the truth
+        self.dom.definition = self.before
+        self.dom.save_definition()
+
+    # -- online steps ----------------------------------------------------------------
+
+    async def create_overlays(self) -> None:
+        await self.qemu_img_create()
+        await self._add_overlay_nodes()
+
+    async def _add_overlay_nodes(self) -> None:
+        for d in self.external():
+            fmt_node, file_node = overlay_nodes(d.target, d.file or "")
+            await self.monitor.execute("blockdev-add", {
+                "driver": "qcow2", "node-name": fmt_node, "backing": None,
+                "file": {"driver": "file", "filename": d.file, "node-name": file_node}})
+            self.undo.append(lambda d=d, n=fmt_node: self._drop_overlay_node(d, n))
+
+    async def _drop_overlay_node(self, d: DiskPlan, node: str) -> None:
+        if d.target not in self.switched:
+            await self.monitor.execute("blockdev-del", {"node-name": node})
+
+    async def pause(self) -> None:
+        await self.monitor.execute("stop")
+        self.undo.append(self._resume_if_paused)
+
+    async def _resume_if_paused(self) -> None:
+        status = await self.monitor.execute("query-status")
+        if status["status"] != "running":  # type: ignore[index]
+            await self.monitor.execute("cont")
+
+    async def resume(self) -> None:
+        await self.monitor.execute("cont")
+
+    async def snapshot_save(self) -> None:
+        devices = [self.nodes[d.target] for d in self.internal()]
+        job = f"qdriver-save-{self.created}"
+        started = time.monotonic()
+        await qmp.run_job(self.monitor, "snapshot-save", {
+            "tag": self.plan.name, "vmstate": devices[0], "devices": devices}, job,
+            JOB_TIMEOUT, lambda cur, tot: self._progress("snapshot-save", cur, tot, started))
+        self.undo.append(lambda: qmp.run_job(self.monitor, "snapshot-delete", {
+            "tag": self.plan.name, "devices": devices}, f"qdriver-undo-{self.created}", 60))
+
+    async def hmp_savevm(self) -> None:
+        out = await self.monitor.hmp(f"savevm {self.plan.name}", JOB_TIMEOUT)
+        if out.strip():  # HMP reports errors as text, not as a QMP error
+            raise OperationFailedError(f"savevm failed: {out.strip()}")
+        self.undo.append(lambda: self.monitor.hmp(f"delvm {self.plan.name}"))
+
+    async def transaction(self) -> None:
+        actions: list[dict[str, object]] = []
+        with_internal = not any(s in self.plan.steps for s in ("snapshot-save", "hmp-savevm"))
+        for d in self.plan.disks:
+            if d.snapshot == "external":
+                actions.append({"type": "blockdev-snapshot", "data": {
+                    "node": self.nodes[d.target],
+                    "overlay": overlay_nodes(d.target, d.file or "")[0]}})
+            elif d.snapshot == "internal" and with_internal:
+                actions.append({"type": "blockdev-snapshot-internal-sync", "data": {
+                    "device": self.nodes[d.target], "name": self.plan.name}})
+        await self.monitor.execute("transaction", {"actions": actions})
+        # Once the overlays are the active layers the guest writes into them, so
+        # the external part is not undone (that would need a block-commit).
+        # Internal snapshots taken here are.
+        for d in self.plan.disks:
+            if d.snapshot == "external":
+                self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
+                self.switched.add(d.target)
+            elif d.snapshot == "internal" and with_internal:
+                self.undo.append(lambda node=self.nodes[d.target]: self.monitor.execute(
+                    "blockdev-snapshot-delete-internal-sync",
+                    {"device": node, "name": self.plan.name}))
+
+    async def migrate_to_file(self) -> None:
+        await self._migrate(background=False)
+
+    async def migrate_live(self) -> None:
+        self.undo.append(self._resume_if_paused)  # pre-copy ends with the guest paused
+        await self._migrate(background=False)
+
+    async def migrate_background(self) -> None:
+        await self._migrate(background=True)
+
+    async def _migrate(self, background: bool) -> None:
+        path = self.plan.memory_file or ""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.undo.append(lambda: _unlink(path))
+        try:
+            was_running = self.plan.resume or "migrate-live" in self.plan.steps
+            write_header(fd, self.before.to_xml(), "<cookie/>", was_running)
+            await self._set_migration(background)
+            try:
+                with self.monitor.listener("MIGRATION") as events:
+                    await self.monitor.send_fd(fd, "qdriver-migrate")
+                    await self.monitor.execute("migrate", {"uri": "fd:qdriver-migrate"})
+                    await self._wait_migration(events)
+            finally:
+                if background:
+                    await self.monitor.execute("migrate-set-capabilities", {"capabilities": [
+                        {"capability": "background-snapshot", "state": False}]})
+            mark_complete(fd)
+        finally:
+            os.close(fd)
+
+    async def _set_migration(self, background: bool) -> None:
+        await self.monitor.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True},
+            {"capability": "background-snapshot", "state": background}]})
+        await self.monitor.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
+
+    async def _wait_migration(self, events: object) -> None:
+        started = time.monotonic()
+        while True:
+            info = await self.monitor.execute("query-migrate")
+            status = str(info.get("status"))  # type: ignore[union-attr]
+            ram = info.get("ram", {})  # type: ignore[union-attr]
+            if ram:
+                self._progress("memory", int(ram.get("transferred", 0)),
+                               int(ram.get("total", 0)), started)
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise OperationFailedError("saving the memory state failed: "
+                                           f"{info.get('error-desc', status)}")  # type: ignore[union-attr]
+            with anyio.move_on_after(0.1):
+                await events.get()  # type: ignore[attr-defined]
+
+    async def agent_freeze(self) -> None:
+        self.undo.append(self._thaw_if_frozen)
+        await agent.fsfreeze(self._agent_path())
+        self.frozen = True
+
+    async def agent_thaw(self) -> None:
+        await self._thaw_if_frozen()
+
+    async def _thaw_if_frozen(self) -> None:
+        if self.frozen:
+            await agent.fsthaw(self._agent_path())
+            self.frozen = False
+
+    def _agent_path(self) -> Path:
+        for i, chan in enumerate(self.dom.definition.channels):
+            if chan.target_name == AGENT_CHANNEL:
+                return Path(chan.path) if chan.path else self.dom.paths.channel(i)
+        raise ConfigUnsupportedError("QEMU guest agent is not configured")
+
+    async def halt(self) -> None:
+        rec = self.dom._require_active()
+        self.dom._update(rec, stop_requested="from snapshot")
+        await process.terminate(rec.proc)
+
+    async def write_metadata(self) -> None:
+        store = self.dom.snapshot_store()
+        meta.add(store, store.load(), self.record())
+
+    # -- the record ------------------------------------------------------------------
+
+    def record(self) -> SnapshotDef:
+        """The snapshot as it is stored: disks as taken, the domain as it was."""
+        disks = [SnapshotDisk(d.target, d.snapshot, "file" if d.file else None, d.file,
+                              "qcow2" if d.file else None) for d in self.plan.disks]
+        return replace(self.plan.definition, disks=disks, creation_time=self.created,
+                       domain=self.before.root_copy(), parent=None, active=False)
+
+
+async def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+async def top_nodes(mon: qmp.Monitor) -> dict[str, str]:
+    """The active (top) block node of each disk, by target name."""
+    nodes: dict[str, str] = {}
+    for dev in await mon.execute("query-block"):  # type: ignore[union-attr]
+        inserted = dev.get("inserted")
+        qdev = str(dev.get("qdev", ""))
+        if inserted:
+            for part in qdev.split("/"):
+                if part:
+                    nodes.setdefault(part, inserted["node-name"])
+    return nodes
+
+
+STEPS: dict[str, Callable[[Execution], Awaitable[None]]] = {
+    "qemu-img-snapshot": Execution.qemu_img_snapshot,
+    "qemu-img-create": Execution.qemu_img_create,
+    "check-reused-overlays": Execution.check_reused_overlays,
+    "switch-definition": Execution.switch_definition,
+    "create-overlays": Execution.create_overlays,
+    "pause": Execution.pause,
+    "resume": Execution.resume,
+    "snapshot-save": Execution.snapshot_save,
+    "hmp-savevm": Execution.hmp_savevm,
+    "transaction": Execution.transaction,
+    "migrate-to-file": Execution.migrate_to_file,
+    "migrate-live": Execution.migrate_live,
+    "migrate-background": Execution.migrate_background,
+    "agent-freeze": Execution.agent_freeze,
+    "agent-thaw": Execution.agent_thaw,
+    "halt": Execution.halt,
+    "write-metadata": Execution.write_metadata,
+}
