@@ -242,15 +242,23 @@ class Execution:
             raise OperationFailedError(f"savevm failed: {out.strip()}")
         self.undo.append(lambda: self.monitor.hmp(f"delvm {self.plan.name}"))
 
+    async def transaction_internal(self) -> None:
+        """Internal disk snapshots only, taken before a migration inactivates the images."""
+        await self._transaction(external=False, internal=True)
+
     async def transaction(self) -> None:
+        internal_elsewhere = ("snapshot-save", "hmp-savevm", "transaction-internal")
+        await self._transaction(external=True, internal=not any(
+            s in self.plan.steps for s in internal_elsewhere))
+
+    async def _transaction(self, external: bool, internal: bool) -> None:
         actions: list[dict[str, object]] = []
-        with_internal = not any(s in self.plan.steps for s in ("snapshot-save", "hmp-savevm"))
         for d in self.plan.disks:
-            if d.snapshot == "external":
+            if d.snapshot == "external" and external:
                 actions.append({"type": "blockdev-snapshot", "data": {
                     "node": self.nodes[d.target],
                     "overlay": overlay_nodes(d.target, d.file or "")[0]}})
-            elif d.snapshot == "internal" and with_internal:
+            elif d.snapshot == "internal" and internal:
                 actions.append({"type": "blockdev-snapshot-internal-sync", "data": {
                     "device": self.nodes[d.target], "name": self.plan.name}})
         await self.monitor.execute("transaction", {"actions": actions})
@@ -258,10 +266,10 @@ class Execution:
         # the external part is not undone (that would need a block-commit).
         # Internal snapshots taken here are.
         for d in self.plan.disks:
-            if d.snapshot == "external":
+            if d.snapshot == "external" and external:
                 self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
                 self.switched.add(d.target)
-            elif d.snapshot == "internal" and with_internal:
+            elif d.snapshot == "internal" and internal:
                 self.undo.append(lambda node=self.nodes[d.target]: self.monitor.execute(
                     "blockdev-snapshot-delete-internal-sync",
                     {"device": node, "name": self.plan.name}))
@@ -386,6 +394,7 @@ STEPS: dict[str, Callable[[Execution], Awaitable[None]]] = {
     "snapshot-save": Execution.snapshot_save,
     "hmp-savevm": Execution.hmp_savevm,
     "transaction": Execution.transaction,
+    "transaction-internal": Execution.transaction_internal,
     "migrate-to-file": Execution.migrate_to_file,
     "migrate-live": Execution.migrate_live,
     "migrate-background": Execution.migrate_background,

@@ -280,6 +280,10 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: str,
             d.snapshot != "internal" and d.source is not None for d in plan_disks):
         raise NoSupportError("this QEMU has no snapshot-save: HMP savevm cannot leave "
                              "disks out of an internal snapshot")
+    if live == "precopy" and any(d.snapshot == "internal" for d in plan_disks):
+        raise ConfigUnsupportedError(
+            "a live snapshot with internal disk snapshots needs the background-snapshot "
+            "migration capability, which this host does not offer")
     steps = _steps(online, running, memory, plan_disks, row, live, manual, flags, caps)
     resume = running and not manual and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
@@ -324,7 +328,8 @@ def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...]
             steps.append(overlays)
         if flags.quiesce:
             steps.append("agent-freeze")
-        steps += _online_core(running, memory, row, live, manual, caps)
+        has_int = any(d.snapshot == "internal" for d in disks)
+        steps += _online_core(running, memory, row, live, manual, has_int, has_ext, caps)
         if flags.quiesce:
             steps.append("agent-thaw")
         if has_ext:
@@ -340,7 +345,7 @@ def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...]
 
 
 def _online_core(running: bool, memory: str, row: Row, live: str, manual: bool,
-                 caps: HostCaps) -> list[str]:
+                 has_int: bool, has_ext: bool, caps: HostCaps) -> list[str]:
     pause = ["pause"] if running else []
     txn = ["transaction"] if "transaction" in row.mechanisms else []
     if memory == "internal":
@@ -351,5 +356,9 @@ def _online_core(running: bool, memory: str, row: Row, live: str, manual: bool,
             return pause + txn + ["migrate-background"]
         if live == "precopy":  # the migration ends with the guest paused
             return ["migrate-live"] + txn
-        return pause + ["migrate-to-file"] + txn
+        # a finished migration leaves the images inactive, where QEMU refuses
+        # internal snapshots: take those first (the guest is paused throughout)
+        internal = ["transaction-internal"] if has_int else []
+        external = txn if has_ext else []
+        return pause + internal + ["migrate-to-file"] + external
     return (pause if manual else []) + txn

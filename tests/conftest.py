@@ -5,10 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import pytest
@@ -51,14 +52,16 @@ def guest_image() -> GuestImage:
 
 def domain_xml(image: GuestImage, name: str, disk: Path | None, *, cmdline: str = "",
                memory_mib: int = 256, dtype: str = "qemu", serial: str = "pty",
-               extra_devices: str = "", disk_format: str = "qcow2") -> str:
-    """A libvirt domain XML for the test guest."""
-    disk_xml = "" if disk is None else f"""
+               extra_devices: str = "", disk_format: str = "qcow2",
+               extra_disks: tuple[Path, ...] = ()) -> str:
+    """A libvirt domain XML for the test guest (vda, then vdb, vdc, ...)."""
+    disks = ([disk] if disk is not None else []) + list(extra_disks)
+    disk_xml = "".join(f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='{disk_format}'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>"""
+      <source file='{path}'/>
+      <target dev='vd{chr(ord("a") + i)}' bus='virtio'/>
+    </disk>""" for i, path in enumerate(disks))
     args = "console=ttyS0 quiet panic=-1 " + ("qd.disk=none " if disk is None else "") + cmdline
     return f"""<domain type='{dtype}'>
   <name>{name}</name>
@@ -128,12 +131,15 @@ async def driver(state_dir: Path) -> AsyncIterator[qdriver.Driver]:
 def make_domain(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
                 ) -> Callable[..., Awaitable[qdriver.Domain]]:
     """Define a test-guest domain with a private copy of the disk."""
-    async def make(name: str = "guest", with_disk: bool = True, **kw: object) -> qdriver.Domain:
-        disk = None
-        if with_disk:
-            disk = tmp_path / f"{name}.qcow2"
-            shutil.copyfile(guest_image.disk, disk)
-        return await driver.define_xml(domain_xml(guest_image, name, disk, **kw))  # type: ignore[arg-type]
+    async def make(name: str = "guest", with_disk: bool = True, disks: int = 1,
+                   **kw: object) -> qdriver.Domain:
+        paths = []
+        for i in range(disks if with_disk else 0):
+            path = tmp_path / f"{name}-vd{chr(ord('a') + i)}.qcow2"
+            shutil.copyfile(guest_image.disk, path)
+            paths.append(path)
+        return await driver.define_xml(domain_xml(  # type: ignore[arg-type]
+            guest_image, name, paths[0] if paths else None, extra_disks=tuple(paths[1:]), **kw))
     return make
 
 
@@ -168,3 +174,42 @@ def run_cli(state_dir: Path, *args: str, check: bool = True,
     if check and result.returncode != 0:
         raise AssertionError(f"qdriver {' '.join(args)} failed: {result.stderr.decode()}")
     return result
+
+
+def disk_counter(image: str | Path, snapshot: str | None = None) -> int:
+    """The last counter value the guest wrote to an image (or to an internal
+    snapshot in it), read without mounting: qemu-img convert + debugfs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "disk.raw"
+        args = ["qemu-img", "convert", "-U", "-O", "raw"]
+        if snapshot:
+            args += ["-l", f"snapshot.name={snapshot}"]
+        subprocess.run(args + [str(image), str(raw)], check=True, capture_output=True)
+        out = subprocess.run(["debugfs", "-R", "cat /counter", str(raw)], check=True,
+                             capture_output=True, text=True).stdout
+    values = [int(x) for x in out.split() if x.isdigit()]
+    return values[-1] if values else 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount tiny tmpfs file systems (full or read-only) for failure injection."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounts: list[Path] = []
+
+    def mount(size: str = "1m", readonly: bool = False, fill: bool = False) -> Path:
+        where = tmp_path / f"tmpfs{len(mounts)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       check=True)
+        mounts.append(where)
+        if fill:
+            subprocess.run(["dd", "if=/dev/zero", f"of={where}/filler", "bs=64k"],
+                           capture_output=True)
+        if readonly:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -171,7 +171,7 @@ def assert_nothing_left(dom: qdriver.Domain, state_dir: Path) -> None:
 async def test_missing_disk_image(make_domain, state_dir: Path) -> None:
     dom = await make_domain()
     Path(dom.definition.disks[0].source).unlink()
-    with pytest.raises(qdriver.SystemError_, match=r"Cannot access storage file '.*guest\.qcow2'"):
+    with pytest.raises(qdriver.SystemError_, match=r"Cannot access storage file '.*guest-vda\.qcow2'"):
         await dom.start()
     assert_nothing_left(dom, state_dir)
 

@@ -129,8 +129,8 @@ SEED = [
     (22, "running", "external", None, False, Ok("external", "external", "migrate-to-file",
                                                 "running")),
     (23, "running", "external", "no", False, Ok("external", "no", "migrate-to-file", "running")),
-    (24, "running", "external", "internal", False, Ok("external", "internal", "transaction",
-                                                      "running")),
+    (24, "running", "external", "internal", False, Ok("external", "internal",
+                                                      "transaction-internal", "running")),
     (25, "running", "external", "external", False, Ok("external", "external", "transaction",
                                                       "running")),
 ]
@@ -229,9 +229,17 @@ def test_c2_running_external_memory_only() -> None:
 def test_c2_running_external_memory_internal_disk_beyond_libvirt() -> None:
     plan = plan_snapshot(domain(TWO_DISKS), "running",
                          snapshot_xml("external", {"vda": "internal", "vdb": "external"}))
-    assert plan.steps == ("create-overlays", "pause", "migrate-to-file", "transaction",
-                          "switch-definition", "resume", "write-metadata")
+    # internal snapshots first: a finished migration leaves the images inactive
+    assert plan.steps == ("create-overlays", "pause", "transaction-internal", "migrate-to-file",
+                          "transaction", "switch-definition", "resume", "write-metadata")
     assert plan.libvirt is False
+    live = plan_snapshot(domain(TWO_DISKS), "running",
+                         snapshot_xml("external", {"vda": "internal", "vdb": "external"}),
+                         CreateFlags(live=True))
+    assert live.steps[:4] == ("create-overlays", "pause", "transaction", "migrate-background")
+    with pytest.raises(QDriverError, match="needs the background-snapshot"):
+        plan_snapshot(domain(), "running", snapshot_xml("external", "internal"),
+                      CreateFlags(live=True), HostCaps(background_snapshot=False))
 
 
 def test_c2_running_internal_memory_with_external_or_excluded_disk_beyond_libvirt() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
+from ..executor import Progress
 from ..planner import CreateFlags, Plan, refusal_json
 from ..snapshot import Snapshot
 from ..snapshots import SnapshotTree
@@ -62,6 +63,24 @@ def snapshot_from_args(name: str | None, description: str | None, memspec: str |
 
 # -- create ---------------------------------------------------------------------
 
+class ProgressPrinter:
+    """Memory-save progress on stderr, at most a few lines a second."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5 and p.done < p.total:
+            return
+        self.last = now
+        pct = 100 * p.done // p.total if p.total else 0
+        print(f"snapshot {self.name}: {p.phase} {pct:3d}% ({p.done / 2**20:.1f} of "
+              f"{p.total / 2**20:.1f} MiB, {p.rate / 2**20:.0f} MiB/s)", file=sys.stderr,
+              flush=True)
+
+
 def _setup_create(p: argparse.ArgumentParser) -> None:
     domain_arg(p)
     p.add_argument("file", nargs="?", help="snapshot XML (default: an empty <domainsnapshot/>)")
@@ -72,7 +91,8 @@ def _setup_create(p: argparse.ArgumentParser) -> None:
 async def cmd_snapshot_create(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     xml = Path(a.file).read_bytes() if a.file else b"<domainsnapshot/>"
-    snap = await dom.snapshot_create_xml(xml, **vars(_flags(a)))
+    snap = await dom.snapshot_create_xml(xml, progress=ProgressPrinter(a.domain),
+                                         **vars(_flags(a)))
     src = f" from '{a.file}'" if a.file else ""
     out(f"Domain snapshot {snap.name} {'defined' if a.redefine else 'created'}{src}")
     return 0
@@ -97,7 +117,8 @@ async def cmd_snapshot_create_as(drv: Driver, a: argparse.Namespace) -> int:
     if a.print_xml:
         sys.stdout.write(xml)
         return 0
-    snap = await drv.lookup(a.domain).snapshot_create_xml(xml, **vars(_flags(a)))
+    snap = await drv.lookup(a.domain).snapshot_create_xml(
+        xml, progress=ProgressPrinter(a.domain), **vars(_flags(a)))
     out(f"Domain snapshot {snap.name} created")
     return 0
 

@@ -1,0 +1,443 @@
+"""Creating every kind of snapshot on the real test guest, through the CLI.
+
+The guest appends an incrementing counter to its disk every 100 ms and
+prints it, so each test can check that a snapshot holds the disk as it was
+at the moment it was taken (point in time), and that the guest goes on
+afterwards.  Artefacts are checked with qemu-img itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+import qdriver
+from qdriver import DomainState, qemuimg
+from qdriver.saveimage import read_header
+
+from .conftest import disk_counter, last_counter, run_cli, wait_console
+
+
+async def booted(make_domain, **kw) -> qdriver.Domain:
+    dom = await make_domain(**kw)
+    await dom.start()
+    await wait_console(dom, "COUNTER 5")
+    return dom
+
+
+async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tuple[int, int]:
+    """Run a snapshot CLI command; return the guest counter before and after it."""
+    before = last_counter(dom)
+    await anyio.to_thread.run_sync(lambda: run_cli(state_dir, *args))
+    return before, last_counter(dom)
+
+
+async def keeps_counting(dom: qdriver.Domain, after: int) -> None:
+    await wait_console(dom, f"COUNTER {after + 3}", timeout=30)
+
+
+def _info(path: str | Path) -> dict:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def _list(path: str | Path) -> list[str]:
+    """``qemu-img snapshot -l``: the internal snapshots in an image."""
+    return [s["name"] for s in _info(path).get("snapshots", [])]
+
+
+def backing_of(path: str | Path) -> str | None:
+    return _info(path).get("backing-filename")
+
+
+def within(value: int, before: int, after: int) -> bool:
+    """The guest syncs after each append; allow one value of lag either way."""
+    return before - 1 <= value <= after + 1
+
+
+# -- offline (seed rows 1, 2, 4, 5 and the mixed row) ------------------------------
+
+async def test_offline_internal_external_and_mixed(make_domain, state_dir: Path) -> None:
+    dom = await make_domain(disks=2)
+    vda, vdb = (d.source for d in dom.definition.disks)
+    run_cli(state_dir, "snapshot-create-as", "guest", "off-int")
+    assert _list(vda) == ["off-int"] and _list(vdb) == ["off-int"]
+
+    run_cli(state_dir, "snapshot-create-as", "guest", "off-mix",
+            "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
+    assert _list(vda) == ["off-int", "off-mix"] and _list(vdb) == ["off-int"]
+    vdb_overlay = str(vdb).rsplit(".", 1)[0] + ".off-mix"
+    assert backing_of(vdb_overlay) == vdb
+    assert (os.stat(vdb_overlay).st_mode & 0o777) == 0o600
+
+    run_cli(state_dir, "snapshot-create-as", "guest", "off-ext", "--disk-only")
+    dom = qdriver.Driver(state_dir).lookup("guest")
+    new_vda, new_vdb = (d.source for d in dom.definition.disks)
+    assert backing_of(new_vda) == vda and backing_of(new_vdb) == vdb_overlay
+    assert "off-ext" in run_cli(state_dir, "dumpxml", "guest").stdout.decode()
+    info = run_cli(state_dir, "snapshot-info", "guest", "off-ext").stdout.decode()
+    assert "State:          shutoff" in info and "Location:       external" in info
+    assert [s.name for s in dom.list_snapshots(topological=True)] == \
+        ["off-int", "off-mix", "off-ext"]
+    # the guest boots from the new overlays and finds its disk as it was
+    await dom.start()
+    await wait_console(dom, "GUEST-READY disk=vda start=0")
+    await dom.destroy()
+
+
+# -- online internal (seed rows 7, 12, 19, 21) ---------------------------------------
+
+async def test_online_internal_full_system(make_domain, state_dir: Path,
+                                           tmp_path: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    xml = tmp_path / "s.xml"
+    xml.write_text("<domainsnapshot><name>int1</name><description>full</description>"
+                   "</domainsnapshot>")
+    before, after = await cli_snapshot(dom, state_dir, "snapshot-create", "guest", str(xml))
+    vda, vdb = (d.source for d in dom.definition.disks)
+    assert _list(vda) == ["int1"] and _list(vdb) == ["int1"]
+    sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
+    assert sizes["int1"] > 0, "the vmstate went into vda"
+    assert dom.state == DomainState.RUNNING
+    await keeps_counting(dom, after)
+    await dom.destroy()
+    assert within(disk_counter(vda, "int1"), before, after)
+    snap = dom.snapshot_lookup("int1")
+    assert snap.is_current() and "<state>running</state>" in snap.xml_desc()
+    assert "<memory snapshot='internal'/>" in snap.xml_desc()
+
+
+async def test_internal_snapshot_of_paused_guest_stays_paused(make_domain,
+                                                              state_dir: Path) -> None:
+    dom = await booted(make_domain)
+    await dom.suspend()
+    run_cli(state_dir, "snapshot-create-as", "guest", "p1")
+    assert (await dom.get_state())[0] == DomainState.PAUSED
+    assert "<state>paused</state>" in dom.snapshot_lookup("p1").xml_desc()
+    await dom.destroy()
+
+
+# -- online disk-only (seed rows 8, 11, 14, 17; 13 and 16 beyond libvirt) -------------
+
+async def test_external_disk_only_switches_both_disks_in_one_transaction(
+        make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    old = [d.source for d in dom.definition.disks]
+    before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "d1",
+                                       "--disk-only", "--atomic")
+    dom = qdriver.Driver(state_dir).lookup("guest")
+    new = [d.source for d in dom.definition.disks]
+    assert [backing_of(n) for n in new] == old
+    async with dom.monitor() as mon:
+        blocks = await mon.execute("query-block")
+    files = sorted(b["inserted"]["file"] for b in blocks if b.get("inserted"))
+    assert files == sorted(new), "QEMU writes to the overlays now"
+    await keeps_counting(dom, after)
+    frozen = disk_counter(old[0])
+    assert within(frozen, before, after), (frozen, before, after)
+    assert disk_counter(new[0]) > frozen
+    assert "<state>disk-snapshot</state>" in dom.snapshot_lookup("d1").xml_desc()
+    await dom.destroy()
+
+
+async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(make_domain,
+                                                                  state_dir: Path) -> None:
+    dom = await booted(make_domain)
+    run_cli(state_dir, "snapshot-create-as", "guest", "m0", "--memspec", "snapshot=no")
+    dom = qdriver.Driver(state_dir).lookup("guest")
+    assert dom.definition.disks[0].source.endswith(".m0")
+    await dom.destroy()
+
+
+async def test_internal_disk_only_of_running_guest_beyond_libvirt(make_domain,
+                                                                  state_dir: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    vda, vdb = (d.source for d in dom.definition.disks)
+    before, after = await cli_snapshot(
+        dom, state_dir, "snapshot-create-as", "guest", "i1", "--disk-only",
+        "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
+    assert _list(vda) == ["i1"]
+    sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
+    assert sizes["i1"] == 0, "a disk-only snapshot holds no memory"
+    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
+        == vdb
+    assert dom.state == DomainState.RUNNING
+    await keeps_counting(dom, after)
+    await dom.destroy()
+    assert within(disk_counter(vda, "i1"), before, after)
+
+
+# -- online external memory (seed rows 22, 23, 25; 24 beyond libvirt) ------------------
+
+def assert_save_image(path: Path) -> None:
+    header = read_header(path)
+    assert header.complete
+    with open(path, "rb") as f:
+        assert f.read(16) == b"LibvirtQemudSave"
+        f.seek(header.stream_offset)
+        assert f.read(4) == b"QEVM", "a QEMU migration stream follows the header"
+    assert "<domain" in header.domain_xml
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_external_memory_and_disks(make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "e1.mem"
+    vda = dom.definition.disks[0].source
+    before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "e1",
+                                       "--memspec", f"file={mem},snapshot=external")
+    assert_save_image(mem)
+    dom = qdriver.Driver(state_dir).lookup("guest")
+    assert backing_of(dom.definition.disks[0].source) == vda
+    assert dom.state == DomainState.RUNNING
+    await keeps_counting(dom, after)
+    assert within(disk_counter(vda), before, after)
+    xml = dom.snapshot_lookup("e1").xml_desc()
+    assert f"<memory snapshot='external' file='{mem}'/>" in xml
+    await dom.destroy()
+
+
+async def test_external_memory_only(make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "m.mem"
+    vda = dom.definition.disks[0].source
+    run_cli(state_dir, "snapshot-create-as", "guest", "m1", "--memspec", str(mem),
+            "--diskspec", "vda,snapshot=no")
+    assert_save_image(mem)
+    assert qdriver.Driver(state_dir).lookup("guest").definition.disks[0].source == vda
+    assert _list(vda) == []
+    await dom.destroy()
+
+
+async def test_external_memory_with_internal_disk_beyond_libvirt(
+        make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    mem = tmp_path / "x.mem"
+    vda, vdb = (d.source for d in dom.definition.disks)
+    before, after = await cli_snapshot(
+        dom, state_dir, "snapshot-create-as", "guest", "x1", "--memspec", str(mem),
+        "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
+    assert_save_image(mem)
+    assert _list(vda) == ["x1"]
+    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
+        == vdb
+    await keeps_counting(dom, after)
+    await dom.destroy()
+    assert within(disk_counter(vda, "x1"), before, after)
+
+
+async def test_internal_memory_with_external_disk_beyond_libvirt(
+        make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    vda, vdb = (d.source for d in dom.definition.disks)
+    run_cli(state_dir, "snapshot-create-as", "guest", "y1", "--memspec", "snapshot=internal",
+            "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
+    assert _list(vda) == ["y1"] and _list(vdb) == []
+    assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["y1"] > 0
+    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
+        == vdb
+    assert dom.state == DomainState.RUNNING
+    await dom.destroy()
+
+
+async def test_live_background_snapshot(make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "live.mem"
+    plan = await dom.plan_snapshot(f"<domainsnapshot><memory file='{mem}'/></domainsnapshot>",
+                                   qdriver.CreateFlags(live=True))
+    assert (plan.live, plan.pause) == ("background", "brief")
+    vda = dom.definition.disks[0].source
+    before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "l1",
+                                       "--live", "--memspec", str(mem))
+    assert_save_image(mem)
+    assert (await dom.get_state())[0] == DomainState.RUNNING
+    await keeps_counting(dom, after)
+    assert within(disk_counter(vda), before, after)
+    await dom.destroy()
+
+
+# -- flags --------------------------------------------------------------------------
+
+async def test_halt_and_no_metadata(make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain)
+    vda = dom.definition.disks[0].source
+    run_cli(state_dir, "snapshot-create-as", "guest", "nm", "--no-metadata")
+    assert _list(vda) == ["nm"] and dom.list_snapshots() == []
+    run_cli(state_dir, "snapshot-create-as", "guest", "h1", "--halt")
+    assert dom.state_reason() == (DomainState.SHUTOFF, "from snapshot")
+    assert _list(vda) == ["nm", "h1"]
+    assert [s.name for s in dom.list_snapshots()] == ["h1"]
+
+
+async def test_manual_disk_leaves_guest_paused(make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain, disks=2)
+    run_cli(state_dir, "snapshot-create-as", "guest", "man", "--disk-only",
+            "--diskspec", "vda,snapshot=external", "--diskspec", "vdb,snapshot=manual")
+    assert (await dom.get_state())[0] == DomainState.PAUSED
+    await dom.resume()
+    await keeps_counting(dom, last_counter(dom))
+    await dom.destroy()
+
+
+async def test_reuse_external_checks_backing(make_domain, state_dir: Path,
+                                             tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    vda = dom.definition.disks[0].source
+    wrong = tmp_path / "wrong.qcow2"
+    await qemuimg.create(wrong, "qcow2", size=64 << 20)
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "r0", "--disk-only",
+                "--reuse-external", "--diskspec", f"vda,file={wrong}", check=False)
+    assert r.returncode == 1 and "must be a qcow2 image backed by" in r.stderr.decode()
+    assert wrong.exists() and dom.list_snapshots() == []
+    good = tmp_path / "good.qcow2"
+    await qemuimg.create(good, backing=vda, backing_fmt="qcow2")
+    run_cli(state_dir, "snapshot-create-as", "guest", "r1", "--disk-only", "--reuse-external",
+            "--diskspec", f"vda,file={good}")
+    assert qdriver.Driver(state_dir).lookup("guest").definition.disks[0].source == str(good)
+    await dom.destroy()
+
+
+async def test_progress_is_reported(make_domain, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    seen: list[qdriver.executor.Progress] = []
+    await dom.snapshot_create_xml(
+        f"<domainsnapshot><memory file='{tmp_path / 'p.mem'}'/></domainsnapshot>",
+        progress=seen.append)
+    assert seen and seen[-1].phase == "memory" and seen[-1].total > 0
+    assert seen[-1].done > 0 and seen[-1].rate > 0
+    await dom.destroy()
+
+
+# -- failure injection: nothing lost ----------------------------------------------------
+
+async def assert_untouched(dom: qdriver.Domain, state_dir: Path, sources: list[str],
+                           state: DomainState = DomainState.RUNNING) -> None:
+    fresh = qdriver.Driver(state_dir).lookup(dom.name)
+    assert [d.source for d in fresh.definition.disks] == sources, "definition changed"
+    assert fresh.list_snapshots() == [], "metadata was written"
+    assert (await fresh.get_state())[0] == state
+    for src in sources:
+        assert _list(src) == []
+
+
+async def test_overlay_on_readonly_filesystem(make_domain, state_dir: Path,
+                                              small_tmpfs) -> None:
+    dom = await booted(make_domain, disks=2)
+    sources = [d.source for d in dom.definition.disks]
+    ro = small_tmpfs(readonly=True)
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "f1", "--disk-only",
+                "--diskspec", "vda,snapshot=external",
+                "--diskspec", f"vdb,snapshot=external,file={ro}/vdb.f1", check=False)
+    assert r.returncode == 1 and "Read-only file system" in r.stderr.decode()
+    assert not Path(str(sources[0]).rsplit(".", 1)[0] + ".f1").exists(), "overlay left behind"
+    await assert_untouched(dom, state_dir, sources)
+    await keeps_counting(dom, last_counter(dom))
+    await dom.destroy()
+
+
+async def test_overlay_on_full_filesystem(make_domain, state_dir: Path, small_tmpfs) -> None:
+    dom = await booted(make_domain)
+    sources = [d.source for d in dom.definition.disks]
+    full = small_tmpfs(size="64k", fill=True)
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "f2", "--disk-only",
+                "--diskspec", f"vda,file={full}/vda.f2", check=False)
+    assert r.returncode == 1
+    assert not (full / "vda.f2").exists()
+    await assert_untouched(dom, state_dir, sources)
+    await dom.destroy()
+
+
+async def test_memory_file_on_full_filesystem(make_domain, state_dir: Path,
+                                              small_tmpfs) -> None:
+    dom = await booted(make_domain)
+    sources = [d.source for d in dom.definition.disks]
+    full = small_tmpfs(size="2m")
+    overlay = str(sources[0]).rsplit(".", 1)[0] + ".f3"
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "f3", "--memspec",
+                f"{full}/f3.mem", check=False)
+    assert r.returncode == 1 and "saving the memory state failed" in r.stderr.decode()
+    assert not (full / "f3.mem").exists() and not Path(overlay).exists()
+    await assert_untouched(dom, state_dir, sources)
+    await keeps_counting(dom, last_counter(dom))
+    await dom.destroy()
+
+
+async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
+                                            tmp_path: Path) -> None:
+    dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2", timeout=90)
+    sources = [d.source for d in dom.definition.disks]
+    mem = tmp_path / "k.mem"
+    pid = int(dom.paths.pidfile.read_text())
+
+    async def kill_when_saving() -> None:
+        while not mem.exists() or mem.stat().st_size < (8 << 20):
+            await anyio.sleep(0.002)
+        os.kill(pid, 9)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_when_saving)
+        with pytest.raises(qdriver.QDriverError):
+            await dom.snapshot_create_xml(
+                f"<domainsnapshot><name>k1</name><memory file='{mem}'/></domainsnapshot>")
+    assert not mem.exists()
+    assert not Path(str(sources[0]).rsplit(".", 1)[0] + ".k1").exists()
+    assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
+    fresh = qdriver.Driver(state_dir).lookup("guest")
+    assert fresh.list_snapshots() == [] and \
+        [d.source for d in fresh.definition.disks] == sources
+
+
+async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> None:
+    dom = await make_domain(disks=2)
+    vda, vdb = (d.source for d in dom.definition.disks)
+    await qemuimg.snapshot_create(vda, "t1")  # QEMU will refuse a second 't1' on vda
+    await dom.start()
+    await wait_console(dom, "COUNTER 3")
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "t1", "--disk-only",
+                "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external",
+                check=False)
+    assert r.returncode == 1 and "already exists" in r.stderr.decode()
+    overlay = str(vdb).rsplit(".", 1)[0] + ".t1"
+    assert not Path(overlay).exists()
+    async with dom.monitor() as mon:
+        nodes = [n["node-name"] for n in await mon.execute("query-named-block-nodes")]
+    assert not any(n.startswith("ov-") for n in nodes), "the overlay node was not deleted"
+    fresh = qdriver.Driver(state_dir).lookup("guest")
+    assert [d.source for d in fresh.definition.disks] == [vda, vdb]
+    assert fresh.list_snapshots() == [] and _list(vda) == ["t1"] and _list(vdb) == []
+    assert (await fresh.get_state())[0] == DomainState.RUNNING
+    await dom.destroy()
+
+
+async def test_quiesce_without_a_responding_agent(make_domain, state_dir: Path) -> None:
+    channel = ("\n    <channel type='unix'><target type='virtio' "
+               "name='org.qemu.guest_agent.0'/></channel>")
+    dom = await booted(make_domain, extra_devices=channel)
+    sources = [d.source for d in dom.definition.disks]
+    with pytest.raises(qdriver.AgentUnresponsiveError):
+        await dom.snapshot_create_xml("<domainsnapshot><name>q1</name></domainsnapshot>",
+                                      disk_only=True, quiesce=True)
+    assert not Path(str(sources[0]).rsplit(".", 1)[0] + ".q1").exists()
+    await assert_untouched(dom, state_dir, sources)
+    await dom.destroy()
+
+
+async def test_existing_files_are_refused_before_anything_happens(
+        make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    sources = [d.source for d in dom.definition.disks]
+    mem = tmp_path / "exists.mem"
+    mem.write_text("precious")
+    with pytest.raises(qdriver.OperationFailedError, match="already exists"):
+        await dom.snapshot_create_xml(f"<domainsnapshot><memory file='{mem}'/>"
+                                      "</domainsnapshot>")
+    assert mem.read_text() == "precious"
+    await assert_untouched(dom, state_dir, sources)
+    await dom.destroy()
