@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The main job end to end: define the test guest, start it, show its console's
-ready line, suspend and resume it, shut it down.  Later issues extend this
-with every snapshot kind, revert and the snapshot tree.
+ready line, suspend and resume it, take every kind of snapshot (internal,
+external disk-only, external memory + disks, LIVE, internal disk-only of a
+running guest, offline), show the snapshot tree, shut it down.
+Revert arrives with its own issue.
 
 Usage: python3 examples/demo.py [WORKDIR]   (builds the test guest if needed)
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import anyio
 
 import qdriver
+from qdriver.cli.snapshot_cmds import format_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,11 +82,46 @@ async def main(work: Path) -> None:
         await dom.resume()
         print("state:", (await dom.get_state())[0].label)
         print("console:", await wait_for(dom, "COUNTER 2"))
+        await snapshots(dom, work)
         step("shutdown (ACPI power button)")
         graceful = await dom.shutdown(timeout=60)
         state, reason = dom.state_reason()
         print(f"state: {state.label} ({reason}); guest powered off by itself: {graceful}")
-        await drv.undefine(dom)
+        step("offline snapshot (qemu-img) of the shut-off guest")
+        await create(dom, "offline", "<domainsnapshot><name>offline</name></domainsnapshot>")
+        step("the snapshot tree")
+        sys.stdout.write(format_tree(dom.snapshot_tree(),
+                                     [s.name for s in dom.list_snapshots(topological=True)]))
+        await drv.undefine(dom, snapshots_metadata=True)
+
+
+async def create(dom: qdriver.Domain, name: str, xml: str, **flags: bool) -> None:
+    """Create one snapshot and say what it cost the guest."""
+    plan = await dom.plan_snapshot(xml, qdriver.CreateFlags(**flags))
+    snap = await dom.snapshot_create_xml(xml, **flags)
+    cost = f"{snap.report.seconds * 1000:.0f} ms, guest paused " \
+           f"{snap.report.pause * 1000:.0f} ms" if snap.report else ""
+    print(f"snapshot {name:10} {', '.join(plan.steps):72} {cost}")
+
+
+async def snapshots(dom: qdriver.Domain, work: Path) -> None:
+    step("snapshots of the running guest (mechanisms, then time and guest pause)")
+    await create(dom, "internal", "<domainsnapshot><name>internal</name></domainsnapshot>")
+    await create(dom, "disk-only", "<domainsnapshot><name>disk-only</name></domainsnapshot>",
+                 disk_only=True)
+    await create(dom, "memory", f"<domainsnapshot><name>memory</name><memory file="
+                 f"'{work / 'memory.save'}'/></domainsnapshot>")
+    await create(dom, "live", f"<domainsnapshot><name>live</name><memory file="
+                 f"'{work / 'live.save'}'/></domainsnapshot>", live=True)
+    await create(dom, "int-disk", "<domainsnapshot><name>int-disk</name><disks><disk "
+                 "name='vda' snapshot='internal'/></disks></domainsnapshot>", disk_only=True)
+    print("console:", await wait_for(dom, f"COUNTER {last(dom) + 2}"))
+
+
+def last(dom: qdriver.Domain) -> int:
+    lines = [ln for ln in dom.paths.console_log.read_text(errors="replace").splitlines()
+             if ln.startswith("COUNTER ")]
+    return int(lines[-1].split()[1]) if lines else 0
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class RunRecord:
     stop_requested: str | None = None
     console_pty: str | None = None
     vnc_port: int | None = None
+    snapshot_save: bool | None = None
+    """Whether this QEMU has QMP snapshot-save (asked once, then remembered)."""
 
     @property
     def proc(self) -> process.ProcessId:
@@ -200,19 +202,20 @@ class Domain(SnapshotsMixin):
         return QMP_STATES.get(str(status["status"]),  # type: ignore[index]
                               (DomainState.NOSTATE, "unknown"))
 
-    async def _sync_run_state(self) -> None:
+    async def _sync_run_state(self, mon: qmp.Monitor) -> None:
         """Bring the runtime record in line with what QEMU says (after snapshots)."""
         rec = self._record()
         if rec is None:
             return
         try:
-            async with qmp.open_monitor(self.paths.qmp_query, timeout=2) as mon:
-                status = await mon.execute("query-status", timeout=2)
+            status = await mon.execute("query-status", timeout=2)
         except QDriverError:
             return
         state, reason = QMP_STATES.get(str(status["status"]),  # type: ignore[index]
                                        (DomainState.PAUSED, "unknown"))
-        self._update(rec, paused=state != DomainState.RUNNING, reason=reason)
+        paused = state != DomainState.RUNNING
+        if (rec.paused, rec.reason) != (paused, reason):
+            self._update(rec, paused=paused, reason=reason)
 
     # -- locking and monitor access -----------------------------------------
 

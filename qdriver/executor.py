@@ -49,6 +49,36 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+@dataclass(frozen=True)
+class CreateReport:
+    """What a snapshot creation cost the guest, measured with QEMU's own clock."""
+
+    seconds: float
+    """Wall time of the whole operation."""
+    pause: float
+    """Time the vCPUs were stopped (QEMU's STOP to RESUME event timestamps)."""
+    memory_bytes: int
+    """Size of the external memory file, if any."""
+
+    @property
+    def memory_rate(self) -> float:
+        """Memory file write rate in bytes per second over the whole operation."""
+        return self.memory_bytes / self.seconds if self.seconds else 0.0
+
+
+def guest_pause(events: list[dict[str, object]], end: float) -> float:
+    """Seconds between STOP and RESUME events (an unmatched STOP runs to ``end``)."""
+    total, stopped_at = 0.0, None
+    for ev in events:
+        ts = ev.get("timestamp", {})
+        at = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6  # type: ignore[union-attr]
+        if ev.get("event") == "STOP" and stopped_at is None:
+            stopped_at = at
+        elif ev.get("event") == "RESUME" and stopped_at is not None:
+            total, stopped_at = total + at - stopped_at, None
+    return total + (end - stopped_at if stopped_at is not None else 0.0)
+
+
 def overlay_nodes(target: str, path: str) -> tuple[str, str]:
     """Stable (format, file) node names for an overlay image."""
     tag = hashlib.sha256(path.encode()).hexdigest()[:8]
@@ -58,17 +88,23 @@ def overlay_nodes(target: str, path: str) -> tuple[str, str]:
 class Execution:
     """One snapshot creation in progress."""
 
-    def __init__(self, dom: Domain, plan: Plan, progress: ProgressFn | None) -> None:
+    def __init__(self, dom: Domain, plan: Plan, progress: ProgressFn | None,
+                 mon: qmp.Monitor | None = None) -> None:
         self.dom = dom
         self.plan = plan
         self.progress = progress
         self.undo: list[Undo] = []
-        self.mon: qmp.Monitor | None = None
+        self.mon = mon
+        """The open operations monitor of a running domain (the caller's)."""
         self.nodes: dict[str, str] = {}
         self.before: DomainDef = dom.definition
         self.after: DomainDef = dom.definition
         self.online = plan.state != "shutoff"
         self.created = int(time.time())
+        self.events: list[dict[str, object]] = []
+        self.memory_fd: int | None = None
+        """The memory file, kept open until the guest runs again, then completed."""
+        self.report: CreateReport | None = None
         self.switched: set[str] = set()
         """Disks whose new overlay QEMU already writes to: never undone."""
         self.frozen = False
@@ -78,16 +114,22 @@ class Execution:
     async def run(self) -> SnapshotDef:
         """Do every step; roll back and re-raise on the first failure."""
         self.preflight()
-        try:
-            if self.online:
-                async with qmp.open_monitor(self.dom.paths.qmp) as mon:
-                    self.mon = mon
+        started = time.monotonic()
+        if not self.online:
+            await self._attempt(self._steps)
+        else:
+            mon = self.monitor
+            try:
+                with mon.listener("STOP", "RESUME") as listener:
                     await self._attempt(self._online_steps)
-            else:
-                await self._attempt(self._steps)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.dom._sync_run_state()
+                    self.events = [dict(e) for e in listener.clear()]
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.dom._sync_run_state(mon)
+        mem = Path(self.plan.memory_file) if self.plan.memory_file else None
+        self.report = CreateReport(time.monotonic() - started,
+                                   guest_pause(self.events, time.time()),
+                                   mem.stat().st_size if mem and mem.exists() else 0)
         return self.record()
 
     async def _attempt(self, steps: Callable[[], Awaitable[None]]) -> None:
@@ -100,7 +142,16 @@ class Execution:
 
     async def _online_steps(self) -> None:
         self.nodes = await top_nodes(self.monitor)
-        await self._steps()
+        try:
+            await self._steps()
+            if self.memory_fd is not None:
+                # flushing hundreds of MiB takes time: done after the guest runs
+                # again, before the magic says the image is complete
+                await anyio.to_thread.run_sync(mark_complete, self.memory_fd)
+        finally:
+            if self.memory_fd is not None:
+                os.close(self.memory_fd)
+                self.memory_fd = None
 
     async def _steps(self) -> None:
         for step in self.plan.steps:
@@ -287,23 +338,20 @@ class Execution:
     async def _migrate(self, background: bool) -> None:
         path = self.plan.memory_file or ""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.memory_fd = fd
         self.undo.append(lambda: _unlink(path))
+        was_running = self.plan.resume or "migrate-live" in self.plan.steps
+        write_header(fd, self.before.to_xml(), "<cookie/>", was_running)
+        await self._set_migration(background)
         try:
-            was_running = self.plan.resume or "migrate-live" in self.plan.steps
-            write_header(fd, self.before.to_xml(), "<cookie/>", was_running)
-            await self._set_migration(background)
-            try:
-                with self.monitor.listener("MIGRATION") as events:
-                    await self.monitor.send_fd(fd, "qdriver-migrate")
-                    await self.monitor.execute("migrate", {"uri": "fd:qdriver-migrate"})
-                    await self._wait_migration(events)
-            finally:
-                if background:
-                    await self.monitor.execute("migrate-set-capabilities", {"capabilities": [
-                        {"capability": "background-snapshot", "state": False}]})
-            mark_complete(fd)
+            with self.monitor.listener("MIGRATION") as events:
+                await self.monitor.send_fd(fd, "qdriver-migrate")
+                await self.monitor.execute("migrate", {"uri": "fd:qdriver-migrate"})
+                await self._wait_migration(events)
         finally:
-            os.close(fd)
+            if background:
+                await self.monitor.execute("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "background-snapshot", "state": False}]})
 
     async def _set_migration(self, background: bool) -> None:
         await self.monitor.execute("migrate-set-capabilities", {"capabilities": [

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from . import qmp
 from . import snapshots as meta
 from .errors import NoSnapshotError, NoSupportError, OperationInvalidError, QDriverError
-from .executor import Execution, ProgressFn
+from .executor import CreateReport, Execution, ProgressFn
 from .planner import CreateFlags, HostCaps, Plan, plan_snapshot
 from .snapshots import ListFilter, SnapshotStore, SnapshotTree
 from .xml.snapshot import validate_schema
@@ -21,14 +21,17 @@ if TYPE_CHECKING:
 
 STATE_NAMES = {1: "running", 2: "running", 3: "paused", 4: "running", 5: "shutoff",
                6: "shutoff", 7: "pmsuspended"}
+QMP_STATUS_TO_PLANNER = {"running": "running", "suspended": "pmsuspended"}
 
 
 class Snapshot:
     """One snapshot of a domain (``virDomainSnapshot``)."""
 
-    def __init__(self, domain: Domain, name: str) -> None:
+    def __init__(self, domain: Domain, name: str, report: CreateReport | None = None) -> None:
         self.domain = domain
         self.name = name
+        self.report = report
+        """For a snapshot just created: its total time, guest pause and memory size."""
 
     def __repr__(self) -> str:
         return f"<Snapshot {self.domain.name}/{self.name}>"
@@ -123,30 +126,37 @@ class SnapshotsMixin:
         state, _ = await self.get_state()
         return STATE_NAMES.get(int(state), "shutoff")
 
-    async def host_caps(self: Domain, live: bool = False) -> HostCaps:  # type: ignore[misc]
-        """What the running QEMU can do: snapshot-save, background-snapshot."""
-        if not self.is_active:
-            return HostCaps()
-        async with qmp.open_monitor(self.paths.qmp_query) as mon:
+    async def probe(self: Domain, mon: qmp.Monitor,  # type: ignore[misc]
+                    live: bool = False) -> tuple[str, HostCaps]:
+        """The domain state and what this QEMU can do, asked on an open monitor."""
+        status = await mon.execute("query-status")
+        state = QMP_STATUS_TO_PLANNER.get(str(status["status"]), "paused")  # type: ignore[index]
+        rec = self._record()
+        has_save = rec.snapshot_save if rec is not None else None
+        if has_save is None:  # a QEMU's commands do not change while it runs: ask once
             commands = {c["name"] for c in await mon.execute("query-commands")}  # type: ignore[union-attr]
-            background = False
-            if live:  # QEMU checks the host kernel (userfaultfd write-protect) right here
-                try:
-                    for state in (True, False):
-                        await mon.execute("migrate-set-capabilities", {"capabilities": [
-                            {"capability": "background-snapshot", "state": state}]})
-                    background = True
-                except QDriverError:
-                    background = False
-        return HostCaps(snapshot_save="snapshot-save" in commands,
-                        background_snapshot=background)
+            has_save = "snapshot-save" in commands
+            if rec is not None:
+                self._update(rec, snapshot_save=has_save)
+        background = False
+        if live:  # QEMU checks the host kernel (userfaultfd write-protect) right here
+            try:
+                for on in (True, False):
+                    await mon.execute("migrate-set-capabilities", {"capabilities": [
+                        {"capability": "background-snapshot", "state": on}]})
+                background = True
+            except QDriverError:
+                background = False
+        return state, HostCaps(snapshot_save=has_save, background_snapshot=background)
 
     async def plan_snapshot(self: Domain, xml: str | bytes,  # type: ignore[misc]
                             flags: CreateFlags = CreateFlags(),
                             assume_state: str | None = None) -> Plan:
         """What creating this snapshot would do, without doing it."""
-        state = assume_state or await self.planning_state()
-        caps = HostCaps() if assume_state else await self.host_caps(flags.live)
+        if assume_state or not self.is_active:
+            return plan_snapshot(self.definition, assume_state or "shutoff", xml, flags)
+        async with qmp.open_monitor(self.paths.qmp_query) as mon:
+            state, caps = await self.probe(mon, flags.live)
         return plan_snapshot(self.definition, state, xml, flags, caps)
 
     async def snapshot_create_xml(self: Domain, xml: str | bytes,  # type: ignore[misc]
@@ -157,13 +167,24 @@ class SnapshotsMixin:
         if flags.validate:
             validate_schema(xml)
         async with self._locked():
-            plan = await self.plan_snapshot(xml, flags)
-            store = self.snapshot_store()
-            tree = store.load()
-            if flags.redefine:
-                meta.redefine(store, tree, plan.definition, self.uuid, flags.current)
-            else:
-                if plan.name in tree.snaps:
-                    raise OperationInvalidError(f"Snapshot '{plan.name}' already exists")
-                await Execution(self, plan, progress).run()
+            if flags.redefine or not self.is_active:
+                return await self._create(None, xml, flags, progress)
+            async with qmp.open_monitor(self.paths.qmp) as mon:
+                return await self._create(mon, xml, flags, progress)
+
+    async def _create(self: Domain, mon: qmp.Monitor | None,  # type: ignore[misc]
+                      xml: str | bytes, flags: CreateFlags,
+                      progress: ProgressFn | None) -> Snapshot:
+        """Plan, then carry out (or, for REDEFINE, record); the lock is held."""
+        state, caps = await self.probe(mon, flags.live) if mon else ("shutoff", HostCaps())
+        plan = plan_snapshot(self.definition, state, xml, flags, caps)
+        store = self.snapshot_store()
+        tree = store.load()
+        if flags.redefine:
+            meta.redefine(store, tree, plan.definition, self.uuid, flags.current)
             return Snapshot(self, plan.name)
+        if plan.name in tree.snaps:
+            raise OperationInvalidError(f"Snapshot '{plan.name}' already exists")
+        execution = Execution(self, plan, progress, mon)
+        await execution.run()
+        return Snapshot(self, plan.name, execution.report)

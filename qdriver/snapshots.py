@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgError, NoSnapshotError, OperationInvalidError, QDriverError
-from .statestore import atomic_write
+from .statestore import atomic_write, fsync_dir
 from .xml.snapshot import SnapshotDef, validate_name
 
 ACTIVE_EXCLUDED = ("shutoff", "disk-snapshot")
@@ -145,9 +145,10 @@ class SnapshotStore:
             current = []
         return SnapshotTree(snaps, current[0] if current else None)
 
-    def write(self, snap: SnapshotDef, active: bool) -> None:
+    def write(self, snap: SnapshotDef, active: bool, sync_dir: bool = True) -> None:
         assert snap.name is not None
-        atomic_write(self.path(snap.name), replace(snap, active=active).format(internal=True))
+        atomic_write(self.path(snap.name), replace(snap, active=active).format(internal=True),
+                     sync_dir=sync_dir)
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
@@ -196,9 +197,11 @@ def set_current(store: SnapshotStore, tree: SnapshotTree, name: str | None) -> N
     old = tree.current
     tree.current = name
     if name is not None:
-        store.write(tree.snaps[name], True)
+        store.write(tree.snaps[name], True, sync_dir=False)
     if old is not None and old != name and old in tree.snaps:
-        store.write(tree.snaps[old], False)
+        store.write(tree.snaps[old], False, sync_dir=False)
+    if store.dir.is_dir():
+        fsync_dir(store.dir)
 
 
 def add(store: SnapshotStore, tree: SnapshotTree, snap: SnapshotDef) -> None:

@@ -23,8 +23,13 @@ from .errors import DomainBusyError
 T = TypeVar("T")
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
+                 sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    ``sync_dir=False`` leaves the directory fsync to the caller (`fsync_dir`),
+    for several files written together.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -39,7 +44,13 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:

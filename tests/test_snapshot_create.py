@@ -441,3 +441,18 @@ async def test_existing_files_are_refused_before_anything_happens(
     assert mem.read_text() == "precious"
     await assert_untouched(dom, state_dir, sources)
     await dom.destroy()
+
+
+async def test_report_measures_the_guest_pause(make_domain, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    internal = await dom.snapshot_create_xml("<domainsnapshot><name>r1</name></domainsnapshot>")
+    assert internal.report is not None
+    assert 0 < internal.report.pause <= internal.report.seconds
+    disk_only = await dom.snapshot_create_xml("<domainsnapshot><name>r2</name>"
+                                              "</domainsnapshot>", disk_only=True)
+    assert disk_only.report is not None and disk_only.report.pause == 0.0
+    mem = await dom.snapshot_create_xml(f"<domainsnapshot><name>r3</name><memory file="
+                                        f"'{tmp_path / 'r3.mem'}'/></domainsnapshot>")
+    assert mem.report is not None and mem.report.memory_bytes == (tmp_path / "r3.mem").stat().st_size
+    assert mem.report.memory_rate > 0
+    await dom.destroy()
