@@ -59,6 +59,8 @@ class CreateReport:
     """Time the vCPUs were stopped (QEMU's STOP to RESUME event timestamps)."""
     memory_bytes: int
     """Size of the external memory file, if any."""
+    flush: float = 0.0
+    """Time spent making the memory file durable (fsync), after the guest resumed."""
 
     @property
     def memory_rate(self) -> float:
@@ -103,6 +105,7 @@ class Execution:
         self.created = int(time.time())
         self.events: list[dict[str, object]] = []
         self.memory_fd: int | None = None
+        self.flush_seconds = 0.0
         """The memory file, kept open until the guest runs again, then completed."""
         self.report: CreateReport | None = None
         self.switched: set[str] = set()
@@ -129,7 +132,8 @@ class Execution:
         mem = Path(self.plan.memory_file) if self.plan.memory_file else None
         self.report = CreateReport(time.monotonic() - started,
                                    guest_pause(self.events, time.time()),
-                                   mem.stat().st_size if mem and mem.exists() else 0)
+                                   mem.stat().st_size if mem and mem.exists() else 0,
+                                   self.flush_seconds)
         return self.record()
 
     async def _attempt(self, steps: Callable[[], Awaitable[None]]) -> None:
@@ -144,14 +148,24 @@ class Execution:
         self.nodes = await top_nodes(self.monitor)
         try:
             await self._steps()
-            if self.memory_fd is not None:
-                # flushing hundreds of MiB takes time: done after the guest runs
-                # again, before the magic says the image is complete
-                await anyio.to_thread.run_sync(mark_complete, self.memory_fd)
+            await self._complete_memory_file()  # with NO_METADATA no step did it
         finally:
             if self.memory_fd is not None:
                 os.close(self.memory_fd)
                 self.memory_fd = None
+
+    async def _complete_memory_file(self) -> None:
+        """Flush the memory file and mark it complete.
+
+        Flushing hundreds of MiB takes time, so this runs after the guest runs
+        again, but before metadata names the file.
+        """
+        if self.memory_fd is not None:
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(mark_complete, self.memory_fd)
+            self.flush_seconds = time.monotonic() - started
+            os.close(self.memory_fd)
+            self.memory_fd = None
 
     async def _steps(self) -> None:
         for step in self.plan.steps:
@@ -401,6 +415,7 @@ class Execution:
         await process.terminate(rec.proc)
 
     async def write_metadata(self) -> None:
+        await self._complete_memory_file()
         store = self.dom.snapshot_store()
         meta.add(store, store.load(), self.record())
 

@@ -11,7 +11,7 @@ from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
 from ..xml.caps import domcapabilities
-from .registry import command, domain_arg, format_table, out
+from .registry import Handler, command, domain_arg, format_table, out
 
 
 # -- domain lifecycle ---------------------------------------------------------
@@ -54,18 +54,24 @@ async def cmd_start(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-@command("suspend", "suspend a domain", domain_arg)
-async def cmd_suspend(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup(a.domain).suspend()
-    out(f"Domain '{a.domain}' suspended")
-    return 0
+# command: (help, Domain method, what virsh prints after "Domain 'x'")
+SIMPLE = {
+    "suspend": ("suspend a domain", "suspend", "suspended"),
+    "resume": ("resume a domain", "resume", "resumed"),
+    "destroy": ("destroy (stop) a domain", "destroy", "destroyed"),
+}
 
 
-@command("resume", "resume a domain", domain_arg)
-async def cmd_resume(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup(a.domain).resume()
-    out(f"Domain '{a.domain}' resumed")
-    return 0
+def _simple(method: str, done: str) -> Handler:
+    async def handler(drv: Driver, a: argparse.Namespace) -> int:
+        await getattr(drv.lookup(a.domain), method)()
+        out(f"Domain '{a.domain}' {done}")
+        return 0
+    return handler
+
+
+for _name, (_help, _method, _done) in SIMPLE.items():
+    command(_name, _help, domain_arg)(_simple(_method, _done))
 
 
 def _setup_shutdown(p: argparse.ArgumentParser) -> None:
@@ -84,13 +90,6 @@ async def cmd_shutdown(drv: Driver, a: argparse.Namespace) -> int:
     if not await dom.shutdown(timeout=a.timeout, escalate=not a.no_escalate):
         out(f"Domain '{dom.name}' ignored the ACPI power button for {a.timeout:g} s "
             "and was destroyed")
-    return 0
-
-
-@command("destroy", "destroy (stop) a domain", domain_arg)
-async def cmd_destroy(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup(a.domain).destroy()
-    out(f"Domain '{a.domain}' destroyed")
     return 0
 
 
