@@ -157,10 +157,14 @@ class Domain(SnapshotsMixin):
             path.unlink(missing_ok=True)
         for i in range(len(self.definition.channels)):
             self.paths.channel(i).unlink(missing_ok=True)
-        try:
-            self.paths.sockets.rmdir()
-        except OSError:
-            pass  # not empty (a user-chosen socket lives elsewhere) or already gone
+        # the domain's socket dir, then the state dir's and the per-user base
+        # once nothing else uses them
+        for directory in (self.paths.sockets, self.paths.sockets.parent,
+                          self.paths.sockets.parent.parent):
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty (another domain runs) or already gone
 
     def _status(self) -> StatusRecord:
         return read_record(self.paths.status, StatusRecord) or StatusRecord()
