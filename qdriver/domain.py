@@ -203,7 +203,7 @@ class Domain(SnapshotsMixin):
             if self._record() is None:
                 return DomainState.SHUTOFF, self._status().reason
             raise
-        return QMP_STATES.get(str(status["status"]),  # type: ignore[index]
+        return QMP_STATES.get(str(status["status"]),
                               (DomainState.NOSTATE, "unknown"))
 
     async def _sync_run_state(self, mon: qmp.Monitor) -> None:
@@ -215,7 +215,7 @@ class Domain(SnapshotsMixin):
             status = await mon.execute("query-status", timeout=2)
         except QDriverError:
             return
-        state, reason = QMP_STATES.get(str(status["status"]),  # type: ignore[index]
+        state, reason = QMP_STATES.get(str(status["status"]),
                                        (DomainState.PAUSED, "unknown"))
         paused = state != DomainState.RUNNING
         if (rec.paused, rec.reason) != (paused, reason):
@@ -264,7 +264,8 @@ class Domain(SnapshotsMixin):
 
     def _check_files(self) -> None:
         d = self.definition
-        wanted = [("storage file", disk.source) for disk in d.disks if disk.source]
+        wanted: list[tuple[str, str | None]] = [
+            ("storage file", disk.source) for disk in d.disks if disk.source]
         wanted += [("kernel", d.kernel), ("initrd", d.initrd)]
         for what, path in wanted:
             if path and not Path(path).exists():
@@ -324,7 +325,7 @@ class Domain(SnapshotsMixin):
             rec = self._require_active()
             async with qmp.open_monitor(self.paths.qmp) as mon:
                 status = await mon.execute("query-status")
-                if status["status"] == "running":  # type: ignore[index]
+                if status["status"] == "running":
                     raise OperationInvalidError("domain is already running")
                 await mon.execute("cont")
             self._update(rec, paused=False, reason="unpaused")
@@ -384,7 +385,7 @@ class Domain(SnapshotsMixin):
 
 
 async def _console_pty(mon: qmp.Monitor) -> str | None:
-    for chardev in await mon.execute("query-chardev"):  # type: ignore[union-attr]
+    for chardev in await mon.execute("query-chardev"):
         if chardev["label"] == "charserial0" and str(chardev["filename"]).startswith("pty:"):
             return str(chardev["filename"])[4:]
     return None

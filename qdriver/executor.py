@@ -14,10 +14,12 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
+from qemu.qmp import EventListener
 
 from . import agent, process, qemuimg, qmp
 from . import snapshots as meta
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
 JOB_TIMEOUT = 3600.0
-Undo = Callable[[], Awaitable[None]]
+Undo = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,12 @@ class CreateReport:
         return self.memory_bytes / self.seconds if self.seconds else 0.0
 
 
-def guest_pause(events: list[dict[str, object]], end: float) -> float:
+def guest_pause(events: list[dict[str, Any]], end: float) -> float:
     """Seconds between STOP and RESUME events (an unmatched STOP runs to ``end``)."""
     total, stopped_at = 0.0, None
     for ev in events:
-        ts = ev.get("timestamp", {})
-        at = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6  # type: ignore[union-attr]
+        ts = ev.get("timestamp") or {}
+        at = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
         if ev.get("event") == "STOP" and stopped_at is None:
             stopped_at = at
         elif ev.get("event") == "RESUME" and stopped_at is not None:
@@ -103,7 +105,7 @@ class Execution:
         self.after: DomainDef = dom.definition
         self.online = plan.state != "shutoff"
         self.created = int(time.time())
-        self.events: list[dict[str, object]] = []
+        self.events: list[dict[str, Any]] = []
         self.memory_fd: int | None = None
         self.flush_seconds = 0.0
         """The memory file, kept open until the guest runs again, then completed."""
@@ -225,12 +227,12 @@ class Execution:
         for d in self.internal():
             assert d.source is not None
             await qemuimg.snapshot_create(d.source, self.plan.name)
-            self.undo.append(lambda src=d.source: qemuimg.snapshot_delete(src, self.plan.name))
+            self.undo.append(partial(qemuimg.snapshot_delete, d.source, self.plan.name))
 
     async def qemu_img_create(self) -> None:
         for d in self.external():
             assert d.file is not None and d.source is not None
-            self.undo.append(lambda d=d: self._drop_overlay_file(d))
+            self.undo.append(partial(self._drop_overlay_file, d))
             await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
 
     async def _drop_overlay_file(self, d: DiskPlan) -> None:
@@ -273,7 +275,7 @@ class Execution:
             await self.monitor.execute("blockdev-add", {
                 "driver": "qcow2", "node-name": fmt_node, "backing": None,
                 "file": {"driver": "file", "filename": d.file, "node-name": file_node}})
-            self.undo.append(lambda d=d, n=fmt_node: self._drop_overlay_node(d, n))
+            self.undo.append(partial(self._drop_overlay_node, d, fmt_node))
 
     async def _drop_overlay_node(self, d: DiskPlan, node: str) -> None:
         if d.target not in self.switched:
@@ -285,7 +287,7 @@ class Execution:
 
     async def _resume_if_paused(self) -> None:
         status = await self.monitor.execute("query-status")
-        if status["status"] != "running":  # type: ignore[index]
+        if status["status"] != "running":
             await self.monitor.execute("cont")
 
     async def resume(self) -> None:
@@ -298,14 +300,14 @@ class Execution:
         await qmp.run_job(self.monitor, "snapshot-save", {
             "tag": self.plan.name, "vmstate": devices[0], "devices": devices}, job,
             JOB_TIMEOUT, lambda cur, tot: self._progress("snapshot-save", cur, tot, started))
-        self.undo.append(lambda: qmp.run_job(self.monitor, "snapshot-delete", {
+        self.undo.append(partial(qmp.run_job, self.monitor, "snapshot-delete", {
             "tag": self.plan.name, "devices": devices}, f"qdriver-undo-{self.created}", 60))
 
     async def hmp_savevm(self) -> None:
         out = await self.monitor.hmp(f"savevm {self.plan.name}", JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
             raise OperationFailedError(f"savevm failed: {out.strip()}")
-        self.undo.append(lambda: self.monitor.hmp(f"delvm {self.plan.name}"))
+        self.undo.append(partial(self.monitor.hmp, f"delvm {self.plan.name}"))
 
     async def transaction_internal(self) -> None:
         """Internal disk snapshots only, taken before a migration inactivates the images."""
@@ -335,9 +337,10 @@ class Execution:
                 self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
                 self.switched.add(d.target)
             elif d.snapshot == "internal" and internal:
-                self.undo.append(lambda node=self.nodes[d.target]: self.monitor.execute(
-                    "blockdev-snapshot-delete-internal-sync",
-                    {"device": node, "name": self.plan.name}))
+                self.undo.append(partial(self.monitor.execute,
+                                         "blockdev-snapshot-delete-internal-sync",
+                                         {"device": self.nodes[d.target],
+                                          "name": self.plan.name}))
 
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
@@ -353,7 +356,7 @@ class Execution:
         path = self.plan.memory_file or ""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.memory_fd = fd
-        self.undo.append(lambda: _unlink(path))
+        self.undo.append(partial(_unlink, path))
         was_running = self.plan.resume or "migrate-live" in self.plan.steps
         write_header(fd, self.before.to_xml(), "<cookie/>", was_running)
         await self._set_migration(background)
@@ -373,12 +376,12 @@ class Execution:
             {"capability": "background-snapshot", "state": background}]})
         await self.monitor.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
 
-    async def _wait_migration(self, events: object) -> None:
+    async def _wait_migration(self, events: EventListener) -> None:
         started = time.monotonic()
         while True:
             info = await self.monitor.execute("query-migrate")
-            status = str(info.get("status"))  # type: ignore[union-attr]
-            ram = info.get("ram", {})  # type: ignore[union-attr]
+            status = str(info.get("status"))
+            ram = info.get("ram", {})
             if ram:
                 self._progress("memory", int(ram.get("transferred", 0)),
                                int(ram.get("total", 0)), started)
@@ -386,9 +389,9 @@ class Execution:
                 return
             if status in ("failed", "cancelled"):
                 raise OperationFailedError("saving the memory state failed: "
-                                           f"{info.get('error-desc', status)}")  # type: ignore[union-attr]
+                                           f"{info.get('error-desc', status)}")
             with anyio.move_on_after(0.1):
-                await events.get()  # type: ignore[attr-defined]
+                await events.get()
 
     async def agent_freeze(self) -> None:
         self.undo.append(self._thaw_if_frozen)
@@ -436,7 +439,7 @@ async def _unlink(path: str) -> None:
 async def top_nodes(mon: qmp.Monitor) -> dict[str, str]:
     """The active (top) block node of each disk, by target name."""
     nodes: dict[str, str] = {}
-    for dev in await mon.execute("query-block"):  # type: ignore[union-attr]
+    for dev in await mon.execute("query-block"):
         inserted = dev.get("inserted")
         qdev = str(dev.get("qdev", ""))
         if inserted:

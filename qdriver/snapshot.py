@@ -99,7 +99,7 @@ class SnapshotsMixin:
     def list_snapshots(self: Domain, start: str | None = None,  # type: ignore[misc]
                        descendants: bool = False, **flags: bool) -> list[Snapshot]:
         """``listAllSnapshots`` with libvirt's filters as keyword flags."""
-        names = self.snapshot_tree().list(ListFilter(**flags), start, descendants)
+        names = self.snapshot_tree().names(ListFilter(**flags), start, descendants)
         return [Snapshot(self, n) for n in names]
 
     def snapshot_lookup(self: Domain, name: str) -> Snapshot:  # type: ignore[misc]
@@ -130,11 +130,11 @@ class SnapshotsMixin:
                     live: bool = False) -> tuple[str, HostCaps]:
         """The domain state and what this QEMU can do, asked on an open monitor."""
         status = await mon.execute("query-status")
-        state = QMP_STATUS_TO_PLANNER.get(str(status["status"]), "paused")  # type: ignore[index]
+        state = QMP_STATUS_TO_PLANNER.get(str(status["status"]), "paused")
         rec = self._record()
         has_save = rec.snapshot_save if rec is not None else None
         if has_save is None:  # a QEMU's commands do not change while it runs: ask once
-            commands = {c["name"] for c in await mon.execute("query-commands")}  # type: ignore[union-attr]
+            commands = {c["name"] for c in await mon.execute("query-commands")}
             has_save = "snapshot-save" in commands
             if rec is not None:
                 self._update(rec, snapshot_save=has_save)

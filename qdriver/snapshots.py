@@ -65,8 +65,8 @@ class SnapshotTree:
     def _sorted(self, names: object) -> list[str]:
         return sorted(names, key=lambda n: (self.snaps[n].creation_time or 0, n))  # type: ignore[call-overload]
 
-    def list(self, f: ListFilter = ListFilter(), start: str | None = None,
-             descendants: bool = False) -> list[str]:
+    def names(self, f: ListFilter = ListFilter(), start: str | None = None,
+              descendants: bool = False) -> list[str]:
         """Names matching ``f``; below ``start`` if given (all levels with ``descendants``)."""
         if start is not None:
             self.get(start)

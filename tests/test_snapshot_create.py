@@ -456,3 +456,37 @@ async def test_report_measures_the_guest_pause(make_domain, tmp_path: Path) -> N
     assert mem.report is not None and mem.report.memory_bytes == (tmp_path / "r3.mem").stat().st_size
     assert mem.report.memory_rate > 0
     await dom.destroy()
+
+
+async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(make_domain) -> None:
+    """QEMU before 6.0 has no snapshot-save: the plan uses HMP savevm instead."""
+    from qdriver.executor import Execution
+    from qdriver.planner import HostCaps, plan_snapshot
+    dom = await booted(make_domain)
+    plan = plan_snapshot(dom.definition, "running", "<domainsnapshot><name>h1</name>"
+                         "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
+    assert plan.steps == ("pause", "hmp-savevm", "resume", "write-metadata")
+    async with dom.monitor() as mon:
+        report = await Execution(dom, plan, None, mon).run()
+    assert report.name == "h1"
+    vda = dom.definition.disks[0].source
+    assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["h1"] > 0
+    assert dom.current_snapshot().name == "h1"
+    assert (await dom.get_state())[0] == DomainState.RUNNING
+    await dom.destroy()
+
+
+async def test_hmp_savevm_errors_are_read_from_its_text(make_domain) -> None:
+    """HMP answers a failed savevm with text, not a QMP error: it must still fail."""
+    from qdriver.executor import Execution
+    from qdriver.planner import HostCaps, plan_snapshot
+    template = await make_domain(name="template")
+    plan = plan_snapshot(template.definition, "running", "<domainsnapshot><name>h2</name>"
+                         "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
+    diskless = await make_domain(name="diskless", with_disk=False)
+    await diskless.start(paused=True)
+    async with diskless.monitor() as mon:
+        with pytest.raises(qdriver.OperationFailedError,
+                           match="savevm failed: Error: no block device can store vmstate"):
+            await Execution(diskless, plan, None, mon).hmp_savevm()
+    await diskless.destroy()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from ..driver import Driver
 
@@ -16,14 +16,14 @@ class Command:
 
     handler: Handler
     help: str
-    setup: Callable[[argparse.ArgumentParser], None]
+    setup: Callable[[argparse.ArgumentParser], object]
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, help: str,
-            setup: Callable[[argparse.ArgumentParser], None] = lambda p: None
+            setup: Callable[[argparse.ArgumentParser], object] = lambda p: None
             ) -> Callable[[Handler], Handler]:
     """Register a CLI command."""
     def register(fn: Handler) -> Handler:
@@ -40,11 +40,11 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def format_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """virsh's table layout: padded columns, a dashed rule under the header."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
 
-    def line(cells: tuple[str, ...] | list[str]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return (" " + "   ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()
     rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
-    return "\n".join([line(header), rule] + [line(r) for r in rows]) + "\n"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"

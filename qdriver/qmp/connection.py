@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import Any, AsyncIterator, ContextManager, Mapping
 
 import anyio
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
@@ -30,8 +30,8 @@ class Monitor:
         self.path = path
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None,
-                      timeout: float = DEFAULT_TIMEOUT) -> object:
-        """Run one command and return its result; errors become `CommandError`."""
+                      timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run one command and return its result (decoded JSON); errors become `CommandError`."""
         try:
             with anyio.fail_after(timeout):
                 return await self.client.execute(command, arguments)
@@ -55,8 +55,8 @@ class Monitor:
         self.client.send_fd_scm(fd)
         await self.execute("getfd", {"fdname": name})
 
-    def listener(self, *names: str) -> EventListener:
-        """An event listener for ``names``; use it as a context manager."""
+    def listener(self, *names: str) -> ContextManager[EventListener]:
+        """``with mon.listener("STOP", "RESUME") as events:``, events queued meanwhile."""
         return self.client.listener(names)
 
 

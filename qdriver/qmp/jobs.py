@@ -6,7 +6,7 @@ error, then ``job-dismiss`` it whatever happened.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import anyio
 
@@ -30,7 +30,7 @@ async def run_job(mon: Monitor, command: str, arguments: Mapping[str, object], j
                 and data(ev).get("status") == "concluded", timeout, f"end of job '{job_id}'")
             tg.cancel_scope.cancel()
     jobs = await mon.execute("query-jobs")
-    job = next((j for j in jobs if j.get("id") == job_id), {})  # type: ignore[union-attr]
+    job: dict[str, Any] = next((j for j in jobs if j.get("id") == job_id), {})
     await mon.execute("job-dismiss", {"id": job_id})
     if job.get("error"):
         raise JobError(job_id, str(job["error"]))
@@ -39,6 +39,6 @@ async def run_job(mon: Monitor, command: str, arguments: Mapping[str, object], j
 async def _report_progress(mon: Monitor, job_id: str, progress: ProgressFn) -> None:
     while True:
         await anyio.sleep(0.25)
-        for job in await mon.execute("query-jobs"):  # type: ignore[union-attr]
+        for job in await mon.execute("query-jobs"):
             if job.get("id") == job_id:
                 progress(int(job.get("current-progress", 0)), int(job.get("total-progress", 0)))

@@ -143,9 +143,10 @@ class DomainDef:
         root = safe.copy(self.root)
         for el in root.findall("devices/disk"):
             target = el.find("target")
-            if target is None or target.get("dev") not in sources:
+            dev = target.get("dev") if target is not None else None
+            if dev is None or dev not in sources:
                 continue
-            path, fmt = sources[target.get("dev")]
+            path, fmt = sources[dev]
             source = el.find("source")
             if source is None:
                 source = safe.sub(el, "source")
@@ -220,6 +221,7 @@ def _uuid(root: safe.Element) -> str:
         value = str(uuidlib.uuid4())
         el = safe.new("uuid", text=value)
         name = root.find("name")
+        assert name is not None  # checked by the caller
         name.addnext(el)
         return value
     try:
@@ -289,9 +291,9 @@ def _parse_emulator(el: safe.Element, d: DomainDef) -> None:
 def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     dtype, device = el.get("type", "file"), el.get("device", "disk")
     target = el.find("target")
-    if target is None or not target.get("dev"):
+    tdev = target.get("dev") if target is not None else None
+    if target is None or not tdev:
         raise XMLError("missing target information for device")
-    tdev = target.get("dev")
     if dtype != "file" or device not in ("disk", "cdrom"):
         d.unsupported.append(f"<disk type='{dtype}' device='{device}'> ({tdev})")
         return
@@ -309,11 +311,12 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     if device == "disk" and not path:
         raise XMLError(f"disk '{tdev}' has no source file")
     boot = el.find("boot")
+    order = int(boot.get("order") or 0) if boot is not None else 0
     d.disks.append(DiskDef(
         target=tdev, bus=bus, device=device, source=path, format=fmt,
         readonly=el.find("readonly") is not None or device == "cdrom",
         snapshot=el.get("snapshot"),
-        boot_order=int(boot.get("order", "0")) or None if boot is not None else None))
+        boot_order=order or None))
 
 
 def _parse_interface(el: safe.Element, d: DomainDef) -> None:
@@ -326,9 +329,10 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
                          mac=mac.get("address") if mac is not None else None)
     for pf in el.findall("portForward"):
         for rng in pf.findall("range"):
+            start = rng.get("start") or "0"
             iface.forwards.append(PortForward(
-                proto=pf.get("proto", "tcp"), host_port=int(rng.get("start", "0")),
-                guest_port=int(rng.get("to") or rng.get("start", "0")),
+                proto=pf.get("proto", "tcp"), host_port=int(start),
+                guest_port=int(rng.get("to") or start),
                 address=pf.get("address", "127.0.0.1")))
     d.interfaces.append(iface)
 
@@ -365,12 +369,12 @@ def _parse_graphics(el: safe.Element, d: DomainDef) -> None:
         return
     listen = el.get("listen") or "127.0.0.1"
     lel = el.find("listen")
-    if lel is not None and lel.get("address"):
-        listen = lel.get("address")
+    if lel is not None:
+        listen = lel.get("address") or listen
     if listen not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigUnsupportedError(f"VNC may only listen on loopback, not '{listen}'")
-    port = el.get("port")
-    autoport = el.get("autoport", "yes" if not port or port == "-1" else "no") == "yes"
+    port = el.get("port") or "-1"
+    autoport = el.get("autoport", "yes" if port == "-1" else "no") == "yes"
     d.graphics.append(GraphicsDef("vnc", listen, None if autoport else int(port)))
 
 

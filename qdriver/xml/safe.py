@@ -83,7 +83,8 @@ def _format(el: Element, depth: int, lines: list[str]) -> None:
     decls = {p: u for p, u in el.nsmap.items() if inherited.get(p) != u}
     attrs = "".join(f" xmlns{':' + p if p else ''}='{_escape(u, True)}'"
                     for p, u in decls.items())
-    attrs += "".join(f" {_qname(el, k)}='{_escape(v, True)}'" for k, v in el.attrib.items())
+    attrs += "".join(f" {_qname(el, str(k))}='{_escape(str(v), True)}'"
+                     for k, v in el.attrib.items())
     kids = [c for c in el if isinstance(c.tag, str) or isinstance(c, etree._Comment)]
     text = (el.text or "").strip() if kids else (el.text or "")
     if not kids and not text.strip():
