@@ -272,11 +272,9 @@ class Domain(SnapshotsMixin):
                 raise SystemError_(f"Cannot access {what} '{path}': No such file or directory")
 
     async def _launch(self, argv: list[str], accel_name: str, paused: bool) -> None:
-        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._cleanup_runtime()
+        self._cleanup_runtime()  # leftovers of a QEMU that died unseen
         self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths.status.unlink(missing_ok=True)
-        self.paths.pidfile.unlink(missing_ok=True)
         domain_id = self.driver.next_id()
         process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
         rec: RunRecord | None = None
