@@ -11,7 +11,8 @@ from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
 from ..xml.caps import domcapabilities
-from .registry import Handler, command, domain_arg, format_table, out
+from .registry import (Handler, command, domain_arg, domain_with, format_fields,
+                       format_table, out)
 
 
 # -- domain lifecycle ---------------------------------------------------------
@@ -24,13 +25,8 @@ async def cmd_define(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_undefine(p: argparse.ArgumentParser) -> None:
-    domain_arg(p)
-    p.add_argument("--snapshots-metadata", action="store_true",
-                   help="also remove the domain's snapshot metadata")
-
-
-@command("undefine", "undefine a domain", _setup_undefine)
+@command("undefine", "undefine a domain",
+         domain_with(snapshots_metadata="also remove the domain's snapshot metadata"))
 async def cmd_undefine(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     await drv.undefine(dom, snapshots_metadata=a.snapshots_metadata)
@@ -38,13 +34,9 @@ async def cmd_undefine(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_start(p: argparse.ArgumentParser) -> None:
-    domain_arg(p)
-    p.add_argument("--paused", action="store_true", help="leave the guest paused")
-    p.add_argument("--console", action="store_true", help="attach to the console after start")
-
-
-@command("start", "start a (previously defined) inactive domain", _setup_start)
+@command("start", "start a (previously defined) inactive domain",
+         domain_with(paused="leave the guest paused",
+                     console="attach to the console after start"))
 async def cmd_start(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     await dom.start(paused=a.paused)
@@ -118,12 +110,7 @@ async def cmd_list(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_domstate(p: argparse.ArgumentParser) -> None:
-    domain_arg(p)
-    p.add_argument("--reason", action="store_true", help="also print the reason")
-
-
-@command("domstate", "domain state", _setup_domstate)
+@command("domstate", "domain state", domain_with(reason="also print the reason"))
 async def cmd_domstate(drv: Driver, a: argparse.Namespace) -> int:
     state, reason = await drv.lookup(a.domain).get_state()
     out(f"{state.label} ({reason})" if a.reason else state.label)
@@ -139,18 +126,12 @@ async def cmd_dominfo(drv: Driver, a: argparse.Namespace) -> int:
             ("OS Type", "hvm"), ("State", state.label), ("CPU(s)", str(d.vcpus)),
             ("Max memory", f"{d.memory_kib} KiB"), ("Used memory", f"{d.memory_kib} KiB"),
             ("Persistent", "yes"), ("Autostart", "disable")]
-    for key, value in rows:
-        out(f"{key + ':':<16}{value}")
-    out()
+    out(format_fields(rows))
     return 0
 
 
-def _setup_dumpxml(p: argparse.ArgumentParser) -> None:
-    domain_arg(p)
-    p.add_argument("--inactive", action="store_true", help="show the persistent definition")
-
-
-@command("dumpxml", "domain information in XML", _setup_dumpxml)
+@command("dumpxml", "domain information in XML",
+         domain_with(inactive="show the persistent definition"))
 async def cmd_dumpxml(drv: Driver, a: argparse.Namespace) -> int:
     sys.stdout.write(drv.lookup(a.domain).xml_desc(inactive=a.inactive))
     return 0

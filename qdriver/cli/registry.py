@@ -36,6 +36,21 @@ def domain_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", help="domain name")
 
 
+def domain_with(**flags: str) -> Callable[[argparse.ArgumentParser], None]:
+    """Argument setup: the domain, then boolean ``--flags`` (name -> help)."""
+    def setup(p: argparse.ArgumentParser) -> None:
+        domain_arg(p)
+        for name, help in flags.items():
+            p.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
+                           help=help)
+    return setup
+
+
+def format_fields(rows: Sequence[tuple[str, str]]) -> str:
+    """virsh's ``Key:  value`` blocks (dominfo, snapshot-info)."""
+    return "".join(f"{key + ':':<16}{value}\n" for key, value in rows)
+
+
 def out(text: str = "") -> None:
     print(text, flush=True)
 

@@ -15,7 +15,7 @@ from ..planner import CreateFlags, Plan, refusal_json
 from ..snapshot import Snapshot
 from ..snapshots import SnapshotTree
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
-from .registry import command, domain_arg, format_table, out
+from .registry import command, domain_arg, format_fields, format_table, out
 
 CREATE_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(CreateFlags)}
 CREATE_FLAGS["reuse_ext"] = "--reuse-external"
@@ -271,9 +271,7 @@ async def cmd_snapshot_info(drv: Driver, a: argparse.Namespace) -> int:
             ("Parent", tree.parent(snap.name) or "-"),
             ("Children", str(len(tree.children(snap.name)))),
             ("Descendants", str(len(tree.children(snap.name, True)))), ("Metadata", "yes")]
-    for key, value in rows:
-        out(f"{key + ':':<16}{value}")
-    out()
+    out(format_fields(rows))
     return 0
 
 
