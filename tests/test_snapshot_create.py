@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -419,13 +420,43 @@ async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> Non
 async def test_quiesce_without_a_responding_agent(make_domain, state_dir: Path) -> None:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
-    dom = await booted(make_domain, extra_devices=channel)
+    dom = await booted(make_domain, extra_devices=channel, cmdline="qd.noagent=1")
     sources = [d.source for d in dom.definition.disks]
     with pytest.raises(qdriver.AgentUnresponsiveError):
         await dom.snapshot_create_xml("<domainsnapshot><name>q1</name></domainsnapshot>",
                                       disk_only=True, quiesce=True)
     assert not Path(str(sources[0]).rsplit(".", 1)[0] + ".q1").exists()
     await assert_untouched(dom, state_dir, sources)
+    await dom.destroy()
+
+
+def needs_recovery(image: str | Path) -> bool:
+    """Whether an ext4 image was caught mid-transaction (journal not flushed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "disk.raw"
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)],
+                       check=True, capture_output=True)
+        out = subprocess.run(["dumpe2fs", "-h", str(raw)], check=True, capture_output=True,
+                             text=True).stdout
+    return "needs_recovery" in out
+
+
+async def test_quiesce_freezes_guest_filesystems_around_the_switch(make_domain,
+                                                                   state_dir: Path) -> None:
+    channel = ("\n    <channel type='unix'><target type='virtio' "
+               "name='org.qemu.guest_agent.0'/></channel>")
+    dom = await booted(make_domain, extra_devices=channel)
+    base = dom.definition.disks[0].source
+    log_start = len(dom.paths.console_log.read_text())
+    run_cli(state_dir, "snapshot-create-as", "guest", "q1", "--disk-only", "--quiesce")
+    console = dom.paths.console_log.read_text()[log_start:]
+    assert console.index("GUEST-FSFREEZE") < console.index("GUEST-FSTHAW")
+    assert not needs_recovery(base), "a quiesced snapshot holds a clean file system"
+    await keeps_counting(dom, last_counter(dom))
+    # without quiescing, the mounted file system is caught with its journal open
+    top = qdriver.Driver(state_dir).lookup("guest").definition.disks[0].source
+    run_cli(state_dir, "snapshot-create-as", "guest", "q2", "--disk-only")
+    assert needs_recovery(top)
     await dom.destroy()
 
 

@@ -23,6 +23,12 @@ Guest kernel command-line options read by ``/init``:
   qd.quiet=1         do not print COUNTER lines
   qd.noacpi=1        ignore the ACPI power button (tests shutdown escalation)
   qd.halt=1          power off right after GUEST-READY
+  qd.noagent=1       leave the guest agent port unanswered
+
+A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
+served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
+guest-fsfreeze-thaw (busybox fsfreeze on /mnt), printing GUEST-FSFREEZE and
+GUEST-FSTHAW on the console.
 """
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ from pathlib import Path
 
 KERNEL_FLAVOUR = os.environ.get("KERNEL_FLAVOUR", "cloud-amd64")
 DISK_MB = int(os.environ.get("DISK_MB", "64"))
-WANTED_MODULES = ["virtio_pci", "virtio_mmio", "virtio_blk", "button", "evdev"]
+WANTED_MODULES = ["virtio_pci", "virtio_mmio", "virtio_blk", "virtio_console", "button",
+                  "evdev"]
 
 INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
@@ -78,6 +85,26 @@ if [ "$NOACPI" != 1 ]; then
   # which this guest lacks, and it never runs the handler
   acpid -d -c /etc/acpi >/dev/null 2>&1 &
 fi
+agent() {
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+  done
+  [ -n "$port" ] || return 0
+  while true; do
+    while read -r line; do
+      case "$line" in
+        *guest-sync*) echo "{\"return\": $(echo "$line" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p')}";;
+        *guest-fsfreeze-freeze*) fsfreeze --freeze /mnt && echo GUEST-FSFREEZE >/dev/console
+                                 echo '{"return": 1}';;
+        *guest-fsfreeze-thaw*) fsfreeze --unfreeze /mnt && echo GUEST-FSTHAW >/dev/console
+                               echo '{"return": 1}';;
+        *) echo '{"error": {"class": "CommandNotFound", "desc": "not supported"}}';;
+      esac
+    done 0<>"$port" 1>&0  # a virtio-serial port opens once: read and write on one fd
+    sleep 0.2
+  done
+}
+[ "$DISK" = none ] || [ "$(arg qd.noagent 0)" = 1 ] || agent &
 echo "GUEST-READY disk=$DISK start=$n"
 [ "$HALT" = 1 ] && { sync; poweroff -f; }
 while true; do
