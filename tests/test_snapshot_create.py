@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -311,6 +312,11 @@ async def test_progress_is_reported(make_domain, tmp_path: Path) -> None:
         progress=seen.append)
     assert seen and seen[-1].phase == "memory" and seen[-1].total > 0
     assert seen[-1].done > 0 and seen[-1].rate > 0
+    r = await anyio.to_thread.run_sync(lambda: run_cli(
+        dom.driver.state_dir, "snapshot-create-as", "guest", "p2", "--memspec",
+        str(tmp_path / "p2.mem")))
+    assert re.search(r"snapshot guest: memory +\d+% \([\d.]+ of [\d.]+ MiB, \d+ MiB/s\)",
+                     r.stderr.decode()), r.stderr.decode()
     await dom.destroy()
 
 
