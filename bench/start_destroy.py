@@ -91,8 +91,8 @@ async def main(rounds: int) -> None:
             results["raw"].append(await raw_round(argv, paths.qmp, paths.pidfile))
             results["qdriver"].append(await qdriver_round(drv, xml, paused=True))
             results["qdriver-run"].append(await qdriver_round(drv, xml, paused=False))
-        shutil.rmtree(paths.sockets, ignore_errors=True)
-        shutil.rmtree(qdriver.paths.socket_root(work / "state"), ignore_errors=True)
+        for state in ("raw", "state"):
+            shutil.rmtree(qdriver.paths.socket_root(work / state), ignore_errors=True)
     raw_start = statistics.median(s for s, _ in results["raw"])
     raw_destroy = statistics.median(d for _, d in results["raw"])
     print(f"start/destroy latency, median of {rounds} interleaved rounds (ms)")
