@@ -19,8 +19,7 @@ from .xml.snapshot import validate_schema
 if TYPE_CHECKING:
     from .domain import Domain
 
-STATE_NAMES = {1: "running", 2: "running", 3: "paused", 4: "running", 5: "shutoff",
-               6: "shutoff", 7: "pmsuspended"}
+# QMP run states the planner names differently from "paused"
 QMP_STATUS_TO_PLANNER = {"running": "running", "suspended": "pmsuspended"}
 
 
@@ -120,11 +119,6 @@ class SnapshotsMixin:
         async with self._locked():
             store = self.snapshot_store()
             meta.set_current(store, store.load(), name)
-
-    async def planning_state(self: Domain) -> str:  # type: ignore[misc]
-        """The domain state as the planner names it."""
-        state, _ = await self.get_state()
-        return STATE_NAMES.get(int(state), "shutoff")
 
     async def probe(self: Domain, mon: qmp.Monitor,  # type: ignore[misc]
                     live: bool = False) -> tuple[str, HostCaps]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,11 +143,20 @@ async def test_console_attach_and_detach(make_domain, state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start()
     await wait_console(dom, "COUNTER 2")
-    # stdin: nothing for a moment, then Ctrl-] detaches
-    result = await anyio.to_thread.run_sync(lambda: run_cli(
-        state_dir, "console", "guest", input=b"\x1d", timeout=30))
-    out = result.stdout.decode()
-    assert "Connected to domain 'guest'" in out and "Escape character is ^]" in out
+    proc = subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
+                             "console", "guest"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    await anyio.sleep(1.5)  # the guest prints a COUNTER line every 100 ms meanwhile
+    assert proc.poll() is None, "console exited before Ctrl-]"
+    assert proc.stdin is not None
+    proc.stdin.write(b"\x1d")  # Ctrl-] detaches
+    proc.stdin.flush()
+    out, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
+    assert proc.returncode == 0, err.decode()
+    text = out.decode(errors="replace")
+    assert "Connected to domain 'guest'" in text and "Escape character is ^]" in text
+    assert text.count("COUNTER ") >= 5, "guest output did not come through the console"
+    assert dom.state == DomainState.RUNNING, "detaching must not stop the guest"
 
 
 async def test_dumpxml_live_has_id_and_keeps_definition(make_domain, state_dir: Path) -> None:
