@@ -215,6 +215,9 @@ async def test_duplicate_name_and_running_start(make_domain, driver) -> None:
                        match=f"domain 'guest' already exists with uuid {dom.uuid}"):
         await driver.define_xml(again)
     await driver.define_xml(dom.xml_desc())  # same name and uuid: a redefinition
+    assert driver.lookup_by_uuid(dom.uuid.upper()).name == "guest"
+    with pytest.raises(qdriver.NoDomainError, match="no domain with matching uuid"):
+        driver.lookup_by_uuid("00000000-0000-0000-0000-000000000009")
     await dom.start(paused=True)
     with pytest.raises(qdriver.OperationInvalidError, match="domain is already running"):
         await dom.start()

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -118,8 +117,3 @@ async def snapshot_apply(path: StrPath, name: str) -> None:
 async def snapshot_delete(path: StrPath, name: str) -> None:
     """``qemu-img snapshot -d NAME``."""
     await run("snapshot", "-q", "-d", name, path)
-
-
-def exists(path: StrPath) -> bool:
-    """Whether a regular file is at ``path``."""
-    return Path(path).is_file()
