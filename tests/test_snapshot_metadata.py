@@ -257,6 +257,12 @@ async def test_cli_snapshot_commands(dom: qdriver.Domain, state_dir: Path,
     assert cli("snapshot-list", "meta", "--roots", "--name").stdout.decode().split() == \
         ["e", "a"]
     assert cli("snapshot-list", "meta", "--current", "--name").stdout.decode().split() == []
+    assert cli("snapshot-list", "meta", "--from", "a", "--name").stdout.decode().split() == \
+        ["b", "d"]
+    assert cli("snapshot-list", "meta", "--from", "a", "--tree").stdout.decode() == \
+        "a\n  |\n  +- b\n  |   |\n  |   +- c\n  |\n  +- d\n"
+    r = cli("snapshot-list", "meta", "--from", "a", "--roots", check=False)
+    assert r.returncode == 1 and "not compatible" in r.stderr.decode()
     assert cli("snapshot-current", "meta", "--name").stdout.decode().strip() == "c"
     assert cli("snapshot-parent", "meta", "c").stdout.decode().strip() == "b"
     r = cli("snapshot-parent", "meta", "a", check=False)

@@ -191,8 +191,13 @@ def _setup_list(p: argparse.ArgumentParser) -> None:
 async def cmd_snapshot_list(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     start = dom.current_snapshot().name if a.current else a.start
-    snaps = dom.list_snapshots(start=start, descendants=a.descendants,
+    if start is not None and a.roots:
+        raise InvalidArgError("--roots is not compatible with --from or --current")
+    # virsh: with --tree, --from implies --descendants and shows the start itself
+    snaps = dom.list_snapshots(start=start, descendants=a.descendants or a.tree,
                                **{f: getattr(a, f) for f in LIST_FLAGS})
+    if a.tree and start is not None:
+        snaps.insert(0, dom.snapshot_lookup(start))
     tree = dom.snapshot_tree()
     for err in dom.snapshot_load_errors():
         print(f"warning: {err}", file=sys.stderr)
