@@ -120,9 +120,16 @@ class SnapshotsMixin:
             store = self.snapshot_store()
             meta.set_current(store, store.load(), name)
 
-    async def probe(self: Domain, mon: qmp.Monitor,  # type: ignore[misc]
-                    live: bool = False) -> tuple[str, HostCaps]:
-        """The domain state and what this QEMU can do, asked on an open monitor."""
+    async def probe(self: Domain, mon: qmp.Monitor, live: bool = False,  # type: ignore[misc]
+                    locked: bool = False) -> tuple[str, HostCaps]:
+        """The domain state and what this QEMU can do, asked on an open monitor.
+
+        Only a caller holding the domain lock (``locked``) may change anything:
+        it remembers the answer in the runtime record and tries the
+        background-snapshot capability on (QEMU checks the host kernel's
+        userfaultfd write-protect right then).  Without the lock the probe only
+        reads, so it cannot disturb another process's snapshot.
+        """
         status = await mon.execute("query-status")
         state = QMP_STATUS_TO_PLANNER.get(str(status["status"]), "paused")
         rec = self._record()
@@ -130,17 +137,9 @@ class SnapshotsMixin:
         if has_save is None:  # a QEMU's commands do not change while it runs: ask once
             commands = {c["name"] for c in await mon.execute("query-commands")}
             has_save = "snapshot-save" in commands
-            if rec is not None:
+            if rec is not None and locked:
                 self._update(rec, snapshot_save=has_save)
-        background = False
-        if live:  # QEMU checks the host kernel (userfaultfd write-protect) right here
-            try:
-                for on in (True, False):
-                    await mon.execute("migrate-set-capabilities", {"capabilities": [
-                        {"capability": "background-snapshot", "state": on}]})
-                background = True
-            except QDriverError:
-                background = False
+        background = live and await _background_snapshot(mon, locked)
         return state, HostCaps(snapshot_save=has_save, background_snapshot=background)
 
     async def plan_snapshot(self: Domain, xml: str | bytes,  # type: ignore[misc]
@@ -170,7 +169,8 @@ class SnapshotsMixin:
                       xml: str | bytes, flags: CreateFlags,
                       progress: ProgressFn | None) -> Snapshot:
         """Plan, then carry out (or, for REDEFINE, record); the lock is held."""
-        state, caps = await self.probe(mon, flags.live) if mon else ("shutoff", HostCaps())
+        state, caps = await self.probe(mon, flags.live, locked=True) if mon \
+            else ("shutoff", HostCaps())
         plan = plan_snapshot(self.definition, state, xml, flags, caps)
         store = self.snapshot_store()
         tree = store.load()
@@ -182,3 +182,21 @@ class SnapshotsMixin:
         execution = Execution(self, plan, progress, mon)
         await execution.run()
         return Snapshot(self, plan.name, execution.report)
+
+
+async def _background_snapshot(mon: qmp.Monitor, try_it: bool) -> bool:
+    """Whether the background-snapshot migration capability is usable.
+
+    Trying it (on, then off) is the only way to learn whether the host kernel
+    supports it; without ``try_it`` only its presence in QEMU is checked.
+    """
+    if not try_it:
+        caps = await mon.execute("query-migrate-capabilities")
+        return any(c["capability"] == "background-snapshot" for c in caps)
+    try:
+        for on in (True, False):
+            await mon.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "background-snapshot", "state": on}]})
+    except QDriverError:
+        return False
+    return True

@@ -527,3 +527,25 @@ async def test_hmp_savevm_errors_are_read_from_its_text(make_domain) -> None:
                            match="savevm failed: Error: no block device can store vmstate"):
             await Execution(diskless, plan, None, mon).hmp_savevm()
     await diskless.destroy()
+
+
+async def test_planning_without_the_lock_changes_nothing(make_domain, state_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """snapshot-plan takes no lock, so it must only read: no run.json write, and no
+    toggling of a migration capability another process's live snapshot may be using."""
+    dom = await booted(make_domain)
+    xml = f"<domainsnapshot><memory file='{tmp_path / 'x.mem'}'/></domainsnapshot>"
+    async with dom.monitor() as mon:  # another operation holds the lock
+        await mon.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "background-snapshot", "state": True}]})
+        record = dom.paths.runtime.read_bytes()
+        plan = await qdriver.Driver(state_dir).lookup("guest").plan_snapshot(
+            xml, qdriver.CreateFlags(live=True))
+        assert plan.live == "background"
+        caps = {c["capability"]: c["state"]
+                for c in await mon.execute("query-migrate-capabilities")}
+        assert caps["background-snapshot"] is True, "planning switched the capability off"
+        assert dom.paths.runtime.read_bytes() == record, "planning wrote run.json"
+        await mon.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "background-snapshot", "state": False}]})
+    await dom.destroy()
