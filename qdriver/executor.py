@@ -1,7 +1,8 @@
 """Carry out a snapshot plan on a real domain.
 
 Every step of a `Plan` has a method here (`STEPS`).  A step that has a side
-effect pushes its undo first-thing after succeeding; if any later step fails,
+effect pushes its undo (before creating a file, so a partial one goes too;
+after the other side effects succeed); if any later step fails,
 the undo stack runs in reverse: created overlays and memory files are
 removed, added block nodes deleted, internal snapshots dropped, the old
 definition put back, and the guest resumed if we paused it.  Checks that
@@ -102,7 +103,6 @@ class Execution:
         """The open operations monitor of a running domain (the caller's)."""
         self.nodes: dict[str, str] = {}
         self.before: DomainDef = dom.definition
-        self.after: DomainDef = dom.definition
         self.online = plan.state != "shutoff"
         self.created = int(time.time())
         self.events: list[dict[str, Any]] = []
@@ -251,10 +251,9 @@ class Execution:
             await self._add_overlay_nodes()
 
     async def switch_definition(self) -> None:
-        self.after = self.before.with_disk_sources(
-            {d.target: (d.file or "", "qcow2") for d in self.external()})
         self.undo.append(self._restore_definition)
-        self.dom.definition = self.after
+        self.dom.definition = self.before.with_disk_sources(
+            {d.target: (d.file or "", "qcow2") for d in self.external()})
         self.dom.save_definition()
 
     async def _restore_definition(self) -> None:
