@@ -40,7 +40,10 @@ sys.path.insert(0, str(ROOT))
 import qdriver  # noqa: E402
 from conftest import GuestImage, domain_xml  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
-from qdriver.executor import MAX_BANDWIDTH, guest_pause, top_nodes  # noqa: E402
+from qdriver.opcontext import write_definition  # noqa: E402
+from qdriver.ops.blocknodes import top_nodes  # noqa: E402
+from qdriver.ops.memfile import MAX_BANDWIDTH  # noqa: E402
+from qdriver.ops.progress import guest_pause  # noqa: E402
 
 Result = tuple[float, float, int, float]  # seconds, pause, memory bytes, flush seconds
 
@@ -109,8 +112,8 @@ class Bench:
         await qemuimg.create(path, backing=current, backing_fmt="qcow2")
         await mon.execute("blockdev-add", {"driver": "qcow2", "node-name": name, "backing": None,
                                            "file": {"driver": "file", "filename": path}})
-        self.dom.definition = self.dom.definition.with_disk_sources({"vda": (path, "qcow2")})
-        self.dom.save_definition()
+        write_definition(self.dom.paths,
+                         self.dom.definition.with_disk_sources({"vda": (path, "qcow2")}))
         return node, name
 
     async def _migrate(self, mon: qmp.Monitor, name: str, background: bool) -> int:

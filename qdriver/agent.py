@@ -48,11 +48,11 @@ async def execute(path: Path, command: str, timeout: float = 10.0) -> object:
                 while await _call(stream, buf, "guest-sync", {"id": sync_id}) != sync_id:
                     pass
                 return await _call(stream, buf, command)
-    except TimeoutError:
+    except TimeoutError as e:
         raise AgentUnresponsiveError(f"the guest agent did not answer within {timeout:g} s") \
-            from None
+            from e
     except OSError as e:
-        raise AgentUnresponsiveError(f"cannot reach the guest agent at {path}: {e}") from None
+        raise AgentUnresponsiveError(f"cannot reach the guest agent at {path}: {e}") from e
 
 
 async def fsfreeze(path: Path, timeout: float = 10.0) -> int:

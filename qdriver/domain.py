@@ -1,362 +1,206 @@
-"""Domains: define, start, pause, stop and reconnect, like libvirt's virDomain.
+"""Domains: define, start, pause, stop and snapshot, like libvirt's virDomain.
 
-A `Domain` is a handle on the files of one domain in the state dir; every
-process (this one, the next CLI call) sees the same truth there.  Operations
-that change a domain take its lock, connect to QEMU's monitor for the
-duration, and record what they did before doing it, so that a process that
-dies half-way leaves a record the next one can reconcile.
+A `Domain` is a handle by name and uuid; it caches nothing.  Every operation
+that changes the domain takes its lock, reads the definition, run record and
+snapshot tree under it (`operation` yields them as an `OpContext`), acts on
+that and writes back before releasing the lock, so a handle held for hours
+stays correct while other processes change the same domain.  State queries
+read the files without the lock and never clean up: a QEMU that died is
+reported as shut off and reaped by the next locked operation.
 """
 from __future__ import annotations
 
-import enum
-import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator, Protocol
 
-import anyio
-
-from . import accel, cmdline, process, qmp
-from .errors import (ConfigUnsupportedError, OperationInvalidError, QDriverError,
-                     SystemError_)
+from . import accel, cmdline, domstate, process, qmp
+from . import snapshot_tree as meta
+from .domstate import DomainState
+from .errors import (ConfigUnsupportedError, DomainBusyError, NoDomainError, NoSnapshotError, NoSupportError,
+                     OperationInvalidError, ShutdownTimeoutError, SystemError_)
+from .opcontext import OpContext, read_definition
+from .ops.create_exec import CreateExecution
+from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
+from .ops.hostprobe import probe
+from .ops.progress import ProgressFn
 from .paths import DomainPaths
-from .snapshot import SnapshotsMixin
-from .statestore import atomic_write, locked, read_record, write_record
+from .runtime import Runtime
+from .snapshot_handle import Snapshot
+from .snapshot_tree import ListFilter, SnapshotStore, SnapshotTree
+from .statestore import locked
 from .xml.domain import DomainDef
-
-if TYPE_CHECKING:
-    from .driver import Driver
-
-START_TIMEOUT = 30.0
+from .xml.snapshot import validate_schema
 
 
-class DomainState(enum.IntEnum):
-    """libvirt's ``virDomainState``."""
+class Host(Protocol):
+    """What a domain needs from its driver (a `Driver` is one)."""
 
-    NOSTATE = 0
-    RUNNING = 1
-    BLOCKED = 2
-    PAUSED = 3
-    SHUTDOWN = 4
-    SHUTOFF = 5
-    CRASHED = 6
-    PMSUSPENDED = 7
+    state_dir: Path
+    lock_timeout: float
 
-    @property
-    def label(self) -> str:
-        """The word ``virsh domstate`` prints."""
-        return STATE_LABELS[self]
+    def next_id(self) -> int: ...
 
 
-STATE_LABELS = {
-    DomainState.NOSTATE: "no state", DomainState.RUNNING: "running",
-    DomainState.BLOCKED: "idle", DomainState.PAUSED: "paused",
-    DomainState.SHUTDOWN: "in shutdown", DomainState.SHUTOFF: "shut off",
-    DomainState.CRASHED: "crashed", DomainState.PMSUSPENDED: "pmsuspended",
-}
+class Domain:
+    """One defined domain (``virDomain``)."""
 
-# QMP run states (query-status) to libvirt states and reasons.
-QMP_STATES: dict[str, tuple[DomainState, str]] = {
-    "running": (DomainState.RUNNING, "unpaused"),
-    "paused": (DomainState.PAUSED, "user"),
-    "prelaunch": (DomainState.PAUSED, "user"),  # only left there by start --paused
-    "postmigrate": (DomainState.PAUSED, "migrated"),
-    "finish-migrate": (DomainState.PAUSED, "migrating"),
-    "inmigrate": (DomainState.PAUSED, "migrating"),
-    "save-vm": (DomainState.PAUSED, "saving"),
-    "restore-vm": (DomainState.PAUSED, "restoring"),
-    "io-error": (DomainState.PAUSED, "I/O error"),
-    "watchdog": (DomainState.PAUSED, "watchdog"),
-    "guest-panicked": (DomainState.CRASHED, "panicked"),
-    "internal-error": (DomainState.PAUSED, "unknown"),
-    "debug": (DomainState.PAUSED, "debugger"),
-    "shutdown": (DomainState.SHUTDOWN, "user"),
-    "suspended": (DomainState.PMSUSPENDED, "unknown"),
-    "colo": (DomainState.PAUSED, "colo"),
-}
-
-
-@dataclass
-class RunRecord:
-    """What a later process needs to find and control a running QEMU."""
-
-    pid: int
-    start_time: int
-    id: int
-    accel: str
-    paused: bool = True
-    reason: str = "starting up"
-    stop_requested: str | None = None
-    console_pty: str | None = None
-    vnc_port: int | None = None
-    snapshot_save: bool | None = None
-    """Whether this QEMU has QMP snapshot-save (asked once, then remembered)."""
-
-    @property
-    def proc(self) -> process.ProcessId:
-        return process.ProcessId(self.pid, self.start_time)
-
-
-@dataclass
-class StatusRecord:
-    """How the domain last stopped (kept while it is shut off)."""
-
-    reason: str = "unknown"
-
-
-class Domain(SnapshotsMixin):
-    """One defined domain."""
-
-    def __init__(self, driver: Driver, definition: DomainDef) -> None:
+    def __init__(self, driver: Host, name: str, uuid: str) -> None:
         self.driver = driver
-        self.definition = definition
-        self.paths = DomainPaths.of(driver.state_dir, definition.name)
+        self.name = name
+        self.uuid = uuid
+        self.paths = DomainPaths.of(driver.state_dir, name)
+        self.runtime = Runtime(self.paths)
 
     def __repr__(self) -> str:
         return f"<Domain {self.name!r} {self.state.label}>"
 
-    @property
-    def name(self) -> str:
-        return self.definition.name
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Domain) and (other.paths, other.uuid) == (self.paths, self.uuid)
+
+    def __hash__(self) -> int:
+        return hash((self.paths, self.uuid))
 
     @property
-    def uuid(self) -> str:
-        return self.definition.uuid
+    def definition(self) -> DomainDef:
+        """The persistent definition as stored now."""
+        return read_definition(self.paths, self.name, self.uuid)
 
-    # -- state ------------------------------------------------------------
+    @asynccontextmanager
+    async def operation(self) -> AsyncIterator[OpContext]:
+        """Hold the domain lock and the state read under it, for one change."""
+        try:
+            lock = locked(self.paths.lock, self.driver.lock_timeout, f"domain '{self.name}'",
+                          create_dir=False)
+            async with lock:
+                definition = read_definition(self.paths, self.name, self.uuid)
+                record = await self.runtime.reconcile()
+                yield OpContext(self.paths, definition, self.runtime, record)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            if self.paths.definition.exists():
+                raise
+            raise NoDomainError(f"no domain with matching name '{self.name}'") from e
 
-    def _record(self) -> RunRecord | None:
-        """The runtime record of a live QEMU; reconciles a dead one first."""
-        rec = read_record(self.paths.runtime, RunRecord)
-        if rec is None:
-            return None
-        if process.is_alive(rec.proc, str(self.paths.qmp)):
-            return rec
-        self._reap(rec)
-        return None
-
-    def _reap(self, rec: RunRecord) -> None:
-        """QEMU is gone: record why, and remove what it left behind."""
-        status = None
-        for _ in range(40):  # the supervisor writes the exit file just after QEMU exits
-            status = process.exit_status(self.paths.exitfile)
-            if status is not None:
-                break
-            time.sleep(0.005)
-        if rec.stop_requested:
-            reason = rec.stop_requested
-        else:
-            reason = "shutdown" if status == 0 else "crashed"
-        write_record(self.paths.status, StatusRecord(reason))
-        self._cleanup_runtime()
-
-    def _cleanup_runtime(self) -> None:
-        for path in (self.paths.runtime, self.paths.pidfile, self.paths.exitfile,
-                     self.paths.qmp, self.paths.qmp_query, self.paths.console):
-            path.unlink(missing_ok=True)
-        for i in range(len(self.definition.channels)):
-            self.paths.channel(i).unlink(missing_ok=True)
-        # the domain's socket dir, then the state dir's and the per-user base
-        # once nothing else uses them
-        for directory in (self.paths.sockets, self.paths.sockets.parent,
-                          self.paths.sockets.parent.parent):
-            try:
-                directory.rmdir()
-            except OSError:
-                break  # not empty (another domain runs) or already gone
-
-    def _status(self) -> StatusRecord:
-        return read_record(self.paths.status, StatusRecord) or StatusRecord()
+    # -- state (read-only, no lock) ------------------------------------------------
 
     @property
     def state(self) -> DomainState:
-        """The last known state; a QEMU that died is noticed here."""
+        """The last known state; a QEMU that died shows as shut off."""
         return self.state_reason()[0]
 
     def state_reason(self) -> tuple[DomainState, str]:
         """The state and libvirt's reason word (``shut off (crashed)``)."""
-        rec = self._record()
+        rec = self.runtime.peek()
         if rec is None:
-            return DomainState.SHUTOFF, self._status().reason
-        return (DomainState.PAUSED if rec.paused else DomainState.RUNNING), rec.reason
+            return DomainState.SHUTOFF, self.runtime.ended_reason()
+        return rec.state
 
     @property
     def is_active(self) -> bool:
-        return self._record() is not None
+        return self.runtime.peek() is not None
 
     @property
     def id(self) -> int | None:
         """libvirt's domain id while running, else None."""
-        rec = self._record()
+        rec = self.runtime.peek()
         return rec.id if rec else None
 
     async def get_state(self) -> tuple[DomainState, str]:
-        """The state asked from QEMU itself (sees guest-initiated pauses)."""
-        rec = self._record()
-        if rec is None:
-            return DomainState.SHUTOFF, self._status().reason
+        """The state asked from QEMU itself (sees guest-initiated pauses).
+
+        A QEMU found dead is reaped here if the domain lock is free at once;
+        if another operation holds it, that operation will.
+        """
+        if self.runtime.peek() is None:
+            return await self._shut_off_state()
         try:
             async with qmp.open_monitor(self.paths.qmp_query) as mon:
-                status = await mon.execute("query-status")
+                status = await domstate.query(mon)
         except (qmp.MonitorConnectError, qmp.MonitorClosedError):
-            if self._record() is None:
-                return DomainState.SHUTOFF, self._status().reason
+            if self.runtime.peek() is None:
+                return await self._shut_off_state()
             raise
-        return QMP_STATES.get(str(status["status"]),
-                              (DomainState.NOSTATE, "unknown"))
+        return status.state, status.reason
 
-    async def _sync_run_state(self, mon: qmp.Monitor) -> None:
-        """Bring the runtime record in line with what QEMU says (after snapshots)."""
-        rec = self._record()
-        if rec is None:
-            return
-        try:
-            status = await mon.execute("query-status", timeout=2)
-        except QDriverError:
-            return
-        state, reason = QMP_STATES.get(str(status["status"]),
-                                       (DomainState.PAUSED, "unknown"))
-        paused = state != DomainState.RUNNING
-        if (rec.paused, rec.reason) != (paused, reason):
-            self._update(rec, paused=paused, reason=reason)
-
-    # -- locking and monitor access -----------------------------------------
-
-    @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        async with locked(self.paths.lock, self.driver.lock_timeout, f"domain '{self.name}'"):
-            yield
-
-    def _require_active(self) -> RunRecord:
-        rec = self._record()
-        if rec is None:
-            raise OperationInvalidError("domain is not running")
-        return rec
+    async def _shut_off_state(self) -> tuple[DomainState, str]:
+        reason = await self.runtime.settled_reason()
+        if self.paths.runtime.exists():
+            try:
+                async with locked(self.paths.lock, 0, f"domain '{self.name}'",
+                                  create_dir=False):
+                    await self.runtime.reconcile()
+            except (DomainBusyError, FileNotFoundError):
+                pass  # the operation holding the lock reaps it
+        return DomainState.SHUTOFF, reason
 
     @asynccontextmanager
     async def monitor(self) -> AsyncIterator[qmp.Monitor]:
         """The domain's QMP monitor, under the domain lock, for raw commands."""
-        async with self._locked():
-            self._require_active()
+        async with self.operation() as ctx:
+            ctx.require_active()
             async with qmp.open_monitor(self.paths.qmp) as mon:
                 yield mon
-
-    def _update(self, rec: RunRecord, **changes: object) -> None:
-        for key, value in changes.items():
-            setattr(rec, key, value)
-        write_record(self.paths.runtime, rec)
 
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self, paused: bool = False) -> None:
         """Launch QEMU; return once QMP is ready (and the guest runs unless paused)."""
-        async with self._locked():
-            if self._record() is not None:
+        async with self.operation() as ctx:
+            if ctx.record is not None:
                 raise OperationInvalidError("domain is already running")
-            status = accel.probe(self.definition.type)
+            status = accel.probe(ctx.definition.type)
             if not status.usable:
                 raise ConfigUnsupportedError(
                     f"Domain requires KVM, but it is not usable here: {status.reason}")
-            self._check_files()
-            argv = cmdline.build(self.definition, self.paths, status.name)
-            await self._launch(argv, status.name, paused)
-
-    def _check_files(self) -> None:
-        d = self.definition
-        wanted: list[tuple[str, str | None]] = [
-            ("storage file", disk.source) for disk in d.disks if disk.source]
-        wanted += [("kernel", d.kernel), ("initrd", d.initrd)]
-        for what, path in wanted:
-            if path and not Path(path).exists():
-                raise SystemError_(f"Cannot access {what} '{path}': No such file or directory")
-
-    async def _launch(self, argv: list[str], accel_name: str, paused: bool) -> None:
-        self._cleanup_runtime()  # leftovers of a QEMU that died unseen
-        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.paths.status.unlink(missing_ok=True)
-        domain_id = self.driver.next_id()
-        process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
-        rec: RunRecord | None = None
-        try:
-            proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,
-                                                self.paths.exitfile, self.paths.qemu_log,
-                                                START_TIMEOUT)
-            rec = RunRecord(proc.pid, proc.start_time, domain_id, accel_name)
-            write_record(self.paths.runtime, rec)
-            async with qmp.open_monitor(self.paths.qmp) as mon:
-                rec.console_pty = await _console_pty(mon)
-                if not paused:
-                    await mon.execute("cont")
-            self._update(rec, paused=paused, reason="user" if paused else "booted")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._abort_start(rec)
-            raise
-
-    async def _abort_start(self, rec: RunRecord | None) -> None:
-        """Undo a start that failed: kill QEMU, remove its files."""
-        if rec is not None:
-            await process.terminate(rec.proc, grace=1.0)
-        else:
-            try:
-                pid = int(self.paths.pidfile.read_text())
-                st = process.start_time(pid)
-                if st is not None:
-                    await process.terminate(process.ProcessId(pid, st), grace=1.0)
-            except (OSError, ValueError):
-                pass
-        self._cleanup_runtime()
-        write_record(self.paths.status, StatusRecord("failed"))
+            _check_files(ctx.definition)
+            argv = cmdline.build(ctx.definition, self.paths, status.name)
+            ctx.record = await self.runtime.launch(argv, status.name, self.driver.next_id(),
+                                                   paused)
 
     async def suspend(self) -> None:
         """Pause the guest's vCPUs (``virsh suspend``)."""
-        async with self._locked():
-            rec = self._require_active()
+        async with self.operation() as ctx:
+            ctx.require_active()
             async with qmp.open_monitor(self.paths.qmp) as mon:
                 await mon.execute("stop")
-            self._update(rec, paused=True, reason="user")
+            ctx.update_record(paused=True, reason="user")
 
     async def resume(self) -> None:
         """Resume a paused guest (``virsh resume``)."""
-        async with self._locked():
-            rec = self._require_active()
+        async with self.operation() as ctx:
+            ctx.require_active()
             async with qmp.open_monitor(self.paths.qmp) as mon:
-                status = await mon.execute("query-status")
-                if status["status"] == "running":
+                if (await domstate.query(mon)).running:
                     raise OperationInvalidError("domain is already running")
                 await mon.execute("cont")
-            self._update(rec, paused=False, reason="unpaused")
+            ctx.update_record(paused=False, reason="unpaused")
 
     async def shutdown(self, timeout: float = 60.0, escalate: bool = True) -> bool:
         """ACPI power-down; wait up to ``timeout`` s, then destroy if ``escalate``.
 
-        Returns True if the guest powered off by itself.
+        Returns True if the guest powered off by itself; without ``escalate``
+        a guest that ignores the power button is `ShutdownTimeoutError`.
         """
-        async with self._locked():
-            rec = self._require_active()
-            self._update(rec, stop_requested="shutdown")
+        async with self.operation() as ctx:
+            rec = ctx.require_active()
+            ctx.update_record(stop_requested="shutdown")
             async with qmp.open_monitor(self.paths.qmp) as mon:
                 await mon.execute("system_powerdown")
             if await process.wait_exit(rec.proc, timeout):
-                self._record()
+                await self.runtime.reap(rec)
                 return True
             if not escalate:
-                self._update(rec, stop_requested=None)
-                raise qmp.MonitorTimeoutError(
+                ctx.update_record(stop_requested=None)
+                raise ShutdownTimeoutError(
                     f"domain '{self.name}' did not shut down within {timeout:g} s")
-            self._update(rec, stop_requested="destroyed")
-            await process.terminate(rec.proc)
-            self._record()
+            await ctx.stop("destroyed")
             return False
 
     async def destroy(self) -> None:
         """Stop QEMU at once (SIGTERM, then SIGKILL), like ``virsh destroy``."""
-        async with self._locked():
-            rec = self._require_active()
-            self._update(rec, stop_requested="destroyed")
-            await process.terminate(rec.proc)
-            self._record()
+        async with self.operation() as ctx:
+            ctx.require_active()
+            await ctx.stop("destroyed")
 
     # -- definition ---------------------------------------------------------
 
@@ -366,10 +210,13 @@ class Domain(SnapshotsMixin):
 
     def console_path(self) -> Path | str:
         """The pty or UNIX socket of the first serial port."""
-        rec = self._require_active()
-        if not self.definition.serials:
+        rec = self.runtime.peek()
+        if rec is None:
+            raise OperationInvalidError("domain is not running")
+        definition = self.definition
+        if not definition.serials:
             raise OperationInvalidError(f"domain '{self.name}' has no console device")
-        serial = self.definition.serials[0]
+        serial = definition.serials[0]
         if serial.type == "pty" and rec.console_pty:
             return rec.console_pty
         if serial.type == "unix":
@@ -377,16 +224,99 @@ class Domain(SnapshotsMixin):
         raise OperationInvalidError(f"character device serial0 of type '{serial.type}' "
                                     "cannot be attached to")
 
-    def save_definition(self) -> None:
-        """Persist the definition atomically."""
-        atomic_write(self.paths.definition, self.definition.to_xml())
+    # -- snapshots: reading (metadata files are replaced atomically) ------------
+
+    def snapshot_store(self) -> SnapshotStore:
+        return SnapshotStore(self.paths.snapshots, self.name)
+
+    def snapshot_tree(self) -> SnapshotTree:
+        return self.snapshot_store().load()
+
+    def snapshot_load_errors(self) -> list[str]:
+        """Why metadata files were skipped at load (corrupt, conflicting)."""
+        store = self.snapshot_store()
+        store.load()
+        return store.errors
+
+    def list_snapshots(self, start: str | None = None, descendants: bool = False,
+                       **flags: bool) -> list[Snapshot]:
+        """``listAllSnapshots`` with libvirt's filters as keyword flags."""
+        names = self.snapshot_tree().names(ListFilter(**flags), start, descendants)
+        return [Snapshot(self, n) for n in names]
+
+    def snapshot_lookup(self, name: str) -> Snapshot:
+        self.snapshot_tree().get(name)
+        return Snapshot(self, name)
+
+    def has_current_snapshot(self) -> bool:
+        return self.snapshot_tree().current is not None
+
+    def current_snapshot(self) -> Snapshot:
+        current = self.snapshot_tree().current
+        if current is None:
+            raise NoSnapshotError("the domain does not have a current snapshot")
+        return Snapshot(self, current)
+
+    async def plan_snapshot(self, xml: str | bytes, flags: CreateFlags = CreateFlags(),
+                            assume_state: str | None = None) -> Plan:
+        """What creating this snapshot would do, without doing it (and without the lock)."""
+        definition = self.definition
+        rec = self.runtime.peek()
+        if assume_state or rec is None:
+            return plan_snapshot(definition, assume_state or "shutoff", xml, flags)
+        async with qmp.open_monitor(self.paths.qmp_query) as mon:
+            state, caps = await probe(mon, self.runtime, rec, flags.live)
+        return plan_snapshot(definition, state, xml, flags, caps)
+
+    # -- snapshots: changing (under the lock) -------------------------------------
+
+    async def snapshot_set_current(self, name: str) -> None:
+        """Make ``name`` the current snapshot (``snapshot-current DOM NAME``)."""
+        async with self.operation() as ctx:
+            store = ctx.snapshot_store()
+            meta.set_current(store, store.load(), name)
+
+    async def snapshot_create_xml(self, xml: str | bytes, progress: ProgressFn | None = None,
+                                  **flag_args: bool) -> Snapshot:
+        """``virDomainSnapshotCreateXML`` with libvirt's flags as keywords."""
+        flags = CreateFlags(**flag_args)
+        if flags.validate:
+            validate_schema(xml)
+        async with self.operation() as ctx:
+            if flags.redefine or ctx.record is None:
+                return await self._create(ctx, None, xml, flags, progress)
+            async with qmp.open_monitor(self.paths.qmp) as mon:
+                return await self._create(ctx, mon, xml, flags, progress)
+
+    async def _create(self, ctx: OpContext, mon: qmp.Monitor | None, xml: str | bytes,
+                      flags: CreateFlags, progress: ProgressFn | None) -> Snapshot:
+        """Plan, then carry out; the lock is held."""
+        state, caps = await probe(mon, self.runtime, ctx.record, flags.live, locked=True) \
+            if mon else ("shutoff", HostCaps())
+        plan = plan_snapshot(ctx.definition, state, xml, flags, caps)
+        execution = CreateExecution(ctx, plan, progress, mon)
+        await execution.run()
+        return Snapshot(self, plan.name, execution.report)
+
+    async def delete_snapshot(self, name: str, metadata_only: bool = False,
+                              children: bool = False, children_only: bool = False
+                              ) -> list[str]:
+        """Delete a snapshot (and its children if asked); returns the names removed."""
+        if not metadata_only:
+            raise NoSupportError("deleting snapshot data is not implemented yet; "
+                                 "use metadata_only=True (virsh --metadata)")
+        async with self.operation() as ctx:
+            store = ctx.snapshot_store()
+            return meta.remove_metadata(store, store.load(), name, children, children_only)
 
 
-async def _console_pty(mon: qmp.Monitor) -> str | None:
-    for chardev in await mon.execute("query-chardev"):
-        if chardev["label"] == "charserial0" and str(chardev["filename"]).startswith("pty:"):
-            return str(chardev["filename"])[4:]
-    return None
+def _check_files(definition: DomainDef) -> None:
+    wanted: list[tuple[str, str | None]] = [
+        ("storage file", disk.source) for disk in definition.disks if disk.source]
+    wanted += [("kernel", definition.kernel), ("initrd", definition.initrd)]
+    for what, path in wanted:
+        if path and not Path(path).exists():
+            raise SystemError_(f"Cannot access {what} '{path}': No such file or directory")
 
 
-__all__ = ["Domain", "DomainState", "RunRecord", "StatusRecord"]
+__all__ = ["Domain", "DomainState", "Host"]

@@ -11,7 +11,8 @@ from types import TracebackType
 from . import accel
 from .domain import Domain
 from .errors import NoDomainError, OperationFailedError, OperationInvalidError, XMLError
-from .paths import default_state_dir
+from .opcontext import write_definition
+from .paths import DomainPaths, default_state_dir
 from .statestore import locked, next_counter
 from .xml.domain import DomainDef
 
@@ -39,7 +40,8 @@ class Driver:
             text = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return Domain(self, DomainDef.parse(text))
+        definition = DomainDef.parse(text)
+        return Domain(self, definition.name, definition.uuid)
 
     def list_domains(self) -> list[Domain]:
         """Every defined domain, by name."""
@@ -79,14 +81,17 @@ class Driver:
                 if other.uuid == definition.uuid and other.name != definition.name:
                     raise OperationFailedError(f"domain '{other.name}' is already defined "
                                                f"with uuid {other.uuid}")
-            dom = Domain(self, definition)
-            dom.save_definition()
-            return dom
+            paths = DomainPaths.of(self.state_dir, definition.name)
+            paths.dir.mkdir(parents=True, exist_ok=True)
+            # a redefinition waits for the operation in progress on the domain
+            async with locked(paths.lock, self.lock_timeout, f"domain '{definition.name}'"):
+                write_definition(paths, definition)
+            return Domain(self, definition.name, definition.uuid)
 
     async def undefine(self, dom: Domain, snapshots_metadata: bool = False) -> None:
         """Remove a shut-off domain's definition and its files."""
-        async with dom._locked():
-            if dom.is_active:
+        async with dom.operation() as ctx:
+            if ctx.record is not None:
                 raise OperationInvalidError("cannot undefine a running domain; destroy it first")
             snaps = sorted(dom.paths.snapshots.glob("*.xml")) if dom.paths.snapshots.exists() \
                 else []

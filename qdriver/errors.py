@@ -162,3 +162,7 @@ class AgentUnresponsiveError(QDriverError):
 
     code = ErrorCode.AGENT_UNRESPONSIVE
     prefix = "Guest agent is not responding: "
+
+
+class ShutdownTimeoutError(OperationTimeoutError):
+    """The guest did not power off within the time it was given (ACPI shutdown)."""

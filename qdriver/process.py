@@ -48,6 +48,22 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def parent(pid: int) -> ProcessId | None:
+    """The parent of ``pid`` (for QEMU: its supervisor), with its start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    st = start_time(ppid)
+    return ProcessId(ppid, st) if st is not None else None
+
+
+def is_running(proc: ProcessId) -> bool:
+    """Whether ``proc`` is still the same live process."""
+    return start_time(proc.pid) == proc.start_time
+
+
 def is_alive(proc: ProcessId, marker: str) -> bool:
     """Whether ``proc`` still runs and its command line mentions ``marker``."""
     if start_time(proc.pid) != proc.start_time:

@@ -73,9 +73,16 @@ def read_record(path: Path, cls: type[T]) -> T | None:
 
 
 @asynccontextmanager
-async def locked(path: Path, timeout: float, what: str) -> AsyncIterator[None]:
-    """Hold an exclusive flock on ``path``; `DomainBusyError` after ``timeout``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+async def locked(path: Path, timeout: float, what: str,
+                 create_dir: bool = True) -> AsyncIterator[None]:
+    """Hold an exclusive flock on ``path``; `DomainBusyError` after ``timeout``.
+
+    With ``create_dir=False`` a missing directory raises `FileNotFoundError`
+    instead of being made (a domain's lock must not bring back its directory
+    after an undefine).
+    """
+    if create_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout

@@ -113,9 +113,11 @@ async def driver(state_dir: Path) -> AsyncIterator[qdriver.Driver]:
     for dom in drv.list_domains():
         if dom.is_active:
             await dom.destroy()
+        await dom.get_state()  # reaps a QEMU that died on its own, as `qdriver list` does
     for pid in qemu_pids_for(state_dir):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:400]
         os.kill(pid, 9)
-        pytest.fail(f"QEMU {pid} survived the test")
+        pytest.fail(f"QEMU {pid} survived the test: {cmd!r}")
     sockets = socket_root(state_dir)
     leftovers = list(sockets.rglob("*")) if sockets.exists() else []
     shutil.rmtree(sockets, ignore_errors=True)

@@ -118,6 +118,11 @@ async def test_shutdown_escalates_when_guest_ignores_acpi(make_domain) -> None:
     dom = await make_domain(cmdline="qd.noacpi=1")
     await dom.start()
     await wait_console(dom, "GUEST-READY")
+    with pytest.raises(qdriver.ShutdownTimeoutError, match="did not shut down within 1 s") \
+            as caught:
+        await dom.shutdown(timeout=1.0, escalate=False)
+    assert not isinstance(caught.value, qdriver.qmp.MonitorTimeoutError)
+    assert dom.state == DomainState.RUNNING  # left running, as asked
     t = time.monotonic()
     assert await dom.shutdown(timeout=2.0) is False
     elapsed = time.monotonic() - t

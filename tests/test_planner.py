@@ -10,7 +10,7 @@ import pytest
 
 from qdriver import CreateFlags, HostCaps, plan_snapshot
 from qdriver.errors import ErrorCode, QDriverError
-from qdriver.planner import TABLE, Refuse, Row
+from qdriver.ops.create_plan import TABLE, Refuse, Row
 from qdriver.xml.domain import DomainDef
 
 ONE_DISK = """<domain type='qemu'><name>g</name><memory>262144</memory><devices>

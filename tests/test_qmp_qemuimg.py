@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from qemu.qmp import ExecuteError
 
 from qdriver import qemuimg, qmp
 from qdriver.cmdline import format_node
@@ -37,6 +38,7 @@ async def test_command_errors_and_fd_passing(make_domain, tmp_path: Path) -> Non
         with pytest.raises(qmp.CommandError) as err:
             await mon.execute("getfd", {"fdname": "nothing-sent"})
         assert err.value.error_class == "GenericError"
+        assert isinstance(err.value.__cause__, ExecuteError), "the QMP error is kept as cause"
         assert "No file descriptor supplied via SCM_RIGHTS" in str(err.value)
         fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
         try:

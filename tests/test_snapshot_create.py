@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 import qdriver
-from qdriver import DomainState, qemuimg
+from qdriver import DomainState, qemuimg, qmp
 from qdriver.saveimage import read_header
 
 from .conftest import disk_counter, last_counter, run_cli, wait_console
@@ -306,7 +306,7 @@ async def test_reuse_external_checks_backing(make_domain, state_dir: Path,
 
 async def test_progress_is_reported(make_domain, tmp_path: Path) -> None:
     dom = await booted(make_domain)
-    seen: list[qdriver.executor.Progress] = []
+    seen: list[qdriver.Progress] = []
     await dom.snapshot_create_xml(
         f"<domainsnapshot><memory file='{tmp_path / 'p.mem'}'/></domainsnapshot>",
         progress=seen.append)
@@ -497,15 +497,15 @@ async def test_report_measures_the_guest_pause(make_domain, tmp_path: Path) -> N
 
 async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(make_domain) -> None:
     """QEMU before 6.0 has no snapshot-save: the plan uses HMP savevm instead."""
-    from qdriver.executor import Execution
-    from qdriver.planner import HostCaps, plan_snapshot
+    from qdriver.ops.create_exec import CreateExecution
+    from qdriver.ops.create_plan import HostCaps, plan_snapshot
     dom = await booted(make_domain)
     plan = plan_snapshot(dom.definition, "running", "<domainsnapshot><name>h1</name>"
                          "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
     assert plan.steps == ("pause", "hmp-savevm", "resume", "write-metadata")
-    async with dom.monitor() as mon:
-        report = await Execution(dom, plan, None, mon).run()
-    assert report.name == "h1"
+    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
+        record = await CreateExecution(ctx, plan, None, mon).run()
+    assert record.name == "h1"
     vda = dom.definition.disks[0].source
     assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["h1"] > 0
     assert dom.current_snapshot().name == "h1"
@@ -515,17 +515,17 @@ async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(make_domain) -
 
 async def test_hmp_savevm_errors_are_read_from_its_text(make_domain) -> None:
     """HMP answers a failed savevm with text, not a QMP error: it must still fail."""
-    from qdriver.executor import Execution
-    from qdriver.planner import HostCaps, plan_snapshot
+    from qdriver.ops.create_exec import CreateExecution
+    from qdriver.ops.create_plan import HostCaps, plan_snapshot
     template = await make_domain(name="template")
     plan = plan_snapshot(template.definition, "running", "<domainsnapshot><name>h2</name>"
                          "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
     diskless = await make_domain(name="diskless", with_disk=False)
     await diskless.start(paused=True)
-    async with diskless.monitor() as mon:
+    async with diskless.operation() as ctx, qmp.open_monitor(diskless.paths.qmp) as mon:
         with pytest.raises(qdriver.OperationFailedError,
                            match="savevm failed: Error: no block device can store vmstate"):
-            await Execution(diskless, plan, None, mon).hmp_savevm()
+            await CreateExecution(ctx, plan, None, mon).hmp_savevm()
     await diskless.destroy()
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
-from ..executor import Progress
-from ..planner import CreateFlags, Plan, refusal_json
-from ..snapshot import Snapshot
-from ..snapshots import SnapshotTree
+from ..ops.progress import Progress
+from ..ops.create_plan import CreateFlags, Plan, refusal_json
+from ..snapshot_handle import Snapshot
+from ..snapshot_tree import SnapshotTree
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from .registry import command, domain_arg, format_fields, format_table, out
 

@@ -55,8 +55,8 @@ async def run(*args: StrPath) -> str:
     argv = [_binary(), *map(str, args)]
     try:
         result = await anyio.run_process(argv, check=False)
-    except FileNotFoundError:
-        raise QemuImgError(argv, "qemu-img is not installed (package qemu-utils)") from None
+    except FileNotFoundError as e:
+        raise QemuImgError(argv, "qemu-img is not installed (package qemu-utils)") from e
     if result.returncode != 0:
         raise QemuImgError(argv, result.stderr.decode(errors="replace"))
     return result.stdout.decode()

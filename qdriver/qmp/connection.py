@@ -36,13 +36,13 @@ class Monitor:
             with anyio.fail_after(timeout):
                 return await self.client.execute(command, arguments)
         except ExecuteError as e:
-            raise CommandError(command, e.error_class, e.error.error.desc) from None
-        except TimeoutError:
+            raise CommandError(command, e.error_class, e.error.error.desc) from e
+        except TimeoutError as e:
             raise MonitorTimeoutError(f"QEMU did not answer '{command}' "
-                                      f"within {timeout:g} s") from None
+                                      f"within {timeout:g} s") from e
         except (ExecInterruptedError, StateError, EOFError, ConnectionError) as e:
             raise MonitorClosedError(f"QEMU closed the monitor during '{command}': "
-                                     f"{e or type(e).__name__}") from None
+                                     f"{e or type(e).__name__}") from e
 
     async def hmp(self, command_line: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Run a human-monitor command and return its text output."""
@@ -66,13 +66,13 @@ async def connect(path: Path, timeout: float = 5.0) -> Monitor:
     try:
         with anyio.fail_after(timeout):
             await client.connect(str(path))
-    except TimeoutError:
+    except TimeoutError as e:
         await _quiet_disconnect(client)
         raise MonitorConnectError(f"QEMU monitor '{path}' did not answer "
-                                  f"within {timeout:g} s") from None
+                                  f"within {timeout:g} s") from e
     except (ConnectError, QMPError, OSError) as e:
         await _quiet_disconnect(client)
-        raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from None
+        raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from e
     return Monitor(client, path)
 
 

@@ -20,8 +20,8 @@ async def wait_event(listener: EventListener, match: Callable[[Event], bool],
                 event = await listener.get()
                 if match(event):
                     return event
-    except TimeoutError:
-        raise MonitorTimeoutError(f"no {what} within {timeout:g} s") from None
+    except TimeoutError as e:
+        raise MonitorTimeoutError(f"no {what} within {timeout:g} s") from e
 
 
 def data(event: Event) -> Mapping[str, object]:

@@ -172,8 +172,8 @@ def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None
         raise XMLError(f"unknown suffix '{el.get('unit')}'")
     try:
         value = int((el.text or "").strip())
-    except ValueError:
-        raise XMLError(f"invalid value '{el.text}' for <{el.tag}>") from None
+    except ValueError as e:
+        raise XMLError(f"invalid value '{el.text}' for <{el.tag}>") from e
     return value * UNITS[unit] // 1024
 
 
@@ -226,8 +226,8 @@ def _uuid(root: safe.Element) -> str:
         return value
     try:
         return str(uuidlib.UUID(text))
-    except ValueError:
-        raise XMLError(f"malformed uuid element '{text}'") from None
+    except ValueError as e:
+        raise XMLError(f"malformed uuid element '{text}'") from e
 
 
 def _parse_os(root: safe.Element, d: DomainDef) -> None:

@@ -37,7 +37,7 @@ def parse(text: str | bytes, what: str = "document") -> Element:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as e:
-        raise XMLError(f"malformed {what}: {e}") from None
+        raise XMLError(f"malformed {what}: {e}") from e
     if _depth(root) > MAX_DEPTH:
         raise XMLError(f"{what} nests elements deeper than {MAX_DEPTH} levels")
     return root

@@ -132,8 +132,8 @@ def _parse_redefine(root: safe.Element, s: SnapshotDef) -> None:
         raise XMLError("missing creationTime from existing snapshot")
     try:
         s.creation_time = int(created.strip())
-    except ValueError:
-        raise XMLError(f"invalid creationTime '{created}'") from None
+    except ValueError as e:
+        raise XMLError(f"invalid creationTime '{created}'") from e
     parent = root.find("parent")
     if parent is not None:
         s.parent = (_text(parent, "name") or "").strip() or None

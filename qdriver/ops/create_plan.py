@@ -10,17 +10,49 @@ Refusing happens here, before any side effect.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, fields, replace
-from typing import Union
+from typing import Literal, Union, cast
 
-from .errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCode,
+from ..errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCode,
                      InvalidArgError, NoSupportError, OperationInvalidError,
                      OperationUnsupportedError, QDriverError, XMLError)
-from .xml.domain import DomainDef
-from .xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
+from ..xml.domain import DomainDef
+from ..xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 ONLINE_STATES = ("running", "paused")
+
+MemoryMode = Literal["no", "internal", "external"]
+PauseMode = Literal["none", "whole", "brief"]
+"""none | whole (paused for the whole operation) | brief (only to switch disks)."""
+LiveMode = Literal["none", "background", "precopy"]
+"""none | background (background-snapshot) | precopy (live migration, then pause)."""
+
+
+class Step(enum.StrEnum):
+    """Every step a snapshot-creation plan can contain; the executor has one method each."""
+
+    QEMU_IMG_SNAPSHOT = "qemu-img-snapshot"
+    QEMU_IMG_CREATE = "qemu-img-create"
+    CHECK_REUSED_OVERLAYS = "check-reused-overlays"
+    SWITCH_DEFINITION = "switch-definition"
+    CREATE_OVERLAYS = "create-overlays"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SNAPSHOT_SAVE = "snapshot-save"
+    HMP_SAVEVM = "hmp-savevm"
+    TRANSACTION = "transaction"
+    TRANSACTION_INTERNAL = "transaction-internal"
+    MIGRATE_TO_FILE = "migrate-to-file"
+    MIGRATE_LIVE = "migrate-live"
+    MIGRATE_BACKGROUND = "migrate-background"
+    AGENT_FREEZE = "agent-freeze"
+    AGENT_THAW = "agent-thaw"
+    HALT = "halt"
+    WRITE_METADATA = "write-metadata"
+    REDEFINE_METADATA = "redefine-metadata"
+    SET_CURRENT = "set-current"
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,12 @@ class HostCaps:
     """QMP ``snapshot-save`` exists (QEMU >= 6.0); else HMP ``savevm``."""
     background_snapshot: bool = True
     """The ``background-snapshot`` migration capability is usable."""
+    background_keeps_run_state: bool = False
+    """A background snapshot ends with the vCPUs as they were (QEMU 9.0+), so a paused
+    guest's memory can be saved without leaving QEMU in ``postmigrate``."""
+    can_migrate: bool = True
+    """False while QEMU sits in ``postmigrate`` after an earlier memory save: QEMU
+    refuses another migration until the guest has run."""
 
 
 @dataclass(frozen=True)
@@ -124,15 +162,13 @@ class Plan:
     """The decision for one snapshot request, as data."""
 
     name: str
-    memory: str
+    memory: MemoryMode
     memory_file: str | None
     disks: tuple[DiskPlan, ...]
     state: str
-    pause: str
-    """none | whole (paused for the whole operation) | brief (only to switch)."""
-    live: str
-    """none | background (background-snapshot) | precopy."""
-    steps: tuple[str, ...]
+    pause: PauseMode
+    live: LiveMode
+    steps: tuple[Step, ...]
     resume: bool
     """Whether the guest runs afterwards."""
     libvirt: bool
@@ -149,7 +185,7 @@ class Plan:
             "name": self.name, "memory": self.memory, "memory_file": self.memory_file,
             "disks": {d.target: {"snapshot": d.snapshot, "file": d.file} for d in self.disks},
             "state": self.state, "pause": self.pause, "live": self.live,
-            "steps": list(self.steps), "resume": self.resume, "libvirt": self.libvirt,
+            "steps": [str(s) for s in self.steps], "resume": self.resume, "libvirt": self.libvirt,
         }
 
 
@@ -206,17 +242,20 @@ def _plan_redefine(snap: SnapshotDef, flags: CreateFlags) -> Plan:
         raise InvalidArgError(f"disk-only flag for snapshot {snap.name} requires "
                               "disk-snapshot state")
     disks = tuple(DiskPlan(d.name, d.snapshot or "no", d.source) for d in snap.disks)
-    return Plan(name=snap.name or "", memory=snap.memory or "no", memory_file=snap.memory_file,
+    return Plan(name=snap.name or "", memory=cast(MemoryMode, snap.memory or "no"),
+                memory_file=snap.memory_file,
                 disks=disks, state=snap.state or "shutoff", pause="none", live="none",
-                steps=("write-metadata",) + (("set-current",) if flags.current else ()),
+                steps=(Step.REDEFINE_METADATA,) + ((Step.SET_CURRENT,) if flags.current else ()),
                 resume=False, libvirt=True, definition=snap, flags=flags)
 
 
-def _memory_defaults(snap: SnapshotDef, online: bool, flags: CreateFlags) -> tuple[str, str]:
+def _memory_defaults(snap: SnapshotDef, online: bool, flags: CreateFlags
+                     ) -> tuple[MemoryMode, str]:
     """The memory mode and the default disk location, as libvirt derives them."""
     if (not online or flags.disk_only) and snap.memory in ("internal", "external"):
         raise XMLError("memory state cannot be saved with offline or disk-only snapshot")
-    memory = snap.memory or ("internal" if online and not flags.disk_only else "no")
+    memory = cast(MemoryMode, snap.memory or (
+        "internal" if online and not flags.disk_only else "no"))
     if flags.live and not (online and memory == "external"):
         raise OperationUnsupportedError(
             "live snapshot creation is supported only during full system snapshots")
@@ -259,15 +298,16 @@ def _check_quiesce(domain: DomainDef, state: str) -> None:
         raise ArgumentUnsupportedError("QEMU guest agent is not configured")
 
 
-def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: str,
+def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
            disks: list[SnapshotDisk], row: Row, flags: CreateFlags, caps: HostCaps,
            now: float | None) -> Plan:
     online = state in ONLINE_STATES
     running = state == "running"
     manual = any(d.snapshot == "manual" for d in disks)
-    live = "none"
+    live: LiveMode = "none"
     if flags.live and running:
         live = "background" if caps.background_snapshot else "precopy"
+    pause: PauseMode
     if not running:
         pause = "none"
     elif memory == "no":
@@ -280,6 +320,11 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: str,
             d.snapshot != "internal" and d.source is not None for d in plan_disks):
         raise NoSupportError("this QEMU has no snapshot-save: HMP savevm cannot leave "
                              "disks out of an internal snapshot")
+    if memory == "external" and not caps.can_migrate:
+        raise OperationInvalidError(
+            "domain is paused by an earlier memory snapshot (QEMU state 'postmigrate') and "
+            "this QEMU cannot save its memory again before the guest has run; resume it "
+            "first, or take a disk-only snapshot")
     if live == "precopy" and any(d.snapshot == "internal" for d in plan_disks):
         raise ConfigUnsupportedError(
             "a live snapshot with internal disk snapshots needs the background-snapshot "
@@ -313,52 +358,57 @@ def _disk_plan(d: SnapshotDisk, domain: DomainDef) -> DiskPlan:
 
 
 def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,
-           live: str, manual: bool, flags: CreateFlags, caps: HostCaps) -> tuple[str, ...]:
+           live: LiveMode, manual: bool, flags: CreateFlags, caps: HostCaps
+           ) -> tuple[Step, ...]:
     has_ext = any(d.snapshot == "external" for d in disks)
-    overlays = "check-reused-overlays" if flags.reuse_ext else (
-        "qemu-img-create" if not online else "create-overlays")
-    steps: list[str] = []
+    overlays = Step.CHECK_REUSED_OVERLAYS if flags.reuse_ext else (
+        Step.QEMU_IMG_CREATE if not online else Step.CREATE_OVERLAYS)
+    steps: list[Step] = []
     if not online:
         if "qemu-img-snapshot" in row.mechanisms:
-            steps.append("qemu-img-snapshot")
+            steps.append(Step.QEMU_IMG_SNAPSHOT)
         if has_ext:
-            steps += [overlays, "switch-definition"]
+            steps += [overlays, Step.SWITCH_DEFINITION]
     else:
         if has_ext:
             steps.append(overlays)
         if flags.quiesce:
-            steps.append("agent-freeze")
+            steps.append(Step.AGENT_FREEZE)
         has_int = any(d.snapshot == "internal" for d in disks)
         steps += _online_core(running, memory, row, live, manual, has_int, has_ext, caps)
         if flags.quiesce:
-            steps.append("agent-thaw")
+            steps.append(Step.AGENT_THAW)
         if has_ext:
-            steps.append("switch-definition")
+            steps.append(Step.SWITCH_DEFINITION)
         if running and memory != "no" and not manual and not flags.halt and \
                 live != "background":
-            steps.append("resume")
+            steps.append(Step.RESUME)
         if flags.halt:
-            steps.append("halt")
+            steps.append(Step.HALT)
     if not flags.no_metadata:
-        steps.append("write-metadata")
+        steps.append(Step.WRITE_METADATA)
     return tuple(steps)
 
 
-def _online_core(running: bool, memory: str, row: Row, live: str, manual: bool,
-                 has_int: bool, has_ext: bool, caps: HostCaps) -> list[str]:
-    pause = ["pause"] if running else []
-    txn = ["transaction"] if "transaction" in row.mechanisms else []
+def _online_core(running: bool, memory: str, row: Row, live: LiveMode, manual: bool,
+                 has_int: bool, has_ext: bool, caps: HostCaps) -> list[Step]:
+    pause = [Step.PAUSE] if running else []
+    txn = [Step.TRANSACTION] if "transaction" in row.mechanisms else []
     if memory == "internal":
-        save = "snapshot-save" if caps.snapshot_save else "hmp-savevm"
+        save = Step.SNAPSHOT_SAVE if caps.snapshot_save else Step.HMP_SAVEVM
         return pause + [save] + txn
     if memory == "external":
-        if live == "background":  # QEMU resumes the vCPUs itself once devices are saved
-            return pause + txn + ["migrate-background"]
+        if live == "background":  # the vCPUs run again once the devices are saved
+            return pause + txn + [Step.MIGRATE_BACKGROUND]
+        if not running and caps.background_snapshot and caps.background_keeps_run_state:
+            # a paused guest stays paused, its images active: no postmigrate state
+            # that would refuse the next memory snapshot
+            return txn + [Step.MIGRATE_BACKGROUND]
         if live == "precopy":  # the migration ends with the guest paused
-            return ["migrate-live"] + txn
+            return [Step.MIGRATE_LIVE] + txn
         # a finished migration leaves the images inactive, where QEMU refuses
         # internal snapshots: take those first (the guest is paused throughout)
-        internal = ["transaction-internal"] if has_int else []
+        internal = [Step.TRANSACTION_INTERNAL] if has_int else []
         external = txn if has_ext else []
-        return pause + internal + ["migrate-to-file"] + external
+        return pause + internal + [Step.MIGRATE_TO_FILE] + external
     return (pause if manual else []) + txn

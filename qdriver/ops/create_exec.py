@@ -1,0 +1,365 @@
+"""Carry out a snapshot-creation plan on a domain, all or nothing.
+
+Every `Step` of a plan has a method here (`STEPS`).  Each side effect
+records its undo in the shared `Transaction` first; if a later step fails,
+the undos run newest first: created overlays and memory files are removed,
+added block nodes deleted, internal snapshots dropped, the old definition
+put back, and the guest resumed if we paused it.  Checks that need the
+filesystem (files that must not, or must, exist) run in `preflight`, before
+the first side effect.  The caller holds the domain lock and passes the
+state it read under it (`OpContext`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+from .. import agent, qemuimg, qmp
+from .. import snapshot_tree as meta
+from ..domstate import query as query_status
+from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError
+from ..opcontext import OpContext
+from ..saveimage import mark_complete
+from ..xml.snapshot import SnapshotDef, SnapshotDisk
+from . import memfile
+from .blocknodes import add_overlay, overlay_nodes, top_nodes
+from .create_plan import AGENT_CHANNEL, DiskPlan, Plan, Step
+from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
+from .transaction import StepRunner, Transaction
+
+JOB_TIMEOUT = 3600.0
+
+
+class CreateExecution:
+    """One snapshot creation in progress."""
+
+    def __init__(self, ctx: OpContext, plan: Plan, progress: ProgressFn | None,
+                 mon: qmp.Monitor | None = None) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.progress = progress
+        self.txn = Transaction()
+        self.mon = mon
+        """The open operations monitor of a running domain (the caller's)."""
+        self.nodes: dict[str, str] = {}
+        self.before = ctx.definition
+        self.online = plan.state != "shutoff" and not plan.flags.redefine
+        self.created = int(time.time())
+        self.events: list[dict[str, Any]] = []
+        self.memory_fd: int | None = None
+        """The memory file, kept open until the guest runs again, then completed."""
+        self.flush_seconds = 0.0
+        self.report: CreateReport | None = None
+        self.switched: set[str] = set()
+        """Disks whose new overlay QEMU already writes to: never undone."""
+        self.frozen = False
+
+    # -- driver ------------------------------------------------------------------
+
+    async def run(self) -> SnapshotDef:
+        """Do every step; roll back and re-raise on the first failure."""
+        self.preflight()
+        started = time.monotonic()
+        if not self.online:
+            await self.txn.attempt(self._steps)
+        else:
+            mon = self.monitor
+            try:
+                with mon.listener("STOP", "RESUME") as listener:
+                    await self.txn.attempt(self._online_steps)
+                    self.events = [dict(e) for e in listener.clear()]
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.ctx.sync_run_state(mon)
+        mem = Path(self.plan.memory_file) if self.plan.memory_file else None
+        self.report = CreateReport(time.monotonic() - started,
+                                   guest_pause(self.events, time.time()),
+                                   mem.stat().st_size if mem and mem.exists() else 0,
+                                   self.flush_seconds)
+        return self.record()
+
+    async def _online_steps(self) -> None:
+        self.nodes = await top_nodes(self.monitor)
+        try:
+            await self._steps()
+            await self._complete_memory_file()  # with NO_METADATA no step did it
+        finally:
+            if self.memory_fd is not None:
+                os.close(self.memory_fd)
+                self.memory_fd = None
+
+    async def _steps(self) -> None:
+        await StepRunner({step: partial(method, self) for step, method in STEPS.items()}
+                         ).run(self.plan.steps)
+
+    async def _complete_memory_file(self) -> None:
+        """Flush the memory file and mark it complete.
+
+        Flushing hundreds of MiB takes time, so this runs after the guest runs
+        again, but before metadata names the file.
+        """
+        if self.memory_fd is not None:
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(mark_complete, self.memory_fd)
+            self.flush_seconds = time.monotonic() - started
+            os.close(self.memory_fd)
+            self.memory_fd = None
+
+    def preflight(self) -> None:
+        """Refuse before any side effect if the name or target files are wrong."""
+        if not self.plan.flags.redefine and self.plan.name in self.ctx.snapshot_tree().snaps:
+            raise OperationInvalidError(f"Snapshot '{self.plan.name}' already exists")
+        for d in self.external():
+            _check_overlay_target(d, self.plan.flags.reuse_ext)
+        if self.plan.memory_file:
+            mem = Path(self.plan.memory_file)
+            if mem.exists():
+                raise OperationFailedError(f"memory snapshot file '{mem}' already exists")
+            if not mem.parent.is_dir():
+                raise OperationFailedError(f"directory '{mem.parent}' for the memory "
+                                           "snapshot does not exist")
+
+    # -- helpers -----------------------------------------------------------------
+
+    def external(self) -> list[DiskPlan]:
+        return [d for d in self.plan.disks if d.snapshot == "external"]
+
+    def internal(self) -> list[DiskPlan]:
+        return [d for d in self.plan.disks if d.snapshot == "internal"]
+
+    @property
+    def monitor(self) -> qmp.Monitor:
+        assert self.mon is not None, "online step without a monitor"
+        return self.mon
+
+    # -- offline steps -------------------------------------------------------------
+
+    async def qemu_img_snapshot(self) -> None:
+        for d in self.internal():
+            assert d.source is not None
+            await qemuimg.snapshot_create(d.source, self.plan.name)
+            self.txn.on_undo(f"internal snapshot in {d.source}",
+                             partial(qemuimg.snapshot_delete, d.source, self.plan.name))
+
+    async def qemu_img_create(self) -> None:
+        for d in self.external():
+            assert d.file is not None and d.source is not None
+            self.txn.on_undo(f"overlay {d.file}", partial(self._drop_overlay_file, d))
+            await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
+
+    async def _drop_overlay_file(self, d: DiskPlan) -> None:
+        if d.target not in self.switched and not self.plan.flags.reuse_ext:
+            Path(d.file or "").unlink(missing_ok=True)
+
+    async def check_reused_overlays(self) -> None:
+        for d in self.external():
+            info = await qemuimg.info(d.file or "")
+            if info.format != "qcow2" or info.backing_filename != d.source:
+                raise ConfigUnsupportedError(
+                    f"reused overlay '{d.file}' for disk {d.target} must be a qcow2 image "
+                    f"backed by '{d.source}' (it is {info.format}, backed by "
+                    f"'{info.backing_filename}')")
+        if self.online:
+            await self._add_overlay_nodes()
+
+    async def switch_definition(self) -> None:
+        self.txn.on_undo("the domain definition", self._restore_definition)
+        self.ctx.save_definition(self.before.with_disk_sources(
+            {d.target: (d.file or "", "qcow2") for d in self.external()}))
+
+    async def _restore_definition(self) -> None:
+        if self.switched:
+            return  # QEMU writes to the overlays now: the new definition is the truth
+        self.ctx.save_definition(self.before)
+
+    # -- online steps ----------------------------------------------------------------
+
+    async def create_overlays(self) -> None:
+        await self.qemu_img_create()
+        await self._add_overlay_nodes()
+
+    async def _add_overlay_nodes(self) -> None:
+        for d in self.external():
+            node = await add_overlay(self.monitor, d.target, d.file or "")
+            self.txn.on_undo(f"block node {node}", partial(self._drop_overlay_node, d, node))
+
+    async def _drop_overlay_node(self, d: DiskPlan, node: str) -> None:
+        if d.target not in self.switched:
+            await self.monitor.execute("blockdev-del", {"node-name": node})
+
+    async def pause(self) -> None:
+        await self.monitor.execute("stop")
+        self.txn.on_undo("the guest pause", self._resume_if_paused)
+
+    async def _resume_if_paused(self) -> None:
+        if not (await query_status(self.monitor)).running:
+            await self.monitor.execute("cont")
+
+    async def resume(self) -> None:
+        await self.monitor.execute("cont")
+
+    async def snapshot_save(self) -> None:
+        devices = [self.nodes[d.target] for d in self.internal()]
+        await qmp.run_job(self.monitor, "snapshot-save", {
+            "tag": self.plan.name, "vmstate": devices[0], "devices": devices},
+            f"qdriver-save-{self.created}", JOB_TIMEOUT,
+            ProgressMeter("snapshot-save", self.progress))
+        self.txn.on_undo(f"internal snapshot {self.plan.name}", partial(
+            qmp.run_job, self.monitor, "snapshot-delete",
+            {"tag": self.plan.name, "devices": devices}, f"qdriver-undo-{self.created}", 60))
+
+    async def hmp_savevm(self) -> None:
+        out = await self.monitor.hmp(f"savevm {self.plan.name}", JOB_TIMEOUT)
+        if out.strip():  # HMP reports errors as text, not as a QMP error
+            raise OperationFailedError(f"savevm failed: {out.strip()}")
+        self.txn.on_undo(f"internal snapshot {self.plan.name}",
+                         partial(self.monitor.hmp, f"delvm {self.plan.name}"))
+
+    async def transaction_internal(self) -> None:
+        """Internal disk snapshots only, taken before a migration inactivates the images."""
+        await self._transaction(external=False, internal=True)
+
+    async def transaction(self) -> None:
+        internal_elsewhere = (Step.SNAPSHOT_SAVE, Step.HMP_SAVEVM, Step.TRANSACTION_INTERNAL)
+        await self._transaction(external=True, internal=not any(
+            s in self.plan.steps for s in internal_elsewhere))
+
+    async def _transaction(self, external: bool, internal: bool) -> None:
+        actions: list[dict[str, object]] = []
+        for d in self.plan.disks:
+            if d.snapshot == "external" and external:
+                actions.append({"type": "blockdev-snapshot", "data": {
+                    "node": self.nodes[d.target],
+                    "overlay": overlay_nodes(d.target, d.file or "")[0]}})
+            elif d.snapshot == "internal" and internal:
+                actions.append({"type": "blockdev-snapshot-internal-sync", "data": {
+                    "device": self.nodes[d.target], "name": self.plan.name}})
+        await self.monitor.execute("transaction", {"actions": actions})
+        # Once the overlays are the active layers the guest writes into them, so
+        # the external part is not undone (that would need a block-commit).
+        # Internal snapshots taken here are.
+        for d in self.plan.disks:
+            if d.snapshot == "external" and external:
+                self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
+                self.switched.add(d.target)
+            elif d.snapshot == "internal" and internal:
+                self.txn.on_undo(f"internal snapshot of {d.target}", partial(
+                    self.monitor.execute, "blockdev-snapshot-delete-internal-sync",
+                    {"device": self.nodes[d.target], "name": self.plan.name}))
+
+    async def migrate_to_file(self) -> None:
+        await self._migrate(background=False)
+
+    async def migrate_live(self) -> None:
+        # pre-copy ends with the guest paused
+        self.txn.on_undo("the guest pause", self._resume_if_paused)
+        await self._migrate(background=False)
+
+    async def migrate_background(self) -> None:
+        await self._migrate(background=True)
+
+    async def _migrate(self, background: bool) -> None:
+        path = self.plan.memory_file or ""
+        was_running = self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
+        # O_EXCL: never take over (and on undo remove) a file someone else made
+        self.memory_fd = memfile.create(path, self.before.to_xml(), "<cookie/>", was_running)
+        self.txn.on_undo(f"memory file {path}", partial(_unlink, path))
+        await memfile.save(self.monitor, self.memory_fd, background,
+                           ProgressMeter("memory", self.progress), resume=self.plan.resume)
+
+    async def agent_freeze(self) -> None:
+        self.txn.on_undo("the guest filesystem freeze", self._thaw_if_frozen)
+        await agent.fsfreeze(self._agent_path())
+        self.frozen = True
+
+    async def agent_thaw(self) -> None:
+        await self._thaw_if_frozen()
+
+    async def _thaw_if_frozen(self) -> None:
+        if self.frozen:
+            await agent.fsthaw(self._agent_path())
+            self.frozen = False
+
+    def _agent_path(self) -> Path:
+        for i, chan in enumerate(self.ctx.definition.channels):
+            if chan.target_name == AGENT_CHANNEL:
+                return Path(chan.path) if chan.path else self.ctx.paths.channel(i)
+        raise ConfigUnsupportedError("QEMU guest agent is not configured")
+
+    async def halt(self) -> None:
+        await self.ctx.stop("from snapshot")
+
+    async def write_metadata(self) -> None:
+        await self._complete_memory_file()
+        store = self.ctx.snapshot_store()
+        meta.add(store, store.load(), self.record())
+
+    async def redefine_metadata(self) -> None:
+        store = self.ctx.snapshot_store()
+        meta.redefine(store, store.load(), self.plan.definition, self.ctx.definition.uuid,
+                      make_current=False)
+
+    async def set_current(self) -> None:
+        store = self.ctx.snapshot_store()
+        meta.set_current(store, store.load(), self.plan.name)
+
+    # -- the record ------------------------------------------------------------------
+
+    def record(self) -> SnapshotDef:
+        """The snapshot as it is stored: disks as taken, the domain as it was."""
+        if self.plan.flags.redefine:
+            return self.plan.definition
+        disks = [SnapshotDisk(d.target, d.snapshot, "file" if d.file else None, d.file,
+                              "qcow2" if d.file else None) for d in self.plan.disks]
+        return replace(self.plan.definition, disks=disks, creation_time=self.created,
+                       domain=self.before.root_copy(), parent=None, active=False)
+
+
+def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:
+    path = Path(d.file or "")
+    if reuse:
+        if not path.is_file():
+            raise OperationFailedError(f"missing existing file for disk {d.target}: {path}")
+    elif path.exists():
+        raise OperationFailedError(f"external snapshot file for disk {d.target} "
+                                   f"already exists and is not a block device: {path}")
+    if not path.parent.is_dir():
+        raise OperationFailedError(f"directory '{path.parent}' for the overlay of disk "
+                                   f"{d.target} does not exist")
+
+
+async def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+StepMethod = Callable[[CreateExecution], Awaitable[None]]
+STEPS: dict[Step, StepMethod] = {
+    Step.QEMU_IMG_SNAPSHOT: CreateExecution.qemu_img_snapshot,
+    Step.QEMU_IMG_CREATE: CreateExecution.qemu_img_create,
+    Step.CHECK_REUSED_OVERLAYS: CreateExecution.check_reused_overlays,
+    Step.SWITCH_DEFINITION: CreateExecution.switch_definition,
+    Step.CREATE_OVERLAYS: CreateExecution.create_overlays,
+    Step.PAUSE: CreateExecution.pause,
+    Step.RESUME: CreateExecution.resume,
+    Step.SNAPSHOT_SAVE: CreateExecution.snapshot_save,
+    Step.HMP_SAVEVM: CreateExecution.hmp_savevm,
+    Step.TRANSACTION: CreateExecution.transaction,
+    Step.TRANSACTION_INTERNAL: CreateExecution.transaction_internal,
+    Step.MIGRATE_TO_FILE: CreateExecution.migrate_to_file,
+    Step.MIGRATE_LIVE: CreateExecution.migrate_live,
+    Step.MIGRATE_BACKGROUND: CreateExecution.migrate_background,
+    Step.AGENT_FREEZE: CreateExecution.agent_freeze,
+    Step.AGENT_THAW: CreateExecution.agent_thaw,
+    Step.HALT: CreateExecution.halt,
+    Step.WRITE_METADATA: CreateExecution.write_metadata,
+    Step.REDEFINE_METADATA: CreateExecution.redefine_metadata,
+    Step.SET_CURRENT: CreateExecution.set_current,
+}
+
+__all__ = ["CreateExecution", "STEPS", "JOB_TIMEOUT"]

@@ -1,0 +1,115 @@
+"""Migration to a memory file: the guest's RAM and device state in libvirt's save layout.
+
+The file starts with libvirt's save-image header (``saveimage``), marked
+partial until the stream is complete; QEMU writes the migration stream
+after it through a passed file descriptor.  `save` drives one migration
+and waits for it with progress; it leaves the guest's run state to the
+caller (the plan says whether the guest resumes).
+"""
+from __future__ import annotations
+
+import os
+
+import anyio
+from qemu.qmp import EventListener
+
+from .. import domstate, qmp
+from ..errors import OperationFailedError, QDriverError
+from ..saveimage import write_header
+from .progress import ProgressMeter
+
+MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
+FD_NAME = "qdriver-migrate"
+
+
+def create(path: str, domain_xml: str, cookie: str, running: bool) -> int:
+    """Create the memory file (it must not exist) with a partial header; return its fd.
+
+    If the header cannot be written the new file is removed again.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_header(fd, domain_xml, cookie, running)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+
+async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter,
+               resume: bool = False) -> None:
+    """Migrate the guest's state into ``fd`` (positioned after the header).
+
+    With ``background`` and ``resume`` the guest runs again as soon as QEMU
+    has saved the devices and write-protected RAM: QEMU 7.2 restarts the
+    vCPUs itself there, newer QEMUs restore the state they found (paused,
+    since the disks were switched first), so the vCPUs are started here
+    once the RAM copy is under way, whichever QEMU this is.
+    """
+    await _set_capabilities(mon, background)
+    try:
+        with mon.listener("MIGRATION") as events:
+            await mon.send_fd(fd, FD_NAME)
+            await mon.execute("migrate", {"uri": f"fd:{FD_NAME}"})
+            await wait(mon, events, meter, resume_when_saving=background and resume)
+        if background and resume:
+            await _ensure_running(mon)
+    finally:
+        if background:
+            await mon.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "background-snapshot", "state": False}]})
+
+
+async def _set_capabilities(mon: qmp.Monitor, background: bool) -> None:
+    await mon.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "events", "state": True},
+        {"capability": "background-snapshot", "state": background}]})
+    await mon.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
+
+
+async def wait(mon: qmp.Monitor, events: EventListener, meter: ProgressMeter,
+               resume_when_saving: bool = False) -> None:
+    """Poll ``query-migrate`` (woken by MIGRATION events) until the migration ends."""
+    while True:
+        info = await mon.execute("query-migrate")
+        status = str(info.get("status"))
+        ram = info.get("ram", {})
+        if ram:
+            meter(int(ram.get("transferred", 0)), int(ram.get("total", 0)))
+        if resume_when_saving and status == "active" and int(ram.get("transferred", 0)) > 0:
+            await _ensure_running(mon)  # devices saved, RAM write-protected
+            resume_when_saving = False
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise OperationFailedError("saving the memory state failed: "
+                                       f"{info.get('error-desc', status)}")
+        with anyio.move_on_after(0.1):
+            await events.get()
+
+
+async def _ensure_running(mon: qmp.Monitor) -> None:
+    if not (await domstate.query(mon)).running:
+        await mon.execute("cont")
+
+
+async def background_snapshot_usable(mon: qmp.Monitor, try_it: bool) -> bool:
+    """Whether the background-snapshot migration capability is usable.
+
+    Trying it (on, then off) is the only way to learn whether the host kernel
+    supports it; without ``try_it`` only its presence in QEMU is checked.
+    """
+    if not try_it:
+        caps = await mon.execute("query-migrate-capabilities")
+        return any(c["capability"] == "background-snapshot" for c in caps)
+    try:
+        for on in (True, False):
+            await mon.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "background-snapshot", "state": on}]})
+    except QDriverError:
+        return False
+    return True
+
+
+__all__ = ["MAX_BANDWIDTH", "create", "save", "wait", "background_snapshot_usable"]

@@ -1,0 +1,123 @@
+"""What a QEMU can do, asked from QEMU itself: decide by capability, not by version.
+
+`probe` asks a running QEMU three cheap questions (``query-version``,
+``query-commands``, ``query-migrate-capabilities``); the answer is stored in
+the run record the first time an operation needs it, since a QEMU's
+abilities do not change while it runs.  `probe_schema` adds what only
+``query-qmp-schema`` tells (the ``file:`` migration transport); it costs
+about 0.1 s, so only ``domcapabilities`` and the benchmarks ask it, from a
+throwaway ``-machine none`` QEMU (`probe_binary`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import qmp
+from .errors import OperationFailedError
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class QemuCaps:
+    """The snapshot-relevant abilities of one QEMU."""
+
+    version: str = ""
+    snapshot_save: bool = False
+    """QMP ``snapshot-save``/``-load``/``-delete`` jobs (QEMU 6.0+); else HMP savevm."""
+    background_snapshot: bool = False
+    """The ``background-snapshot`` migration capability exists (the host kernel may
+    still lack userfaultfd write-protect: trying it on tells)."""
+    mapped_ram: bool = False
+    """The ``mapped-ram`` migration capability (a fixed-offset file layout, QEMU 9.0+)."""
+    multifd: bool = False
+    file_transport: bool | None = None
+    """The ``file:`` migration URI with ``offset=`` (QEMU 8.2+); None if not asked."""
+
+    @property
+    def background_keeps_run_state(self) -> bool:
+        """After a background snapshot, QEMU puts the vCPUs back in the state they had.
+
+        QEMU 9.0 changed the end of a background snapshot from "start the
+        vCPUs" to "restore the old run state"; the same release brought the
+        ``mapped-ram`` capability, so its presence tells which behaviour this
+        QEMU has without running a migration to find out.
+        """
+        return self.background_snapshot and self.mapped_ram
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> QemuCaps:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+async def probe(mon: qmp.Monitor) -> QemuCaps:
+    """The cheap probe of a running QEMU."""
+    ver = (await mon.execute("query-version"))["qemu"]
+    commands = {c["name"] for c in await mon.execute("query-commands")}
+    migrate = {c["capability"] for c in await mon.execute("query-migrate-capabilities")}
+    return QemuCaps(version=f"{ver['major']}.{ver['minor']}.{ver['micro']}",
+                    snapshot_save="snapshot-save" in commands,
+                    background_snapshot="background-snapshot" in migrate,
+                    mapped_ram="mapped-ram" in migrate, multifd="multifd" in migrate)
+
+
+async def probe_schema(mon: qmp.Monitor) -> QemuCaps:
+    """The cheap probe plus what only the QAPI schema tells."""
+    caps = await probe(mon)
+    schema = await mon.execute("query-qmp-schema", timeout=30)
+    return QemuCaps(**{**asdict(caps), "file_transport": has_file_transport(schema)})
+
+
+def has_file_transport(schema: list[dict[str, Any]]) -> bool:
+    """Whether ``migrate`` takes a ``file`` transport (MigrationAddressType)."""
+    return any(e.get("meta-type") == "enum" and {"exec", "file", "socket"} <= set(
+        e.get("values", ())) for e in schema)
+
+
+def binary() -> str:
+    """The QEMU system emulator on PATH."""
+    path = shutil.which(QEMU_BINARY)
+    if path is None:
+        raise OperationFailedError(f"{QEMU_BINARY} is not installed (package qemu-system-x86)")
+    return path
+
+
+async def probe_binary(timeout: float = 10.0) -> QemuCaps:
+    """Start the QEMU on PATH with no machine, probe it fully, and stop it."""
+    with tempfile.TemporaryDirectory(prefix="qdriver-probe-") as tmp:
+        sock = Path(tmp) / "qmp.sock"
+        proc = subprocess.Popen(
+            [binary(), "-machine", "none", "-nodefaults", "-display", "none", "-S",
+             "-qmp", f"unix:{sock},server=on,wait=off"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not sock.exists():
+                if proc.poll() is not None or loop.time() > deadline:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise OperationFailedError(f"cannot probe {binary()}: {err.strip()}")
+                await asyncio.sleep(0.005)
+            async with qmp.open_monitor(sock, timeout) as mon:
+                return await probe_schema(mon)
+        finally:
+            proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+            if sock.exists():
+                os.unlink(sock)
+
+
+__all__ = ["QemuCaps", "probe", "probe_schema", "probe_binary", "has_file_transport", "binary"]

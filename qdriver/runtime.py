@@ -1,0 +1,238 @@
+"""The runtime layer: launch, stop and reap one domain's QEMU; own its run record.
+
+Nothing here takes the domain lock.  Every method that writes (`launch`,
+`stop`, `reap`, `reconcile`, `update`) must be called by an operation that
+holds it; `peek` and `ended_reason` only read, so state queries may use them
+without the lock: they report a dead QEMU as shut off but leave the clean-up
+to the next locked operation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import process, qmp
+from .domstate import DomainState
+from .errors import InternalError
+from .paths import DomainPaths
+from .statestore import read_record, write_record
+
+START_TIMEOUT = 30.0
+EXIT_FILE_WAIT = 0.5
+"""How long the supervisor may take to record QEMU's exit status."""
+
+
+@dataclass
+class RunRecord:
+    """What a later process needs to find and control a running QEMU."""
+
+    pid: int
+    start_time: int
+    id: int
+    accel: str
+    paused: bool = True
+    reason: str = "starting up"
+    stop_requested: str | None = None
+    console_pty: str | None = None
+    vnc_port: int | None = None
+    caps: dict[str, Any] | None = None
+    """What this QEMU offers (`QemuCaps`), probed once by the first operation that asks."""
+    background_usable: bool | None = None
+    """Whether background-snapshot worked when first tried on this host."""
+    supervisor: tuple[int, int] | None = None
+    """The supervisor's pid and start time: while it lives, QEMU's exit is being recorded."""
+
+    @property
+    def proc(self) -> process.ProcessId:
+        return process.ProcessId(self.pid, self.start_time)
+
+    @property
+    def supervisor_proc(self) -> process.ProcessId | None:
+        return process.ProcessId(*self.supervisor) if self.supervisor else None
+
+    @property
+    def state(self) -> tuple[DomainState, str]:
+        return (DomainState.PAUSED if self.paused else DomainState.RUNNING), self.reason
+
+
+@dataclass
+class StatusRecord:
+    """How the domain last stopped (kept while it is shut off)."""
+
+    reason: str = "unknown"
+
+
+class Runtime:
+    """The QEMU process of one domain, found through its files."""
+
+    def __init__(self, paths: DomainPaths) -> None:
+        self.paths = paths
+
+    # -- reading (no lock needed) ---------------------------------------------------
+
+    def peek(self) -> RunRecord | None:
+        """The run record if its QEMU still runs; None otherwise. Writes nothing.
+
+        A QEMU that has just exited counts as running until its supervisor
+        has recorded the exit status, so that the state never reads "shut off"
+        before the reason for it can be told.
+        """
+        rec = read_record(self.paths.runtime, RunRecord)
+        if rec is None:
+            return None
+        if process.is_alive(rec.proc, str(self.paths.qmp)):
+            return rec
+        sup = rec.supervisor_proc
+        if sup is not None and process.exit_status(self.paths.exitfile) is None \
+                and process.is_running(sup):
+            return rec
+        return None
+
+    def ended_reason(self) -> str:
+        """Why the domain is shut off, as far as the files tell, without waiting."""
+        rec = read_record(self.paths.runtime, RunRecord)
+        if rec is None:
+            return self.last_status().reason
+        return _reason(rec, process.exit_status(self.paths.exitfile))
+
+    async def settled_reason(self) -> str:
+        """`ended_reason`, after giving the supervisor a moment to record the exit."""
+        rec = read_record(self.paths.runtime, RunRecord)
+        if rec is None:
+            return self.last_status().reason
+        return _reason(rec, await self._exit_status())
+
+    async def _exit_status(self) -> int | None:
+        status = process.exit_status(self.paths.exitfile)
+        with anyio.move_on_after(EXIT_FILE_WAIT):
+            while status is None:  # the supervisor writes it just after QEMU exits
+                await anyio.sleep(0.005)
+                status = process.exit_status(self.paths.exitfile)
+        return status
+
+    def last_status(self) -> StatusRecord:
+        return read_record(self.paths.status, StatusRecord) or StatusRecord()
+
+    # -- changing (the caller holds the domain lock) -----------------------------------
+
+    async def reconcile(self) -> RunRecord | None:
+        """The live run record; a QEMU that died is reaped first."""
+        rec = read_record(self.paths.runtime, RunRecord)
+        if rec is None:
+            return None
+        if process.is_alive(rec.proc, str(self.paths.qmp)):
+            return rec
+        await self.reap(rec)
+        return None
+
+    async def reap(self, rec: RunRecord) -> None:
+        """QEMU is gone: record why, and remove what it left behind."""
+        write_record(self.paths.status, StatusRecord(_reason(rec, await self._exit_status())))
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the files of a QEMU that no longer runs."""
+        p = self.paths
+        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.console):
+            path.unlink(missing_ok=True)
+        if p.sockets.is_dir():
+            for chan in p.sockets.glob("channel*.sock"):
+                chan.unlink(missing_ok=True)
+        # the domain's socket dir, then the state dir's and the per-user base
+        # once nothing else uses them
+        for directory in (p.sockets, p.sockets.parent, p.sockets.parent.parent):
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty (another domain runs) or already gone
+
+    def update(self, rec: RunRecord, **changes: object) -> None:
+        """Change fields of the run record and store it."""
+        for key, value in changes.items():
+            setattr(rec, key, value)
+        write_record(self.paths.runtime, rec)
+
+    async def launch(self, argv: list[str], accel: str, domain_id: int,
+                     paused: bool) -> RunRecord:
+        """Spawn QEMU (started with ``-S``), connect, and run the guest unless ``paused``.
+
+        On any failure QEMU is killed and its files removed before the error
+        propagates.
+        """
+        self.cleanup()  # leftovers of a QEMU that died unseen
+        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.status.unlink(missing_ok=True)
+        process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
+        rec: RunRecord | None = None
+        try:
+            proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,
+                                                self.paths.exitfile, self.paths.qemu_log,
+                                                START_TIMEOUT)
+            sup = process.parent(proc.pid)
+            rec = RunRecord(proc.pid, proc.start_time, domain_id, accel,
+                            supervisor=(sup.pid, sup.start_time) if sup else None)
+            write_record(self.paths.runtime, rec)
+            try:
+                async with qmp.open_monitor(self.paths.qmp) as mon:
+                    rec.console_pty = await _console_pty(mon)
+                    if not paused:
+                        await mon.execute("cont")
+            except (qmp.MonitorConnectError, qmp.MonitorClosedError) as e:
+                await self._exited_while_connecting(proc, e)
+                raise
+            self.update(rec, paused=paused, reason="user" if paused else "booted")
+            return rec
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abort_launch(rec)
+            raise
+
+    async def _exited_while_connecting(self, proc: process.ProcessId, e: Exception) -> None:
+        """QEMU made its socket, then exited (a bad image, say): say why, from its log."""
+        if await process.wait_exit(proc, 2.0):
+            raise InternalError("process exited while connecting to monitor: "
+                                f"{process.log_tail(self.paths.qemu_log)}") from e
+
+    async def _abort_launch(self, rec: RunRecord | None) -> None:
+        proc = rec.proc if rec is not None else _pid_from_file(self.paths.pidfile)
+        if proc is not None:
+            await process.terminate(proc, grace=1.0)
+        self.cleanup()
+        write_record(self.paths.status, StatusRecord("failed"))
+
+    async def stop(self, rec: RunRecord, reason: str, grace: float = 3.0) -> None:
+        """Stop QEMU (SIGTERM, then SIGKILL) and reap it; ``reason`` is what
+        ``domstate --reason`` says afterwards."""
+        self.update(rec, stop_requested=reason)
+        await process.terminate(rec.proc, grace)
+        await self.reap(rec)
+
+
+def _reason(rec: RunRecord, exit_status: int | None) -> str:
+    if rec.stop_requested:
+        return rec.stop_requested
+    if exit_status is None:
+        return "unknown"
+    return "shutdown" if exit_status == 0 else "crashed"
+
+
+def _pid_from_file(pidfile: Path) -> process.ProcessId | None:
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+    st = process.start_time(pid)
+    return process.ProcessId(pid, st) if st is not None else None
+
+
+async def _console_pty(mon: qmp.Monitor) -> str | None:
+    for chardev in await mon.execute("query-chardev"):
+        if chardev["label"] == "charserial0" and str(chardev["filename"]).startswith("pty:"):
+            return str(chardev["filename"])[4:]
+    return None
+
+
+__all__ = ["Runtime", "RunRecord", "StatusRecord", "START_TIMEOUT"]

@@ -1,0 +1,81 @@
+"""`Snapshot`: a handle on one snapshot of a domain, like libvirt's virDomainSnapshot.
+
+A handle holds names only; every call reads the metadata afresh, so all
+processes sharing a state dir see the same tree.  Changes go through the
+owning domain, which takes the domain lock.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from .errors import NoSnapshotError
+from .ops.progress import CreateReport
+from .snapshot_tree import SnapshotTree
+
+
+class SnapshotOwner(Protocol):
+    """What a snapshot handle needs from its domain (a `Domain` is one)."""
+
+    name: str
+
+    def snapshot_tree(self) -> SnapshotTree: ...
+
+    async def delete_snapshot(self, name: str, metadata_only: bool = False,
+                              children: bool = False, children_only: bool = False
+                              ) -> list[str]: ...
+
+
+class Snapshot:
+    """One snapshot of a domain (``virDomainSnapshot``)."""
+
+    def __init__(self, domain: SnapshotOwner, name: str,
+                 report: CreateReport | None = None) -> None:
+        self.domain = domain
+        self.name = name
+        self.report = report
+        """For a snapshot just created: its total time, guest pause and memory size."""
+
+    def __repr__(self) -> str:
+        return f"<Snapshot {self.domain.name}/{self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and (other.domain.name, other.name) == \
+            (self.domain.name, self.name)
+
+    def __hash__(self) -> int:
+        return hash((self.domain.name, self.name))
+
+    def _tree(self) -> SnapshotTree:
+        tree = self.domain.snapshot_tree()
+        tree.get(self.name)
+        return tree
+
+    def xml_desc(self) -> str:
+        """``virsh snapshot-dumpxml``: the snapshot without the metadata marker."""
+        return self._tree().get(self.name).format()
+
+    def parent(self) -> Snapshot:
+        parent = self._tree().parent(self.name)
+        if parent is None:
+            raise NoSnapshotError(f"snapshot '{self.name}' does not have a parent")
+        return Snapshot(self.domain, parent)
+
+    def children(self, descendants: bool = False) -> list[Snapshot]:
+        return [Snapshot(self.domain, n)
+                for n in self._tree().children(self.name, descendants)]
+
+    def is_current(self) -> bool:
+        return self._tree().current == self.name
+
+    def has_metadata(self) -> bool:
+        self._tree()
+        return True
+
+    async def delete(self, metadata_only: bool = False, children: bool = False,
+                     children_only: bool = False) -> list[str]:
+        """Delete the snapshot (and children if asked); returns the names removed."""
+        return await self.domain.delete_snapshot(self.name, metadata_only, children,
+                                                 children_only)
+
+
+__all__ = ["Snapshot", "SnapshotOwner"]

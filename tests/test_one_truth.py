@@ -1,0 +1,218 @@
+"""One truth per domain: handles cache nothing, changes read and write under the lock.
+
+Each test here failed before `Domain` became a thin front over state read
+under the domain lock: a handle acted on the definition it had read at
+lookup, and CLI processes read the definition before holding the lock.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import qdriver
+from qdriver import DomainState
+from qdriver.ops.create_exec import STEPS
+from qdriver.ops.create_plan import Step
+
+from .conftest import run_cli, wait_console
+
+PACKAGE = Path(qdriver.__file__).parent
+
+
+def backing_chain(image: str) -> list[str]:
+    """The image and its backing files, top first (qemu-img's own view)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", image],
+                         check=True, capture_output=True, text=True).stdout
+    return [entry["filename"] for entry in json.loads(out)]
+
+
+def assert_one_linear_chain(dom: qdriver.Domain, base: str, count: int) -> None:
+    """The active image's chain holds every snapshot's overlay, once, above ``base``,
+    and each snapshot's metadata parent is the snapshot whose overlay backs its own."""
+    tree = dom.snapshot_tree()
+    assert len(tree.snaps) == count
+    chain = backing_chain(dom.definition.disks[0].source or "")
+    assert chain[-1] == base and len(chain) == count + 1, chain
+    overlay = {name: snap.disks[0].source for name, snap in tree.snaps.items()}
+    by_file = {file: name for name, file in overlay.items()}
+    assert sorted(by_file) == sorted(chain[:-1]), "an overlay is out of the active chain"
+    for upper, lower in zip(chain, chain[1:]):
+        expected_parent = by_file.get(lower)  # None for the base image
+        assert tree.parent(by_file[upper]) == expected_parent, (upper, lower)
+    assert tree.current == by_file[chain[0]]
+
+
+async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain, state_dir: Path) -> None:
+    a = await make_domain(name="w")
+    base = a.definition.disks[0].source or ""
+    b = qdriver.Driver(state_dir).lookup("w")
+    await b.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>",
+                                disk_only=True)
+    await a.snapshot_create_xml("<domainsnapshot><name>s2</name></domainsnapshot>",
+                                disk_only=True)
+    assert_one_linear_chain(a, base, 2)
+    assert backing_chain(a.definition.disks[0].source or "")[1] == \
+        a.snapshot_tree().get("s1").disks[0].source
+    assert a.snapshot_lookup("s2").parent().name == "s1"
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["offline", "running"])
+async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain, state_dir: Path,
+                                                              running: bool) -> None:
+    dom = await make_domain(name="w")
+    base = dom.definition.disks[0].source or ""
+    if running:
+        await dom.start()
+        await wait_console(dom, "GUEST-READY")
+    procs = [subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
+                               "snapshot-create-as", "w", f"c{i}", "--disk-only"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(4)]
+    results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "")
+               for p in procs]
+    for p in procs:
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+    assert [rc for rc, _ in results] == [0] * 4, results
+    assert_one_linear_chain(dom, base, 4)
+    if running:
+        assert dom.state == DomainState.RUNNING
+        async with dom.monitor() as mon:  # QEMU writes to the top of that same chain
+            block = await mon.execute("query-block")
+        assert block[0]["inserted"]["file"] == dom.definition.disks[0].source
+        await dom.destroy()
+
+
+async def test_a_long_lived_handle_follows_other_processes(make_domain,
+                                                           state_dir: Path) -> None:
+    dom = await make_domain()  # held across everything the CLI does below
+    run_cli(state_dir, "start", "guest")
+    assert dom.is_active and dom.state == DomainState.RUNNING
+    first_id = dom.id
+    assert first_id is not None and f"<domain type='qemu' id='{first_id}'" in dom.xml_desc()
+    await wait_console(dom, "GUEST-READY")
+
+    run_cli(state_dir, "suspend", "guest")
+    assert dom.state_reason() == (DomainState.PAUSED, "user")
+    assert (await dom.get_state())[0] == DomainState.PAUSED
+
+    run_cli(state_dir, "snapshot-create-as", "guest", "c1", "--disk-only")
+    assert dom.definition.disks[0].source.endswith(".c1")
+    assert dom.current_snapshot().name == "c1"
+
+    run_cli(state_dir, "destroy", "guest")
+    assert dom.state_reason() == (DomainState.SHUTOFF, "destroyed")
+    assert not dom.is_active and dom.id is None
+
+    run_cli(state_dir, "start", "guest", "--paused")
+    assert dom.state == DomainState.PAUSED and dom.id not in (None, first_id)
+
+    # the handle's own change builds on what the CLI did
+    snap = await dom.snapshot_create_xml("<domainsnapshot><name>c2</name></domainsnapshot>",
+                                         disk_only=True)
+    assert snap.parent().name == "c1"
+    assert backing_chain(dom.definition.disks[0].source or "")[1].endswith(".c1")
+    await dom.destroy()
+
+
+async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain, driver,
+                                                              state_dir: Path) -> None:
+    dom = await make_domain()
+    xml = dom.xml_desc(inactive=True)
+    await driver.undefine(dom)
+    with pytest.raises(qdriver.NoDomainError):
+        await dom.start()
+    other = await driver.define_xml(xml.replace(f"<uuid>{dom.uuid}</uuid>", ""))
+    assert other.uuid != dom.uuid
+    with pytest.raises(qdriver.NoDomainError, match="uuid"):
+        dom.definition
+    with pytest.raises(qdriver.NoDomainError):
+        await dom.start()
+    assert not other.is_active
+
+
+async def test_state_queries_neither_reap_without_the_lock_nor_block(
+        make_domain, monkeypatch: pytest.MonkeyPatch) -> None:
+    dom = await make_domain()
+    await dom.start()
+    await wait_console(dom, "GUEST-READY")
+
+    def no_blocking_sleep(seconds: float) -> None:
+        raise AssertionError("time.sleep on a state query blocks the event loop")
+    monkeypatch.setattr(time, "sleep", no_blocking_sleep)
+
+    async with dom.operation():  # another operation holds the lock
+        os.kill(int(dom.paths.pidfile.read_text()), signal.SIGKILL)
+        for _ in range(300):
+            if dom.state == DomainState.SHUTOFF:
+                break
+            await anyio.sleep(0.01)
+        assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
+        assert await dom.get_state() == (DomainState.SHUTOFF, "crashed")
+        assert dom.paths.runtime.exists(), "cleaned up without holding the lock"
+    assert await dom.get_state() == (DomainState.SHUTOFF, "crashed")
+    assert not dom.paths.runtime.exists() and not dom.paths.qmp.exists()
+    assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
+
+
+def test_every_plan_step_has_an_executor_step() -> None:
+    assert set(STEPS) == set(Step)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The qdriver modules ``module`` imports, TYPE_CHECKING imports included."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            target = f"{base}.{node.module}" if node.level and node.module else \
+                base if node.level else node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {name: {m for m in _imports(path, name) if m in modules and m != name}
+             for name, path in modules.items()}
+    # ``from . import x`` names the root package, whose __init__ only re-exports
+    # the public API; the edge that counts is the one to ``x``
+    graph = {n: (deps - {"qdriver"} if n != "qdriver" else deps) for n, deps in graph.items()}
+    for core in ("qdriver.domain", "qdriver.runtime", "qdriver.snapshot_handle",
+                 "qdriver.ops.transaction", "qdriver.ops.create_exec"):
+        assert core in graph
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in done:
+            return
+        assert node not in visiting, "import cycle: " + " -> ".join(
+            visiting[visiting.index(node):] + [node])
+        visiting.append(node)
+        for dep in sorted(graph[node]):
+            visit(dep)
+        visiting.pop()
+        done.add(node)
+    for name in sorted(graph):
+        visit(name)
