@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import accel as accel_mod
+from .. import qemucaps
 from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
@@ -162,5 +163,6 @@ async def cmd_domcapabilities(drv: Driver, a: argparse.Namespace) -> int:
     kvm = accel_mod.probe("kvm")
     virttype = a.virttype or ("kvm" if kvm.usable else "qemu")
     path = shutil.which(f"qemu-system-{a.arch}") or f"qemu-system-{a.arch}"
-    sys.stdout.write(domcapabilities(path, virttype, a.arch, Driver.accelerators()))
+    qemu = await qemucaps.probe_binary() if a.arch == "x86_64" and shutil.which(path) else None
+    sys.stdout.write(domcapabilities(path, virttype, a.arch, Driver.accelerators(), qemu))
     return 0

@@ -38,6 +38,7 @@ class Step(enum.StrEnum):
     CHECK_REUSED_OVERLAYS = "check-reused-overlays"
     SWITCH_DEFINITION = "switch-definition"
     CREATE_OVERLAYS = "create-overlays"
+    LEAVE_POSTMIGRATE = "leave-postmigrate"
     PAUSE = "pause"
     RESUME = "resume"
     SNAPSHOT_SAVE = "snapshot-save"
@@ -88,12 +89,9 @@ class HostCaps:
     """QMP ``snapshot-save`` exists (QEMU >= 6.0); else HMP ``savevm``."""
     background_snapshot: bool = True
     """The ``background-snapshot`` migration capability is usable."""
-    background_keeps_run_state: bool = False
-    """A background snapshot ends with the vCPUs as they were (QEMU 9.0+), so a paused
-    guest's memory can be saved without leaving QEMU in ``postmigrate``."""
-    can_migrate: bool = True
-    """False while QEMU sits in ``postmigrate`` after an earlier memory save: QEMU
-    refuses another migration until the guest has run."""
+    migrated: bool = False
+    """QEMU sits in ``postmigrate`` after an earlier memory save of a paused guest: its
+    images are inactive and it refuses another migration until the vCPUs have run."""
 
 
 @dataclass(frozen=True)
@@ -320,11 +318,6 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
             d.snapshot != "internal" and d.source is not None for d in plan_disks):
         raise NoSupportError("this QEMU has no snapshot-save: HMP savevm cannot leave "
                              "disks out of an internal snapshot")
-    if memory == "external" and not caps.can_migrate:
-        raise OperationInvalidError(
-            "domain is paused by an earlier memory snapshot (QEMU state 'postmigrate') and "
-            "this QEMU cannot save its memory again before the guest has run; resume it "
-            "first, or take a disk-only snapshot")
     if live == "precopy" and any(d.snapshot == "internal" for d in plan_disks):
         raise ConfigUnsupportedError(
             "a live snapshot with internal disk snapshots needs the background-snapshot "
@@ -370,6 +363,8 @@ def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...]
         if has_ext:
             steps += [overlays, Step.SWITCH_DEFINITION]
     else:
+        if caps.migrated and (memory != "no" or any(d.snapshot == "internal" for d in disks)):
+            steps.append(Step.LEAVE_POSTMIGRATE)
         if has_ext:
             steps.append(overlays)
         if flags.quiesce:
@@ -400,10 +395,6 @@ def _online_core(running: bool, memory: str, row: Row, live: LiveMode, manual: b
     if memory == "external":
         if live == "background":  # the vCPUs run again once the devices are saved
             return pause + txn + [Step.MIGRATE_BACKGROUND]
-        if not running and caps.background_snapshot and caps.background_keeps_run_state:
-            # a paused guest stays paused, its images active: no postmigrate state
-            # that would refuse the next memory snapshot
-            return txn + [Step.MIGRATE_BACKGROUND]
         if live == "precopy":  # the migration ends with the guest paused
             return [Step.MIGRATE_LIVE] + txn
         # a finished migration leaves the images inactive, where QEMU refuses

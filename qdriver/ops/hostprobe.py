@@ -25,13 +25,11 @@ async def probe(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord | None, live:
         caps = await qemucaps.probe(mon)
         if rec is not None and locked:
             runtime.update(rec, caps=caps.to_record())
-    paused_save = not status.running and caps.background_keeps_run_state
-    background = caps.background_snapshot and (live or paused_save) and \
+    background = caps.background_snapshot and live and \
         await _background_usable(mon, runtime, rec, locked)
-    return status.planner_state, HostCaps(
-        snapshot_save=caps.snapshot_save, background_snapshot=background,
-        background_keeps_run_state=caps.background_keeps_run_state,
-        can_migrate=status.qmp != "postmigrate")
+    return status.planner_state, HostCaps(snapshot_save=caps.snapshot_save,
+                                          background_snapshot=background,
+                                          migrated=status.qmp == "postmigrate")
 
 
 async def _background_usable(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord | None,
