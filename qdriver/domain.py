@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
-from . import accel, cmdline, domstate, process, qmp
+from . import domstate, process, qmp
 from . import snapshot_tree as meta
 from .domstate import DomainState
-from .errors import (ConfigUnsupportedError, DomainBusyError, NoDomainError, NoSnapshotError, NoSupportError,
-                     OperationInvalidError, ShutdownTimeoutError, SystemError_)
+from .errors import (DomainBusyError, NoDomainError, NoSnapshotError, NoSupportError,
+                     OperationInvalidError, ShutdownTimeoutError)
+from .launch import start_qemu
 from .opcontext import OpContext, read_definition
 from .ops.create_exec import CreateExecution
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
@@ -148,14 +149,7 @@ class Domain:
         async with self.operation() as ctx:
             if ctx.record is not None:
                 raise OperationInvalidError("domain is already running")
-            status = accel.probe(ctx.definition.type)
-            if not status.usable:
-                raise ConfigUnsupportedError(
-                    f"Domain requires KVM, but it is not usable here: {status.reason}")
-            _check_files(ctx.definition)
-            argv = cmdline.build(ctx.definition, self.paths, status.name)
-            ctx.record = await self.runtime.launch(argv, status.name, self.driver.next_id(),
-                                                   paused)
+            await start_qemu(ctx, self.driver.next_id, paused)
 
     async def suspend(self) -> None:
         """Pause the guest's vCPUs (``virsh suspend``)."""
@@ -308,15 +302,6 @@ class Domain:
         async with self.operation() as ctx:
             store = ctx.snapshot_store()
             return meta.remove_metadata(store, store.load(), name, children, children_only)
-
-
-def _check_files(definition: DomainDef) -> None:
-    wanted: list[tuple[str, str | None]] = [
-        ("storage file", disk.source) for disk in definition.disks if disk.source]
-    wanted += [("kernel", definition.kernel), ("initrd", definition.initrd)]
-    for what, path in wanted:
-        if path and not Path(path).exists():
-            raise SystemError_(f"Cannot access {what} '{path}': No such file or directory")
 
 
 __all__ = ["Domain", "DomainState", "Host"]
