@@ -25,6 +25,8 @@ from .ops.create_exec import CreateExecution
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.hostprobe import probe
 from .ops.progress import ProgressFn
+from .ops.revert_exec import RevertExecution
+from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
 from .paths import DomainPaths
 from .runtime import Runtime
 from .snapshot_handle import Snapshot
@@ -291,6 +293,34 @@ class Domain:
         execution = CreateExecution(ctx, plan, progress, mon)
         await execution.run()
         return Snapshot(self, plan.name, execution.report)
+
+    async def revert_to_snapshot(self, snapshot: Snapshot | str, running: bool = False,
+                                 paused: bool = False, force: bool = False,
+                                 progress: ProgressFn | None = None) -> None:
+        """``virDomainRevertToSnapshot``: go back to ``snapshot``, which becomes current.
+
+        The state afterwards is the snapshot's unless ``running``/``paused`` says
+        otherwise; an internal snapshot of the definition QEMU runs is loaded in
+        the same QEMU (no restart).
+        """
+        name = snapshot if isinstance(snapshot, str) else snapshot.name
+        async with self.operation() as ctx:
+            plan = await self._plan_revert(ctx, name, RevertFlags(running, paused, force))
+            await RevertExecution(ctx, plan, self.driver.next_id, progress).run()
+
+    async def _plan_revert(self, ctx: OpContext, name: str, flags: RevertFlags) -> RevertPlan:
+        snap = ctx.snapshot_tree().get(name)
+        if ctx.record is None:
+            return plan_revert(ctx.definition, "shutoff", snap, flags)
+        async with qmp.open_monitor(self.paths.qmp) as mon:
+            state, caps = await probe(mon, self.runtime, ctx.record, locked=True)
+        return plan_revert(ctx.definition, state, snap, flags, caps)
+
+    async def plan_revert(self, snapshot: str, running: bool = False, paused: bool = False,
+                          force: bool = False) -> RevertPlan:
+        """What reverting would do, without doing it."""
+        async with self.operation() as ctx:
+            return await self._plan_revert(ctx, snapshot, RevertFlags(running, paused, force))
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,
                               children: bool = False, children_only: bool = False

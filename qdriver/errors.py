@@ -166,3 +166,10 @@ class AgentUnresponsiveError(QDriverError):
 
 class ShutdownTimeoutError(OperationTimeoutError):
     """The guest did not power off within the time it was given (ACPI shutdown)."""
+
+
+class SnapshotRevertRiskyError(QDriverError):
+    """Reverting would lose or corrupt state; libvirt's "revert requires force"."""
+
+    code = ErrorCode.SNAPSHOT_REVERT_RISKY
+    prefix = "revert requires force: "

@@ -24,6 +24,9 @@ class SnapshotOwner(Protocol):
                               children: bool = False, children_only: bool = False
                               ) -> list[str]: ...
 
+    async def revert_to_snapshot(self, snapshot: str, running: bool = False,
+                                 paused: bool = False, force: bool = False) -> None: ...
+
 
 class Snapshot:
     """One snapshot of a domain (``virDomainSnapshot``)."""
@@ -70,6 +73,11 @@ class Snapshot:
     def has_metadata(self) -> bool:
         self._tree()
         return True
+
+    async def revert(self, running: bool = False, paused: bool = False,
+                     force: bool = False) -> None:
+        """Revert the domain to this snapshot (``virDomainRevertToSnapshot``)."""
+        await self.domain.revert_to_snapshot(self.name, running, paused, force)
 
     async def delete(self, metadata_only: bool = False, children: bool = False,
                      children_only: bool = False) -> list[str]:

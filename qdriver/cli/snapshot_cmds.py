@@ -324,3 +324,26 @@ async def cmd_snapshot_delete(drv: Driver, a: argparse.Namespace) -> int:
     else:
         out(f"Domain snapshot {snap.name} deleted")
     return 0
+
+
+def _setup_revert(p: argparse.ArgumentParser) -> None:
+    _setup_snap(p)
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true", help="run the guest afterwards")
+    state.add_argument("--paused", action="store_true", help="leave the guest paused")
+    p.add_argument("--force", action="store_true", help="revert even where it is risky")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the revert would do (JSON), do nothing")
+
+
+@command("snapshot-revert", "revert a domain to a snapshot", _setup_revert)
+async def cmd_snapshot_revert(drv: Driver, a: argparse.Namespace) -> int:
+    snap = _pick(drv, a)
+    dom = drv.lookup(a.domain)
+    if a.plan:
+        plan = await dom.plan_revert(snap.name, a.running, a.paused, a.force)
+        out(json.dumps(plan.to_json(), indent=1))
+        return 0
+    await dom.revert_to_snapshot(snap.name, running=a.running, paused=a.paused, force=a.force,
+                                 progress=ProgressPrinter(a.domain))
+    return 0

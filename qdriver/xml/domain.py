@@ -127,6 +127,11 @@ class DomainDef:
         """Parse domain XML text; raise `XMLError` or `ConfigUnsupportedError`."""
         return _parse(safe.parse(text, "domain XML"))
 
+    @classmethod
+    def from_element(cls, root: safe.Element) -> DomainDef:
+        """Parse a ``<domain>`` element held elsewhere (a snapshot's saved definition)."""
+        return _parse(safe.copy(root))
+
     def to_xml(self, domain_id: int | None = None) -> str:
         """The definition as libvirt would print it (live XML carries the id)."""
         root = safe.copy(self.root)
