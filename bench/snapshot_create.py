@@ -127,6 +127,8 @@ class Bench:
             with mon.listener("MIGRATION") as events:
                 await mon.send_fd(fd, "m")
                 await mon.execute("migrate", {"uri": "fd:m"})
+                if background:
+                    await self._resume_once_saving(mon)
                 await qmp.wait_event(events, lambda e: qmp.data(e).get("status") in (
                     "completed", "failed"), 600, "migration end")
             if background:
@@ -137,6 +139,18 @@ class Bench:
         size = path.stat().st_size
         path.unlink()
         return size
+
+    async def _resume_once_saving(self, mon: qmp.Monitor) -> None:
+        """QEMU 9.0+ ends a background snapshot in the state it found (paused here):
+        start the vCPUs once the RAM copy is under way, as a LIVE snapshot must."""
+        while True:
+            info = await mon.execute("query-migrate")
+            if info.get("status") != "active" or int(info.get("ram", {}).get(
+                    "transferred", 0)) > 0:
+                break
+            await anyio.sleep(0.002)
+        if (await mon.execute("query-status"))["status"] != "running":
+            await mon.execute("cont")
 
     async def raw_ext_paused(self, mon: qmp.Monitor, name: str) -> int:
         node, overlay = await self._overlay(mon, name)
