@@ -59,8 +59,9 @@ class _Builder:
             self.add("-device", f"{device},id={cid}")
 
 
-def build(d: DomainDef, paths: DomainPaths, accel: str) -> list[str]:
-    """The full argument list that starts ``d`` paused (``-S``)."""
+def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False) -> list[str]:
+    """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
+    QEMU waits for ``migrate-incoming`` (a memory file to load) instead."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
@@ -88,6 +89,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str) -> list[str]:
     if d.rng:
         b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
               "-device", "virtio-rng-pci,rng=objrng0,id=rng0")
+    if incoming:
+        b.add("-incoming", "defer")
     return b.argv
 
 

@@ -16,15 +16,19 @@ from .runtime import RunRecord
 from .xml.domain import DomainDef
 
 
-async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool) -> RunRecord:
-    """Launch QEMU for ``ctx.definition``; the run record is also set on ``ctx``."""
+async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
+                     incoming: bool = False) -> RunRecord:
+    """Launch QEMU for ``ctx.definition``; the run record is also set on ``ctx``.
+
+    With ``incoming`` QEMU waits for an incoming migration (it stays paused).
+    """
     status = accel.probe(ctx.definition.type)
     if not status.usable:
         raise ConfigUnsupportedError(
             f"Domain requires KVM, but it is not usable here: {status.reason}")
     check_files(ctx.definition)
-    argv = cmdline.build(ctx.definition, ctx.paths, status.name)
-    ctx.record = await ctx.runtime.launch(argv, status.name, next_id(), paused)
+    argv = cmdline.build(ctx.definition, ctx.paths, status.name, incoming)
+    ctx.record = await ctx.runtime.launch(argv, status.name, next_id(), paused or incoming)
     return ctx.record
 
 

@@ -33,13 +33,15 @@ DOMAIN = """<domain type='qemu'><name>r</name><uuid>11111111-2222-3333-4444-5555
 
 
 def snapshot(state: str, memory: str, disk: str = "internal", domain: str = DOMAIN) -> SnapshotDef:
+    mem_file = " file='/images/r.mem'" if memory == "external" else ""
     return SnapshotDef.parse(
         f"<domainsnapshot><name>s</name><state>{state}</state><creationTime>1</creationTime>"
-        f"<memory snapshot='{memory}'/><disks><disk name='vda' snapshot='{disk}'/></disks>"
+        f"<memory snapshot='{memory}'{mem_file}/><disks><disk name='vda' snapshot='{disk}'/></disks>"
         f"{domain}</domainsnapshot>", redefine=True)
 
 
 S = RevertStep
+END = (S.SET_CURRENT, S.DROP_DISCARDED)
 
 
 @pytest.mark.parametrize("dom_state, snap_state, memory, flags, mechanism, final, steps", [
@@ -52,23 +54,62 @@ S = RevertStep
     ("running", "paused", "internal", {}, "load-in-place", "paused",
      (S.PAUSE, S.SNAPSHOT_LOAD, S.SET_CURRENT)),
     ("shutoff", "running", "internal", {}, "restart-and-load", "running",
-     (S.SWITCH_DEFINITION, S.START_PAUSED, S.SNAPSHOT_LOAD, S.RESUME, S.SET_CURRENT)),
+     (S.SWITCH_DEFINITION, S.START_PAUSED, S.SNAPSHOT_LOAD, S.RESUME, *END)),
     ("shutoff", "shutoff", "no", {}, "qemu-img-apply", "shutoff",
-     (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.SET_CURRENT)),
+     (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, *END)),
     ("running", "shutoff", "no", {}, "qemu-img-apply", "shutoff",
-     (S.STOP, S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.SET_CURRENT)),
+     (S.STOP, S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, *END)),
     ("running", "disk-snapshot", "no", {"running": True}, "qemu-img-apply", "running",
-     (S.STOP, S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, S.RESUME,
-      S.SET_CURRENT)),
+     (S.STOP, S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, S.RESUME, *END)),
     ("shutoff", "shutoff", "no", {"paused": True}, "qemu-img-apply", "paused",
-     (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, S.SET_CURRENT)),
+     (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, *END)),
 ])
 def test_revert_plan_rows(dom_state: str, snap_state: str, memory: str, flags: dict,
                           mechanism: str, final: str, steps: tuple) -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory),
                        RevertFlags(**flags))
     assert (plan.mechanism, plan.state, plan.steps) == (mechanism, final, steps)
-    assert plan.internal_disks == ("vda",)
+    assert plan.internal_disks == ("vda",) and plan.overlays == ()
+
+
+EXT_END = (S.RECORD_REVERT_DISKS, S.SET_CURRENT, S.DROP_DISCARDED)
+
+
+@pytest.mark.parametrize("dom_state, snap_state, memory, disk, flags, mechanism, final, steps", [
+    ("running", "running", "external", "external", {}, "incoming", "running",
+     (S.CHECK_MEMORY_FILE, S.STOP, S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, S.START_INCOMING,
+      S.LOAD_MEMORY_FILE, S.RESUME, *EXT_END)),
+    ("shutoff", "paused", "external", "external", {}, "incoming", "paused",
+     (S.CHECK_MEMORY_FILE, S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, S.START_INCOMING,
+      S.LOAD_MEMORY_FILE, *EXT_END)),
+    ("running", "running", "external", "internal", {}, "incoming", "running",
+     (S.CHECK_MEMORY_FILE, S.STOP, S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_INCOMING,
+      S.LOAD_MEMORY_FILE, S.RESUME, *END)),
+    ("running", "disk-snapshot", "no", "external", {}, "new-overlays", "shutoff",
+     (S.STOP, S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, *EXT_END)),
+    ("shutoff", "shutoff", "no", "external", {"running": True}, "new-overlays", "running",
+     (S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, S.START_PAUSED, S.RESUME, *EXT_END)),
+    ("running", "running", "internal", "external", {}, "restart-and-load", "running",
+     (S.STOP, S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, S.START_PAUSED, S.SNAPSHOT_LOAD,
+      S.RESUME, *EXT_END)),
+])
+def test_external_revert_plan_rows(dom_state: str, snap_state: str, memory: str, disk: str,
+                                   flags: dict, mechanism: str, final: str,
+                                   steps: tuple) -> None:
+    plan = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory, disk),
+                       RevertFlags(**flags))
+    assert (plan.mechanism, plan.state, plan.steps) == (mechanism, final, steps)
+    if disk == "external":
+        assert plan.overlays == (("vda", "/images/r.qcow2", "qcow2"),)
+    assert plan.memory_file == ("/images/r.mem" if memory == "external" else None)
+
+
+def test_an_internal_snapshot_under_a_later_overlay_needs_force() -> None:
+    moved = DomainDef.parse(DOMAIN.replace("/images/r.qcow2", "/images/r.later"))
+    with pytest.raises(SnapshotRevertRiskyError, match="disk vda has moved"):
+        plan_revert(moved, "shutoff", snapshot("shutoff", "no"))
+    plan = plan_revert(moved, "shutoff", snapshot("shutoff", "no"), RevertFlags(force=True))
+    assert plan.definition.disks[0].source == "/images/r.qcow2"
 
 
 def test_a_changed_definition_restarts_qemu() -> None:
@@ -96,8 +137,6 @@ def test_revert_refusals() -> None:
         plan_revert(dom, "running", bare, RevertFlags(force=True))
     with pytest.raises(qdriver.OperationUnsupportedError, match="PMSUSPENDED"):
         plan_revert(dom, "running", snapshot("pmsuspended", "internal"))
-    with pytest.raises(qdriver.NoSupportError, match="external snapshot 's' is not implemented"):
-        plan_revert(dom, "running", snapshot("disk-snapshot", "no", "external"))
 
 
 def test_every_revert_step_has_an_executor_step() -> None:
@@ -240,13 +279,159 @@ async def keeps_counting_after(dom: qdriver.Domain) -> None:
     await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
 
 
-async def test_revert_of_an_external_snapshot_says_it_is_not_built(make_domain,
-                                                                   tmp_path: Path) -> None:
+
+
+# -- external snapshots ----------------------------------------------------------------
+
+def checksum(path: str | Path) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+async def test_external_memory_revert_starts_from_the_memory_file(make_domain, state_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    base = dom.definition.disks[0].source or ""
+    mem = tmp_path / "e1.mem"
+    run_cli(state_dir, "snapshot-create-as", "guest", "e1", "--memspec", str(mem))
+    at = last_counter(dom)
+    overlay = dom.definition.disks[0].source or ""
+    sums = {base: checksum(base), str(mem): checksum(mem)}
+    snap_disk = disk_counter(base)
+    await wait_console(dom, f"COUNTER {at + 10}")
+    before_revert = last_counter(dom)
+    run_cli(state_dir, "snapshot-revert", "guest", "e1")
+    offset = console_offset(dom)
+    assert dom.state == DomainState.RUNNING
+    assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, before_revert)
+    new = dom.definition.disks[0].source or ""
+    assert new not in (base, overlay) and qemuimg_backing(new) == base
+    assert {p: checksum(p) for p in sums} == sums, "an image the snapshot needs changed"
+    assert Path(overlay).exists(), "the state after the snapshot stays as a branch"
+    snap = dom.snapshot_tree().get("e1")
+    assert [d.source for d in snap.revert_disks or ()] == [new]
+    # a second revert replaces the first revert's overlay, which nothing names any more
+    await dom.revert_to_snapshot("e1", paused=True)
+    assert dom.state == DomainState.PAUSED and not Path(new).exists()
+    assert within(disk_counter(dom.definition.disks[0].source or ""), snap_disk, snap_disk)
+    await dom.destroy()
+
+
+def qemuimg_backing(path: str) -> str | None:
+    import json
+    import subprocess
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out).get("backing-filename")
+
+
+async def test_live_snapshot_revert(make_domain, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    base = dom.definition.disks[0].source or ""
+    await dom.snapshot_create_xml(f"<domainsnapshot><name>l1</name><memory file='"
+                                  f"{tmp_path / 'l1.mem'}'/></domainsnapshot>", live=True)
+    snap_disk = disk_counter(base)
+    at = last_counter(dom)
+    await wait_console(dom, f"COUNTER {at + 10}")
+    await dom.revert_to_snapshot("l1")
+    offset = console_offset(dom)
+    assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, at + 10)
+    await dom.destroy()
+
+
+async def test_disk_only_external_revert(make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain)
+    base = dom.definition.disks[0].source or ""
+    run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--disk-only")
+    snap_disk = disk_counter(base)
+    base_sum = checksum(base)
+    await wait_console(dom, f"COUNTER {last_counter(dom) + 5}")
+    run_cli(state_dir, "snapshot-revert", "guest", "d1")
+    assert dom.state_reason() == (DomainState.SHUTOFF, "from snapshot")
+    assert qemuimg_backing(dom.definition.disks[0].source or "") == base
+    assert disk_counter(dom.definition.disks[0].source or "") == snap_disk
+    assert checksum(base) == base_sum
+    offset = console_offset(dom)
+    run_cli(state_dir, "snapshot-revert", "guest", "d1", "--running")
+    text = await wait_console(dom, "GUEST-READY", after=offset)
+    assert f"start={snap_disk}" in text.split("GUEST-READY", 1)[1].splitlines()[0]
+    await dom.destroy()
+
+
+async def test_mixed_internal_memory_external_disk_revert(make_domain, tmp_path: Path) -> None:
+    """Beyond libvirt: memory inside vda, an overlay for vdb; revert loads vda's snapshot
+    in a new QEMU on a fresh overlay over vdb's snapshot-time image."""
+    dom = await booted(make_domain, disks=2)
+    vdb = dom.definition.disks[1].source or ""
+    await dom.snapshot_create_xml(
+        "<domainsnapshot><name>m1</name><memory snapshot='internal'/><disks>"
+        "<disk name='vda' snapshot='internal'/><disk name='vdb' snapshot='external'/>"
+        "</disks></domainsnapshot>")
+    at = last_counter(dom)
+    vda_at = disk_counter(dom.definition.disks[0].source or "", "m1")
+    await wait_console(dom, f"COUNTER {at + 10}")
+    plan = await dom.plan_revert("m1")
+    assert plan.mechanism == "restart-and-load"
+    await dom.revert_to_snapshot("m1")
+    offset = console_offset(dom)
+    assert_resumes_from(await counters_after(dom, offset, 4), vda_at, at + 10)
+    assert qemuimg_backing(dom.definition.disks[1].source or "") == vdb
+    await dom.destroy()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "memory file '{mem}' does not exist"),
+    ("partial", "memory file '{mem}' is incomplete (LibvirtQemudPart)"),
+    ("foreign", "'{mem}' is not a readable memory file"),
+])
+async def test_a_bad_memory_file_is_refused_before_anything_changes(
+        make_domain, state_dir: Path, tmp_path: Path, damage: str, message: str) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "b1.mem"
+    await dom.snapshot_create_xml(f"<domainsnapshot><name>b1</name><memory file='{mem}'/>"
+                                  "</domainsnapshot>")
+    if damage == "missing":
+        mem.unlink()
+    elif damage == "partial":
+        with open(mem, "r+b") as f:
+            f.write(b"LibvirtQemudPart")
+    else:
+        mem.write_bytes(b"\0" * 4096)
+    definition, pid = dom.xml_desc(inactive=True), dom.paths.pidfile.read_text()
+    files = sorted(tmp_path.iterdir())
+    r = run_cli(state_dir, "snapshot-revert", "guest", "b1", check=False)
+    assert r.returncode == 1 and message.format(mem=mem) in r.stderr.decode(), r.stderr
+    assert dom.paths.pidfile.read_text() == pid and dom.state == DomainState.RUNNING
+    assert dom.xml_desc(inactive=True) == definition and sorted(tmp_path.iterdir()) == files
+    await dom.destroy()
+
+
+async def test_a_truncated_memory_file_leaves_the_domain_shut_off_and_true(
+        make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "t1.mem"
+    await dom.snapshot_create_xml(f"<domainsnapshot><name>t1</name><memory file='{mem}'/>"
+                                  "</domainsnapshot>")
+    os.truncate(mem, mem.stat().st_size // 2)
+    definition = dom.xml_desc(inactive=True)
+    files = sorted(tmp_path.iterdir())
+    r = run_cli(state_dir, "snapshot-revert", "guest", "t1", check=False)
+    assert r.returncode == 1 and str(mem) in r.stderr.decode(), r.stderr
+    assert "Traceback" not in r.stderr.decode()
+    assert dom.state == DomainState.SHUTOFF
+    assert dom.xml_desc(inactive=True) == definition, "the definition was left switched"
+    assert sorted(tmp_path.iterdir()) == files, "a revert overlay was left behind"
+    assert dom.current_snapshot().name == "t1"
+
+
+async def test_a_missing_backing_image_is_refused_before_anything_changes(
+        make_domain, state_dir: Path) -> None:
     dom = await make_domain()
-    await dom.snapshot_create_xml("<domainsnapshot><name>e1</name></domainsnapshot>",
-                                  disk_only=True)
-    before = dom.xml_desc(inactive=True)
-    with pytest.raises(qdriver.NoSupportError, match="external snapshot 'e1'"):
-        await dom.revert_to_snapshot("e1")
-    assert dom.xml_desc(inactive=True) == before
-    assert os.path.exists(dom.definition.disks[0].source or "")
+    base = dom.definition.disks[0].source or ""
+    run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
+    os.rename(base, base + ".moved")
+    r = run_cli(state_dir, "snapshot-revert", "guest", "x1", check=False)
+    assert r.returncode == 1
+    assert f"Cannot access storage file '{base}'" in r.stderr.decode()
+    assert dom.snapshot_tree().get("x1").revert_disks is None
+    os.rename(base + ".moved", base)

@@ -15,7 +15,7 @@ from qemu.qmp import EventListener
 
 from .. import domstate, qmp
 from ..errors import OperationFailedError, QDriverError
-from ..saveimage import write_header
+from ..saveimage import SaveHeader, read_header, write_header
 from .progress import ProgressMeter
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
@@ -92,6 +92,53 @@ async def wait(mon: qmp.Monitor, events: EventListener, meter: ProgressMeter,
 async def _ensure_running(mon: qmp.Monitor) -> None:
     if not (await domstate.query(mon)).running:
         await mon.execute("cont")
+
+
+INCOMING_FD = "qdriver-incoming"
+
+
+def check(path: str) -> SaveHeader:
+    """The header of a memory file to load; refuses a missing, foreign or partial one."""
+    try:
+        header = read_header(path)
+    except FileNotFoundError as e:
+        raise OperationFailedError(f"memory file '{path}' does not exist") from e
+    except (OSError, ValueError, UnicodeError) as e:
+        raise OperationFailedError(f"'{path}' is not a readable memory file: {e}") from e
+    if not header.complete:
+        raise OperationFailedError(f"memory file '{path}' is incomplete (LibvirtQemudPart): "
+                                   "the save that wrote it was interrupted")
+    if os.path.getsize(path) <= header.stream_offset:
+        raise OperationFailedError(f"memory file '{path}' holds no migration stream")
+    return header
+
+
+async def load(mon: qmp.Monitor, path: str, meter: ProgressMeter) -> None:
+    """Feed a memory file to a QEMU started with ``-incoming defer``; wait until loaded."""
+    header = check(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, header.stream_offset, os.SEEK_SET)
+        total = os.fstat(fd).st_size - header.stream_offset
+        await mon.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        with mon.listener("MIGRATION") as events:
+            await mon.send_fd(fd, INCOMING_FD)
+            await mon.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD}"})
+            while True:
+                info = await mon.execute("query-migrate")
+                status = str(info.get("status"))
+                # QEMU reads through the same open file: its offset is QEMU's progress
+                meter(os.lseek(fd, 0, os.SEEK_CUR) - header.stream_offset, total)
+                if status == "completed":
+                    return
+                if status in ("failed", "cancelled"):
+                    raise OperationFailedError(f"loading memory file '{path}' failed: "
+                                               f"{info.get('error-desc', status)}")
+                with anyio.move_on_after(0.1):
+                    await events.get()
+    finally:
+        os.close(fd)
 
 
 async def background_snapshot_usable(mon: qmp.Monitor, try_it: bool) -> bool:

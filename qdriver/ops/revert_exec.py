@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Awaitable, Callable
 
-from .. import domstate, qemuimg, qmp
+from .. import domstate, process, qemuimg, qmp
 from .. import snapshot_tree as meta
-from ..errors import OperationFailedError
+from ..errors import OperationFailedError, SystemError_
 from ..launch import start_qemu
 from ..opcontext import OpContext
+from ..xml.domain import DomainDef
+from ..xml.snapshot import SnapshotDef, SnapshotDisk
+from . import memfile
 from .blocknodes import top_nodes
 from .create_exec import JOB_TIMEOUT
 from .progress import ProgressFn, ProgressMeter
@@ -39,11 +44,24 @@ class RevertExecution:
         self.before = ctx.definition
         self.sources = {d.target: d.source or "" for d in plan.definition.disks}
         """The snapshot-time images, by target."""
+        self.definition = plan.definition
+        """The definition the domain gets: the snapshot's, on the new overlays."""
+        self.new_overlays: dict[str, str] = {}
+        self.replaced: list[str] = []
+        """Files of an earlier revert to this snapshot, no longer recorded after this one."""
         self.mon: qmp.Monitor | None = None
         self.stack = AsyncExitStack()
 
+    def preflight(self) -> None:
+        """Refuse before the first change if an image the revert builds on is missing."""
+        for target, image, _ in self.plan.overlays:
+            if not Path(image).exists():
+                raise SystemError_(f"Cannot access storage file '{image}' (disk {target} of "
+                                   f"snapshot '{self.plan.name}'): No such file or directory")
+
     async def run(self) -> None:
         """Do every step; undo what would leave a lie and re-raise on failure."""
+        self.preflight()
         async with self.stack:
             table = {step: partial(method, self) for step, method in STEPS.items()}
             await self.txn.attempt(partial(StepRunner(table).run, self.plan.steps))
@@ -68,9 +86,22 @@ class RevertExecution:
         for target in self.plan.internal_disks:
             await qemuimg.snapshot_apply(self.sources[target], self.plan.name)
 
+    async def check_memory_file(self) -> None:
+        memfile.check(self.plan.memory_file or "")
+
+    async def create_overlays(self) -> None:
+        stamp = int(time.time())
+        for target, image, fmt in self.plan.overlays:
+            path = _free_name(image, stamp)
+            await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
+            self.txn.on_undo(f"revert overlay {path}", partial(_unlink, path))
+            self.new_overlays[target] = path
+        self.definition = self.definition.with_disk_sources(
+            {t: (p, "qcow2") for t, p in self.new_overlays.items()})
+
     async def switch_definition(self) -> None:
         self.txn.on_undo("the domain definition", self._restore_definition)
-        self.ctx.save_definition(self.plan.definition)
+        self.ctx.save_definition(self.definition)
 
     async def _restore_definition(self) -> None:
         self.ctx.save_definition(self.before)
@@ -78,6 +109,41 @@ class RevertExecution:
     async def start_paused(self) -> None:
         self.txn.on_undo("the QEMU started for the revert", self._stop_started)
         await start_qemu(self.ctx, self.next_id, paused=True)
+
+    async def start_incoming(self) -> None:
+        self.txn.on_undo("the QEMU started for the revert", self._stop_started)
+        await start_qemu(self.ctx, self.next_id, paused=True, incoming=True)
+
+    async def load_memory_file(self) -> None:
+        path = self.plan.memory_file or ""
+        try:
+            await memfile.load(await self.monitor(), path,
+                               ProgressMeter("load", self.progress))
+        except qmp.MonitorClosedError as e:
+            raise OperationFailedError(
+                f"QEMU exited while loading memory file '{path}': "
+                f"{process.log_tail(self.ctx.paths.qemu_log, 2)}") from e
+
+    async def record_revert_disks(self) -> None:
+        """The snapshot now also names the new overlays (libvirt's ``<revertDisks>``)."""
+        store = self.ctx.snapshot_store()
+        tree = store.load()
+        snap = tree.get(self.plan.name)
+        self.replaced = [d.source for d in snap.revert_disks or () if d.source]
+        disks = [SnapshotDisk(t, "external", "file", p, "qcow2")
+                 for t, p in self.new_overlays.items()]
+        self.txn.on_undo(f"the metadata of snapshot {self.plan.name}",
+                         partial(_rewrite, store, snap, tree.current == snap.name))
+        store.write(replace(snap, revert_disks=disks), tree.current == snap.name)
+
+    async def drop_discarded(self) -> None:
+        """Remove the overlays of an earlier revert to this snapshot that nothing names
+        any more: the state they held is what this revert discards."""
+        named = _named_files(self.ctx.snapshot_store().load()) | {
+            d.source for d in self.definition.disks if d.source}
+        for path in self.replaced:
+            if path not in named:
+                Path(path).unlink(missing_ok=True)
 
     async def _stop_started(self) -> None:
         if self.ctx.record is not None:
@@ -127,8 +193,45 @@ class RevertExecution:
         meta.set_current(store, store.load(), self.plan.name)
 
 
+def _free_name(image: str, stamp: int) -> str:
+    """libvirt's revert overlay name, ``<image without suffix>.<epoch>``, made unique."""
+    base = str(Path(image).with_suffix("")) + f".{stamp}"
+    path, n = base, 0
+    while Path(path).exists():
+        n += 1
+        path = f"{base}.{n}"
+    return path
+
+
+async def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+async def _rewrite(store: meta.SnapshotStore, snap: SnapshotDef, active: bool) -> None:
+    store.write(snap, active)
+
+
+def _named_files(tree: meta.SnapshotTree) -> set[str]:
+    """Every file some snapshot's metadata names (its disks, revert disks, domain)."""
+    named: set[str] = set()
+    for snap in tree.snaps.values():
+        for d in [*snap.disks, *(snap.revert_disks or ())]:
+            if d.source:
+                named.add(d.source)
+        if snap.domain is not None:
+            named.update(d.source for d in DomainDef.from_element(snap.domain).disks
+                         if d.source)
+    return named
+
+
 StepMethod = Callable[[RevertExecution], Awaitable[None]]
 STEPS: dict[RevertStep, StepMethod] = {
+    RevertStep.CHECK_MEMORY_FILE: RevertExecution.check_memory_file,
+    RevertStep.CREATE_OVERLAYS: RevertExecution.create_overlays,
+    RevertStep.START_INCOMING: RevertExecution.start_incoming,
+    RevertStep.LOAD_MEMORY_FILE: RevertExecution.load_memory_file,
+    RevertStep.RECORD_REVERT_DISKS: RevertExecution.record_revert_disks,
+    RevertStep.DROP_DISCARDED: RevertExecution.drop_discarded,
     RevertStep.STOP: RevertExecution.stop,
     RevertStep.QEMU_IMG_APPLY: RevertExecution.qemu_img_apply,
     RevertStep.SWITCH_DEFINITION: RevertExecution.switch_definition,

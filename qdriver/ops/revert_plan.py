@@ -12,7 +12,18 @@ running QEMU can take the snapshot back in place decide the mechanism
 - internal disks without memory (offline and disk-only snapshots): stop
   QEMU, ``qemu-img snapshot -a`` on every image, take the snapshot's
   definition; start only with ``running``/``paused``.
-- external memory or disks: not built yet, refused with a message saying so.
+- external memory: stop QEMU, new overlays on the snapshot's external disk
+  images, the snapshot's definition on them, a new QEMU with ``-incoming
+  defer`` fed the memory file (what libvirt 9.9+ does).
+- external disks without memory: the same without the memory; the domain
+  ends shut off unless ``running``/``paused`` asks otherwise.
+
+New overlays leave every image the snapshot depends on untouched, so the
+state the domain had stays on disk as a branch as long as a snapshot names
+it; the executor records the new files in the snapshot's ``<revertDisks>``.
+Internal snapshots are applied to the images the snapshot names; if the
+domain has since moved to an overlay on top of such an image, that would
+change a backing file others depend on, so it needs ``force``.
 """
 from __future__ import annotations
 
@@ -20,28 +31,34 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import (InvalidArgError, NoSupportError, OperationUnsupportedError,
-                      SnapshotRevertRiskyError)
+from ..errors import InvalidArgError, OperationUnsupportedError, SnapshotRevertRiskyError
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef
 from .create_plan import HostCaps
 
 FinalState = Literal["running", "paused", "shutoff"]
-Mechanism = Literal["load-in-place", "restart-and-load", "qemu-img-apply"]
+Mechanism = Literal["load-in-place", "restart-and-load", "qemu-img-apply", "incoming",
+                    "new-overlays"]
 
 
 class RevertStep(enum.StrEnum):
     """Every step a revert plan can contain; the executor has one method each."""
 
+    CHECK_MEMORY_FILE = "check-memory-file"
     STOP = "stop"
     QEMU_IMG_APPLY = "qemu-img-apply"
+    CREATE_OVERLAYS = "create-overlays"
     SWITCH_DEFINITION = "switch-definition"
     START_PAUSED = "start-paused"
+    START_INCOMING = "start-incoming"
+    LOAD_MEMORY_FILE = "load-memory-file"
     PAUSE = "pause"
     SNAPSHOT_LOAD = "snapshot-load"
     HMP_LOADVM = "hmp-loadvm"
     RESUME = "resume"
+    RECORD_REVERT_DISKS = "record-revert-disks"
     SET_CURRENT = "set-current"
+    DROP_DISCARDED = "drop-discarded"
 
 
 @dataclass(frozen=True)
@@ -65,12 +82,17 @@ class RevertPlan:
     definition: DomainDef
     """The definition the domain has afterwards (the snapshot's, under the domain's name)."""
     internal_disks: tuple[str, ...]
-    """The images that hold the internal snapshot (the snapshot-time sources)."""
+    """The targets whose images hold the internal snapshot (the snapshot-time sources)."""
+    overlays: tuple[tuple[str, str, str], ...] = ()
+    """(target, image, format): a new overlay goes on each snapshot-time image."""
+    memory_file: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "mechanism": self.mechanism, "state": self.state,
                 "steps": [str(s) for s in self.steps],
-                "internal_disks": list(self.internal_disks)}
+                "internal_disks": list(self.internal_disks),
+                "overlays_on": {t: image for t, image, _ in self.overlays},
+                "memory_file": self.memory_file}
 
 
 def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
@@ -86,24 +108,59 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     if snap.state == "pmsuspended":
         raise OperationUnsupportedError(
             "qemu doesn't support reversion of snapshot taken in PMSUSPENDED state")
-    if snap.is_external:
-        raise NoSupportError(f"reverting to external snapshot '{name}' is not implemented "
-                             "yet; internal snapshots can be reverted")
     target = _renamed(DomainDef.from_element(snap.domain), domain)
     internal = tuple(d.name for d in snap.disks if d.snapshot == "internal")
+    external = tuple(d.name for d in snap.disks if d.snapshot == "external")
+    if not flags.force:
+        _check_internal_images(name, internal, target, domain)
+    overlays = tuple(_overlay_base(name, t, target) for t in external)
     live = state in ("running", "paused")
-    memory = snap.memory == "internal" or snap.state in ("running", "paused")
+    memory = snap.memory in ("internal", "external") or snap.state in ("running", "paused")
     final = _final_state(snap, flags, memory)
+    mechanism = _mechanism(name, snap, memory, bool(internal), bool(external), live,
+                           target, domain)
+    memory_file = snap.memory_file if mechanism == "incoming" else None
+    if mechanism == "incoming" and not memory_file:
+        raise InvalidArgError(f"snapshot '{name}' has external memory but no memory file")
+    steps = _steps(mechanism, live, state == "running", final, caps, bool(internal),
+                   bool(external))
+    return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file)
+
+
+def _mechanism(name: str, snap: SnapshotDef, memory: bool, internal: bool, external: bool,
+               live: bool, target: DomainDef, domain: DomainDef) -> Mechanism:
+    if snap.memory == "external":
+        return "incoming"
     if memory:
-        in_place = live and target.to_xml() == domain.to_xml()
-        mechanism: Mechanism = "load-in-place" if in_place else "restart-and-load"
-    else:
-        if not internal:
-            raise InvalidArgError(f"snapshot '{name}' holds neither memory nor internal "
-                                  "disk snapshots to revert to")
-        mechanism = "qemu-img-apply"
-    steps = _steps(mechanism, live, state == "running", final, caps)
-    return RevertPlan(name, mechanism, final, steps, target, internal)
+        if live and not external and target.to_xml() == domain.to_xml():
+            return "load-in-place"
+        return "restart-and-load"
+    if external:
+        return "new-overlays"
+    if not internal:
+        raise InvalidArgError(f"snapshot '{name}' holds neither memory nor disk snapshots "
+                              "to revert to")
+    return "qemu-img-apply"
+
+
+def _check_internal_images(name: str, internal: tuple[str, ...], target: DomainDef,
+                           domain: DomainDef) -> None:
+    """Applying an internal snapshot to an image the domain has since put an overlay
+    on would change that overlay's backing file under it."""
+    for t in internal:
+        then, now = target.disk(t), domain.disk(t)
+        if then is not None and now is not None and then.source != now.source:
+            raise SnapshotRevertRiskyError(
+                f"disk {t} has moved from '{then.source}' to '{now.source}' since snapshot "
+                f"'{name}'; reverting its internal snapshot would change an image that "
+                "later overlays may depend on")
+
+
+def _overlay_base(name: str, t: str, target: DomainDef) -> tuple[str, str, str]:
+    disk = target.disk(t)
+    if disk is None or not disk.source:
+        raise InvalidArgError(f"VM doesn't have disk '{t}' referenced by snapshot '{name}'")
+    return t, disk.source, disk.format
 
 
 def _renamed(target: DomainDef, domain: DomainDef) -> DomainDef:
@@ -128,19 +185,25 @@ def _final_state(snap: SnapshotDef, flags: RevertFlags, memory: bool) -> FinalSt
 
 
 def _steps(mechanism: Mechanism, live: bool, running: bool, final: FinalState,
-           caps: HostCaps) -> tuple[RevertStep, ...]:
-    load = RevertStep.SNAPSHOT_LOAD if caps.snapshot_save else RevertStep.HMP_LOADVM
-    resume = [RevertStep.RESUME] if final == "running" else []
+           caps: HostCaps, internal: bool, external: bool) -> tuple[RevertStep, ...]:
+    S = RevertStep
+    load = S.SNAPSHOT_LOAD if caps.snapshot_save else S.HMP_LOADVM
+    resume = [S.RESUME] if final == "running" else []
     if mechanism == "load-in-place":
-        pause = [RevertStep.PAUSE] if running else []
-        return (*pause, load, *resume, RevertStep.SET_CURRENT)
-    stop = [RevertStep.STOP] if live else []
+        pause = [S.PAUSE] if running else []
+        return (*pause, load, *resume, S.SET_CURRENT)
+    stop = [S.STOP] if live else []
+    overlays = [S.CREATE_OVERLAYS] if external else []
+    record = [S.RECORD_REVERT_DISKS] if external else []
+    finish = [*record, S.SET_CURRENT, S.DROP_DISCARDED]
     if mechanism == "restart-and-load":
-        return (*stop, RevertStep.SWITCH_DEFINITION, RevertStep.START_PAUSED, load, *resume,
-                RevertStep.SET_CURRENT)
-    start = [RevertStep.START_PAUSED] if final != "shutoff" else []
-    return (*stop, RevertStep.QEMU_IMG_APPLY, RevertStep.SWITCH_DEFINITION, *start, *resume,
-            RevertStep.SET_CURRENT)
+        return (*stop, *overlays, S.SWITCH_DEFINITION, S.START_PAUSED, load, *resume, *finish)
+    apply = [S.QEMU_IMG_APPLY] if internal else []
+    if mechanism == "incoming":
+        return (S.CHECK_MEMORY_FILE, *stop, *apply, *overlays, S.SWITCH_DEFINITION,
+                S.START_INCOMING, S.LOAD_MEMORY_FILE, *resume, *finish)
+    start = [S.START_PAUSED] if final != "shutoff" else []
+    return (*stop, *apply, *overlays, S.SWITCH_DEFINITION, *start, *resume, *finish)
 
 
 __all__ = ["RevertFlags", "RevertPlan", "RevertStep", "plan_revert"]
