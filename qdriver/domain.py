@@ -17,7 +17,7 @@ from typing import AsyncIterator, Protocol
 from . import domstate, process, qmp
 from . import snapshot_tree as meta
 from .domstate import DomainState
-from .errors import (DomainBusyError, NoDomainError, NoSnapshotError, NoSupportError,
+from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError, NoSupportError,
                      OperationInvalidError, ShutdownTimeoutError)
 from .launch import start_qemu
 from .opcontext import OpContext, read_definition
@@ -26,14 +26,15 @@ from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.hostprobe import probe
 from .ops.progress import ProgressFn
 from .ops.revert_exec import RevertExecution
-from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
+from .ops import memfile
+from .ops.revert_plan import RevertFlags, RevertPlan, plan_restore, plan_revert
 from .paths import DomainPaths
 from .runtime import Runtime
 from .snapshot_handle import Snapshot
 from .snapshot_tree import ListFilter, SnapshotStore, SnapshotTree
 from .statestore import locked
 from .xml.domain import DomainDef
-from .xml.snapshot import validate_schema
+from .xml.snapshot import SnapshotDef, SnapshotDisk, validate_schema
 
 
 class Host(Protocol):
@@ -146,11 +147,24 @@ class Domain:
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def start(self, paused: bool = False) -> None:
-        """Launch QEMU; return once QMP is ready (and the guest runs unless paused)."""
+    async def start(self, paused: bool = False, force_boot: bool = False,
+                    progress: ProgressFn | None = None) -> None:
+        """Launch QEMU; return once QMP is ready (and the guest runs unless paused).
+
+        A managed save image is restored instead of booting, and removed once the
+        guest runs from it, as libvirt does; ``force_boot`` discards it and boots.
+        """
         async with self.operation() as ctx:
             if ctx.record is not None:
                 raise OperationInvalidError("domain is already running")
+            managed = self.paths.managed_save
+            if managed.exists() and not force_boot:
+                header = memfile.check(str(managed))
+                await self._restore(ctx, str(managed), header.domain_xml, header.was_running,
+                                    RevertFlags(paused=paused), progress)
+                managed.unlink()
+                return
+            managed.unlink(missing_ok=True)
             await start_qemu(ctx, self.driver.next_id, paused)
 
     async def suspend(self) -> None:
@@ -197,6 +211,67 @@ class Domain:
         async with self.operation() as ctx:
             ctx.require_active()
             await ctx.stop("destroyed")
+
+    # -- save and restore ---------------------------------------------------
+
+    async def save(self, path: str | Path, running: bool = False, paused: bool = False,
+                   progress: ProgressFn | None = None) -> None:
+        """``virsh save``: the guest's memory to ``path``, then QEMU stops.
+
+        ``running``/``paused`` choose the state a restore goes back to (default:
+        the state now).  The disks are not snapshotted: restore needs them unchanged.
+        """
+        if running and paused:
+            raise InvalidArgError("Flags 'VIR_DOMAIN_SAVE_RUNNING' and "
+                                  "'VIR_DOMAIN_SAVE_PAUSED' are mutually exclusive")
+        async with self.operation() as ctx:
+            ctx.require_active()
+            await self._save(ctx, str(path), running, paused, progress)
+
+    async def _save(self, ctx: OpContext, path: str, running: bool, paused: bool,
+                    progress: ProgressFn | None) -> None:
+        request = SnapshotDef(name="save", memory="external", memory_file=path,
+                              disks=[SnapshotDisk(d.target, "no") for d in ctx.definition.disks])
+        async with qmp.open_monitor(self.paths.qmp) as mon:
+            state, caps = await probe(mon, self.runtime, ctx.record, locked=True)
+            plan = plan_snapshot(ctx.definition, state, request,
+                                 CreateFlags(halt=True, no_metadata=True), caps)
+            back_running = running or (state == "running" and not paused)
+            await CreateExecution(ctx, plan, progress, mon, halt_reason="saved",
+                                  resume_on_restore=back_running).run()
+
+    async def managed_save(self, running: bool = False, paused: bool = False,
+                           progress: ProgressFn | None = None) -> None:
+        """``virsh managedsave``: save into the state dir; the next ``start`` restores."""
+        await self.save(self.paths.managed_save, running, paused, progress)
+
+    def has_managed_save(self) -> bool:
+        return self.paths.managed_save.exists()
+
+    async def managed_save_remove(self) -> None:
+        """``virsh managedsave-remove``."""
+        async with self.operation():
+            self.paths.managed_save.unlink(missing_ok=True)
+
+    async def restore_from(self, path: str | Path, running: bool = False,
+                           paused: bool = False, progress: ProgressFn | None = None) -> None:
+        """Start this shut-off domain from a save file (``virsh restore``)."""
+        header = memfile.check(str(path))
+        async with self.operation() as ctx:
+            if ctx.record is not None:
+                raise OperationInvalidError(f"domain '{self.name}' is already active")
+            await self._restore(ctx, str(path), header.domain_xml, header.was_running,
+                                RevertFlags(running, paused), progress)
+
+    async def _restore(self, ctx: OpContext, path: str, xml: str, was_running: bool,
+                       flags: RevertFlags, progress: ProgressFn | None) -> None:
+        saved = DomainDef.parse(xml)
+        if saved.uuid != ctx.definition.uuid:
+            raise OperationInvalidError(f"save file '{path}' holds domain '{saved.name}' with "
+                                        f"uuid {saved.uuid}, not '{self.name}'")
+        plan = plan_restore(saved, path, was_running, flags)
+        ctx.definition = saved  # QEMU runs what was saved; the stored definition stays
+        await RevertExecution(ctx, plan, self.driver.next_id, progress).run()
 
     # -- definition ---------------------------------------------------------
 

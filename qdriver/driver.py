@@ -11,6 +11,8 @@ from types import TracebackType
 from . import accel
 from .domain import Domain
 from .errors import NoDomainError, OperationFailedError, OperationInvalidError, XMLError
+from .ops import memfile
+from .ops.progress import ProgressFn
 from .opcontext import write_definition
 from .paths import DomainPaths, default_state_dir
 from .statestore import locked, next_counter
@@ -88,9 +90,32 @@ class Driver:
                 write_definition(paths, definition)
             return Domain(self, definition.name, definition.uuid)
 
-    async def undefine(self, dom: Domain, snapshots_metadata: bool = False) -> None:
+    async def restore(self, path: str | Path, running: bool = False, paused: bool = False,
+                      progress: ProgressFn | None = None) -> Domain:
+        """``virsh restore``: start the domain a save file holds.
+
+        A domain not defined here is defined from the file's XML first (libvirt
+        makes it transient; qdriver has only persistent domains).
+        """
+        header = memfile.check(str(path))
+        saved = DomainDef.parse(header.domain_xml)
+        try:
+            dom = self.lookup(saved.name)
+        except NoDomainError:
+            dom = await self.define_xml(header.domain_xml)
+        if dom.uuid != saved.uuid:
+            raise OperationFailedError(f"domain '{dom.name}' already exists with uuid "
+                                       f"{dom.uuid}")
+        await dom.restore_from(path, running, paused, progress)
+        return dom
+
+    async def undefine(self, dom: Domain, snapshots_metadata: bool = False,
+                       managed_save: bool = False) -> None:
         """Remove a shut-off domain's definition and its files."""
         async with dom.operation() as ctx:
+            if dom.has_managed_save() and not managed_save:
+                raise OperationInvalidError(
+                    "Refusing to undefine while domain managed save image exists")
             if ctx.record is not None:
                 raise OperationInvalidError("cannot undefine a running domain; destroy it first")
             snaps = sorted(dom.paths.snapshots.glob("*.xml")) if dom.paths.snapshots.exists() \

@@ -78,6 +78,11 @@ class DomainPaths:
         return self.dir / "qemu.exit"
 
     @property
+    def managed_save(self) -> Path:
+        """The domain's managed save image (``virsh managedsave``)."""
+        return self.dir / "managed.save"
+
+    @property
     def snapshots(self) -> Path:
         return self.dir / "snapshots"
 

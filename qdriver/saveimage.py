@@ -76,3 +76,25 @@ def read_header(path: str | os.PathLike[str]) -> SaveHeader:
     xml = data[:cookie_off].rstrip(b"\0").decode()
     cookie = data[cookie_off:].split(b"\0", 1)[0].decode()
     return SaveHeader(magic == MAGIC_COMPLETE, data_len, bool(was_running), fmt, xml, cookie)
+
+
+def rewrite_xml(path: str | os.PathLike[str], domain_xml: str,
+                was_running: bool | None = None) -> None:
+    """Replace the domain XML (and optionally the was-running flag) of a complete save
+    image in place; the new XML must fit the room the header reserved."""
+    header = read_header(path)
+    xml = domain_xml.encode() + b"\0"
+    ck = header.cookie.encode() + b"\0"
+    if len(xml) + len(ck) > header.data_len:
+        raise ValueError(f"the new XML needs {len(xml) + len(ck)} bytes; the image has room "
+                         f"for {header.data_len}")
+    data = (xml + ck).ljust(header.data_len, b"\0")
+    running = header.was_running if was_running is None else was_running
+    raw = HEADER.pack(MAGIC_COMPLETE if header.complete else MAGIC_PARTIAL, VERSION,
+                      header.data_len, int(running), header.format, len(xml))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, raw + data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,8 +11,12 @@ from .. import qemucaps
 from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
+from ..errors import OperationFailedError, OperationInvalidError
+from ..ops import memfile
+from ..saveimage import rewrite_xml
 from ..xml.caps import domcapabilities
-from .registry import (Handler, command, domain_arg, domain_with, format_fields,
+from ..xml.domain import DomainDef
+from .registry import (Handler, ProgressPrinter, command, domain_arg, domain_with, format_fields,
                        format_table, out)
 
 
@@ -27,20 +31,24 @@ async def cmd_define(drv: Driver, a: argparse.Namespace) -> int:
 
 
 @command("undefine", "undefine a domain",
-         domain_with(snapshots_metadata="also remove the domain's snapshot metadata"))
+         domain_with(snapshots_metadata="also remove the domain's snapshot metadata",
+                     managed_save="also remove the managed save image"))
 async def cmd_undefine(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
-    await drv.undefine(dom, snapshots_metadata=a.snapshots_metadata)
+    await drv.undefine(dom, snapshots_metadata=a.snapshots_metadata,
+                       managed_save=a.managed_save)
     out(f"Domain '{dom.name}' has been undefined")
     return 0
 
 
 @command("start", "start a (previously defined) inactive domain",
          domain_with(paused="leave the guest paused",
-                     console="attach to the console after start"))
+                     console="attach to the console after start",
+                     force_boot="boot, discarding a managed save image"))
 async def cmd_start(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
-    await dom.start(paused=a.paused)
+    await dom.start(paused=a.paused, force_boot=a.force_boot,
+                    progress=ProgressPrinter(f"domain {a.domain}"))
     out(f"Domain '{dom.name}' started")
     if a.console:
         await _console(dom)
@@ -126,7 +134,8 @@ async def cmd_dominfo(drv: Driver, a: argparse.Namespace) -> int:
     rows = [("Id", str(dom.id) if dom.id else "-"), ("Name", dom.name), ("UUID", dom.uuid),
             ("OS Type", "hvm"), ("State", state.label), ("CPU(s)", str(d.vcpus)),
             ("Max memory", f"{d.memory_kib} KiB"), ("Used memory", f"{d.memory_kib} KiB"),
-            ("Persistent", "yes"), ("Autostart", "disable")]
+            ("Persistent", "yes"), ("Autostart", "disable"),
+            ("Managed save", "yes" if dom.has_managed_save() else "no")]
     out(format_fields(rows))
     return 0
 
@@ -165,4 +174,92 @@ async def cmd_domcapabilities(drv: Driver, a: argparse.Namespace) -> int:
     path = shutil.which(f"qemu-system-{a.arch}") or f"qemu-system-{a.arch}"
     qemu = await qemucaps.probe_binary() if a.arch == "x86_64" and shutil.which(path) else None
     sys.stdout.write(domcapabilities(path, virttype, a.arch, Driver.accelerators(), qemu))
+    return 0
+
+
+# -- save and restore -----------------------------------------------------------
+
+def _save_state_flags(p: argparse.ArgumentParser) -> None:
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true", help="restore to running")
+    state.add_argument("--paused", action="store_true", help="restore to paused")
+
+
+def _setup_save(p: argparse.ArgumentParser) -> None:
+    domain_arg(p)
+    p.add_argument("file", help="where to write the guest's memory")
+    _save_state_flags(p)
+
+
+@command("save", "save a domain's memory to a file and stop it", _setup_save)
+async def cmd_save(drv: Driver, a: argparse.Namespace) -> int:
+    await drv.lookup(a.domain).save(a.file, a.running, a.paused,
+                                    ProgressPrinter(f"domain {a.domain}"))
+    out(f"\nDomain '{a.domain}' saved to {a.file}")
+    return 0
+
+
+def _setup_restore(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a file written by save")
+    _save_state_flags(p)
+
+
+@command("restore", "restore a domain from a saved state file", _setup_restore)
+async def cmd_restore(drv: Driver, a: argparse.Namespace) -> int:
+    await drv.restore(a.file, a.running, a.paused, ProgressPrinter("restore"))
+    out(f"Domain restored from {a.file}")
+    return 0
+
+
+def _setup_managedsave(p: argparse.ArgumentParser) -> None:
+    domain_arg(p)
+    _save_state_flags(p)
+
+
+@command("managedsave", "save a domain so that the next start resumes it", _setup_managedsave)
+async def cmd_managedsave(drv: Driver, a: argparse.Namespace) -> int:
+    await drv.lookup(a.domain).managed_save(a.running, a.paused,
+                                            ProgressPrinter(f"domain {a.domain}"))
+    out(f"\nDomain '{a.domain}' state saved by libvirt")
+    return 0
+
+
+@command("managedsave-remove", "remove a domain's managed save image", domain_arg)
+async def cmd_managedsave_remove(drv: Driver, a: argparse.Namespace) -> int:
+    dom = drv.lookup(a.domain)
+    if not dom.has_managed_save():
+        out(f"Domain '{a.domain}' has no manage save image; removal skipped")
+        return 0
+    await dom.managed_save_remove()
+    out(f"Removed managedsave image for domain '{a.domain}'")
+    return 0
+
+
+@command("save-image-dumpxml", "the domain XML a save file holds",
+         lambda p: p.add_argument("file"))
+async def cmd_save_image_dumpxml(drv: Driver, a: argparse.Namespace) -> int:
+    sys.stdout.write(memfile.check(a.file).domain_xml)
+    return 0
+
+
+def _setup_save_image_define(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file")
+    p.add_argument("xml", help="the new domain XML")
+    _save_state_flags(p)
+
+
+@command("save-image-define", "replace the domain XML a save file holds",
+         _setup_save_image_define)
+async def cmd_save_image_define(drv: Driver, a: argparse.Namespace) -> int:
+    header = memfile.check(a.file)
+    old, new = DomainDef.parse(header.domain_xml), DomainDef.parse(Path(a.xml).read_bytes())
+    if (new.name, new.uuid) != (old.name, old.uuid):
+        raise OperationInvalidError(f"the new XML is for domain '{new.name}' ({new.uuid}), "
+                                    f"the save file holds '{old.name}' ({old.uuid})")
+    running = True if a.running else False if a.paused else None
+    try:
+        rewrite_xml(a.file, new.to_xml(), running)
+    except ValueError as e:
+        raise OperationFailedError(f"cannot update save image '{a.file}': {e}") from e
+    out(f"State file {a.file} updated.")
     return 0

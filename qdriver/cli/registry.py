@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
 from ..driver import Driver
+from ..ops.progress import Progress
 
 Handler = Callable[[Driver, argparse.Namespace], Awaitable[int]]
 
@@ -63,3 +66,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         return (" " + "   ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()
     rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
     return "\n".join([line(header), rule, *(line(r) for r in rows)]) + "\n"
+
+
+class ProgressPrinter:
+    """Progress of a memory save or load on stderr, at most a few lines a second:
+    ``<what>: <phase> <percent>% (<done> of <total> MiB, <rate> MiB/s)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5 and p.done < p.total:
+            return
+        self.last = now
+        pct = 100 * p.done // p.total if p.total else 0
+        print(f"{self.name}: {p.phase} {pct:3d}% ({p.done / 2**20:.1f} of "
+              f"{p.total / 2**20:.1f} MiB, {p.rate / 2**20:.0f} MiB/s)", file=sys.stderr,
+              flush=True)

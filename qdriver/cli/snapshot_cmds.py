@@ -10,12 +10,11 @@ from pathlib import Path
 
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
-from ..ops.progress import Progress
 from ..ops.create_plan import CreateFlags, Plan, refusal_json
 from ..snapshot_handle import Snapshot
 from ..snapshot_tree import SnapshotTree
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
-from .registry import command, domain_arg, format_fields, format_table, out
+from .registry import ProgressPrinter, command, domain_arg, format_fields, format_table, out
 
 CREATE_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(CreateFlags)}
 CREATE_FLAGS["reuse_ext"] = "--reuse-external"
@@ -63,24 +62,6 @@ def snapshot_from_args(name: str | None, description: str | None, memspec: str |
 
 # -- create ---------------------------------------------------------------------
 
-class ProgressPrinter:
-    """Memory-save progress on stderr, at most a few lines a second."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.last = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.5 and p.done < p.total:
-            return
-        self.last = now
-        pct = 100 * p.done // p.total if p.total else 0
-        print(f"snapshot {self.name}: {p.phase} {pct:3d}% ({p.done / 2**20:.1f} of "
-              f"{p.total / 2**20:.1f} MiB, {p.rate / 2**20:.0f} MiB/s)", file=sys.stderr,
-              flush=True)
-
-
 def _setup_create(p: argparse.ArgumentParser) -> None:
     domain_arg(p)
     p.add_argument("file", nargs="?", help="snapshot XML (default: an empty <domainsnapshot/>)")
@@ -91,7 +72,7 @@ def _setup_create(p: argparse.ArgumentParser) -> None:
 async def cmd_snapshot_create(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     xml = Path(a.file).read_bytes() if a.file else b"<domainsnapshot/>"
-    snap = await dom.snapshot_create_xml(xml, progress=ProgressPrinter(a.domain),
+    snap = await dom.snapshot_create_xml(xml, progress=ProgressPrinter(f"snapshot {a.domain}"),
                                          **vars(_flags(a)))
     src = f" from '{a.file}'" if a.file else ""
     out(f"Domain snapshot {snap.name} {'defined' if a.redefine else 'created'}{src}")
@@ -118,7 +99,7 @@ async def cmd_snapshot_create_as(drv: Driver, a: argparse.Namespace) -> int:
         sys.stdout.write(xml)
         return 0
     snap = await drv.lookup(a.domain).snapshot_create_xml(
-        xml, progress=ProgressPrinter(a.domain), **vars(_flags(a)))
+        xml, progress=ProgressPrinter(f"snapshot {a.domain}"), **vars(_flags(a)))
     out(f"Domain snapshot {snap.name} created")
     return 0
 
@@ -345,5 +326,5 @@ async def cmd_snapshot_revert(drv: Driver, a: argparse.Namespace) -> int:
         out(json.dumps(plan.to_json(), indent=1))
         return 0
     await dom.revert_to_snapshot(snap.name, running=a.running, paused=a.paused, force=a.force,
-                                 progress=ProgressPrinter(a.domain))
+                                 progress=ProgressPrinter(f"snapshot {a.domain}"))
     return 0

@@ -40,7 +40,8 @@ class CreateExecution:
     """One snapshot creation in progress."""
 
     def __init__(self, ctx: OpContext, plan: Plan, progress: ProgressFn | None,
-                 mon: qmp.Monitor | None = None) -> None:
+                 mon: qmp.Monitor | None = None, halt_reason: str = "from snapshot",
+                 resume_on_restore: bool | None = None) -> None:
         self.ctx = ctx
         self.plan = plan
         self.progress = progress
@@ -59,6 +60,10 @@ class CreateExecution:
         self.switched: set[str] = set()
         """Disks whose new overlay QEMU already writes to: never undone."""
         self.frozen = False
+        self.halt_reason = halt_reason
+        """What ``domstate --reason`` says after a HALT step (``saved`` for virsh save)."""
+        self.resume_on_restore = resume_on_restore
+        """The memory file header's "was running": the state a restore goes back to."""
 
     # -- driver ------------------------------------------------------------------
 
@@ -274,7 +279,8 @@ class CreateExecution:
 
     async def _migrate(self, background: bool) -> None:
         path = self.plan.memory_file or ""
-        was_running = self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
+        was_running = self.resume_on_restore if self.resume_on_restore is not None else \
+            self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
         # O_EXCL: never take over (and on undo remove) a file someone else made
         self.memory_fd = memfile.create(path, self.before.to_xml(), "<cookie/>", was_running)
         self.txn.on_undo(f"memory file {path}", partial(_unlink, path))
@@ -301,7 +307,7 @@ class CreateExecution:
         raise ConfigUnsupportedError("QEMU guest agent is not configured")
 
     async def halt(self) -> None:
-        await self.ctx.stop("from snapshot")
+        await self.ctx.stop(self.halt_reason)
 
     async def write_metadata(self) -> None:
         await self._complete_memory_file()

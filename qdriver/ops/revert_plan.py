@@ -127,6 +127,21 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file)
 
 
+def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
+                 flags: RevertFlags = RevertFlags()) -> RevertPlan:
+    """Restore from a save file: the same incoming path as an external revert, with the
+    definition the file carries and no snapshot to make current."""
+    if flags.running and flags.paused:
+        raise InvalidArgError("Flags 'VIR_DOMAIN_SAVE_RUNNING' and 'VIR_DOMAIN_SAVE_PAUSED' "
+                              "are mutually exclusive")
+    final: FinalState = "running" if flags.running or (was_running and not flags.paused) \
+        else "paused"
+    S = RevertStep
+    steps = (S.CHECK_MEMORY_FILE, S.START_INCOMING, S.LOAD_MEMORY_FILE,
+             *([S.RESUME] if final == "running" else []))
+    return RevertPlan("", "incoming", final, steps, definition, (), (), memory_file)
+
+
 def _mechanism(name: str, snap: SnapshotDef, memory: bool, internal: bool, external: bool,
                live: bool, target: DomainDef, domain: DomainDef) -> Mechanism:
     if snap.memory == "external":
@@ -206,4 +221,4 @@ def _steps(mechanism: Mechanism, live: bool, running: bool, final: FinalState,
     return (*stop, *apply, *overlays, S.SWITCH_DEFINITION, *start, *resume, *finish)
 
 
-__all__ = ["RevertFlags", "RevertPlan", "RevertStep", "plan_revert"]
+__all__ = ["RevertFlags", "RevertPlan", "RevertStep", "plan_revert", "plan_restore"]

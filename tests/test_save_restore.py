@@ -1,0 +1,131 @@
+"""save / restore / managedsave on the real guest: the guest goes on from the save point."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import qdriver
+from qdriver import DomainState
+from qdriver.saveimage import read_header
+
+from .conftest import disk_counter, last_counter, run_cli, wait_console
+from .test_snapshot_create import assert_save_image, booted
+from .test_snapshot_revert import assert_resumes_from, console_offset, counters_after
+
+
+async def test_save_then_restore_goes_on_from_the_save_point(make_domain, state_dir: Path,
+                                                             tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    vda = dom.definition.disks[0].source or ""
+    save = tmp_path / "g.save"
+    r = run_cli(state_dir, "save", "guest", str(save))
+    assert f"Domain 'guest' saved to {save}" in r.stdout.decode()
+    assert "domain guest: memory" in r.stderr.decode()  # progress
+    assert dom.state_reason() == (DomainState.SHUTOFF, "saved")
+    assert_save_image(save)
+    assert read_header(save).was_running
+    at = disk_counter(vda)
+    offset = console_offset(dom)
+    r = run_cli(state_dir, "restore", str(save))
+    assert f"Domain restored from {save}" in r.stdout.decode()
+    assert dom.state == DomainState.RUNNING
+    assert_resumes_from(await counters_after(dom, offset, 4), at, at + 10)
+    assert save.exists(), "restore keeps the file, as virsh does"
+    await dom.destroy()
+
+
+async def test_save_paused_restores_paused(make_domain, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    save = tmp_path / "p.save"
+    await dom.save(save, paused=True)
+    assert not read_header(save).was_running
+    await dom.restore_from(save)
+    assert dom.state == DomainState.PAUSED
+    frozen = last_counter(dom)
+    await dom.resume()
+    await wait_console(dom, f"COUNTER {frozen + 2}")
+    await dom.destroy()
+
+
+async def test_managed_save_and_start(make_domain, state_dir: Path) -> None:
+    dom = await booted(make_domain)
+    run_cli(state_dir, "managedsave", "guest")
+    assert "Managed save:   yes" in run_cli(state_dir, "dominfo", "guest").stdout.decode()
+    r = run_cli(state_dir, "undefine", "guest", check=False)
+    assert "Refusing to undefine while domain managed save image exists" in r.stderr.decode()
+    at = disk_counter(dom.definition.disks[0].source or "")
+    offset = console_offset(dom)
+    run_cli(state_dir, "start", "guest")
+    assert dom.state == DomainState.RUNNING and not dom.has_managed_save()
+    assert_resumes_from(await counters_after(dom, offset, 4), at, at + 10)
+    text = dom.paths.console_log.read_text(errors="replace")[offset:]
+    assert "GUEST-READY" not in text, "the guest booted instead of resuming"
+    await dom.destroy()
+    # --force-boot discards a managed save and boots
+    await dom.start()
+    await wait_console(dom, "COUNTER 3", after=offset)
+    await dom.managed_save()
+    offset = console_offset(dom)
+    run_cli(state_dir, "start", "guest", "--force-boot")
+    assert not dom.has_managed_save()
+    await wait_console(dom, "GUEST-READY", after=offset)
+    await dom.destroy()
+
+
+async def test_restore_defines_a_domain_it_does_not_know(make_domain, driver, state_dir: Path,
+                                                         tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    save = tmp_path / "u.save"
+    await dom.save(save)
+    xml = run_cli(state_dir, "save-image-dumpxml", str(save)).stdout.decode()
+    assert f"<uuid>{dom.uuid}</uuid>" in xml
+    await driver.undefine(dom)
+    restored = await driver.restore(save)
+    assert restored.uuid == dom.uuid and restored.state == DomainState.RUNNING
+    await restored.destroy()
+
+
+async def test_save_image_define_replaces_the_xml(make_domain, state_dir: Path,
+                                                  tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    save = tmp_path / "d.save"
+    await dom.save(save)
+    xml = read_header(save).domain_xml
+    edited = tmp_path / "edited.xml"
+    edited.write_text(xml.replace("<on_poweroff>destroy</on_poweroff>",
+                                  "<on_poweroff>destroy</on_poweroff><description>edited"
+                                  "</description>"))
+    r = run_cli(state_dir, "save-image-define", str(save), str(edited), "--paused")
+    assert f"State file {save} updated." in r.stdout.decode()
+    header = read_header(save)
+    assert "<description>edited</description>" in header.domain_xml and not header.was_running
+    assert_save_image(save)
+    await dom.restore_from(save)
+    assert dom.state == DomainState.PAUSED
+    other = tmp_path / "other.xml"
+    other.write_text(xml.replace(f"<uuid>{dom.uuid}</uuid>",
+                                 "<uuid>00000000-0000-0000-0000-000000000001</uuid>"))
+    r = run_cli(state_dir, "save-image-define", str(save), str(other), check=False)
+    assert r.returncode == 1 and "the save file holds 'guest'" in r.stderr.decode()
+    await dom.destroy()
+
+
+async def test_bad_restores_change_nothing(make_domain, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    save = tmp_path / "b.save"
+    await dom.save(save)
+    with open(save, "r+b") as f:
+        f.write(b"LibvirtQemudPart")
+    r = run_cli(state_dir, "restore", str(save), check=False)
+    assert r.returncode == 1 and "is incomplete (LibvirtQemudPart)" in r.stderr.decode()
+    assert dom.state == DomainState.SHUTOFF
+    with open(save, "r+b") as f:
+        f.write(b"LibvirtQemudSave")
+    await dom.start()
+    with pytest.raises(qdriver.OperationInvalidError, match="already active"):
+        await dom.restore_from(save)
+    with pytest.raises(qdriver.InvalidArgError, match="mutually exclusive"):
+        await dom.save(tmp_path / "x.save", running=True, paused=True)
+    assert not (tmp_path / "x.save").exists()
+    await dom.destroy()
