@@ -10,7 +10,7 @@ reported as shut off and reaped by the next locked operation.
 """
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
@@ -379,23 +379,29 @@ class Domain:
         the same QEMU (no restart).
         """
         name = snapshot if isinstance(snapshot, str) else snapshot.name
-        async with self.operation() as ctx:
-            plan = await self._plan_revert(ctx, name, RevertFlags(running, paused, force))
-            await RevertExecution(ctx, plan, self.driver.next_id, progress).run()
+        flags = RevertFlags(running, paused, force)
+        async with self.operation() as ctx, AsyncExitStack() as stack:
+            mon = await stack.enter_async_context(qmp.open_monitor(self.paths.qmp)) \
+                if ctx.record is not None else None
+            plan = await self._plan_revert(ctx, mon, name, flags)
+            await RevertExecution(ctx, plan, self.driver.next_id, progress, mon).run()
 
-    async def _plan_revert(self, ctx: OpContext, name: str, flags: RevertFlags) -> RevertPlan:
+    async def _plan_revert(self, ctx: OpContext, mon: qmp.Monitor | None, name: str,
+                           flags: RevertFlags) -> RevertPlan:
         snap = ctx.snapshot_tree().get(name)
-        if ctx.record is None:
+        if mon is None:
             return plan_revert(ctx.definition, "shutoff", snap, flags)
-        async with qmp.open_monitor(self.paths.qmp) as mon:
-            state, caps = await probe(mon, self.runtime, ctx.record, locked=True)
+        state, caps = await probe(mon, self.runtime, ctx.record, locked=True)
         return plan_revert(ctx.definition, state, snap, flags, caps)
 
     async def plan_revert(self, snapshot: str, running: bool = False, paused: bool = False,
                           force: bool = False) -> RevertPlan:
         """What reverting would do, without doing it."""
-        async with self.operation() as ctx:
-            return await self._plan_revert(ctx, snapshot, RevertFlags(running, paused, force))
+        flags = RevertFlags(running, paused, force)
+        async with self.operation() as ctx, AsyncExitStack() as stack:
+            mon = await stack.enter_async_context(qmp.open_monitor(self.paths.qmp)) \
+                if ctx.record is not None else None
+            return await self._plan_revert(ctx, mon, snapshot, flags)
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,
                               children: bool = False, children_only: bool = False

@@ -35,7 +35,7 @@ class RevertExecution:
     """One revert in progress."""
 
     def __init__(self, ctx: OpContext, plan: RevertPlan, next_id: Callable[[], int],
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, mon: qmp.Monitor | None = None) -> None:
         self.ctx = ctx
         self.plan = plan
         self.next_id = next_id
@@ -49,7 +49,8 @@ class RevertExecution:
         self.new_overlays: dict[str, str] = {}
         self.replaced: list[str] = []
         """Files of an earlier revert to this snapshot, no longer recorded after this one."""
-        self.mon: qmp.Monitor | None = None
+        self.mon = mon
+        """The monitor of the QEMU that runs now: the caller's, until a restart."""
         self.stack = AsyncExitStack()
 
     def preflight(self) -> None:
@@ -78,7 +79,7 @@ class RevertExecution:
 
     async def stop(self) -> None:
         if self.mon is not None:
-            await qmp.close(self.mon)
+            await qmp.close(self.mon)  # closing twice (its owner does too) is harmless
             self.mon = None
         await self.ctx.stop("from snapshot")
 
@@ -165,11 +166,12 @@ class RevertExecution:
 
     async def _vmstate_node(self, nodes: dict[str, str]) -> str:
         """The node whose image holds the snapshot's memory (as libvirt finds it)."""
-        holders = []
-        for target in self.plan.internal_disks:
-            infos = await qemuimg.snapshot_list(self.sources[target])
-            if any(s.name == self.plan.name and s.vm_state_size > 0 for s in infos):
-                holders.append(target)
+        mon = await self.monitor()
+        images = {n["node-name"]: n.get("image", {})
+                  for n in await mon.execute("query-named-block-nodes", {"flat": True})}
+        holders = [t for t in self.plan.internal_disks if any(
+            s.get("name") == self.plan.name and int(s.get("vm-state-size", 0)) > 0
+            for s in images.get(nodes[t], {}).get("snapshots", ()))]
         if len(holders) != 1:
             raise OperationFailedError(
                 f"missing vmstate section when reverting active internal snapshot "
@@ -190,7 +192,9 @@ class RevertExecution:
 
     async def set_current(self) -> None:
         store = self.ctx.snapshot_store()
-        meta.set_current(store, store.load(), self.plan.name)
+        tree = store.load()
+        if tree.current != self.plan.name:
+            meta.set_current(store, tree, self.plan.name)
 
 
 def _free_name(image: str, stamp: int) -> str:
