@@ -3,7 +3,9 @@
 
 Run with Debian's python3 (python3-libvirt): libvirt's embedded QEMU driver
 (``qemu:///embed?root=DIR``), no daemon.  Prints one JSON line: the revert
-times in seconds.  Usage: libvirt_revert.py DOMAIN_XML ROOT ROUNDS
+times in seconds.  The domain's serial console goes to CONSOLE_LOG, where
+the guest's GUEST-READY line says it has booted (and filled its RAM).
+Usage: libvirt_revert.py DOMAIN_XML ROOT ROUNDS CONSOLE_LOG
 """
 from __future__ import annotations
 
@@ -30,7 +32,16 @@ def prepare(root: Path) -> None:
         print("created the system user libvirt-qemu (libvirt needs it)", file=sys.stderr)
 
 
-def main(xml_path: str, root: str, rounds: int) -> None:
+def wait_booted(console: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not (console.exists() and b"GUEST-READY" in console.read_bytes()):
+        if time.monotonic() > deadline:
+            raise SystemExit("the libvirt guest did not boot")
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+
+def main(xml_path: str, root: str, rounds: int, console: Path) -> None:
     prepare(Path(root))
     libvirt.virEventRegisterDefaultImpl()
     threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)],
@@ -39,7 +50,7 @@ def main(xml_path: str, root: str, rounds: int) -> None:
     dom = conn.defineXML(Path(xml_path).read_text())
     try:
         dom.create()
-        time.sleep(6)  # boot to the counter
+        wait_booted(console)
         snap = dom.snapshotCreateXML("<domainsnapshot><name>lv</name>"
                                      "<memory snapshot='internal'/></domainsnapshot>")
         times = []
@@ -59,4 +70,4 @@ def main(xml_path: str, root: str, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
-from conftest import GuestImage, domain_xml  # noqa: E402
+from common import guest_xml, wait_booted  # noqa: E402
 from qdriver import qemucaps, qmp  # noqa: E402
 from qdriver.ops.memfile import MAX_BANDWIDTH  # noqa: E402
 
@@ -113,15 +113,11 @@ async def run(rounds: int, fill: int) -> None:
     with tempfile.TemporaryDirectory(prefix="qdbench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
         drv = qdriver.Driver(work / "state")
-        dom = await drv.define_xml(domain_xml(
-            GuestImage(images), "mem", None, memory_mib=1024,
-            cmdline=f"qd.fill={fill} qd.quiet=1"))
+        dom = await drv.define_xml(guest_xml(work, "mem", 1024, f"qd.fill={fill} qd.quiet=1",
+                                             with_disk=False))
         await dom.start()
         try:
-            deadline = time.monotonic() + 300
-            while b"GUEST-READY" not in dom.paths.console_log.read_bytes():
-                assert time.monotonic() < deadline, "guest did not boot"
-                await anyio.sleep(0.2)
+            await wait_booted(dom)
             await dom.suspend()
             times: dict[str, list[float]] = {}
             for i in range(rounds):

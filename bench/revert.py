@@ -36,20 +36,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
-from conftest import GuestImage, domain_xml  # noqa: E402
+from common import IMAGES, fill_cmdline, guest_xml, wait_booted  # noqa: E402
 from qdriver import cmdline, qemuimg, qmp  # noqa: E402
 from qdriver.ops.blocknodes import top_nodes  # noqa: E402
 from qdriver.paths import DomainPaths  # noqa: E402
 from qdriver.saveimage import read_header  # noqa: E402
 from qdriver.xml.domain import DomainDef  # noqa: E402
-
-
-async def wait_ready(dom: qdriver.Domain) -> None:
-    deadline = time.monotonic() + 300
-    while b"GUEST-READY" not in dom.paths.console_log.read_bytes():
-        assert time.monotonic() < deadline, "guest did not boot"
-        await anyio.sleep(0.1)
-    await anyio.sleep(1.0)
 
 
 async def raw_internal(dom: qdriver.Domain, name: str) -> float:
@@ -103,18 +95,15 @@ async def raw_incoming(definition: DomainDef, work: Path, mem: str,
 
 
 async def run_size(mib: int, rounds: int, images: Path, libvirt: bool) -> None:
-    fill = "qd.fill=800 qd.fillmode=repeat qd.quiet=1" if mib >= 1024 else "qd.quiet=1"
     with tempfile.TemporaryDirectory(prefix="qdbench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
-        disk = work / "vda.qcow2"
-        shutil.copyfile(images / "disk.qcow2", disk)
+        xml = guest_xml(work, "bench", mib, fill_cmdline(mib))
         drv = qdriver.Driver(work / "state")
-        xml = domain_xml(GuestImage(images), "bench", disk, cmdline=fill, memory_mib=mib)
         dom = await drv.define_xml(xml)
         times: dict[str, list[float]] = {}
         try:
             await dom.start()
-            await wait_ready(dom)
+            await wait_booted(dom, settle=1.0)
             await dom.snapshot_create_xml("<domainsnapshot><name>i1</name></domainsnapshot>")
             for i in range(rounds):
                 for who in (("qdriver", "raw") if i % 2 == 0 else ("raw", "qdriver")):
@@ -155,17 +144,18 @@ async def run_size(mib: int, rounds: int, images: Path, libvirt: bool) -> None:
                 await dom.destroy()
             shutil.rmtree(qdriver.paths.socket_root(work / "state"), ignore_errors=True)
         if libvirt:
-            times["internal libvirt"] = libvirt_revert(xml, work, disk, images, rounds)
+            times["internal libvirt"] = libvirt_revert(xml, work, rounds)
     report(mib, rounds, times)
 
 
-def libvirt_revert(xml: str, work: Path, disk: Path, images: Path, rounds: int) -> list[float]:
-    shutil.copyfile(images / "disk.qcow2", disk)
+def libvirt_revert(xml: str, work: Path, rounds: int) -> list[float]:
+    shutil.copyfile(IMAGES / "disk.qcow2", work / "bench-vda.qcow2")  # a fresh disk
     lv_xml = work / "lv.xml"
+    console = work / "lv-console.log"
     lv_xml.write_text(xml.replace("<serial type='pty'/>", f"<serial type='file'><source "
-                                  f"path='{work / 'lv-console.log'}'/></serial>"))
+                                  f"path='{console}'/></serial>"))
     out = subprocess.run(["/usr/bin/python3", str(ROOT / "bench" / "libvirt_revert.py"),
-                          str(lv_xml), str(work / "lvroot"), str(rounds)],
+                          str(lv_xml), str(work / "lvroot"), str(rounds), str(console)],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         print(f"libvirt baseline failed: {out.stderr.strip()[-500:]}", file=sys.stderr)

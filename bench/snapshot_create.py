@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
-from conftest import GuestImage, domain_xml  # noqa: E402
+from common import fill_cmdline, guest_xml, wait_booted  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
 from qdriver.opcontext import write_definition  # noqa: E402
 from qdriver.ops.blocknodes import top_nodes  # noqa: E402
@@ -182,20 +182,13 @@ RAW: dict[str, Callable[[Bench, qmp.Monitor, str], Awaitable[int]]] = {
 
 
 async def run_size(mib: int, rounds: int, images: Path) -> None:
-    fill = "qd.fill=800 qd.fillmode=repeat qd.quiet=1" if mib >= 1024 else "qd.quiet=1"
     with tempfile.TemporaryDirectory(prefix="qdbench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
-        disk = work / "vda.qcow2"
-        shutil.copyfile(images / "disk.qcow2", disk)
         drv = qdriver.Driver(work / "state")
-        dom = await drv.define_xml(domain_xml(GuestImage(images), "bench", disk, cmdline=fill,
-                                              memory_mib=mib))
+        dom = await drv.define_xml(guest_xml(work, "bench", mib, fill_cmdline(mib)))
         await dom.start()
         try:
-            deadline = time.monotonic() + 300
-            while b"GUEST-READY" not in dom.paths.console_log.read_bytes():
-                assert time.monotonic() < deadline, "guest did not boot"
-                await anyio.sleep(0.2)
+            await wait_booted(dom)
             bench = Bench(dom, work)
             results: dict[tuple[str, str], list[Result]] = {}
             sides = [("raw", bench.raw), ("qdriver", bench.qd)]

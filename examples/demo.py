@@ -24,10 +24,12 @@ from qdriver.cli.snapshot_cmds import format_tree
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def wait_for(dom: qdriver.Domain, marker: str, timeout: float = 60) -> str:
+async def wait_for(dom: qdriver.Domain, marker: str, timeout: float = 60,
+                   after: int = 0) -> str:
+    """The first console line (past character ``after``) that holds ``marker``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = dom.paths.console_log.read_text(errors="replace") \
+        text = dom.paths.console_log.read_text(errors="replace")[after:] \
             if dom.paths.console_log.exists() else ""
         for line in text.splitlines():
             if marker in line:
@@ -83,6 +85,7 @@ async def main(work: Path) -> None:
         print("state:", (await dom.get_state())[0].label)
         print("console:", await wait_for(dom, "COUNTER 2"))
         await snapshots(dom, work)
+        await reverts(dom)
         step("shutdown (ACPI power button)")
         graceful = await dom.shutdown(timeout=60)
         state, reason = dom.state_reason()
@@ -116,6 +119,27 @@ async def snapshots(dom: qdriver.Domain, work: Path) -> None:
     await create(dom, "int-disk", "<domainsnapshot><name>int-disk</name><disks><disk "
                  "name='vda' snapshot='internal'/></disks></domainsnapshot>", disk_only=True)
     print("console:", await wait_for(dom, f"COUNTER {last(dom) + 2}"))
+
+
+async def revert(dom: qdriver.Domain, name: str) -> None:
+    """Revert to one snapshot and show where the guest's counter went."""
+    plan = await dom.plan_revert(name)
+    before = last(dom)
+    offset = len(dom.paths.console_log.read_text(errors="replace"))
+    t = time.monotonic()
+    await dom.revert_to_snapshot(name)
+    took = time.monotonic() - t
+    after = await wait_for(dom, "COUNTER", after=offset)
+    print(f"revert to {name:8} {plan.mechanism:16} {took * 1000:5.0f} ms; counter was "
+          f"{before}, now {after}")
+
+
+async def reverts(dom: qdriver.Domain) -> None:
+    step("revert (the counter goes back; the later state stays as a branch)")
+    await revert(dom, "memory")
+    await create(dom, "here", "<domainsnapshot><name>here</name></domainsnapshot>")
+    await wait_for(dom, f"COUNTER {last(dom) + 3}")
+    await revert(dom, "here")
 
 
 def last(dom: qdriver.Domain) -> int:

@@ -435,3 +435,39 @@ async def test_a_missing_backing_image_is_refused_before_anything_changes(
     assert f"Cannot access storage file '{base}'" in r.stderr.decode()
     assert dom.snapshot_tree().get("x1").revert_disks is None
     os.rename(base + ".moved", base)
+
+
+async def test_offline_external_revert(make_domain, state_dir: Path) -> None:
+    dom = await make_domain()
+    base = dom.definition.disks[0].source or ""
+    run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
+    base_sum = checksum(base)
+    await dom.start()
+    await wait_console(dom, "COUNTER 6")
+    await dom.destroy()
+    assert disk_counter(dom.definition.disks[0].source or "") >= 5
+    run_cli(state_dir, "snapshot-revert", "guest", "x1")
+    assert dom.state == DomainState.SHUTOFF
+    top = dom.definition.disks[0].source or ""
+    assert qemuimg_backing(top) == base and disk_counter(top) == 0
+    assert checksum(base) == base_sum
+
+
+async def test_external_memory_with_internal_disk_revert(make_domain, tmp_path: Path) -> None:
+    """Beyond libvirt: memory to a file, vda snapshotted inside its image."""
+    dom = await booted(make_domain)
+    vda = dom.definition.disks[0].source or ""
+    mem = tmp_path / "x2.mem"
+    await dom.snapshot_create_xml(
+        f"<domainsnapshot><name>x2</name><memory snapshot='external' file='{mem}'/><disks>"
+        "<disk name='vda' snapshot='internal'/></disks></domainsnapshot>")
+    snap_disk = disk_counter(vda, "x2")
+    at = last_counter(dom)
+    await wait_console(dom, f"COUNTER {at + 10}")
+    plan = await dom.plan_revert("x2")
+    assert plan.mechanism == "incoming" and S.QEMU_IMG_APPLY in plan.steps
+    await dom.revert_to_snapshot("x2")
+    offset = console_offset(dom)
+    assert dom.definition.disks[0].source == vda
+    assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, at + 10)
+    await dom.destroy()

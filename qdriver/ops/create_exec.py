@@ -31,7 +31,7 @@ from . import memfile
 from .blocknodes import add_overlay, overlay_nodes, top_nodes
 from .create_plan import AGENT_CHANNEL, DiskPlan, Plan, Step
 from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
-from .transaction import StepRunner, Transaction
+from .transaction import StepRunner, Transaction, remove_file
 
 JOB_TIMEOUT = 3600.0
 
@@ -283,7 +283,7 @@ class CreateExecution:
             self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
         # O_EXCL: never take over (and on undo remove) a file someone else made
         self.memory_fd = memfile.create(path, self.before.to_xml(), "<cookie/>", was_running)
-        self.txn.on_undo(f"memory file {path}", partial(_unlink, path))
+        self.txn.on_undo(f"memory file {path}", partial(remove_file, path))
         await memfile.save(self.monitor, self.memory_fd, background,
                            ProgressMeter("memory", self.progress), resume=self.plan.resume)
 
@@ -346,10 +346,6 @@ def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:
     if not path.parent.is_dir():
         raise OperationFailedError(f"directory '{path.parent}' for the overlay of disk "
                                    f"{d.target} does not exist")
-
-
-async def _unlink(path: str) -> None:
-    Path(path).unlink(missing_ok=True)
 
 
 StepMethod = Callable[[CreateExecution], Awaitable[None]]

@@ -28,7 +28,7 @@ from .blocknodes import top_nodes
 from .create_exec import JOB_TIMEOUT
 from .progress import ProgressFn, ProgressMeter
 from .revert_plan import RevertPlan, RevertStep
-from .transaction import StepRunner, Transaction
+from .transaction import StepRunner, Transaction, remove_file
 
 
 class RevertExecution:
@@ -95,7 +95,7 @@ class RevertExecution:
         for target, image, fmt in self.plan.overlays:
             path = _free_name(image, stamp)
             await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
-            self.txn.on_undo(f"revert overlay {path}", partial(_unlink, path))
+            self.txn.on_undo(f"revert overlay {path}", partial(remove_file, path))
             self.new_overlays[target] = path
         self.definition = self.definition.with_disk_sources(
             {t: (p, "qcow2") for t, p in self.new_overlays.items()})
@@ -205,10 +205,6 @@ def _free_name(image: str, stamp: int) -> str:
         n += 1
         path = f"{base}.{n}"
     return path
-
-
-async def _unlink(path: str) -> None:
-    Path(path).unlink(missing_ok=True)
 
 
 async def _rewrite(store: meta.SnapshotStore, snap: SnapshotDef, active: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Awaitable, Callable, Generic, Mapping, Sequence, TypeVar
 
 import anyio
@@ -59,6 +60,11 @@ class Transaction:
                 self.failed_undos.append((entry.what, e))
 
 
+async def remove_file(path: str) -> None:
+    """The undo of creating a file."""
+    Path(path).unlink(missing_ok=True)
+
+
 class StepRunner(Generic[S]):
     """Dispatch a plan's steps to the methods that carry them out."""
 
@@ -70,4 +76,4 @@ class StepRunner(Generic[S]):
             await self.table[step]()
 
 
-__all__ = ["Transaction", "UndoEntry", "Undo", "StepRunner"]
+__all__ = ["Transaction", "UndoEntry", "Undo", "StepRunner", "remove_file"]
