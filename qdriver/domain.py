@@ -389,10 +389,11 @@ class Domain:
     async def _plan_revert(self, ctx: OpContext, mon: qmp.Monitor | None, name: str,
                            flags: RevertFlags) -> RevertPlan:
         snap = ctx.snapshot_tree().get(name)
+        managed = self.has_managed_save()
         if mon is None:
-            return plan_revert(ctx.definition, "shutoff", snap, flags)
+            return plan_revert(ctx.definition, "shutoff", snap, flags, managed_save=managed)
         state, caps = await probe(mon, self.runtime, ctx.record, locked=True)
-        return plan_revert(ctx.definition, state, snap, flags, caps)
+        return plan_revert(ctx.definition, state, snap, flags, caps, managed)
 
     async def plan_revert(self, snapshot: str, running: bool = False, paused: bool = False,
                           force: bool = False) -> RevertPlan:

@@ -7,6 +7,7 @@ the guest keeps on its disk are back at the snapshot point.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -471,3 +472,63 @@ async def test_external_memory_with_internal_disk_revert(make_domain, tmp_path: 
     assert dom.definition.disks[0].source == vda
     assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, at + 10)
     await dom.destroy()
+
+
+def test_a_managed_save_is_removed_and_needs_force_without_memory() -> None:
+    dom = DomainDef.parse(DOMAIN)
+    with pytest.raises(SnapshotRevertRiskyError, match="removal of existing managed saved"):
+        plan_revert(dom, "shutoff", snapshot("shutoff", "no"), managed_save=True)
+    plan = plan_revert(dom, "shutoff", snapshot("shutoff", "no"), RevertFlags(force=True),
+                       managed_save=True)
+    assert plan.steps[-1] == S.REMOVE_MANAGED_SAVE
+    with_memory = plan_revert(dom, "shutoff", snapshot("running", "internal"),
+                              managed_save=True)
+    assert with_memory.steps[-1] == S.REMOVE_MANAGED_SAVE
+
+
+async def test_load_progress_and_qemu_killed_during_the_load(make_domain, tmp_path: Path) -> None:
+    dom = await booted(make_domain)
+    mem = tmp_path / "k1.mem"
+    await dom.snapshot_create_xml(f"<domainsnapshot><name>k1</name><memory file='{mem}'/>"
+                                  "</domainsnapshot>")
+    seen: list[qdriver.Progress] = []
+    await dom.revert_to_snapshot("k1", progress=seen.append)
+    assert seen and seen[-1].phase == "load" and seen[-1].total > 0
+    definition = dom.xml_desc(inactive=True)
+    files = sorted(tmp_path.iterdir())
+
+    def kill_qemu(p: qdriver.Progress) -> None:
+        if dom.paths.pidfile.exists():
+            os.kill(int(dom.paths.pidfile.read_text()), 9)
+    with pytest.raises(qdriver.OperationFailedError,
+                       match=f"loading memory file '{mem}'"):
+        await dom.revert_to_snapshot("k1", progress=kill_qemu)
+    assert dom.state == DomainState.SHUTOFF
+    assert dom.xml_desc(inactive=True) == definition
+    assert sorted(tmp_path.iterdir()) == files, "a revert overlay was left behind"
+
+
+async def test_a_full_disk_while_creating_revert_overlays(make_domain, small_tmpfs,
+                                                          guest_image, state_dir: Path) -> None:
+    where = small_tmpfs(size="4m")
+    disk = where / "vda.qcow2"
+    disk.write_bytes(guest_image.disk.read_bytes())
+    dom = await make_domain(with_disk=False)
+    await qdriver.Driver(state_dir).define_xml(
+        dom.xml_desc(inactive=True).replace("<devices>", f"""<devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>""").replace(
+            "qd.disk=none", ""))
+    await dom.start()
+    await wait_console(dom, "COUNTER 3")
+    run_cli(state_dir, "snapshot-create-as", "guest", "f1", "--disk-only")
+    await dom.destroy()
+    subprocess.run(["dd", "if=/dev/zero", f"of={where / 'filler'}", "bs=64k"],
+                   capture_output=True)  # fill the file system
+    definition = dom.xml_desc(inactive=True)
+    files = sorted(where.iterdir())
+    r = run_cli(state_dir, "snapshot-revert", "guest", "f1", check=False)
+    assert r.returncode == 1 and "No space left on device" in r.stderr.decode(), r.stderr
+    assert "Traceback" not in r.stderr.decode()
+    assert dom.xml_desc(inactive=True) == definition and sorted(where.iterdir()) == files
+    assert dom.snapshot_tree().get("f1").revert_disks is None

@@ -146,6 +146,9 @@ class RevertExecution:
             if path not in named:
                 Path(path).unlink(missing_ok=True)
 
+    async def remove_managed_save(self) -> None:
+        self.ctx.paths.managed_save.unlink(missing_ok=True)
+
     async def _stop_started(self) -> None:
         if self.ctx.record is not None:
             await self.stop()
@@ -232,6 +235,7 @@ STEPS: dict[RevertStep, StepMethod] = {
     RevertStep.LOAD_MEMORY_FILE: RevertExecution.load_memory_file,
     RevertStep.RECORD_REVERT_DISKS: RevertExecution.record_revert_disks,
     RevertStep.DROP_DISCARDED: RevertExecution.drop_discarded,
+    RevertStep.REMOVE_MANAGED_SAVE: RevertExecution.remove_managed_save,
     RevertStep.STOP: RevertExecution.stop,
     RevertStep.QEMU_IMG_APPLY: RevertExecution.qemu_img_apply,
     RevertStep.SWITCH_DEFINITION: RevertExecution.switch_definition,

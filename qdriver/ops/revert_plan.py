@@ -59,6 +59,7 @@ class RevertStep(enum.StrEnum):
     RECORD_REVERT_DISKS = "record-revert-disks"
     SET_CURRENT = "set-current"
     DROP_DISCARDED = "drop-discarded"
+    REMOVE_MANAGED_SAVE = "remove-managed-save"
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,14 @@ class RevertPlan:
 
 
 def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
-                flags: RevertFlags = RevertFlags(), caps: HostCaps = HostCaps()) -> RevertPlan:
-    """Decide what reverting to ``snap`` means; raise the refusal otherwise."""
+                flags: RevertFlags = RevertFlags(), caps: HostCaps = HostCaps(),
+                managed_save: bool = False) -> RevertPlan:
+    """Decide what reverting to ``snap`` means; raise the refusal otherwise.
+
+    ``managed_save``: the domain has a managed save image; it describes a state
+    the revert discards, so the revert removes it, and for a snapshot without
+    memory only with ``force`` (libvirt's rule).
+    """
     name = snap.name or ""
     if flags.running and flags.paused:
         raise InvalidArgError("Flags 'VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING' and "
@@ -122,8 +129,14 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     memory_file = snap.memory_file if mechanism == "incoming" else None
     if mechanism == "incoming" and not memory_file:
         raise InvalidArgError(f"snapshot '{name}' has external memory but no memory file")
+    if managed_save and not memory and not flags.force:
+        raise SnapshotRevertRiskyError("snapshot without memory state, removal of existing "
+                                       "managed saved state strongly recommended to avoid "
+                                       "corruption")
     steps = _steps(mechanism, live, state == "running", final, caps, bool(internal),
                    bool(external))
+    if managed_save:
+        steps += (RevertStep.REMOVE_MANAGED_SAVE,)
     return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file)
 
 
