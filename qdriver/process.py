@@ -114,7 +114,7 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
         if time.monotonic() > deadline:
             raise OperationTimeoutError(f"QEMU did not start within {timeout:g} s")
         await anyio.sleep(delay)
-        delay = min(delay * 2, 0.02)
+        delay = min(delay * 2, 0.004)  # QEMU needs 30-100 ms; do not overshoot by much
 
 
 def log_tail(logfile: Path, lines: int = 5) -> str:
