@@ -5,22 +5,25 @@
 from .domain import Domain
 from .domstate import DomainState
 from .driver import Driver
+from .errors import (AgentUnresponsiveError, ArgumentUnsupportedError, ConfigUnsupportedError,
+                     DomainBusyError, ErrorCode, InternalError, InvalidArgError,
+                     InvalidSnapshotError, NoDomainError, NoSnapshotError, NoSupportError,
+                     OperationFailedError, OperationInvalidError, OperationTimeoutError,
+                     OperationUnsupportedError, QDriverError, ShutdownTimeoutError,
+                     SnapshotRevertRiskyError, SystemError_, XMLError)
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.progress import CreateReport, Progress
+from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
 from .snapshot_handle import Snapshot
 from .snapshot_tree import ListFilter
-from .errors import (AgentUnresponsiveError, ArgumentUnsupportedError, ConfigUnsupportedError, DomainBusyError,
-                     ErrorCode, InternalError, InvalidArgError, InvalidSnapshotError,
-                     NoDomainError, NoSnapshotError, NoSupportError, OperationFailedError,
-                     OperationInvalidError, OperationTimeoutError, OperationUnsupportedError,
-                     QDriverError, ShutdownTimeoutError, SystemError_, XMLError)
 
 __all__ = [
     "Domain", "DomainState", "Driver", "CreateFlags", "HostCaps", "Plan", "plan_snapshot",
-    "Snapshot", "ListFilter", "CreateReport", "Progress", "ShutdownTimeoutError", "AgentUnresponsiveError", "ArgumentUnsupportedError",
-    "ConfigUnsupportedError",
+    "RevertFlags", "RevertPlan", "plan_revert", "Snapshot", "ListFilter", "CreateReport",
+    "Progress", "AgentUnresponsiveError", "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
     "NoDomainError", "NoSnapshotError", "NoSupportError", "OperationFailedError",
     "OperationInvalidError", "OperationTimeoutError", "OperationUnsupportedError",
-    "QDriverError", "SystemError_", "XMLError",
+    "QDriverError", "ShutdownTimeoutError", "SnapshotRevertRiskyError", "SystemError_",
+    "XMLError",
 ]

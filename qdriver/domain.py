@@ -17,16 +17,16 @@ from typing import AsyncIterator, Protocol
 from . import domstate, process, qmp
 from . import snapshot_tree as meta
 from .domstate import DomainState
-from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError, NoSupportError,
-                     OperationInvalidError, ShutdownTimeoutError)
+from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError,
+                     NoSupportError, OperationInvalidError, ShutdownTimeoutError)
 from .launch import start_qemu
 from .opcontext import OpContext, read_definition
+from .ops import memfile
 from .ops.create_exec import CreateExecution
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.hostprobe import probe
 from .ops.progress import ProgressFn
 from .ops.revert_exec import RevertExecution
-from .ops import memfile
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_restore, plan_revert
 from .paths import DomainPaths
 from .runtime import Runtime

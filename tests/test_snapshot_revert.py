@@ -37,8 +37,9 @@ def snapshot(state: str, memory: str, disk: str = "internal", domain: str = DOMA
     mem_file = " file='/images/r.mem'" if memory == "external" else ""
     return SnapshotDef.parse(
         f"<domainsnapshot><name>s</name><state>{state}</state><creationTime>1</creationTime>"
-        f"<memory snapshot='{memory}'{mem_file}/><disks><disk name='vda' snapshot='{disk}'/></disks>"
-        f"{domain}</domainsnapshot>", redefine=True)
+        f"<memory snapshot='{memory}'{mem_file}/>"
+        f"<disks><disk name='vda' snapshot='{disk}'/></disks>{domain}</domainsnapshot>",
+        redefine=True)
 
 
 S = RevertStep
