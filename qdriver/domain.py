@@ -10,7 +10,7 @@ reported as shut off and reaped by the next locked operation.
 """
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
@@ -136,6 +136,17 @@ class Domain:
             except (DomainBusyError, FileNotFoundError):
                 pass  # the operation holding the lock reaps it
         return DomainState.SHUTOFF, reason
+
+    @asynccontextmanager
+    async def _live_monitor(self, ctx: OpContext,
+                            wanted: bool = True) -> AsyncIterator[qmp.Monitor | None]:
+        """The operations monitor while QEMU runs; None while the domain is shut off
+        (or when the operation does not talk to QEMU)."""
+        if ctx.record is None or not wanted:
+            yield None
+            return
+        async with qmp.open_monitor(self.paths.qmp) as mon:
+            yield mon
 
     @asynccontextmanager
     async def monitor(self) -> AsyncIterator[qmp.Monitor]:
@@ -353,11 +364,9 @@ class Domain:
         flags = CreateFlags(**flag_args)
         if flags.validate:
             validate_schema(xml)
-        async with self.operation() as ctx:
-            if flags.redefine or ctx.record is None:
-                return await self._create(ctx, None, xml, flags, progress)
-            async with qmp.open_monitor(self.paths.qmp) as mon:
-                return await self._create(ctx, mon, xml, flags, progress)
+        async with self.operation() as ctx, \
+                self._live_monitor(ctx, wanted=not flags.redefine) as mon:
+            return await self._create(ctx, mon, xml, flags, progress)
 
     async def _create(self, ctx: OpContext, mon: qmp.Monitor | None, xml: str | bytes,
                       flags: CreateFlags, progress: ProgressFn | None) -> Snapshot:
@@ -380,9 +389,7 @@ class Domain:
         """
         name = snapshot if isinstance(snapshot, str) else snapshot.name
         flags = RevertFlags(running, paused, force)
-        async with self.operation() as ctx, AsyncExitStack() as stack:
-            mon = await stack.enter_async_context(qmp.open_monitor(self.paths.qmp)) \
-                if ctx.record is not None else None
+        async with self.operation() as ctx, self._live_monitor(ctx) as mon:
             plan = await self._plan_revert(ctx, mon, name, flags)
             await RevertExecution(ctx, plan, self.driver.next_id, progress, mon).run()
 
@@ -399,9 +406,7 @@ class Domain:
                           force: bool = False) -> RevertPlan:
         """What reverting would do, without doing it."""
         flags = RevertFlags(running, paused, force)
-        async with self.operation() as ctx, AsyncExitStack() as stack:
-            mon = await stack.enter_async_context(qmp.open_monitor(self.paths.qmp)) \
-                if ctx.record is not None else None
+        async with self.operation() as ctx, self._live_monitor(ctx) as mon:
             return await self._plan_revert(ctx, mon, snapshot, flags)
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,

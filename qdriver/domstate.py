@@ -95,4 +95,11 @@ async def query(mon: qmp.Monitor, timeout: float = qmp.DEFAULT_TIMEOUT) -> RunSt
     return RunStatus(str(status["status"]))
 
 
-__all__ = ["DomainState", "PlannerState", "RunStatus", "query", "QMP_STATES", "STATE_LABELS"]
+async def ensure_running(mon: qmp.Monitor) -> None:
+    """``cont`` unless the vCPUs already run (``cont`` on a running guest is an error)."""
+    if not (await query(mon)).running:
+        await mon.execute("cont")
+
+
+__all__ = ["DomainState", "PlannerState", "RunStatus", "query", "ensure_running",
+           "QMP_STATES", "STATE_LABELS"]

@@ -103,10 +103,7 @@ class Driver:
             dom = self.lookup(saved.name)
         except NoDomainError:
             dom = await self.define_xml(header.domain_xml)
-        if dom.uuid != saved.uuid:
-            raise OperationFailedError(f"domain '{dom.name}' already exists with uuid "
-                                       f"{dom.uuid}")
-        await dom.restore_from(path, running, paused, progress)
+        await dom.restore_from(path, running, paused, progress)  # checks the uuid, locked
         return dom
 
     async def undefine(self, dom: Domain, snapshots_metadata: bool = False,

@@ -22,7 +22,7 @@ import anyio
 
 from .. import agent, qemuimg, qmp
 from .. import snapshot_tree as meta
-from ..domstate import query as query_status
+from ..domstate import ensure_running
 from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError
 from ..opcontext import OpContext
 from ..saveimage import mark_complete
@@ -208,11 +208,7 @@ class CreateExecution:
 
     async def pause(self) -> None:
         await self.monitor.execute("stop")
-        self.txn.on_undo("the guest pause", self._resume_if_paused)
-
-    async def _resume_if_paused(self) -> None:
-        if not (await query_status(self.monitor)).running:
-            await self.monitor.execute("cont")
+        self.txn.on_undo("the guest pause", partial(ensure_running, self.monitor))
 
     async def resume(self) -> None:
         await self.monitor.execute("cont")
@@ -271,7 +267,7 @@ class CreateExecution:
 
     async def migrate_live(self) -> None:
         # pre-copy ends with the guest paused
-        self.txn.on_undo("the guest pause", self._resume_if_paused)
+        self.txn.on_undo("the guest pause", partial(ensure_running, self.monitor))
         await self._migrate(background=False)
 
     async def migrate_background(self) -> None:

@@ -9,6 +9,7 @@ caller (the plan says whether the guest resumes).
 from __future__ import annotations
 
 import os
+from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 from qemu.qmp import EventListener
@@ -52,9 +53,10 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
         with mon.listener("MIGRATION") as events:
             await mon.send_fd(fd, FD_NAME)
             await mon.execute("migrate", {"uri": f"fd:{FD_NAME}"})
-            await wait(mon, events, meter, resume_when_saving=background and resume)
+            await _wait(mon, events, _Saving(mon, meter, background and resume),
+                        "saving the memory state")
         if background and resume:
-            await _ensure_running(mon)
+            await domstate.ensure_running(mon)
     finally:
         if background:
             await mon.execute("migrate-set-capabilities", {"capabilities": [
@@ -68,30 +70,39 @@ async def _set_capabilities(mon: qmp.Monitor, background: bool) -> None:
     await mon.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
 
 
-async def wait(mon: qmp.Monitor, events: EventListener, meter: ProgressMeter,
-               resume_when_saving: bool = False) -> None:
-    """Poll ``query-migrate`` (woken by MIGRATION events) until the migration ends."""
+Poll = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+async def _wait(mon: qmp.Monitor, events: EventListener, poll: Poll, what: str) -> None:
+    """Poll ``query-migrate`` (woken by MIGRATION events) until the migration ends;
+    ``poll`` sees each answer (progress, and whatever the caller does meanwhile)."""
     while True:
         info = await mon.execute("query-migrate")
         status = str(info.get("status"))
-        ram = info.get("ram", {})
-        if ram:
-            meter(int(ram.get("transferred", 0)), int(ram.get("total", 0)))
-        if resume_when_saving and status == "active" and int(ram.get("transferred", 0)) > 0:
-            await _ensure_running(mon)  # devices saved, RAM write-protected
-            resume_when_saving = False
+        await poll(info)
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise OperationFailedError("saving the memory state failed: "
-                                       f"{info.get('error-desc', status)}")
+            raise OperationFailedError(f"{what} failed: {info.get('error-desc', status)}")
         with anyio.move_on_after(0.1):
             await events.get()
 
 
-async def _ensure_running(mon: qmp.Monitor) -> None:
-    if not (await domstate.query(mon)).running:
-        await mon.execute("cont")
+class _Saving:
+    """Reports RAM progress; with ``resume`` starts the vCPUs once, when the RAM copy
+    is under way (the devices are saved and RAM write-protected by then)."""
+
+    def __init__(self, mon: qmp.Monitor, meter: ProgressMeter, resume: bool) -> None:
+        self.mon, self.meter, self.resume = mon, meter, resume
+
+    async def __call__(self, info: Mapping[str, Any]) -> None:
+        ram = info.get("ram", {})
+        if ram:
+            self.meter(int(ram.get("transferred", 0)), int(ram.get("total", 0)))
+        if self.resume and info.get("status") == "active" and \
+                int(ram.get("transferred", 0)) > 0:
+            await domstate.ensure_running(self.mon)
+            self.resume = False
 
 
 INCOMING_FD = "qdriver-incoming"
@@ -122,21 +133,13 @@ async def load(mon: qmp.Monitor, path: str, meter: ProgressMeter) -> None:
         total = os.fstat(fd).st_size - header.stream_offset
         await mon.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "events", "state": True}]})
+        async def loading(info: Mapping[str, Any]) -> None:
+            # QEMU reads through the same open file: its offset is QEMU's progress
+            meter(os.lseek(fd, 0, os.SEEK_CUR) - header.stream_offset, total)
         with mon.listener("MIGRATION") as events:
             await mon.send_fd(fd, INCOMING_FD)
             await mon.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD}"})
-            while True:
-                info = await mon.execute("query-migrate")
-                status = str(info.get("status"))
-                # QEMU reads through the same open file: its offset is QEMU's progress
-                meter(os.lseek(fd, 0, os.SEEK_CUR) - header.stream_offset, total)
-                if status == "completed":
-                    return
-                if status in ("failed", "cancelled"):
-                    raise OperationFailedError(f"loading memory file '{path}' failed: "
-                                               f"{info.get('error-desc', status)}")
-                with anyio.move_on_after(0.1):
-                    await events.get()
+            await _wait(mon, events, loading, f"loading memory file '{path}'")
     finally:
         os.close(fd)
 
@@ -159,4 +162,4 @@ async def background_snapshot_usable(mon: qmp.Monitor, try_it: bool) -> bool:
     return True
 
 
-__all__ = ["MAX_BANDWIDTH", "create", "save", "wait", "background_snapshot_usable"]
+__all__ = ["MAX_BANDWIDTH", "create", "save", "check", "load", "background_snapshot_usable"]

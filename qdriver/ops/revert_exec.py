@@ -189,9 +189,7 @@ class RevertExecution:
             raise OperationFailedError(f"loadvm failed: {out.strip()}")
 
     async def resume(self) -> None:
-        mon = await self.monitor()
-        if not (await domstate.query(mon)).running:
-            await mon.execute("cont")
+        await domstate.ensure_running(await self.monitor())
 
     async def set_current(self) -> None:
         store = self.ctx.snapshot_store()
