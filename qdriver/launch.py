@@ -6,21 +6,23 @@ line, launch.
 """
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable
 
-from . import accel, cmdline
+from . import accel, cmdline, qmp
 from .errors import ConfigUnsupportedError, SystemError_
 from .opcontext import OpContext
-from .runtime import RunRecord
 from .xml.domain import DomainDef
 
 
 async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
-                     incoming: bool = False) -> RunRecord:
-    """Launch QEMU for ``ctx.definition``; the run record is also set on ``ctx``.
+                     incoming: bool = False, keep: AsyncExitStack | None = None
+                     ) -> qmp.Monitor | None:
+    """Launch QEMU for ``ctx.definition``; the run record is set on ``ctx``.
 
     With ``incoming`` QEMU waits for an incoming migration (it stays paused).
+    With ``keep`` the launch's monitor stays open in that stack and is returned.
     """
     status = accel.probe(ctx.definition.type)
     if not status.usable:
@@ -28,8 +30,9 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
             f"Domain requires KVM, but it is not usable here: {status.reason}")
     check_files(ctx.definition)
     argv = cmdline.build(ctx.definition, ctx.paths, status.name, incoming)
-    ctx.record = await ctx.runtime.launch(argv, status.name, next_id(), paused or incoming)
-    return ctx.record
+    ctx.record, mon = await ctx.runtime.launch(argv, status.name, next_id(),
+                                               paused or incoming, keep)
+    return mon
 
 
 def check_files(definition: DomainDef) -> None:

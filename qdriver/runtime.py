@@ -8,6 +8,7 @@ to the next locked operation.
 """
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,17 @@ class Runtime:
         """Change fields of the run record and store it."""
         for key, value in changes.items():
             setattr(rec, key, value)
-        write_record(self.paths.runtime, rec)
+        write_record(self.paths.runtime, rec, durable=False)
 
     async def launch(self, argv: list[str], accel: str, domain_id: int,
-                     paused: bool) -> RunRecord:
+                     paused: bool, keep: AsyncExitStack | None = None
+                     ) -> tuple[RunRecord, qmp.Monitor | None]:
         """Spawn QEMU (started with ``-S``), connect, and run the guest unless ``paused``.
 
-        On any failure QEMU is killed and its files removed before the error
+        With ``keep`` the monitor connection stays open in that stack and is
+        returned with the record: an operation that goes on talking to
+        the new QEMU (a revert's load) does not connect a second time.  On any
+        failure QEMU is killed and its files removed before the error
         propagates.
         """
         self.cleanup()  # leftovers of a QEMU that died unseen
@@ -174,17 +179,23 @@ class Runtime:
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None)
-            write_record(self.paths.runtime, rec)
+            write_record(self.paths.runtime, rec, durable=False)
             try:
-                async with qmp.open_monitor(self.paths.qmp) as mon:
+                mon = await qmp.connect(self.paths.qmp)
+                try:
                     rec.console_pty = await _console_pty(mon)
                     if not paused:
                         await mon.execute("cont")
+                finally:
+                    if keep is None:
+                        await qmp.close(mon)
+                if keep is not None:
+                    keep.push_async_callback(qmp.close, mon)
             except (qmp.MonitorConnectError, qmp.MonitorClosedError) as e:
                 await self._exited_while_connecting(proc, e)
                 raise
             self.update(rec, paused=paused, reason="user" if paused else "booted")
-            return rec
+            return rec, mon if keep is not None else None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._abort_launch(rec)

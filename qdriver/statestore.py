@@ -24,11 +24,14 @@ T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
-                 sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+                 sync_dir: bool = True, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically and (unless ``durable=False``) durably.
 
     ``sync_dir=False`` leaves the directory fsync to the caller (`fsync_dir`),
-    for several files written together.
+    for several files written together.  ``durable=False`` is for state that
+    only means something while a QEMU process lives (run records, journals):
+    it must survive the death of the writing process, which the page cache
+    guarantees, but not a host crash, which ends the QEMU too.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -37,14 +40,15 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     try:
         try:
             os.write(fd, raw)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
 
 
@@ -57,9 +61,10 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def write_record(path: Path, record: object) -> None:
-    """Store a dataclass as JSON, atomically."""
-    atomic_write(path, json.dumps(dataclasses.asdict(record), indent=1))  # type: ignore[call-overload]
+def write_record(path: Path, record: object, durable: bool = True) -> None:
+    """Store a dataclass as JSON, atomically (see `atomic_write` for ``durable``)."""
+    atomic_write(path, json.dumps(dataclasses.asdict(record), indent=1),  # type: ignore[call-overload]
+                 durable=durable)
 
 
 def read_record(path: Path, cls: type[T]) -> T | None:

@@ -109,11 +109,12 @@ class RevertExecution:
 
     async def start_paused(self) -> None:
         self.txn.on_undo("the QEMU started for the revert", self._stop_started)
-        await start_qemu(self.ctx, self.next_id, paused=True)
+        self.mon = await start_qemu(self.ctx, self.next_id, paused=True, keep=self.stack)
 
     async def start_incoming(self) -> None:
         self.txn.on_undo("the QEMU started for the revert", self._stop_started)
-        await start_qemu(self.ctx, self.next_id, paused=True, incoming=True)
+        self.mon = await start_qemu(self.ctx, self.next_id, paused=True, incoming=True,
+                                    keep=self.stack)
 
     async def load_memory_file(self) -> None:
         path = self.plan.memory_file or ""
