@@ -22,6 +22,16 @@ NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
+def opt(value: object) -> str:
+    """A value for a QEMU ``key=value,...`` option string: commas doubled.
+
+    QEMU's option parser reads ``,,`` as a literal comma and nothing else as
+    special inside a value, so this is the whole escaping.  Every value from
+    the XML or the filesystem goes through here (or into JSON).
+    """
+    return str(value).replace(",", ",,")
+
+
 def format_node(target: str) -> str:
     """The node name of a disk's format (top) layer."""
     return f"fmt-{target}"
@@ -66,7 +76,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False) 
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     b = _Builder(d, paths)
-    b.add(emulator_for(d), "-name", f"guest={d.name},debug-threads=on", "-S",
+    b.add(emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
     _machine(b, accel)
@@ -82,7 +92,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False) 
     for i, chan in enumerate(d.channels):
         _channel(b, i, chan)
     for g in d.graphics:
-        b.add("-vnc", f"{g.listen}:{g.port - 5900}" if g.port else f"{g.listen}:0,to=99",
+        b.add("-vnc", f"{opt(g.listen)}:{g.port - 5900}" if g.port else f"{opt(g.listen)}:0,to=99",
               "-device", "VGA,id=video0")
     if d.balloon:
         b.add("-device", "virtio-balloon-pci,id=balloon0")
@@ -96,7 +106,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False) 
 
 def _machine(b: _Builder, accel: str) -> None:
     d = b.d
-    opts = [d.machine, f"accel={accel}"]
+    opts = [opt(d.machine), f"accel={accel}"]
     if not d.acpi:
         opts.append("acpi=off")
     b.add("-machine", ",".join(opts))
@@ -108,7 +118,7 @@ def _machine(b: _Builder, accel: str) -> None:
     elif d.cpu_mode == "maximum":
         b.add("-cpu", "max")
     elif d.cpu_model:
-        b.add("-cpu", d.cpu_model)
+        b.add("-cpu", opt(d.cpu_model))
     if d.on_poweroff == "preserve":
         b.add("-no-shutdown")
     if d.on_reboot == "destroy":
@@ -130,7 +140,7 @@ def _boot(b: _Builder) -> None:
 
 def _monitors(b: _Builder) -> None:
     for cid, path in (("qmp", b.paths.qmp), ("qmpquery", b.paths.qmp_query)):
-        b.add("-chardev", f"socket,id={cid},path={path},server=on,wait=off",
+        b.add("-chardev", f"socket,id={cid},path={opt(path)},server=on,wait=off",
               "-mon", f"chardev={cid},mode=control")
 
 
@@ -144,23 +154,23 @@ def _disk(b: _Builder, disk: DiskDef) -> None:
         b.add("-blockdev", json.dumps({
             "driver": disk.format, "file": file_node(disk.target),
             "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap"}))
-        drive = f",drive={format_node(disk.target)}"
+        drive = f",drive={opt(format_node(disk.target))}"
     index = ord(disk.target[-1]) - ord("a")
     boot = f",bootindex={disk.boot_order}" if disk.boot_order else ""
     kind = "cd" if disk.device == "cdrom" else "hd"
     if disk.bus == "virtio":
         dev = "virtio-blk-device" if b.d.machine == "microvm" else "virtio-blk-pci"
-        b.add("-device", f"{dev}{drive},id={disk.target}{boot}")
+        b.add("-device", f"{dev}{drive},id={opt(disk.target)}{boot}")
     elif disk.bus == "sata":
         bus = "ide"
         if not b.d.machine.startswith(("q35", "pc-q35")):
             b.controller("sata0", "ahci")
             bus = "sata0"
-        b.add("-device", f"ide-{kind},bus={bus}.{index}{drive},id={disk.target}{boot}")
+        b.add("-device", f"ide-{kind},bus={bus}.{index}{drive},id={opt(disk.target)}{boot}")
     else:
         b.controller("scsi0", "virtio-scsi-pci")
         b.add("-device", f"scsi-{kind},bus=scsi0.0,scsi-id={index}{drive},"
-                         f"id={disk.target}{boot}")
+                         f"id={opt(disk.target)}{boot}")
 
 
 def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list) -> None:
@@ -168,32 +178,33 @@ def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list)
         raise ConfigUnsupportedError(f"interface model '{model}' is not supported")
     netdev = f"user,id=hostnet{i}"
     for pf in forwards:
-        netdev += f",hostfwd={pf.proto}:{pf.address}:{pf.host_port}-:{pf.guest_port}"
+        netdev += (f",hostfwd={opt(pf.proto)}:{opt(pf.address)}:{pf.host_port}"
+                   f"-:{pf.guest_port}")
     if mac is None:
         h = hashlib.sha256(f"{b.d.uuid}/{i}".encode()).digest()
         mac = "52:54:00:" + ":".join(f"{x:02x}" for x in h[:3])
     dev = "virtio-net-device" if b.d.machine == "microvm" and model == "virtio" \
         else NIC_MODELS[model]
-    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={mac}")
+    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}")
 
 
 def _serial(b: _Builder, i: int, c: CharDef) -> None:
     cid = f"charserial{i}"
-    log = f",logfile={b.paths.console_log},logappend=on" if i == 0 else ""
+    log = f",logfile={opt(b.paths.console_log)},logappend=on" if i == 0 else ""
     if c.type == "pty":
         b.add("-chardev", f"pty,id={cid}{log}")
     elif c.type == "file":
-        b.add("-chardev", f"file,id={cid},path={c.path}")
+        b.add("-chardev", f"file,id={cid},path={opt(c.path)}")
     else:
         path = c.path or (b.paths.console if i == 0 else b.paths.sockets / f"serial{i}.sock")
         server = ",server=on,wait=off" if c.mode == "bind" else ""
-        b.add("-chardev", f"socket,id={cid},path={path}{server}{log}")
+        b.add("-chardev", f"socket,id={cid},path={opt(path)}{server}{log}")
     b.add("-device", f"isa-serial,chardev={cid},id=serial{i}")
 
 
 def _channel(b: _Builder, i: int, c: CharDef) -> None:
     b.controller("virtio-serial0", "virtio-serial-pci")
     path = c.path or b.paths.channel(i)
-    b.add("-chardev", f"socket,id=charchannel{i},path={path},server=on,wait=off",
+    b.add("-chardev", f"socket,id=charchannel{i},path={opt(path)},server=on,wait=off",
           "-device", f"virtserialport,bus=virtio-serial0.0,nr={i + 1},"
-                     f"chardev=charchannel{i},id=channel{i},name={c.target_name or ''}")
+                     f"chardev=charchannel{i},id=channel{i},name={opt(c.target_name or '')}")

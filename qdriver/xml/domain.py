@@ -8,6 +8,7 @@ domain is an error that names it (see `qdriver.cmdline`).
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ UNITS: dict[str, int] = {
 DISK_FORMATS = ("qcow2", "raw")
 DISK_BUSES = ("virtio", "sata", "scsi")
 NAME_RE = re.compile(r"^[^/\x00-\x1f]+$")
+TARGET_RE = re.compile(r"^[a-z]{2,4}[a-z]*$")
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""Machine types and CPU models: what QEMU names them with, nothing else."""
 
 # Elements accepted and either interpreted or harmless to leave to QEMU's defaults.
 TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
@@ -182,6 +187,23 @@ def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None
     return value * UNITS[unit] // 1024
 
 
+def _int(value: str | None, what: str, low: int = 0, high: int = 2**31) -> int:
+    """An integer attribute or element text, or libvirt's "invalid value" error."""
+    try:
+        number = int((value or "").strip())
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise XMLError(f"invalid value '{value}' for {what}")
+    return number
+
+
+def _token(value: str, what: str) -> str:
+    if not TOKEN_RE.match(value):
+        raise XMLError(f"invalid {what} '{value}'")
+    return value
+
+
 def _text(root: safe.Element, path: str) -> str | None:
     el = root.find(path)
     return el.text.strip() if el is not None and el.text else None
@@ -202,7 +224,7 @@ def _parse(root: safe.Element) -> DomainDef:
     if not memory:
         raise XMLError("missing or zero <memory> in domain XML")
     d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory)
-    d.vcpus = int(_text(root, "vcpu") or 1)
+    d.vcpus = _int(_text(root, "vcpu") or "1", "<vcpu>", 1, 4096)
     _parse_os(root, d)
     _parse_features(root, d)
     _parse_cpu(root, d)
@@ -243,8 +265,8 @@ def _parse_os(root: safe.Element, d: DomainDef) -> None:
     if t is not None:
         if (t.text or "hvm").strip() != "hvm":
             d.unsupported.append(f"<os><type>{t.text}</type>")
-        d.arch = t.get("arch", d.arch)
-        d.machine = t.get("machine", d.machine)
+        d.arch = _token(t.get("arch", d.arch), "architecture")
+        d.machine = _token(t.get("machine", d.machine), "machine type")
     d.kernel = _text(os_el, "kernel")
     d.initrd = _text(os_el, "initrd")
     d.cmdline = _text(os_el, "cmdline")
@@ -270,7 +292,8 @@ def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
     d.cpu_mode = cpu.get("mode", "custom")
     if d.cpu_mode not in ("host-passthrough", "host-model", "maximum", "custom"):
         raise XMLError(f"Invalid CPU mode '{d.cpu_mode}'")
-    d.cpu_model = _text(cpu, "model")
+    model = _text(cpu, "model")
+    d.cpu_model = _token(model, "CPU model") if model else None
 
 
 def _parse_devices(root: safe.Element, d: DomainDef) -> None:
@@ -299,6 +322,8 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     tdev = target.get("dev") if target is not None else None
     if target is None or not tdev:
         raise XMLError("missing target information for device")
+    if not TARGET_RE.match(tdev):
+        raise XMLError(f"Unknown disk name '{tdev}' and no address specified")
     if dtype != "file" or device not in ("disk", "cdrom"):
         d.unsupported.append(f"<disk type='{dtype}' device='{device}'> ({tdev})")
         return
@@ -316,7 +341,8 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     if device == "disk" and not path:
         raise XMLError(f"disk '{tdev}' has no source file")
     boot = el.find("boot")
-    order = int(boot.get("order") or 0) if boot is not None else 0
+    order = _int(boot.get("order"), f"<boot order> of disk '{tdev}'", 1) \
+        if boot is not None else 0
     d.disks.append(DiskDef(
         target=tdev, bus=bus, device=device, source=path, format=fmt,
         readonly=el.find("readonly") is not None or device == "cdrom",
@@ -330,15 +356,25 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
         return
     model = el.find("model")
     mac = el.find("mac")
+    address = mac.get("address") if mac is not None else None
+    if address is not None and not MAC_RE.match(address):
+        raise XMLError(f"unable to parse mac address '{address}'")
     iface = InterfaceDef(model=model.get("type", "virtio") if model is not None else "virtio",
-                         mac=mac.get("address") if mac is not None else None)
+                         mac=address)
     for pf in el.findall("portForward"):
+        proto, host = pf.get("proto", "tcp"), pf.get("address", "127.0.0.1")
+        if proto not in ("tcp", "udp"):
+            raise XMLError(f"invalid portForward proto '{proto}'")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as e:
+            raise XMLError(f"invalid portForward address '{host}'") from e
         for rng in pf.findall("range"):
-            start = rng.get("start") or "0"
+            start = _int(rng.get("start"), "<portForward><range start>", 1, 65535)
             iface.forwards.append(PortForward(
-                proto=pf.get("proto", "tcp"), host_port=int(start),
-                guest_port=int(rng.get("to") or start),
-                address=pf.get("address", "127.0.0.1")))
+                proto=proto, host_port=start, address=host,
+                guest_port=_int(rng.get("to") or str(start), "<portForward><range to>",
+                                1, 65535)))
     d.interfaces.append(iface)
 
 
@@ -380,7 +416,8 @@ def _parse_graphics(el: safe.Element, d: DomainDef) -> None:
         raise ConfigUnsupportedError(f"VNC may only listen on loopback, not '{listen}'")
     port = el.get("port") or "-1"
     autoport = el.get("autoport", "yes" if port == "-1" else "no") == "yes"
-    d.graphics.append(GraphicsDef("vnc", listen, None if autoport else int(port)))
+    d.graphics.append(GraphicsDef("vnc", listen, None if autoport else
+                                  _int(port, "<graphics port>", 5900, 65535)))
 
 
 def _parse_memballoon(el: safe.Element, d: DomainDef) -> None:
