@@ -11,10 +11,11 @@ reported as shut off and reaped by the next locked operation.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol, TypeVar
 
-from . import domstate, process, qmp
+from . import domstate, faults, process, qmp, recovery
 from . import snapshot_tree as meta
 from .domstate import DomainState
 from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError,
@@ -27,14 +28,19 @@ from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.hostprobe import probe
 from .ops.progress import ProgressFn
 from .ops.revert_exec import RevertExecution
+from .ops import actions
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_restore, plan_revert
+from .ops.transaction import Transaction
 from .paths import DomainPaths
-from .runtime import Runtime
+from .runtime import Runtime, RunRecord
 from .snapshot_handle import Snapshot
 from .snapshot_tree import ListFilter, SnapshotStore, SnapshotTree
 from .statestore import locked
 from .xml.domain import DomainDef
 from .xml.snapshot import SnapshotDef, SnapshotDisk, validate_schema
+
+
+T = TypeVar("T")
 
 
 class Host(Protocol):
@@ -55,6 +61,8 @@ class Domain:
         self.uuid = uuid
         self.paths = DomainPaths.of(driver.state_dir, name)
         self.runtime = Runtime(self.paths)
+        self.last_recovery: recovery.RecoveryReport | None = None
+        """What the last recovery of a dead process's operation found and did."""
 
     def __repr__(self) -> str:
         return f"<Domain {self.name!r} {self.state.label}>"
@@ -77,6 +85,9 @@ class Domain:
             lock = locked(self.paths.lock, self.driver.lock_timeout, f"domain '{self.name}'",
                           create_dir=False)
             async with lock:
+                self.last_recovery = await recovery.recover(self.paths, self.runtime,
+                                                            self.name, self.uuid) \
+                    or self.last_recovery
                 definition = read_definition(self.paths, self.name, self.uuid)
                 record = await self.runtime.reconcile()
                 yield OpContext(self.paths, definition, self.runtime, record)
@@ -108,6 +119,15 @@ class Domain:
         """libvirt's domain id while running, else None."""
         rec = self.runtime.peek()
         return rec.id if rec else None
+
+    def interrupted_operation(self) -> str | None:
+        """An operation whose process died mid-way, until the next change recovers it."""
+        return recovery.interrupted(self.paths)
+
+    async def recover(self) -> recovery.RecoveryReport | None:
+        """Recover an interrupted operation now (any locked operation does it too)."""
+        async with self.operation():
+            return self.last_recovery
 
     async def get_state(self) -> tuple[DomainState, str]:
         """The state asked from QEMU itself (sees guest-initiated pauses).
@@ -172,11 +192,22 @@ class Domain:
             if managed.exists() and not force_boot:
                 header = memfile.check(str(managed))
                 await self._restore(ctx, str(managed), header.domain_xml, header.was_running,
-                                    RevertFlags(paused=paused), progress)
-                managed.unlink()
+                                    RevertFlags(paused=paused), progress, managed=True)
                 return
             managed.unlink(missing_ok=True)
-            await start_qemu(ctx, self.driver.next_id, paused)
+            txn = self._transaction(ctx, "start")
+            await txn.attempt(partial(self._launch, ctx, txn, paused))
+
+    async def _launch(self, ctx: OpContext, txn: Transaction, paused: bool) -> None:
+        txn.on_undo(actions.stop_qemu("failed", "the QEMU being started"))
+        await start_qemu(ctx, self.driver.next_id, paused)
+
+    @staticmethod
+    def _transaction(ctx: OpContext, op: str) -> Transaction:
+        """A journaled transaction for an operation without a plan of its own."""
+        async def no_monitor() -> qmp.Monitor | None:
+            return None
+        return Transaction(actions.ActionEnv(ctx, no_monitor), op)
 
     async def suspend(self) -> None:
         """Pause the guest's vCPUs (``virsh suspend``)."""
@@ -204,18 +235,26 @@ class Domain:
         """
         async with self.operation() as ctx:
             rec = ctx.require_active()
-            ctx.update_record(stop_requested="shutdown")
-            async with qmp.open_monitor(self.paths.qmp) as mon:
-                await mon.execute("system_powerdown")
-            if await process.wait_exit(rec.proc, timeout):
-                await self.runtime.reap(rec)
-                return True
-            if not escalate:
-                ctx.update_record(stop_requested=None)
-                raise ShutdownTimeoutError(
-                    f"domain '{self.name}' did not shut down within {timeout:g} s")
-            await ctx.stop("destroyed")
-            return False
+            return await self._transaction(ctx, "shutdown").attempt(
+                partial(self._shutdown, ctx, rec, timeout, escalate))
+
+    async def _shutdown(self, ctx: OpContext, rec: RunRecord, timeout: float,
+                        escalate: bool) -> bool:
+        """Power the guest off; nothing to undo, but the journal shows it going on."""
+        ctx.update_record(stop_requested="shutdown")
+        async with qmp.open_monitor(self.paths.qmp) as mon:
+            await mon.execute("system_powerdown")
+        faults.point("shutdown:waiting")
+        if await process.wait_exit(rec.proc, timeout):
+            await self.runtime.reap(rec)
+            ctx.record = None
+            return True
+        if not escalate:
+            ctx.update_record(stop_requested=None)
+            raise ShutdownTimeoutError(
+                f"domain '{self.name}' did not shut down within {timeout:g} s")
+        await ctx.stop("destroyed")
+        return False
 
     async def destroy(self) -> None:
         """Stop QEMU at once (SIGTERM, then SIGKILL), like ``virsh destroy``."""
@@ -275,12 +314,13 @@ class Domain:
                                 RevertFlags(running, paused), progress)
 
     async def _restore(self, ctx: OpContext, path: str, xml: str, was_running: bool,
-                       flags: RevertFlags, progress: ProgressFn | None) -> None:
+                       flags: RevertFlags, progress: ProgressFn | None,
+                       managed: bool = False) -> None:
         saved = DomainDef.parse(xml)
         if saved.uuid != ctx.definition.uuid:
             raise OperationInvalidError(f"save file '{path}' holds domain '{saved.name}' with "
                                         f"uuid {saved.uuid}, not '{self.name}'")
-        plan = plan_restore(saved, path, was_running, flags)
+        plan = plan_restore(saved, path, was_running, flags, managed)
         ctx.definition = saved  # QEMU runs what was saved; the stored definition stays
         await RevertExecution(ctx, plan, self.driver.next_id, progress).run()
 
@@ -356,7 +396,8 @@ class Domain:
         """Make ``name`` the current snapshot (``snapshot-current DOM NAME``)."""
         async with self.operation() as ctx:
             store = ctx.snapshot_store()
-            meta.set_current(store, store.load(), name)
+            await self._metadata_change(ctx, "snapshot-current", meta.set_current,
+                                        store, store.load(), name)
 
     async def snapshot_create_xml(self, xml: str | bytes, progress: ProgressFn | None = None,
                                   **flag_args: bool) -> Snapshot:
@@ -418,7 +459,21 @@ class Domain:
                                  "use metadata_only=True (virsh --metadata)")
         async with self.operation() as ctx:
             store = ctx.snapshot_store()
-            return meta.remove_metadata(store, store.load(), name, children, children_only)
+            return await self._metadata_change(
+                ctx, "snapshot-delete", meta.remove_metadata, store, store.load(), name,
+                children, children_only)
+
+    async def _metadata_change(self, ctx: OpContext, op: str, change: Callable[..., T],
+                               *args: object) -> T:
+        """A change of several metadata files: all of them or, even if this
+        process dies half-way, none."""
+        txn = self._transaction(ctx, op)
+
+        async def body() -> T:
+            txn.on_undo(actions.restore_dir(ctx.paths.snapshots, "the snapshot metadata"))
+            faults.point(f"{op}:writing")
+            return change(*args)
+        return await txn.attempt(body)
 
 
 __all__ = ["Domain", "DomainState", "Host"]

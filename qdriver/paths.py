@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import SystemError_
 
 ENV_STATE_DIR = "QDRIVER_STATE_DIR"
 SOCKET_PATH_MAX = 107
@@ -24,13 +27,49 @@ def default_state_dir() -> Path:
     return Path(data) / "qdriver"
 
 
+def runtime_base() -> Path:
+    """The per-user directory that holds every state dir's socket directory."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "qdriver" if runtime and os.path.isdir(runtime) else \
+        Path(f"/tmp/qdriver-{os.getuid()}")
+
+
 def socket_root(state_dir: Path) -> Path:
     """A short directory for this state dir's sockets."""
     tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "qdriver" if runtime and os.path.isdir(runtime) else \
-        Path(f"/tmp/qdriver-{os.getuid()}")
-    return base / tag
+    return runtime_base() / tag
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and the directories between it and `runtime_base`, each
+    checked to be private: a real directory (no symlink), owned by this user,
+    with no access for group or others.
+
+    ``/tmp/qdriver-UID`` may have been made by someone else before us, or be
+    a symlink to their directory; sockets created there could be renamed and
+    replaced by fake ones.  Such a directory is refused, never used.
+    """
+    base = runtime_base()
+    chain = [base, *[base / Path(*path.relative_to(base).parts[:i + 1])
+                     for i in range(len(path.relative_to(base).parts))]]
+    for directory in chain:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        _check_private(directory)
+
+
+def _check_private(directory: Path) -> None:
+    st = os.lstat(directory)
+    problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
+               "is not a directory" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not {os.geteuid()}" if st.st_uid != os.geteuid()
+               else f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users"
+               if st.st_mode & 0o077 else None)
+    if problem:
+        raise SystemError_(f"runtime directory '{directory}' {problem}: refusing to put "
+                           "QEMU's sockets there (remove it, or set XDG_RUNTIME_DIR)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,11 @@ class DomainPaths:
     @property
     def status(self) -> Path:
         return self.dir / "status.json"
+
+    @property
+    def journal(self) -> Path:
+        """The journal of the operation in progress (see `qdriver.journal`)."""
+        return self.dir / "journal.json"
 
     @property
     def lock(self) -> Path:

@@ -15,10 +15,10 @@ from typing import Any
 
 import anyio
 
-from . import process, qmp
+from . import faults, process, qmp
 from .domstate import DomainState
 from .errors import InternalError
-from .paths import DomainPaths
+from .paths import DomainPaths, make_private_dirs
 from .statestore import read_record, write_record
 
 START_TIMEOUT = 30.0
@@ -168,9 +168,10 @@ class Runtime:
         propagates.
         """
         self.cleanup()  # leftovers of a QEMU that died unseen
-        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.paths.sockets)
         self.paths.status.unlink(missing_ok=True)
         process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
+        faults.point("launch:spawned")
         rec: RunRecord | None = None
         try:
             proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,

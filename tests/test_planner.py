@@ -302,7 +302,8 @@ def test_c2_pmsuspended_refused() -> None:
 
 def test_c2_halt_no_metadata_atomic() -> None:
     plan = plan_snapshot(domain(), "running", snapshot_xml(None, None), CreateFlags(halt=True))
-    assert plan.steps == ("pause", "snapshot-save", "halt", "write-metadata")
+    # the snapshot is recorded before QEMU stops: stopping it cannot be undone
+    assert plan.steps == ("pause", "snapshot-save", "write-metadata", "halt")
     assert plan.resume is False
     plan = plan_snapshot(domain(), "running", snapshot_xml(None, None),
                          CreateFlags(no_metadata=True))

@@ -6,6 +6,7 @@ errors print as ``error: <libvirt-style message>`` and exit 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the command; return the exit status."""
     args = build_parser().parse_args(argv)
+    _report_warnings()
     state_dir = getattr(args, "state_dir", None) or os.environ.get("QDRIVER_STATE_DIR")
     try:
         async with Driver(state_dir) as drv:
@@ -42,6 +44,16 @@ async def run(argv: list[str]) -> int:
     except (QDriverError, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+
+
+def _report_warnings() -> None:
+    """The library's warnings (a recovered operation, say) go to stderr once."""
+    log = logging.getLogger("qdriver")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -121,8 +121,19 @@ async def cmd_list(drv: Driver, a: argparse.Namespace) -> int:
 
 @command("domstate", "domain state", domain_with(reason="also print the reason"))
 async def cmd_domstate(drv: Driver, a: argparse.Namespace) -> int:
-    state, reason = await drv.lookup(a.domain).get_state()
+    dom = drv.lookup(a.domain)
+    state, reason = await dom.get_state()
+    interrupted = dom.interrupted_operation()
+    if interrupted and a.reason:
+        reason += f", interrupted {interrupted}: the next command recovers it"
     out(f"{state.label} ({reason})" if a.reason else state.label)
+    return 0
+
+
+@command("recover", "finish or roll back an operation whose process died", domain_arg)
+async def cmd_recover(drv: Driver, a: argparse.Namespace) -> int:
+    report = await drv.lookup(a.domain).recover()
+    out(str(report) if report else f"Domain '{a.domain}' has no interrupted operation")
     return 0
 
 
@@ -136,6 +147,9 @@ async def cmd_dominfo(drv: Driver, a: argparse.Namespace) -> int:
             ("Max memory", f"{d.memory_kib} KiB"), ("Used memory", f"{d.memory_kib} KiB"),
             ("Persistent", "yes"), ("Autostart", "disable"),
             ("Managed save", "yes" if dom.has_managed_save() else "no")]
+    interrupted = dom.interrupted_operation()
+    if interrupted:
+        rows.append(("Interrupted", f"{interrupted}; the next command recovers it"))
     out(format_fields(rows))
     return 0
 

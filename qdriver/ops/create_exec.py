@@ -22,16 +22,17 @@ import anyio
 
 from .. import agent, qemuimg, qmp
 from .. import snapshot_tree as meta
-from ..domstate import ensure_running
 from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError
 from ..opcontext import OpContext
 from ..saveimage import mark_complete
+from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import memfile
 from .blocknodes import add_overlay, overlay_nodes, top_nodes
 from .create_plan import AGENT_CHANNEL, DiskPlan, Plan, Step
 from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
-from .transaction import StepRunner, Transaction, remove_file
+from . import actions
+from .transaction import StepRunner, Transaction
 
 JOB_TIMEOUT = 3600.0
 
@@ -45,7 +46,6 @@ class CreateExecution:
         self.ctx = ctx
         self.plan = plan
         self.progress = progress
-        self.txn = Transaction()
         self.mon = mon
         """The open operations monitor of a running domain (the caller's)."""
         self.nodes: dict[str, str] = {}
@@ -64,6 +64,13 @@ class CreateExecution:
         """What ``domstate --reason`` says after a HALT step (``saved`` for virsh save)."""
         self.resume_on_restore = resume_on_restore
         """The memory file header's "was running": the state a restore goes back to."""
+        op = "save" if halt_reason == "saved" else "snapshot-create"
+        self.txn = Transaction(actions.ActionEnv(ctx, self._current_monitor), op)
+        self.overlay_undos: dict[str, list[actions.Action]] = {}
+        """Per disk: the undos that stop applying once QEMU writes to its overlay."""
+
+    async def _current_monitor(self) -> qmp.Monitor | None:
+        return self.mon if self.online else None
 
     # -- driver ------------------------------------------------------------------
 
@@ -72,6 +79,7 @@ class CreateExecution:
         self.preflight()
         started = time.monotonic()
         if not self.online:
+            await self._check_internal_names()
             await self.txn.attempt(self._steps)
         else:
             mon = self.monitor
@@ -91,6 +99,7 @@ class CreateExecution:
 
     async def _online_steps(self) -> None:
         self.nodes = await top_nodes(self.monitor)
+        await self._check_internal_names()
         try:
             await self._steps()
             await self._complete_memory_file()  # with NO_METADATA no step did it
@@ -100,8 +109,8 @@ class CreateExecution:
                 self.memory_fd = None
 
     async def _steps(self) -> None:
-        await StepRunner({step: partial(method, self) for step, method in STEPS.items()}
-                         ).run(self.plan.steps)
+        await StepRunner({step: partial(method, self) for step, method in STEPS.items()},
+                         self.txn.op).run(self.plan.steps)
 
     async def _complete_memory_file(self) -> None:
         """Flush the memory file and mark it complete.
@@ -130,6 +139,28 @@ class CreateExecution:
                 raise OperationFailedError(f"directory '{mem.parent}' for the memory "
                                            "snapshot does not exist")
 
+    async def _check_internal_names(self) -> None:
+        """Refuse a name an image already holds: the undo of taking the internal
+        snapshot deletes it by name, and must never delete someone else's."""
+        held = await (self._held_online() if self.online else self._held_offline())
+        for d in self.internal():
+            if self.plan.name in held.get(d.target, ()):
+                raise OperationInvalidError(
+                    f"internal snapshot '{self.plan.name}' already exists in image "
+                    f"'{d.source}' (disk {d.target})")
+
+    async def _held_offline(self) -> dict[str, set[str]]:
+        return {d.target: {s.name for s in await qemuimg.snapshot_list(d.source or "")}
+                for d in self.internal()}
+
+    async def _held_online(self) -> dict[str, set[str]]:
+        if not self.internal():
+            return {}
+        nodes = {n["node-name"]: n.get("image", {}) for n in await self.monitor.execute(
+            "query-named-block-nodes", {"flat": True})}
+        return {d.target: {s.get("name") for s in nodes.get(self.nodes.get(d.target, ""), {})
+                           .get("snapshots", ())} for d in self.internal()}
+
     # -- helpers -----------------------------------------------------------------
 
     def external(self) -> list[DiskPlan]:
@@ -148,19 +179,18 @@ class CreateExecution:
     async def qemu_img_snapshot(self) -> None:
         for d in self.internal():
             assert d.source is not None
+            self.txn.on_undo(actions.qemu_img_snapshot_delete(d.source, self.plan.name))
             await qemuimg.snapshot_create(d.source, self.plan.name)
-            self.txn.on_undo(f"internal snapshot in {d.source}",
-                             partial(qemuimg.snapshot_delete, d.source, self.plan.name))
 
     async def qemu_img_create(self) -> None:
         for d in self.external():
             assert d.file is not None and d.source is not None
-            self.txn.on_undo(f"overlay {d.file}", partial(self._drop_overlay_file, d))
+            if not self.plan.flags.reuse_ext:
+                self._overlay_undo(d, actions.remove_file(d.file, "overlay"))
             await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
 
-    async def _drop_overlay_file(self, d: DiskPlan) -> None:
-        if d.target not in self.switched and not self.plan.flags.reuse_ext:
-            Path(d.file or "").unlink(missing_ok=True)
+    def _overlay_undo(self, d: DiskPlan, action: actions.Action) -> None:
+        self.overlay_undos.setdefault(d.target, []).append(self.txn.on_undo(action))
 
     async def check_reused_overlays(self) -> None:
         for d in self.external():
@@ -174,14 +204,13 @@ class CreateExecution:
             await self._add_overlay_nodes()
 
     async def switch_definition(self) -> None:
-        self.txn.on_undo("the domain definition", self._restore_definition)
-        self.ctx.save_definition(self.before.with_disk_sources(
-            {d.target: (d.file or "", "qcow2") for d in self.external()}))
+        if not self.switched:  # once QEMU writes to the overlays they are the truth
+            self.txn.on_undo(actions.write_definition(self.before))
+        self.ctx.save_definition(self._on_overlays())
 
-    async def _restore_definition(self) -> None:
-        if self.switched:
-            return  # QEMU writes to the overlays now: the new definition is the truth
-        self.ctx.save_definition(self.before)
+    def _on_overlays(self) -> DomainDef:
+        return self.before.with_disk_sources(
+            {d.target: (d.file or "", "qcow2") for d in self.external()})
 
     # -- online steps ----------------------------------------------------------------
 
@@ -191,12 +220,11 @@ class CreateExecution:
 
     async def _add_overlay_nodes(self) -> None:
         for d in self.external():
-            node = await add_overlay(self.monitor, d.target, d.file or "")
-            self.txn.on_undo(f"block node {node}", partial(self._drop_overlay_node, d, node))
-
-    async def _drop_overlay_node(self, d: DiskPlan, node: str) -> None:
-        if d.target not in self.switched:
-            await self.monitor.execute("blockdev-del", {"node-name": node})
+            fmt, file = overlay_nodes(d.target, d.file or "")
+            for node in (file, fmt):
+                self._overlay_undo(d, actions.qmp_command(
+                    f"block node {node}", "blockdev-del", {"node-name": node}))
+            await add_overlay(self.monitor, d.target, d.file or "")
 
     async def leave_postmigrate(self) -> None:
         """Bring a paused guest out of ``postmigrate``, where an earlier memory save
@@ -207,28 +235,29 @@ class CreateExecution:
         await self.monitor.execute("stop")
 
     async def pause(self) -> None:
+        self.txn.on_undo(actions.resume_guest())
         await self.monitor.execute("stop")
-        self.txn.on_undo("the guest pause", partial(ensure_running, self.monitor))
 
     async def resume(self) -> None:
         await self.monitor.execute("cont")
 
     async def snapshot_save(self) -> None:
         devices = [self.nodes[d.target] for d in self.internal()]
+        self.txn.on_undo(actions.qmp_job(f"internal snapshot {self.plan.name}",
+                                         "snapshot-delete",
+                                         {"tag": self.plan.name, "devices": devices}))
+        self.txn.on_undo(actions.wait_jobs())  # a dead process's save runs to its end first
         await qmp.run_job(self.monitor, "snapshot-save", {
             "tag": self.plan.name, "vmstate": devices[0], "devices": devices},
             f"qdriver-save-{self.created}", JOB_TIMEOUT,
             ProgressMeter("snapshot-save", self.progress))
-        self.txn.on_undo(f"internal snapshot {self.plan.name}", partial(
-            qmp.run_job, self.monitor, "snapshot-delete",
-            {"tag": self.plan.name, "devices": devices}, f"qdriver-undo-{self.created}", 60))
 
     async def hmp_savevm(self) -> None:
-        out = await self.monitor.hmp(f"savevm {self.plan.name}", JOB_TIMEOUT)
+        name = hmp_word(self.plan.name)
+        self.txn.on_undo(actions.hmp(f"internal snapshot {self.plan.name}", f"delvm {name}"))
+        out = await self.monitor.hmp(f"savevm {name}", JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
             raise OperationFailedError(f"savevm failed: {out.strip()}")
-        self.txn.on_undo(f"internal snapshot {self.plan.name}",
-                         partial(self.monitor.hmp, f"delvm {self.plan.name}"))
 
     async def transaction_internal(self) -> None:
         """Internal disk snapshots only, taken before a migration inactivates the images."""
@@ -240,34 +269,38 @@ class CreateExecution:
             s in self.plan.steps for s in internal_elsewhere))
 
     async def _transaction(self, external: bool, internal: bool) -> None:
-        actions: list[dict[str, object]] = []
+        todo: list[dict[str, object]] = []
+        for d in self.plan.disks:
+            if d.snapshot == "internal" and internal:
+                self.txn.on_undo(actions.qmp_command(
+                    f"internal snapshot of {d.target}", "blockdev-snapshot-delete-internal-sync",
+                    {"device": self.nodes[d.target], "name": self.plan.name}))
         for d in self.plan.disks:
             if d.snapshot == "external" and external:
-                actions.append({"type": "blockdev-snapshot", "data": {
+                todo.append({"type": "blockdev-snapshot", "data": {
                     "node": self.nodes[d.target],
                     "overlay": overlay_nodes(d.target, d.file or "")[0]}})
             elif d.snapshot == "internal" and internal:
-                actions.append({"type": "blockdev-snapshot-internal-sync", "data": {
+                todo.append({"type": "blockdev-snapshot-internal-sync", "data": {
                     "device": self.nodes[d.target], "name": self.plan.name}})
-        await self.monitor.execute("transaction", {"actions": actions})
-        # Once the overlays are the active layers the guest writes into them, so
-        # the external part is not undone (that would need a block-commit).
-        # Internal snapshots taken here are.
-        for d in self.plan.disks:
-            if d.snapshot == "external" and external:
-                self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
-                self.switched.add(d.target)
-            elif d.snapshot == "internal" and internal:
-                self.txn.on_undo(f"internal snapshot of {d.target}", partial(
-                    self.monitor.execute, "blockdev-snapshot-delete-internal-sync",
-                    {"device": self.nodes[d.target], "name": self.plan.name}))
+        switching = [d for d in self.external() if external]
+        if switching:
+            # Once the overlays are the active layers the guest writes into them, so
+            # the external part is never undone (that would need a block-commit):
+            # whatever happens next, the definition must name them.
+            self.txn.on_undo(actions.follow_overlays({d.target: d.file or "" for d in switching}))
+        await self.monitor.execute("transaction", {"actions": todo})
+        for d in switching:
+            self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
+            self.switched.add(d.target)
+            self.txn.discard(*self.overlay_undos.pop(d.target, []))
 
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
 
     async def migrate_live(self) -> None:
         # pre-copy ends with the guest paused
-        self.txn.on_undo("the guest pause", partial(ensure_running, self.monitor))
+        self.txn.on_undo(actions.resume_guest())
         await self._migrate(background=False)
 
     async def migrate_background(self) -> None:
@@ -277,14 +310,18 @@ class CreateExecution:
         path = self.plan.memory_file or ""
         was_running = self.resume_on_restore if self.resume_on_restore is not None else \
             self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
-        # O_EXCL: never take over (and on undo remove) a file someone else made
+        # O_EXCL: never take over (and on undo remove) a file someone else made;
+        # the undo is recorded first, so it can name a file that never came to be
+        if Path(path).exists():
+            raise OperationFailedError(f"memory snapshot file '{path}' already exists")
+        self.txn.on_undo(actions.remove_file(path, "memory file"))
         self.memory_fd = memfile.create(path, self.before.to_xml(), "<cookie/>", was_running)
-        self.txn.on_undo(f"memory file {path}", partial(remove_file, path))
+        self.txn.on_undo(actions.cancel_migration())
         await memfile.save(self.monitor, self.memory_fd, background,
                            ProgressMeter("memory", self.progress), resume=self.plan.resume)
 
     async def agent_freeze(self) -> None:
-        self.txn.on_undo("the guest filesystem freeze", self._thaw_if_frozen)
+        self.txn.on_undo(actions.thaw(self._agent_path()))
         await agent.fsfreeze(self._agent_path())
         self.frozen = True
 
@@ -303,11 +340,16 @@ class CreateExecution:
         raise ConfigUnsupportedError("QEMU guest agent is not configured")
 
     async def halt(self) -> None:
+        """Stop QEMU: the point of no return (the memory file is complete and
+        the metadata written by now, see the plan's order)."""
+        await self._complete_memory_file()
+        self.txn.commit([actions.stop_qemu(self.halt_reason)])
         await self.ctx.stop(self.halt_reason)
 
     async def write_metadata(self) -> None:
         await self._complete_memory_file()
         store = self.ctx.snapshot_store()
+        self.txn.on_undo(actions.restore_dir(store.dir, f"the metadata of {self.plan.name}"))
         meta.add(store, store.load(), self.record())
 
     async def redefine_metadata(self) -> None:
@@ -329,6 +371,16 @@ class CreateExecution:
                               "qcow2" if d.file else None) for d in self.plan.disks]
         return replace(self.plan.definition, disks=disks, creation_time=self.created,
                        domain=self.before.root_copy(), parent=None, active=False)
+
+
+def hmp_word(name: str) -> str:
+    """A snapshot name as one HMP argument: HMP splits on blanks and reads
+    quotes and backslashes, so names with those cannot go through HMP."""
+    if not name or any(c.isspace() or c in "\"'\\" for c in name):
+        raise ConfigUnsupportedError(
+            f"snapshot name '{name}' cannot be passed to this QEMU's savevm/loadvm "
+            "(it lacks snapshot-save): use a name without blanks, quotes or backslashes")
+    return name
 
 
 def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:

@@ -378,10 +378,10 @@ def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...]
         if running and memory != "no" and not manual and not flags.halt and \
                 live != "background":
             steps.append(Step.RESUME)
-        if flags.halt:
-            steps.append(Step.HALT)
     if not flags.no_metadata:
         steps.append(Step.WRITE_METADATA)
+    if online and flags.halt:  # last: stopping QEMU is the point of no return
+        steps.append(Step.HALT)
     return tuple(steps)
 
 

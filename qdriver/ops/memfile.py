@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import anyio
 from qemu.qmp import EventListener
 
-from .. import domstate, qmp
+from .. import domstate, faults, qmp
 from ..errors import OperationFailedError, QDriverError
 from ..saveimage import SaveHeader, read_header, write_header
 from .progress import ProgressMeter
@@ -79,6 +79,8 @@ async def _wait(mon: qmp.Monitor, events: EventListener, poll: Poll, what: str) 
     while True:
         info = await mon.execute("query-migrate")
         status = str(info.get("status"))
+        if status == "active":
+            faults.point("memfile:migrating")
         await poll(info)
         if status == "completed":
             return

@@ -25,10 +25,11 @@ from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import memfile
 from .blocknodes import top_nodes
-from .create_exec import JOB_TIMEOUT
+from .create_exec import JOB_TIMEOUT, hmp_word
 from .progress import ProgressFn, ProgressMeter
 from .revert_plan import RevertPlan, RevertStep
-from .transaction import StepRunner, Transaction, remove_file
+from . import actions
+from .transaction import StepRunner, Transaction
 
 
 class RevertExecution:
@@ -40,7 +41,8 @@ class RevertExecution:
         self.plan = plan
         self.next_id = next_id
         self.progress = progress
-        self.txn = Transaction()
+        self.txn = Transaction(actions.ActionEnv(ctx, self._current_monitor),
+                               "snapshot-revert" if plan.name else "restore")
         self.before = ctx.definition
         self.sources = {d.target: d.source or "" for d in plan.definition.disks}
         """The snapshot-time images, by target."""
@@ -65,9 +67,12 @@ class RevertExecution:
         self.preflight()
         async with self.stack:
             table = {step: partial(method, self) for step, method in STEPS.items()}
-            await self.txn.attempt(partial(StepRunner(table).run, self.plan.steps))
+            await self.txn.attempt(partial(StepRunner(table, self.txn.op).run, self.plan.steps))
             if self.ctx.record is not None and self.mon is not None:
                 await self.ctx.sync_run_state(self.mon)
+
+    async def _current_monitor(self) -> qmp.Monitor | None:
+        return await self.monitor() if self.ctx.record is not None else None
 
     async def monitor(self) -> qmp.Monitor:
         """The monitor of the QEMU that runs now (reopened after a restart)."""
@@ -94,25 +99,22 @@ class RevertExecution:
         stamp = int(time.time())
         for target, image, fmt in self.plan.overlays:
             path = _free_name(image, stamp)
+            self.txn.on_undo(actions.remove_file(path, "revert overlay"))
             await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
-            self.txn.on_undo(f"revert overlay {path}", partial(remove_file, path))
             self.new_overlays[target] = path
         self.definition = self.definition.with_disk_sources(
             {t: (p, "qcow2") for t, p in self.new_overlays.items()})
 
     async def switch_definition(self) -> None:
-        self.txn.on_undo("the domain definition", self._restore_definition)
+        self.txn.on_undo(actions.write_definition(self.before))
         self.ctx.save_definition(self.definition)
 
-    async def _restore_definition(self) -> None:
-        self.ctx.save_definition(self.before)
-
     async def start_paused(self) -> None:
-        self.txn.on_undo("the QEMU started for the revert", self._stop_started)
+        self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
         self.mon = await start_qemu(self.ctx, self.next_id, paused=True, keep=self.stack)
 
     async def start_incoming(self) -> None:
-        self.txn.on_undo("the QEMU started for the revert", self._stop_started)
+        self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
         self.mon = await start_qemu(self.ctx, self.next_id, paused=True, incoming=True,
                                     keep=self.stack)
 
@@ -134,8 +136,7 @@ class RevertExecution:
         self.replaced = [d.source for d in snap.revert_disks or () if d.source]
         disks = [SnapshotDisk(t, "external", "file", p, "qcow2")
                  for t, p in self.new_overlays.items()]
-        self.txn.on_undo(f"the metadata of snapshot {self.plan.name}",
-                         partial(_rewrite, store, snap, tree.current == snap.name))
+        self.txn.on_undo(actions.restore_dir(store.dir, "the snapshot metadata"))
         store.write(replace(snap, revert_disks=disks), tree.current == snap.name)
 
     async def drop_discarded(self) -> None:
@@ -143,26 +144,39 @@ class RevertExecution:
         any more: the state they held is what this revert discards."""
         named = _named_files(self.ctx.snapshot_store().load()) | {
             d.source for d in self.definition.disks if d.source}
-        for path in self.replaced:
-            if path not in named:
-                Path(path).unlink(missing_ok=True)
+        dropped = [p for p in self.replaced if p not in named]
+        # the point of no return: the metadata no longer names these files
+        self.txn.commit([*(actions.remove_file(p, "discarded overlay") for p in dropped),
+                         *self._managed_save_removal()])
+        for path in dropped:
+            Path(path).unlink(missing_ok=True)
+
+    def _managed_save_removal(self) -> list[actions.Action]:
+        if RevertStep.REMOVE_MANAGED_SAVE not in self.plan.steps:
+            return []
+        return [actions.remove_file(str(self.ctx.paths.managed_save), "managed save")]
+
+    def _restore_finish(self) -> list[actions.Action]:
+        """What a restore does once past its point of no return."""
+        resume = [actions.resume_guest()] if RevertStep.RESUME in self.plan.steps else []
+        return [*self._managed_save_removal(), *resume]
 
     async def remove_managed_save(self) -> None:
+        if not self.txn.committed:
+            # the guest loaded from the managed save must never load twice
+            self.txn.commit(self._restore_finish())
         self.ctx.paths.managed_save.unlink(missing_ok=True)
 
-    async def _stop_started(self) -> None:
-        if self.ctx.record is not None:
-            await self.stop()
-
     async def pause(self) -> None:
+        self.txn.on_undo(actions.resume_guest())
         await (await self.monitor()).execute("stop")
-        self.txn.on_undo("the guest pause", self.resume)
 
     async def snapshot_load(self) -> None:
         mon = await self.monitor()
         nodes = await top_nodes(mon)
         devices = [nodes[t] for t in self.plan.internal_disks]
         vmstate = await self._vmstate_node(nodes)
+        self.txn.on_undo(actions.wait_jobs())
         await qmp.run_job(mon, "snapshot-load", {
             "tag": self.plan.name, "vmstate": vmstate, "devices": devices},
             f"qdriver-load-{int(time.time())}", JOB_TIMEOUT,
@@ -185,11 +199,16 @@ class RevertExecution:
         return nodes[holders[0]]
 
     async def hmp_loadvm(self) -> None:
-        out = await (await self.monitor()).hmp(f"loadvm {self.plan.name}", JOB_TIMEOUT)
+        out = await (await self.monitor()).hmp(f"loadvm {hmp_word(self.plan.name)}",
+                                               JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
             raise OperationFailedError(f"loadvm failed: {out.strip()}")
 
     async def resume(self) -> None:
+        if self.plan.is_restore and not self.txn.committed:
+            # a restored guest that ran has changed its disks: the save file no
+            # longer matches them, so from here the restore only goes forward
+            self.txn.commit(self._restore_finish())
         await domstate.ensure_running(await self.monitor())
 
     async def set_current(self) -> None:
@@ -207,10 +226,6 @@ def _free_name(image: str, stamp: int) -> str:
         n += 1
         path = f"{base}.{n}"
     return path
-
-
-async def _rewrite(store: meta.SnapshotStore, snap: SnapshotDef, active: bool) -> None:
-    store.write(snap, active)
 
 
 def _named_files(tree: meta.SnapshotTree) -> set[str]:

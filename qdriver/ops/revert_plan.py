@@ -88,6 +88,11 @@ class RevertPlan:
     """(target, image, format): a new overlay goes on each snapshot-time image."""
     memory_file: str | None = None
 
+    @property
+    def is_restore(self) -> bool:
+        """A restore from a save file (no snapshot to go back to)."""
+        return not self.name
+
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "mechanism": self.mechanism, "state": self.state,
                 "steps": [str(s) for s in self.steps],
@@ -141,9 +146,10 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
 
 
 def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
-                 flags: RevertFlags = RevertFlags()) -> RevertPlan:
+                 flags: RevertFlags = RevertFlags(), managed_save: bool = False) -> RevertPlan:
     """Restore from a save file: the same incoming path as an external revert, with the
-    definition the file carries and no snapshot to make current."""
+    definition the file carries and no snapshot to make current.  A managed save
+    is removed once loaded, before the guest runs (and changes its disks)."""
     if flags.running and flags.paused:
         raise InvalidArgError("Flags 'VIR_DOMAIN_SAVE_RUNNING' and 'VIR_DOMAIN_SAVE_PAUSED' "
                               "are mutually exclusive")
@@ -151,6 +157,7 @@ def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
         else "paused"
     S = RevertStep
     steps = (S.CHECK_MEMORY_FILE, S.START_INCOMING, S.LOAD_MEMORY_FILE,
+             *([S.REMOVE_MANAGED_SAVE] if managed_save else []),
              *([S.RESUME] if final == "running" else []))
     return RevertPlan("", "incoming", final, steps, definition, (), (), memory_file)
 

@@ -8,6 +8,7 @@ instead of a hang.
 from __future__ import annotations
 
 import os
+import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, ContextManager, Mapping
@@ -60,8 +61,24 @@ class Monitor:
         return self.client.listener(names)
 
 
+def _check_private_parent(path: Path) -> None:
+    """A socket in a directory others can write to may be a fake QEMU's (a
+    symlinked directory is checked as its link, and refused)."""
+    try:
+        st = os.lstat(path.parent)
+    except OSError as e:
+        raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from e
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise MonitorConnectError(f"refusing QEMU monitor '{path}': its directory is not "
+                                  "this user's, or others may write to it")
+
+
 async def connect(path: Path, timeout: float = 5.0) -> Monitor:
-    """Connect to a QMP socket and negotiate capabilities, within ``timeout``."""
+    """Connect to a QMP socket and negotiate capabilities, within ``timeout``.
+
+    The socket's directory must be private to this user (see `_check_private_parent`).
+    """
+    _check_private_parent(path)
     client = QMPClient(os.path.basename(str(path)))
     try:
         with anyio.fail_after(timeout):

@@ -1,0 +1,254 @@
+"""Carry out a journal `Action`: the same code undoes a step in the failing process
+and in the process that recovers from a dead one.
+
+Every action is safe to run twice and safe to run when its side effect never
+happened (the process may have died between recording the action and doing
+the step), so each one checks before it acts: a file that is not there, a
+QEMU that is gone, a migration that is not active, are all fine.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+from .. import agent, domstate, process, qemuimg, qmp
+from ..journal import Action, ActionKind
+from ..opcontext import OpContext
+from ..statestore import atomic_write, fsync_dir
+from ..xml.domain import DomainDef
+
+MonitorFn = Callable[[], Awaitable["qmp.Monitor | None"]]
+JOB_WAIT = 600.0
+"""How long recovery waits for a QEMU job a dead process started (a snapshot save)."""
+
+
+@dataclass
+class ActionEnv:
+    """What an action works on: the domain's state under the lock, and its QEMU."""
+
+    ctx: OpContext
+    monitor: MonitorFn
+    """The running QEMU's monitor, or None when there is no QEMU."""
+
+
+async def run(env: ActionEnv, action: Action) -> None:
+    """Run one action."""
+    await ACTIONS[action.kind](env, action.args)
+
+
+def dir_snapshot(directory: Path) -> dict[str, str]:
+    """The ``*.xml`` files of a metadata directory, for a `RESTORE_DIR` action."""
+    if not directory.is_dir():
+        return {}
+    return {f.name: f.read_text() for f in sorted(directory.glob("*.xml"))}
+
+
+async def _remove_file(env: ActionEnv, args: dict[str, Any]) -> None:
+    Path(args["path"]).unlink(missing_ok=True)
+
+
+async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:
+    directory = Path(args["path"])
+    files: dict[str, str] = args["files"]
+    if directory.is_dir():
+        for f in directory.glob("*.xml"):
+            if f.name not in files:
+                f.unlink()
+    for name, content in files.items():
+        atomic_write(directory / name, content, sync_dir=False)
+    if directory.is_dir():
+        fsync_dir(directory)
+
+
+async def _write_definition(env: ActionEnv, args: dict[str, Any]) -> None:
+    env.ctx.save_definition(DomainDef.parse(args["xml"]))
+
+
+async def _follow_overlays(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Point the definition at each new overlay QEMU already writes to (a
+    transaction that went through cannot be taken back; one QEMU refused
+    changed nothing)."""
+    mon = await env.monitor()
+    if mon is None:
+        return
+    active = {_qdev_id(b.get("qdev", "")): b.get("inserted", {}).get("file")
+              for b in await mon.execute("query-block")}
+    switched = {t: (f, "qcow2") for t, f in args["overlays"].items() if active.get(t) == f}
+    if switched:
+        env.ctx.save_definition(env.ctx.definition.with_disk_sources(switched))
+
+
+def _qdev_id(qdev: str) -> str:
+    """``/machine/peripheral/vda/virtio-backend`` -> ``vda``."""
+    parts = qdev.split("/")
+    return parts[3] if len(parts) > 3 and parts[2] == "peripheral" else qdev
+
+
+async def _resume_guest(env: ActionEnv, args: dict[str, Any]) -> None:
+    mon = await env.monitor()
+    if mon is not None:
+        await domstate.ensure_running(mon)
+
+
+async def _cancel_migration(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Stop a migration to a file that its process no longer follows."""
+    mon = await env.monitor()
+    if mon is None:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = (await mon.execute("query-migrate")).get("status")
+        if status in (None, "none", "completed", "failed", "cancelled"):
+            return
+        if status != "cancelling":
+            await mon.execute("migrate_cancel")
+        await anyio.sleep(0.02)
+
+
+async def _wait_jobs(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Let qdriver's QEMU jobs a dead process started conclude, and dismiss them."""
+    mon = await env.monitor()
+    if mon is None:
+        return
+    deadline = time.monotonic() + JOB_WAIT
+    while time.monotonic() < deadline:
+        jobs = [j for j in await mon.execute("query-jobs")
+                if str(j.get("id", "")).startswith("qdriver-")]
+        for job in jobs:
+            if job.get("status") == "concluded":
+                await mon.execute("job-dismiss", {"id": job["id"]})
+        if all(j.get("status") == "concluded" for j in jobs):
+            return
+        await anyio.sleep(0.05)
+
+
+async def _qmp(env: ActionEnv, args: dict[str, Any]) -> None:
+    mon = await env.monitor()
+    if mon is not None:
+        await mon.execute(args["command"], args.get("arguments") or None)
+
+
+async def _qmp_job(env: ActionEnv, args: dict[str, Any]) -> None:
+    mon = await env.monitor()
+    if mon is not None:
+        await qmp.run_job(mon, args["command"], args.get("arguments", {}),
+                          f"qdriver-undo-{int(time.time() * 1000)}", 60)
+
+
+async def _hmp(env: ActionEnv, args: dict[str, Any]) -> None:
+    mon = await env.monitor()
+    if mon is not None:
+        await mon.hmp(args["command"])
+
+
+async def _qemu_img_snapshot_delete(env: ActionEnv, args: dict[str, Any]) -> None:
+    if Path(args["image"]).exists():
+        await qemuimg.snapshot_delete(args["image"], args["name"])
+
+
+async def _thaw(env: ActionEnv, args: dict[str, Any]) -> None:
+    if await env.monitor() is not None:
+        await agent.fsthaw(Path(args["path"]))
+
+
+async def _stop_qemu(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Stop the QEMU the operation started, recorded or not yet."""
+    ctx = env.ctx
+    if ctx.record is not None:
+        await ctx.stop(args.get("reason", "destroyed"))
+        return
+    pid = _pid(ctx.paths.pidfile)
+    if pid is not None and process.is_alive(pid, str(ctx.paths.pidfile)):
+        await process.terminate(pid, grace=1.0)
+    ctx.runtime.cleanup()
+
+
+def _pid(pidfile: Path) -> process.ProcessId | None:
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+    start = process.start_time(pid)
+    return process.ProcessId(pid, start) if start is not None and pid != os.getpid() else None
+
+
+ACTIONS: dict[ActionKind, Callable[[ActionEnv, dict[str, Any]], Awaitable[None]]] = {
+    ActionKind.REMOVE_FILE: _remove_file,
+    ActionKind.RESTORE_DIR: _restore_dir,
+    ActionKind.WRITE_DEFINITION: _write_definition,
+    ActionKind.FOLLOW_OVERLAYS: _follow_overlays,
+    ActionKind.RESUME_GUEST: _resume_guest,
+    ActionKind.CANCEL_MIGRATION: _cancel_migration,
+    ActionKind.WAIT_JOBS: _wait_jobs,
+    ActionKind.QMP: _qmp,
+    ActionKind.QMP_JOB: _qmp_job,
+    ActionKind.HMP: _hmp,
+    ActionKind.QEMU_IMG_SNAPSHOT_DELETE: _qemu_img_snapshot_delete,
+    ActionKind.THAW: _thaw,
+    ActionKind.STOP_QEMU: _stop_qemu,
+}
+
+
+# -- constructors, so executions name what they record ----------------------------
+
+def remove_file(path: str, what: str = "file") -> Action:
+    return Action(ActionKind.REMOVE_FILE, f"{what} {path}", {"path": path})
+
+
+def restore_dir(directory: Path, what: str) -> Action:
+    return Action(ActionKind.RESTORE_DIR, what,
+                  {"path": str(directory), "files": dir_snapshot(directory)})
+
+
+def write_definition(definition: DomainDef, what: str = "the domain definition") -> Action:
+    return Action(ActionKind.WRITE_DEFINITION, what, {"xml": definition.to_xml()})
+
+
+def follow_overlays(overlays: dict[str, str]) -> Action:
+    return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's switch to the new overlays",
+                  {"overlays": overlays})
+
+
+def resume_guest() -> Action:
+    return Action(ActionKind.RESUME_GUEST, "the guest pause")
+
+
+def cancel_migration() -> Action:
+    return Action(ActionKind.CANCEL_MIGRATION, "the migration to the memory file")
+
+
+def wait_jobs() -> Action:
+    return Action(ActionKind.WAIT_JOBS, "QEMU jobs in progress")
+
+
+def qmp_command(what: str, command: str, arguments: dict[str, Any]) -> Action:
+    return Action(ActionKind.QMP, what, {"command": command, "arguments": arguments})
+
+
+def qmp_job(what: str, command: str, arguments: dict[str, Any]) -> Action:
+    return Action(ActionKind.QMP_JOB, what, {"command": command, "arguments": arguments})
+
+
+def hmp(what: str, command: str) -> Action:
+    return Action(ActionKind.HMP, what, {"command": command})
+
+
+def qemu_img_snapshot_delete(image: str, name: str) -> Action:
+    return Action(ActionKind.QEMU_IMG_SNAPSHOT_DELETE, f"internal snapshot in {image}",
+                  {"image": image, "name": name})
+
+
+def thaw(path: Path) -> Action:
+    return Action(ActionKind.THAW, "the guest filesystem freeze", {"path": str(path)})
+
+
+def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Action:
+    return Action(ActionKind.STOP_QEMU, what, {"reason": reason})
+
+
+__all__ = ["ActionEnv", "run", "ACTIONS", "dir_snapshot"]

@@ -1,0 +1,95 @@
+"""Finish what a dead process left half-done, from the journal it left behind.
+
+`Domain.operation` calls `recover` right after it takes the domain lock.  A
+journal found then belongs to an operation whose process died (holding the
+lock, it would still be in the operation): its actions run newest first,
+which rolls the operation back, or forward once it had passed its point of
+no return.  What was found and done is logged on the ``qdriver`` logger (the
+CLI prints it) and returned.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from . import qmp
+from .errors import QDriverError
+from .journal import Journal
+from .ops import actions
+from .opcontext import OpContext, read_definition
+from .paths import DomainPaths
+from .runtime import Runtime
+
+log = logging.getLogger("qdriver")
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found and did."""
+
+    domain: str
+    operation: str
+    direction: str
+    """``rolled back`` or ``rolled forward``."""
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        done = "; ".join(self.done) or "nothing was left to undo"
+        failed = f"; could not take back: {'; '.join(self.failed)}" if self.failed else ""
+        return (f"domain '{self.domain}': recovered the interrupted {self.operation}, "
+                f"{self.direction}: {done}{failed}")
+
+
+async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
+                  ) -> RecoveryReport | None:
+    """Run a dead operation's journal (the caller holds the domain lock)."""
+    journal = Journal(paths.journal)
+    found = journal.load()
+    if found is None:
+        return None
+    ctx = OpContext(paths, read_definition(paths, name, uuid), runtime,
+                    await runtime.reconcile())
+    report = RecoveryReport(name, found.describe(),
+                            "rolled forward" if found.committed else "rolled back")
+    async with AsyncExitStack() as stack:
+        mon: list[qmp.Monitor | None] = []
+
+        async def monitor() -> qmp.Monitor | None:
+            if not mon:
+                mon.append(await _connect(ctx, stack))
+            return mon[0]
+
+        env = actions.ActionEnv(ctx, monitor)
+        for action in reversed(found.steps()):
+            try:
+                await actions.run(env, action)
+                report.done.append(f"{action.kind} ({action.what})")
+            except (QDriverError, OSError) as e:
+                report.failed.append(f"{action.what}: {e}")
+        if mon and mon[0] is not None:
+            await ctx.sync_run_state(mon[0])
+    paths.journal.unlink(missing_ok=True)
+    log.warning("%s", report)
+    return report
+
+
+async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
+    if ctx.record is None:
+        return None
+    try:
+        return await stack.enter_async_context(qmp.open_monitor(ctx.paths.qmp))
+    except qmp.MonitorConnectError:
+        return None
+
+
+def interrupted(paths: DomainPaths) -> str | None:
+    """The operation a dead process left in the journal, if any (reads only)."""
+    found = Journal(paths.journal).load()
+    if found is None or found.owner_alive:
+        return None
+    return found.describe()
+
+
+__all__ = ["recover", "interrupted", "RecoveryReport"]
