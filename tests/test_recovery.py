@@ -209,7 +209,7 @@ async def test_revert_killed_at_every_point(running_guest: tuple[Path, Path],
 
 async def test_start_killed_at_every_point(running_guest: tuple[Path, Path],
                                            tmp_path: Path) -> None:
-    state_dir, work = running_guest
+    state_dir, _ = running_guest
     ok(state_dir, "destroy", "guest")
     points = points_of(state_dir, tmp_path, "start", "guest")
     assert "launch:spawned" in points
@@ -229,7 +229,7 @@ async def test_shutdown_killed_while_waiting(running_guest: tuple[Path, Path]) -
 
 async def test_metadata_change_killed_half_way(running_guest: tuple[Path, Path],
                                                tmp_path: Path) -> None:
-    state_dir, work = running_guest
+    state_dir, _ = running_guest
     for name in ("a", "b", "c"):
         ok(state_dir, "snapshot-create-as", "guest", name)
     points = points_of(state_dir, tmp_path, "snapshot-current", "guest", "a")

@@ -22,7 +22,7 @@ from ..errors import OperationFailedError, SystemError_
 from ..launch import start_qemu
 from ..opcontext import OpContext
 from ..xml.domain import DomainDef
-from ..xml.snapshot import SnapshotDef, SnapshotDisk
+from ..xml.snapshot import SnapshotDisk
 from . import memfile
 from .blocknodes import top_nodes
 from .create_exec import JOB_TIMEOUT, hmp_word
