@@ -19,12 +19,14 @@ from . import domstate, faults, process, qmp, recovery
 from . import snapshot_tree as meta
 from .domstate import DomainState
 from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError,
-                     NoSupportError, OperationInvalidError, ShutdownTimeoutError)
+                     OperationInvalidError, ShutdownTimeoutError)
 from .launch import start_qemu
 from .opcontext import OpContext, read_definition
 from .ops import memfile
 from .ops.create_exec import CreateExecution
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
+from .ops.delete_exec import DeleteExecution, image_graph
+from .ops.delete_plan import DeleteFlags, DeletePlan, ImageGraph, plan_delete, victims
 from .ops.hostprobe import probe
 from .ops.progress import ProgressFn
 from .ops.revert_exec import RevertExecution
@@ -122,7 +124,7 @@ class Domain:
 
     def interrupted_operation(self) -> str | None:
         """An operation whose process died mid-way, until the next change recovers it."""
-        return recovery.interrupted(self.paths)
+        return recovery.interrupted(self.paths, self.name)
 
     async def recover(self) -> recovery.RecoveryReport | None:
         """Recover an interrupted operation now (any locked operation does it too)."""
@@ -451,17 +453,31 @@ class Domain:
             return await self._plan_revert(ctx, mon, snapshot, flags)
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,
-                              children: bool = False, children_only: bool = False
-                              ) -> list[str]:
-        """Delete a snapshot (and its children if asked); returns the names removed."""
-        if not metadata_only:
-            raise NoSupportError("deleting snapshot data is not implemented yet; "
-                                 "use metadata_only=True (virsh --metadata)")
+                              children: bool = False, children_only: bool = False,
+                              progress: ProgressFn | None = None) -> list[str]:
+        """Delete a snapshot (and its children if asked) with its data: internal
+        snapshots, overlays merged with block-commit or ``qemu-img commit``,
+        memory files.  Returns the names removed."""
+        flags = DeleteFlags(children, children_only, metadata_only)
+        async with self.operation() as ctx, self._live_monitor(ctx) as mon:
+            plan = await self._plan_delete(ctx, mon, name, flags)
+            await DeleteExecution(ctx, plan, mon, progress).run()
+            return plan.names
+
+    async def plan_delete(self, name: str, metadata_only: bool = False, children: bool = False,
+                          children_only: bool = False) -> DeletePlan:
+        """What deleting would do (files committed, rebased, removed, kept), doing nothing."""
+        flags = DeleteFlags(children, children_only, metadata_only)
         async with self.operation() as ctx:
-            store = ctx.snapshot_store()
-            return await self._metadata_change(
-                ctx, "snapshot-delete", meta.remove_metadata, store, store.load(), name,
-                children, children_only)
+            return await self._plan_delete(ctx, None, name, flags)
+
+    async def _plan_delete(self, ctx: OpContext, mon: qmp.Monitor | None, name: str,
+                           flags: DeleteFlags) -> DeletePlan:
+        tree = ctx.snapshot_tree()
+        names = victims(tree, name, flags)
+        graph = await image_graph(ctx) if not flags.metadata_only else ImageGraph({})
+        return plan_delete(tree, ctx.definition, ctx.record is not None, names, graph,
+                           flags.metadata_only)
 
     async def _metadata_change(self, ctx: OpContext, op: str, change: Callable[..., T],
                                *args: object) -> T:

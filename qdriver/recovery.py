@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from . import qmp
 from .errors import QDriverError
 from .journal import Journal
-from .ops import actions
+from .ops import actions, delete_exec
 from .opcontext import OpContext, read_definition
 from .paths import DomainPaths
 from .runtime import Runtime
+from .snapshot_tree import SnapshotStore
 
 log = logging.getLogger("qdriver")
 
@@ -45,14 +46,16 @@ class RecoveryReport:
 async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
                   ) -> RecoveryReport | None:
     """Run a dead operation's journal (the caller holds the domain lock)."""
-    journal = Journal(paths.journal)
-    found = journal.load()
-    if found is None:
+    found = Journal(paths.journal).load()
+    store = SnapshotStore(paths.snapshots, name)
+    unfinished = delete_exec.marked(store.load())
+    if found is None and not unfinished:
         return None
     ctx = OpContext(paths, read_definition(paths, name, uuid), runtime,
                     await runtime.reconcile())
-    report = RecoveryReport(name, found.describe(),
-                            "rolled forward" if found.committed else "rolled back")
+    op = found.describe() if found else "snapshot-delete (marked in the metadata)"
+    report = RecoveryReport(name, op, "rolled forward" if found is None or found.committed
+                            else "rolled back")
     async with AsyncExitStack() as stack:
         mon: list[qmp.Monitor | None] = []
 
@@ -62,12 +65,18 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
             return mon[0]
 
         env = actions.ActionEnv(ctx, monitor)
-        for action in reversed(found.steps()):
+        for action in reversed(found.steps() if found else []):
             try:
                 await actions.run(env, action)
                 report.done.append(f"{action.kind} ({action.what})")
             except (QDriverError, OSError) as e:
                 report.failed.append(f"{action.what}: {e}")
+        try:
+            deleted = await delete_exec.finish(ctx, await monitor())
+            if deleted:
+                report.done.append(f"finished deleting snapshots {', '.join(deleted)}")
+        except (QDriverError, OSError) as e:
+            report.failed.append(f"the delete of {', '.join(unfinished)}: {e}")
         if mon and mon[0] is not None:
             await ctx.sync_run_state(mon[0])
     paths.journal.unlink(missing_ok=True)
@@ -84,12 +93,13 @@ async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
         return None
 
 
-def interrupted(paths: DomainPaths) -> str | None:
+def interrupted(paths: DomainPaths, name: str) -> str | None:
     """The operation a dead process left in the journal, if any (reads only)."""
     found = Journal(paths.journal).load()
-    if found is None or found.owner_alive:
-        return None
-    return found.describe()
+    if found is not None:
+        return None if found.owner_alive else found.describe()
+    unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
+    return f"snapshot-delete of {', '.join(unfinished)}" if unfinished else None
 
 
 __all__ = ["recover", "interrupted", "RecoveryReport"]

@@ -236,8 +236,8 @@ async def test_metadata_change_killed_half_way(running_guest: tuple[Path, Path],
     before = {f.name: f.read_text() for f in (state_dir / "domains/guest/snapshots").iterdir()}
     for point in points:
         kill_and_recover(state_dir, point, "snapshot-current", "guest", "b")
-    kill_and_recover(state_dir, "snapshot-delete:writing", "snapshot-delete", "guest", "b",
-                     "--metadata")
+    kill_and_recover(state_dir, "snapshot-delete:metadata", "snapshot-delete", "guest", "b",
+                     "--children", "--metadata")  # killed after the first of two removals
     after = {f.name: f.read_text() for f in (state_dir / "domains/guest/snapshots").iterdir()}
     assert after == before  # every half-made change was put back
     assert ok(state_dir, "snapshot-current", "guest", "--name").strip() == "a"

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
 from ..ops.create_plan import CreateFlags, Plan, refusal_json
+from ..ops.delete_plan import DeletePlan
 from ..snapshot_handle import Snapshot
 from ..snapshot_tree import SnapshotTree
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
@@ -291,20 +292,49 @@ async def cmd_snapshot_current(drv: Driver, a: argparse.Namespace) -> int:
 def _setup_delete(p: argparse.ArgumentParser) -> None:
     _setup_snap(p)
     p.add_argument("--metadata", action="store_true", help="delete metadata only")
-    p.add_argument("--children", action="store_true")
-    p.add_argument("--children-only", action="store_true")
+    kids = p.add_mutually_exclusive_group()
+    kids.add_argument("--children", action="store_true", help="delete its descendants too")
+    kids.add_argument("--children-only", action="store_true",
+                      help="delete its descendants only")
+    p.add_argument("--plan", action="store_true",
+                   help="list what would be committed, rebased, removed and kept; do nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: as JSON")
 
 
 @command("snapshot-delete", "delete a snapshot", _setup_delete)
 async def cmd_snapshot_delete(drv: Driver, a: argparse.Namespace) -> int:
     snap = _pick(drv, a)
-    await snap.delete(metadata_only=a.metadata, children=a.children,
-                      children_only=a.children_only)
+    if a.plan:
+        plan = await drv.lookup(a.domain).plan_delete(snap.name, a.metadata, a.children,
+                                                      a.children_only)
+        out(json.dumps(plan.to_json(), indent=1) if a.json else _describe_delete(plan))
+        return 0
+    await drv.lookup(a.domain).delete_snapshot(
+        snap.name, a.metadata, a.children, a.children_only,
+        progress=ProgressPrinter(f"snapshot {snap.name}"))
     if a.children_only:
         out(f"Domain snapshot {snap.name} children deleted")
     else:
         out(f"Domain snapshot {snap.name} deleted")
     return 0
+
+
+def _describe_delete(plan: DeletePlan) -> str:
+    """``snapshot-delete --plan`` for people."""
+    lines = [f"delete snapshots: {', '.join(plan.names)}"]
+    lines += [f"delete internal snapshot '{i.name}' in {i.image} "
+              f"({'QMP snapshot-delete' if i.online else 'qemu-img snapshot -d'})"
+              for i in plan.internal]
+    for c in plan.commits:
+        how = {"active": "block-commit (active, pivot)", "intermediate": "block-commit",
+               "offline": "qemu-img commit"}[c.mode]
+        lines.append(f"commit {c.top} into {c.base} ({how})")
+        lines += [f"rebase {child} onto {c.base}" for child in c.rebase]
+    lines += [f"remove {path}" for path in plan.remove]
+    lines += [f"keep {image}: {why}" for image, why in plan.kept]
+    if plan.metadata_only:
+        lines.append("metadata only: no image is touched")
+    return "\n".join(lines)
 
 
 def _setup_revert(p: argparse.ArgumentParser) -> None:

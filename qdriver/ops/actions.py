@@ -78,7 +78,12 @@ async def _follow_overlays(env: ActionEnv, args: dict[str, Any]) -> None:
         return
     active = {_qdev_id(b.get("qdev", "")): b.get("inserted", {}).get("file")
               for b in await mon.execute("query-block")}
-    switched = {t: (f, "qcow2") for t, f in args["overlays"].items() if active.get(t) == f}
+    wanted: dict[str, str] | None = args.get("overlays")
+    if wanted is None:  # whatever QEMU writes to now (after a block-commit's pivot)
+        wanted = {d.target: active[d.target] for d in env.ctx.definition.disks
+                  if active.get(d.target) and active[d.target] != d.source}
+    switched = {t: (f, qemuimg.header.read(f).format) for t, f in wanted.items()
+                if active.get(t) == f}
     if switched:
         env.ctx.save_definition(env.ctx.definition.with_disk_sources(switched))
 
@@ -212,6 +217,11 @@ def write_definition(definition: DomainDef, what: str = "the domain definition")
 def follow_overlays(overlays: dict[str, str]) -> Action:
     return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's switch to the new overlays",
                   {"overlays": overlays})
+
+
+def follow_disks() -> Action:
+    return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's disks, as QEMU uses them",
+                  {"overlays": None})
 
 
 def resume_guest() -> Action:

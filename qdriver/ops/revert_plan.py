@@ -31,7 +31,8 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import InvalidArgError, OperationUnsupportedError, SnapshotRevertRiskyError
+from ..errors import (InvalidArgError, OperationInvalidError, OperationUnsupportedError,
+                      SnapshotRevertRiskyError)
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef
 from .create_plan import HostCaps
@@ -117,6 +118,10 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     if snap.domain is None:
         raise SnapshotRevertRiskyError(f"snapshot '{name}' lacks domain '{domain.name}' "
                                        "rollback info")
+    pending = [d.name for d in snap.disks if d.delete_in_progress]
+    if pending:
+        raise OperationInvalidError(f"snapshot disk '{pending[0]}' was target of not "
+                                    "completed snapshot delete")
     if snap.state == "pmsuspended":
         raise OperationUnsupportedError(
             "qemu doesn't support reversion of snapshot taken in PMSUSPENDED state")

@@ -3,8 +3,11 @@
 Offline snapshots and overlays go through here.  A failing ``qemu-img``
 raises `QemuImgError` carrying its stderr.
 """
-from .image import (ImageInfo, QemuImgError, SnapshotInfo, check, create, info,
-                    snapshot_apply, snapshot_create, snapshot_delete, snapshot_list)
+from . import header
+from .image import (ImageInfo, QemuImgError, SnapshotInfo, check, commit, create, info,
+                    rebase_unsafe, snapshot_apply, snapshot_create, snapshot_delete,
+                    snapshot_list)
 
-__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "create", "info",
-           "snapshot_apply", "snapshot_create", "snapshot_delete", "snapshot_list"]
+__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "info",
+           "rebase_unsafe", "snapshot_apply", "snapshot_create", "snapshot_delete",
+           "snapshot_list", "header"]

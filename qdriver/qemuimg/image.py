@@ -114,6 +114,17 @@ async def snapshot_apply(path: StrPath, name: str) -> None:
     await run("snapshot", "-q", "-a", name, path)
 
 
+async def commit(path: StrPath) -> None:
+    """``qemu-img commit``: write ``path``'s data into its backing file (``-d``: the
+    committed image is removed afterwards, so it is not emptied)."""
+    await run("commit", "-q", "-d", "-f", "qcow2", path)
+
+
+async def rebase_unsafe(path: StrPath, backing: StrPath, backing_fmt: str) -> None:
+    """``qemu-img rebase -u``: only rewrite the backing file name (same data below)."""
+    await run("rebase", "-u", "-f", "qcow2", "-b", backing, "-F", backing_fmt, path)
+
+
 async def snapshot_delete(path: StrPath, name: str) -> None:
     """``qemu-img snapshot -d NAME``."""
     await run("snapshot", "-q", "-d", name, path)

@@ -1,0 +1,268 @@
+"""Carry out a snapshot delete plan, with the domain lock held.
+
+Order, and why:
+1. the snapshots being deleted get libvirt's ``<snapshotDeleteInProgress/>`` on
+   their disks (undo: the metadata as it was);
+2. from the first change to an image on, a delete cannot be undone (a commit
+   rewrites the image below), so the journal is committed with nothing to
+   undo: the marks are what a later process finishes (`finish`), by planning
+   again from the images as they are then;
+3. internal snapshots go (QMP ``snapshot-delete`` where QEMU has the image
+   open, ``qemu-img snapshot -d`` elsewhere), then each commit, then the
+   definition and every remaining snapshot name the merged image, then the
+   committed file goes; then memory files and images nothing needs;
+4. the metadata of the deleted snapshots goes last.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .. import faults, qemuimg, qmp
+from .. import snapshot_tree as meta
+from ..errors import OperationFailedError
+from ..opcontext import OpContext
+from ..xml.domain import DomainDef
+from ..xml.snapshot import SnapshotDef
+from . import actions
+from .blocknodes import overlay_nodes, top_nodes
+from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
+from .progress import ProgressFn, ProgressMeter
+from .transaction import Transaction
+
+COMMIT_TIMEOUT = 3600.0
+
+
+async def image_graph(ctx: OpContext) -> ImageGraph:
+    """The backing graph of every image the definition and the metadata name."""
+    tree = ctx.snapshot_tree()
+    todo = [d.source for d in ctx.definition.disks if d.source]
+    for snap in tree.snaps.values():
+        todo += [d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source]
+        if snap.domain is not None:
+            todo += [d.source for d in DomainDef.from_element(snap.domain).disks if d.source]
+    backing: dict[str, str | None] = {}
+    formats: dict[str, str] = {}
+    while todo:
+        image = todo.pop()
+        if image in backing or not os.path.isfile(image):
+            continue
+        head = qemuimg.header.read(image)
+        backing[image], formats[image] = head.backing, head.format
+        if head.backing:
+            todo.append(head.backing)
+    writable = frozenset(i for i in backing if os.access(i, os.W_OK))
+    return ImageGraph(backing, formats, writable)
+
+
+def marked(tree: meta.SnapshotTree) -> list[str]:
+    """Snapshots a delete started on and did not finish."""
+    return [n for n, s in tree.snaps.items() if any(d.delete_in_progress for d in s.disks)]
+
+
+class DeleteExecution:
+    """One snapshot delete in progress."""
+
+    def __init__(self, ctx: OpContext, plan: DeletePlan, mon: qmp.Monitor | None,
+                 progress: ProgressFn | None = None) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.mon = mon
+        self.progress = progress
+        self.txn = Transaction(actions.ActionEnv(ctx, self._monitor), "snapshot-delete")
+
+    async def _monitor(self) -> qmp.Monitor | None:
+        return self.mon
+
+    async def run(self) -> None:
+        await self.txn.attempt(self._all)
+
+    async def _all(self) -> None:
+        store = self.ctx.snapshot_store()
+        self.txn.on_undo(actions.restore_dir(store.dir, "the snapshot metadata"))
+        if not self.plan.metadata_only:
+            _mark(store, self.plan.names)
+            self.txn.commit([])  # from here on the marks say what to finish
+        await self.carry_out()
+
+    async def carry_out(self) -> None:
+        """Steps 3 and 4 (also what `finish` runs for a dead process's delete)."""
+        for item in self.plan.internal:
+            await self._delete_internal(item)
+        for commit in self.plan.commits:
+            await self._commit(commit)
+        for path in self.plan.remove:
+            Path(path).unlink(missing_ok=True)
+        store = self.ctx.snapshot_store()
+        for name in self.plan.names:
+            tree = store.load()
+            if name in tree.snaps:
+                meta.remove_metadata(store, tree, name)
+                faults.point("snapshot-delete:metadata")
+
+    # -- internal snapshots ------------------------------------------------------------
+
+    async def _delete_internal(self, item: InternalDelete) -> None:
+        if not os.path.exists(item.image):
+            return
+        if item.online and self.mon is not None:
+            node = await _node_of(self.mon, item.image)
+            held = await _held(self.mon, node)
+            if item.name in held:
+                await qmp.run_job(self.mon, "snapshot-delete",
+                                  {"tag": item.name, "devices": [node]},
+                                  f"qdriver-delete-{int(time.time() * 1000)}", COMMIT_TIMEOUT)
+            return
+        if item.name in {s.name for s in await qemuimg.snapshot_list(item.image)}:
+            await qemuimg.snapshot_delete(item.image, item.name)
+
+    # -- commits -----------------------------------------------------------------------
+
+    async def _commit(self, c: Commit) -> None:
+        try:
+            if c.mode == "offline" or self.mon is None:
+                await qemuimg.commit(c.top)
+            else:
+                await self._block_commit(self.mon, c)
+        except (qmp.MonitorClosedError, qmp.JobError, qemuimg.QemuImgError) as e:
+            raise OperationFailedError(f"block commit failed while deleting disk '{c.target}' "
+                                       f"snapshot: '{e}'") from e
+        for child in c.rebase:
+            await qemuimg.rebase_unsafe(child, c.base, _format(c.base))
+        self._rename(c.top, c.base)
+        if self.mon is not None:
+            for node in overlay_nodes(c.target, c.top):
+                try:
+                    await self.mon.execute("blockdev-del", {"node-name": node})
+                except qmp.CommandError:
+                    pass  # not a node qdriver added (opened as a backing file)
+        Path(c.top).unlink(missing_ok=True)
+
+    async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
+        root = (await top_nodes(mon))[c.target]
+        job = f"qdriver-commit-{c.target}-{int(time.time() * 1000)}"
+        args: dict[str, Any] = {"job-id": job, "device": root,
+                                "base-node": await _node_of(mon, c.base), "auto-dismiss": False}
+        if c.mode == "intermediate":
+            args["top-node"] = await _node_of(mon, c.top)
+        meter = ProgressMeter(f"commit {c.target}", self.progress)
+        with mon.listener("JOB_STATUS_CHANGE") as events:
+            await mon.execute("block-commit", args)
+            await _wait_job(mon, events, job, meter)
+
+    def _rename(self, old: str, new: str) -> None:
+        """Every name of ``old`` (definition, metadata) becomes ``new``."""
+        fmt = _format(new)
+        defn = self.ctx.definition
+        moved = {d.target: (new, fmt) for d in defn.disks if d.source == old}
+        if moved:
+            self.ctx.save_definition(defn.with_disk_sources(moved))
+        store = self.ctx.snapshot_store()
+        tree = store.load()
+        for name, snap in tree.snaps.items():
+            renamed = _rename_snapshot(snap, old, new, fmt)
+            if renamed is not snap:
+                store.write(renamed, tree.current == name)
+
+
+def _mark(store: meta.SnapshotStore, names: list[str]) -> None:
+    tree = store.load()
+    for name in names:
+        snap = tree.get(name)
+        disks = [replace(d, delete_in_progress=True) for d in snap.disks]
+        store.write(replace(snap, disks=disks), tree.current == name)
+
+
+def _rename_snapshot(snap: SnapshotDef, old: str, new: str, fmt: str) -> SnapshotDef:
+    def fix(disks: list[Any] | None) -> list[Any] | None:
+        if disks is None:
+            return None
+        return [replace(d, source=new) if d.source == old else d for d in disks]
+    changed = replace(snap, disks=fix(snap.disks) or [], revert_disks=fix(snap.revert_disks))
+    if snap.domain is not None:
+        dom = DomainDef.from_element(snap.domain)
+        moved = {d.target: (new, fmt) for d in dom.disks if d.source == old}
+        if moved:
+            changed = replace(changed, domain=dom.with_disk_sources(moved).root_copy())
+    return snap if changed == snap else changed
+
+
+def _format(image: str) -> str:
+    try:
+        return qemuimg.header.read(image).format
+    except OSError:
+        return "qcow2"
+
+
+async def _node_of(mon: qmp.Monitor, image: str) -> str:
+    """The format node QEMU opened ``image`` as (named by qdriver or by QEMU)."""
+    for node in await mon.execute("query-named-block-nodes", {"flat": True}):
+        if node.get("file") == image and node.get("drv") != "file":
+            return str(node["node-name"])
+    raise OperationFailedError(f"QEMU has no block node for image '{image}'")
+
+
+async def _held(mon: qmp.Monitor, node: str) -> set[str]:
+    for n in await mon.execute("query-named-block-nodes", {"flat": True}):
+        if n.get("node-name") == node:
+            return {s.get("name") for s in n.get("image", {}).get("snapshots", ())}
+    return set()
+
+
+async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMeter) -> None:
+    """Wait for a commit job; complete it when READY (an active commit); raise its error."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT
+    completing = False
+    while time.monotonic() < deadline:
+        info = next((j for j in await mon.execute("query-jobs") if j.get("id") == job), None)
+        if info is None:
+            raise OperationFailedError(f"block job '{job}' disappeared")
+        meter(int(info.get("current-progress", 0)), int(info.get("total-progress", 0)))
+        if info["status"] == "ready" and not completing:
+            await mon.execute("job-complete", {"id": job})  # pivot to the merged image
+            completing = True
+        elif info["status"] == "concluded":
+            await mon.execute("job-dismiss", {"id": job})
+            if info.get("error"):
+                raise qmp.JobError(job, str(info["error"]))
+            return
+        with anyio.move_on_after(0.05):
+            await events.get()
+    raise OperationFailedError(f"block job '{job}' did not finish within {COMMIT_TIMEOUT:g} s")
+
+
+async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
+    """Finish the deletes a dead process left marked: plan again from the images
+    as they are now and carry that out.  Returns the snapshots deleted."""
+    names = marked(ctx.snapshot_tree())
+    if not names:
+        return []
+    if mon is not None:
+        await _settle_jobs(mon)
+        await actions.run(actions.ActionEnv(ctx, _const(mon)), actions.follow_disks())
+    plan = plan_delete(ctx.snapshot_tree(), ctx.definition, mon is not None, names,
+                       await image_graph(ctx))
+    await DeleteExecution(ctx, plan, mon).carry_out()
+    return names
+
+
+def _const(mon: qmp.Monitor) -> actions.MonitorFn:
+    async def get() -> qmp.Monitor | None:
+        return mon
+    return get
+
+
+async def _settle_jobs(mon: qmp.Monitor) -> None:
+    """Let a commit the dead process started end (completing it when READY)."""
+    with mon.listener("JOB_STATUS_CHANGE") as events:
+        for job in await mon.execute("query-jobs"):
+            if str(job.get("id", "")).startswith("qdriver-commit-"):
+                await _wait_job(mon, events, job["id"], ProgressMeter("commit", None))
+
+
+__all__ = ["DeleteExecution", "image_graph", "marked", "finish"]
