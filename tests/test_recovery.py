@@ -99,7 +99,7 @@ def assert_consistent(state_dir: Path, work: Path, point: str) -> None:
     missing = [n for n in named if not Path(n).exists()]
     assert missing == [], f"{point}: metadata names missing files {missing}"
     kept = set().union(*(backing_chain(n) for n in named)) | named
-    stray = [str(f) for f in work.iterdir() if str(f) not in kept]
+    stray = [str(f) for f in work.iterdir() if f.is_file() and str(f) not in kept]
     assert stray == [], f"{point}: files nothing names: {stray}"
     for n in named:
         if n.endswith(".mem"):

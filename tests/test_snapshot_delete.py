@@ -1,0 +1,235 @@
+"""Deleting snapshots with their data, on the real guest and with qemu-img alone."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import qdriver
+from qdriver import DomainState
+
+from .conftest import disk_counter, run_cli, wait_console
+from .test_recovery import assert_consistent
+
+
+def chain(image: str | Path) -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                          str(image)], capture_output=True, text=True, check=True).stdout
+    return [i["filename"] for i in json.loads(out)]
+
+
+def internal_names(image: str | Path) -> list[str]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)],
+                         capture_output=True, text=True, check=True).stdout
+    return [s["name"] for s in json.loads(out).get("snapshots", [])]
+
+
+def sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def guest_view(image: str | Path, tmp: Path) -> str:
+    """A checksum of what the guest sees through a whole chain."""
+    raw = tmp / "view.raw"
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
+    try:
+        return sha(raw)
+    finally:
+        raw.unlink()
+
+
+def qemu_img_check(image: str | Path) -> None:
+    r = subprocess.run(["qemu-img", "check", "-U", str(image)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def source(dom: qdriver.Domain) -> str:
+    src = dom.definition.disks[0].source
+    assert src is not None
+    return src
+
+
+def listed(state_dir: Path) -> list[str]:
+    return run_cli(state_dir, "snapshot-list", "guest", "--name").stdout.decode().split()
+
+
+def snap_xml(state_dir: Path, name: str) -> str:
+    return (state_dir / "domains" / "guest" / "snapshots" / f"{name}.xml").read_text()
+
+
+async def disk_snapshots(dom: qdriver.Domain, state_dir: Path, work: Path,
+                         names: tuple[str, ...]) -> dict[str, int]:
+    """External disk-only snapshots, the guest writing between them; what each froze."""
+    frozen: dict[str, int] = {}
+    for name in names:
+        before = source(dom)
+        run_cli(state_dir, "snapshot-create-as", "guest", name, "--disk-only",
+                "--diskspec", f"vda,file={work}/{name}.qcow2")
+        frozen[name] = disk_counter(before)
+        if dom.is_active:
+            text = dom.paths.console_log.read_text(errors="replace")
+            await wait_console(dom, "COUNTER", after=len(text))
+            await wait_console(dom, "COUNTER", after=len(text) + 12)
+    return frozen
+
+
+async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_dir: Path,
+                                                             tmp_path: Path) -> None:
+    dom = await make_domain()
+    orig = source(dom)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    frozen = await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
+    orig_sum = sha(orig)
+    run_cli(state_dir, "snapshot-create-as", "guest", "i1")  # internal, in s4.qcow2
+    s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
+    assert chain(s4) == [s4, s3, s2, orig] and internal_names(s4) == ["i1"]
+
+    plan = json.loads(run_cli(state_dir, "snapshot-delete", "guest", "s3", "--plan",
+                              "--json").stdout)
+    assert plan["commits"] == [{"disk": "vda", "top": s3, "into": s2, "mode": "intermediate",
+                                "rebase": []}]
+    assert Path(s3).exists()  # --plan changed nothing
+    run_cli(state_dir, "snapshot-delete", "guest", "s3")
+    assert chain(s4) == [s4, s2, orig] and not Path(s3).exists()
+    assert f"file='{s2}'" in snap_xml(state_dir, "s4")  # s4's disk state is s2.qcow2 now
+    assert "<name>s2</name>" in snap_xml(state_dir, "s4").split("<parent>")[1]
+
+    # the leaf still holds i1: it is kept, and the plan says why
+    plan = json.loads(run_cli(state_dir, "snapshot-delete", "guest", "s4", "--plan",
+                              "--json").stdout)
+    assert plan["commits"] == [] and "internal snapshot 'i1'" in plan["kept"][0]["why"]
+
+    run_cli(state_dir, "snapshot-delete", "guest", "i1")
+    assert internal_names(s4) == []
+    run_cli(state_dir, "snapshot-delete", "guest", "s4")  # the active layer: pivot
+    assert source(dom) == s2 and not Path(s4).exists() and chain(s2) == [s2, orig]
+    assert listed(state_dir) == ["s2"]
+    assert "<active>1</active>" in snap_xml(state_dir, "s2")
+
+    # the guest kept running and writes to the merged image
+    text = dom.paths.console_log.read_text(errors="replace")
+    await wait_console(dom, "COUNTER", after=len(text))
+    assert (await dom.get_state())[0] is DomainState.RUNNING
+    async with dom.monitor() as mon:
+        files = [b["inserted"]["file"] for b in await mon.execute("query-block")
+                 if b.get("inserted")]
+    assert files == [s2]
+    assert sha(orig) == orig_sum and disk_counter(orig) == frozen["s2"]
+    await dom.destroy()
+    qemu_img_check(s2)
+    assert_consistent(state_dir, tmp_path, "after the deletes")
+    assert sorted(p.name for p in tmp_path.glob("*.qcow2")) == sorted(
+        [Path(orig).name, "s2.qcow2"])
+
+
+async def test_branches_after_revert_stay_revertible(make_domain, state_dir: Path,
+                                                    tmp_path: Path) -> None:
+    dom = await make_domain()
+    orig = source(dom)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    frozen = await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
+    await dom.destroy()
+    run_cli(state_dir, "snapshot-revert", "guest", "s2")  # a branch off orig
+
+    async def check_revertible(names: list[str]) -> None:
+        for name in names:
+            run_cli(state_dir, "snapshot-revert", "guest", name)
+            assert disk_counter(source(dom)) == frozen[name], name
+
+    run_cli(state_dir, "snapshot-delete", "guest", "s3")  # the old branch's middle
+    await check_revertible(["s4", "s2"])
+    run_cli(state_dir, "snapshot-delete", "guest", "s4")  # the old branch's tip
+    await check_revertible(["s2"])
+    run_cli(state_dir, "snapshot-delete", "guest", "s2")  # the branch point
+    assert listed(state_dir) == []
+    assert disk_counter(source(dom)) == frozen["s2"]
+    assert [Path(p).name for p in chain(source(dom))][-1] == Path(orig).name
+    leftovers = {p for p in tmp_path.glob("*.qcow2")} - {Path(p) for p in chain(source(dom))}
+    assert leftovers == set()
+    await dom.start()
+    await wait_console(dom, "COUNTER")
+
+
+async def test_shut_off_deletes_use_qemu_img_only(make_domain, state_dir: Path,
+                                                  tmp_path: Path) -> None:
+    dom = await make_domain()
+    orig = source(dom)
+    await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4", "s5"))
+    view = guest_view(source(dom), tmp_path)
+    s2, s3, s4, s5 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4", "s5"))
+    run_cli(state_dir, "snapshot-delete", "guest", "s3", "--metadata")
+    assert Path(s3).exists() and chain(s5) == [s5, s4, s3, s2, orig]  # metadata only
+    run_cli(state_dir, "snapshot-delete", "guest", "s4", "--children-only")
+    assert listed(state_dir) == ["s2", "s4"]
+    assert source(dom) == s4 and not Path(s5).exists()  # the child's overlay went into s4
+    run_cli(state_dir, "snapshot-delete", "guest", "s2", "--children")
+    assert listed(state_dir) == []
+    # s3's metadata was forgotten with --metadata, so nothing says its boundary
+    # (s2.qcow2 | s3.qcow2) may go: that one stays, every recorded one went
+    assert chain(source(dom)) == [s3, orig] and not Path(s2).exists()
+    assert guest_view(source(dom), tmp_path) == view  # nothing the guest wrote was lost
+    assert not dom.paths.qemu_log.exists()  # no QEMU was started for any of it
+    qemu_img_check(source(dom))
+
+
+async def test_qemu_killed_during_block_commit(make_domain, state_dir: Path,
+                                               tmp_path: Path) -> None:
+    dom = await make_domain()
+    orig = source(dom)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
+    pid = dom.runtime.peek().pid  # type: ignore[union-attr]
+    s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
+
+    def kill_qemu(_: object) -> None:
+        os.kill(pid, 9)
+
+    with pytest.raises(qdriver.QDriverError, match="block commit failed while deleting "
+                                                   "disk 'vda'|QEMU"):
+        await dom.delete_snapshot("s3", progress=kill_qemu)
+    assert dom.interrupted_operation() == "snapshot-delete of s3"
+    assert "snapshotDeleteInProgress" in snap_xml(state_dir, "s3")
+    report = await dom.recover()  # QEMU is gone: the commit is finished with qemu-img
+    assert report is not None and "finished deleting snapshots s3" in str(report)
+    assert listed(state_dir) == ["s2", "s4"]
+    assert chain(s4) == [s4, s2, orig] and not Path(s3).exists()
+    qemu_img_check(s4)
+    qemu_img_check(s2)
+
+
+async def test_full_disk_during_qemu_img_commit(make_domain, state_dir: Path, tmp_path: Path,
+                                                small_tmpfs: Callable[..., Path]) -> None:
+    dom = await make_domain()
+    small = small_tmpfs(size="24m")
+    run_cli(state_dir, "snapshot-create-as", "guest", "s2", "--disk-only",
+            "--diskspec", f"vda,file={small}/s2.qcow2")
+    run_cli(state_dir, "snapshot-create-as", "guest", "s3", "--disk-only",
+            "--diskspec", f"vda,file={tmp_path}/s3.qcow2")
+    # 32 MiB the commit must write into s2.qcow2, on a 24 MiB file system
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 32M",
+                    str(tmp_path / "s3.qcow2")], check=True, capture_output=True)
+    view = guest_view(source(dom), tmp_path)
+    r = run_cli(state_dir, "snapshot-delete", "guest", "s3", check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "block commit failed while deleting disk 'vda'" in err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert guest_view(source(dom), tmp_path) == view  # nothing the guest sees was lost
+    assert re.search(r"Interrupted:\s+snapshot-delete of s3",
+                     run_cli(state_dir, "dominfo", "guest").stdout.decode())
+    r = run_cli(state_dir, "snapshot-revert", "guest", "s3", check=False)  # still no space
+    assert r.returncode == 1 and "was target of not completed snapshot delete" in \
+        r.stderr.decode()
+    subprocess.run(["mount", "-o", "remount,size=96m", str(small)], check=True)
+    assert "finished deleting snapshots s3" in run_cli(state_dir, "recover", "guest").stdout.decode()
+    assert listed(state_dir) == ["s2"]
+    assert source(dom) == str(small / "s2.qcow2") and not (tmp_path / "s3.qcow2").exists()
+    assert guest_view(source(dom), tmp_path) == view
