@@ -27,7 +27,7 @@ from .. import faults, qemuimg, qmp
 from .. import snapshot_tree as meta
 from ..errors import OperationFailedError
 from ..opcontext import OpContext
-from ..xml.domain import DomainDef
+from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
 from .blocknodes import overlay_nodes, top_nodes
@@ -45,7 +45,7 @@ async def image_graph(ctx: OpContext) -> ImageGraph:
     for snap in tree.snaps.values():
         todo += [d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source]
         if snap.domain is not None:
-            todo += [d.source for d in DomainDef.from_element(snap.domain).disks if d.source]
+            todo += disk_sources(snap.domain).values()
     backing: dict[str, str | None] = {}
     formats: dict[str, str] = {}
     while todo:
@@ -185,10 +185,8 @@ def _rename_snapshot(snap: SnapshotDef, old: str, new: str, fmt: str) -> Snapsho
         return [replace(d, source=new) if d.source == old else d for d in disks]
     changed = replace(snap, disks=fix(snap.disks) or [], revert_disks=fix(snap.revert_disks))
     if snap.domain is not None:
-        dom = DomainDef.from_element(snap.domain)
-        moved = {d.target: (new, fmt) for d in dom.disks if d.source == old}
-        if moved:
-            changed = replace(changed, domain=dom.with_disk_sources(moved).root_copy())
+        if old in disk_sources(snap.domain).values():
+            changed = replace(changed, domain=replace_disk_source(snap.domain, old, new, fmt))
     return snap if changed == snap else changed
 
 

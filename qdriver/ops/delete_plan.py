@@ -30,7 +30,7 @@ from typing import Literal, Mapping
 
 from ..errors import InvalidArgError
 from ..snapshot_tree import SnapshotTree
-from ..xml.domain import DomainDef
+from ..xml.domain import DomainDef, disk_sources
 from ..xml.snapshot import SnapshotDef
 
 CommitMode = Literal["active", "intermediate", "offline"]
@@ -171,9 +171,7 @@ def _internal(snap: SnapshotDef, graph: ImageGraph, active: dict[str, str]
 
 
 def _domain_sources(snap: SnapshotDef) -> dict[str, str]:
-    if snap.domain is None:
-        return {}
-    return {d.target: d.source for d in DomainDef.from_element(snap.domain).disks if d.source}
+    return disk_sources(snap.domain) if snap.domain is not None else {}
 
 
 @dataclass

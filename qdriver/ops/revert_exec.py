@@ -21,7 +21,7 @@ from .. import snapshot_tree as meta
 from ..errors import OperationFailedError, SystemError_
 from ..launch import start_qemu
 from ..opcontext import OpContext
-from ..xml.domain import DomainDef
+from ..xml.domain import disk_sources
 from ..xml.snapshot import SnapshotDisk
 from . import memfile
 from .blocknodes import top_nodes
@@ -236,8 +236,7 @@ def _named_files(tree: meta.SnapshotTree) -> set[str]:
             if d.source:
                 named.add(d.source)
         if snap.domain is not None:
-            named.update(d.source for d in DomainDef.from_element(snap.domain).disks
-                         if d.source)
+            named.update(disk_sources(snap.domain).values())
     return named
 
 

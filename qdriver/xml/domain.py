@@ -173,6 +173,33 @@ class DomainDef:
         return safe.copy(self.root)
 
 
+def disk_sources(root: safe.Element) -> dict[str, str]:
+    """``{target: source file}`` of a stored ``<domain>``, read leniently: a snapshot's
+    embedded domain (redefined, or from an older libvirt) need not be a startable one."""
+    out: dict[str, str] = {}
+    for disk in root.findall("devices/disk"):
+        target, source = disk.find("target"), disk.find("source")
+        dev = target.get("dev") if target is not None else None
+        path = source.get("file") if source is not None else None
+        if dev and path:
+            out[dev] = path
+    return out
+
+
+def replace_disk_source(root: safe.Element, old: str, new: str, fmt: str) -> safe.Element:
+    """A copy of a stored ``<domain>`` whose disks on ``old`` are on ``new`` (format
+    ``fmt``); lenient like `disk_sources`."""
+    copy = safe.copy(root)
+    for disk in copy.findall("devices/disk"):
+        source = disk.find("source")
+        if source is not None and source.get("file") == old:
+            source.set("file", new)
+            driver = disk.find("driver")
+            if driver is not None:
+                driver.set("type", fmt)
+    return copy
+
+
 def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None:
     """A libvirt scaled integer (``<memory unit='MiB'>256</memory>``) in KiB."""
     if el is None:
