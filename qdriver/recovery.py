@@ -47,8 +47,9 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
                   ) -> RecoveryReport | None:
     """Run a dead operation's journal (the caller holds the domain lock)."""
     found = Journal(paths.journal).load()
-    store = SnapshotStore(paths.snapshots, name)
-    unfinished = delete_exec.marked(store.load())
+    if found is None and not _has_marks(paths):
+        return None
+    unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
     if found is None and not unfinished:
         return None
     ctx = OpContext(paths, read_definition(paths, name, uuid), runtime,
@@ -93,11 +94,22 @@ async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
         return None
 
 
+def _has_marks(paths: DomainPaths) -> bool:
+    """Whether any snapshot may carry a delete mark (a byte search: this runs
+    before every operation, and parsing every snapshot would cost more)."""
+    if not paths.snapshots.is_dir():
+        return False
+    return any(b"snapshotDeleteInProgress" in f.read_bytes()
+               for f in paths.snapshots.glob("*.xml"))
+
+
 def interrupted(paths: DomainPaths, name: str) -> str | None:
     """The operation a dead process left in the journal, if any (reads only)."""
     found = Journal(paths.journal).load()
     if found is not None:
         return None if found.owner_alive else found.describe()
+    if not _has_marks(paths):
+        return None
     unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
     return f"snapshot-delete of {', '.join(unfinished)}" if unfinished else None
 

@@ -135,23 +135,23 @@ class DeleteExecution:
         for child in c.rebase:
             await qemuimg.rebase_unsafe(child, c.base, _format(c.base))
         self._rename(c.top, c.base)
-        if self.mon is not None:
-            for node in overlay_nodes(c.target, c.top):
-                try:
-                    await self.mon.execute("blockdev-del", {"node-name": node})
-                except qmp.CommandError:
-                    pass  # not a node qdriver added (opened as a backing file)
+        if self.mon is not None and c.mode != "offline":
+            try:  # the overlay's format node, and with it its file node
+                await self.mon.execute("blockdev-del",
+                                       {"node-name": overlay_nodes(c.target, c.top)[0]})
+            except qmp.CommandError:
+                pass  # not a node qdriver added (QEMU opened it as a backing file)
         Path(c.top).unlink(missing_ok=True)
 
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
         root = (await top_nodes(mon))[c.target]
         job = f"qdriver-commit-{c.target}-{int(time.time() * 1000)}"
-        args: dict[str, Any] = {"job-id": job, "device": root,
-                                "base-node": await _node_of(mon, c.base), "auto-dismiss": False}
+        nodes = await _nodes_of(mon, c.base, c.top)
+        args: dict[str, Any] = {"job-id": job, "device": root, "base-node": nodes[c.base]}
         if c.mode == "intermediate":
-            args["top-node"] = await _node_of(mon, c.top)
+            args["top-node"] = nodes[c.top]
         meter = ProgressMeter(f"commit {c.target}", self.progress)
-        with mon.listener("JOB_STATUS_CHANGE") as events:
+        with mon.listener("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
             await mon.execute("block-commit", args)
             await _wait_job(mon, events, job, meter)
 
@@ -198,11 +198,19 @@ def _format(image: str) -> str:
 
 
 async def _node_of(mon: qmp.Monitor, image: str) -> str:
-    """The format node QEMU opened ``image`` as (named by qdriver or by QEMU)."""
+    return (await _nodes_of(mon, image))[image]
+
+
+async def _nodes_of(mon: qmp.Monitor, *images: str) -> dict[str, str]:
+    """The format node QEMU opened each image as (named by qdriver or by QEMU)."""
+    found: dict[str, str] = {}
     for node in await mon.execute("query-named-block-nodes", {"flat": True}):
-        if node.get("file") == image and node.get("drv") != "file":
-            return str(node["node-name"])
-    raise OperationFailedError(f"QEMU has no block node for image '{image}'")
+        if node.get("file") in images and node.get("drv") != "file":
+            found.setdefault(str(node["file"]), str(node["node-name"]))
+    for image in images:
+        if image not in found:
+            raise OperationFailedError(f"QEMU has no block node for image '{image}'")
+    return found
 
 
 async def _held(mon: qmp.Monitor, node: str) -> set[str]:
@@ -213,25 +221,35 @@ async def _held(mon: qmp.Monitor, node: str) -> set[str]:
 
 
 async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMeter) -> None:
-    """Wait for a commit job; complete it when READY (an active commit); raise its error."""
+    """Follow a commit job by its events: complete it at BLOCK_JOB_READY (an active
+    commit: the pivot), end at BLOCK_JOB_COMPLETED (raising its error).
+    ``query-jobs`` only when nothing happens for a while (progress, a lost job)."""
     deadline = time.monotonic() + COMMIT_TIMEOUT
-    completing = False
     while time.monotonic() < deadline:
-        info = next((j for j in await mon.execute("query-jobs") if j.get("id") == job), None)
-        if info is None:
-            raise OperationFailedError(f"block job '{job}' disappeared")
-        meter(int(info.get("current-progress", 0)), int(info.get("total-progress", 0)))
-        if info["status"] == "ready" and not completing:
+        ev: Any = None
+        with anyio.move_on_after(0.25):
+            while ev is None:
+                got = await events.get()
+                if qmp.data(got).get("device") == job:
+                    ev = got
+        if ev is None:
+            if await _job_status(mon, job, meter) == "ready":
+                await mon.execute("job-complete", {"id": job})
+        elif ev["event"] == "BLOCK_JOB_READY":
             await mon.execute("job-complete", {"id": job})  # pivot to the merged image
-            completing = True
-        elif info["status"] == "concluded":
-            await mon.execute("job-dismiss", {"id": job})
-            if info.get("error"):
-                raise qmp.JobError(job, str(info["error"]))
+        elif ev["event"] == "BLOCK_JOB_COMPLETED":
+            if qmp.data(ev).get("error"):
+                raise qmp.JobError(job, str(qmp.data(ev)["error"]))
             return
-        with anyio.move_on_after(0.05):
-            await events.get()
     raise OperationFailedError(f"block job '{job}' did not finish within {COMMIT_TIMEOUT:g} s")
+
+
+async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str:
+    info = next((j for j in await mon.execute("query-jobs") if j.get("id") == job), None)
+    if info is None:
+        raise OperationFailedError(f"block job '{job}' disappeared")
+    meter(int(info.get("current-progress", 0)), int(info.get("total-progress", 0)))
+    return str(info["status"])
 
 
 async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
@@ -257,7 +275,7 @@ def _const(mon: qmp.Monitor) -> actions.MonitorFn:
 
 async def _settle_jobs(mon: qmp.Monitor) -> None:
     """Let a commit the dead process started end (completing it when READY)."""
-    with mon.listener("JOB_STATUS_CHANGE") as events:
+    with mon.listener("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
         for job in await mon.execute("query-jobs"):
             if str(job.get("id", "")).startswith("qdriver-commit-"):
                 await _wait_job(mon, events, job["id"], ProgressMeter("commit", None))

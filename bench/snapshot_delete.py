@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Deleting an external disk snapshot: qdriver beside raw calls and beside libvirt, one run.
+
+  shut off   delete of a disk-only snapshot whose overlay holds 1 MiB.
+             qdriver: delete_snapshot (qemu-img commit, metadata).
+             raw: qemu-img commit -d + rm.
+             libvirt (Debian's, embedded, no daemon): snapshot delete, which
+             starts a paused QEMU for the commit (bench/libvirt_delete.py).
+  running    delete of the active layer of a running guest.
+             qdriver: delete_snapshot (active block-commit, pivot, metadata).
+             raw: block-commit + job-complete + blockdev-del on the same QEMU,
+             for an overlay the raw calls added themselves.
+
+Medians of interleaved rounds; ratios to raw (and libvirt/qdriver) in the same run.
+Usage: python3 bench/snapshot_delete.py [--rounds N] [--no-libvirt]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+import qdriver  # noqa: E402
+from common import guest_xml, wait_booted  # noqa: E402
+from qdriver import qemuimg, qmp  # noqa: E402
+from qdriver.ops.blocknodes import top_nodes  # noqa: E402
+
+
+def fill(image: Path) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 1M", str(image)],
+                   check=True, capture_output=True)
+
+
+async def shut_off(work: Path, rounds: int, times: dict[str, list[float]]) -> str:
+    xml = guest_xml(work, "off", 256, "qd.quiet=1")
+    drv = qdriver.Driver(work / "state")
+    dom = await drv.define_xml(xml)
+    for i in range(rounds):
+        for who in (("qdriver", "raw") if i % 2 == 0 else ("raw", "qdriver")):
+            overlay = work / f"{who}-{i}.qcow2"
+            if who == "qdriver":
+                await dom.snapshot_create_xml(
+                    f"<domainsnapshot><name>d{i}</name><disks><disk name='vda' "
+                    f"snapshot='external'><source file='{overlay}'/></disk></disks>"
+                    "</domainsnapshot>", disk_only=True)
+                fill(overlay)
+                t0 = time.monotonic()
+                await dom.delete_snapshot(f"d{i}")
+            else:
+                base = dom.definition.disks[0].source or ""
+                await qemuimg.create(overlay, "qcow2", backing=base, backing_fmt="qcow2")
+                fill(overlay)
+                t0 = time.monotonic()
+                await qemuimg.commit(overlay)
+                overlay.unlink()
+            times.setdefault(f"shut off {who}", []).append(time.monotonic() - t0)
+    return xml.replace(str(work / "off-vda.qcow2"), str(work / "lv-vda.qcow2")).replace(
+        "<name>off</name>", "<name>lvdel</name>")
+
+
+async def raw_active_commit(dom: qdriver.Domain, overlay: Path) -> float:
+    """Add an overlay with raw calls (untimed), then the timed raw active commit."""
+    async with dom.monitor() as mon:
+        base = dom.definition.disks[0].source or ""
+        await qemuimg.create(overlay, "qcow2", backing=base, backing_fmt="qcow2")
+        node = (await top_nodes(mon))["vda"]
+        await mon.execute("blockdev-add", {"driver": "qcow2", "node-name": "rawov",
+                                           "backing": None, "file": {
+                                               "driver": "file", "filename": str(overlay),
+                                               "node-name": "rawovf"}})
+        await mon.execute("blockdev-snapshot", {"node": node, "overlay": "rawov"})
+        await anyio.sleep(0.3)  # the guest writes into it
+        t0 = time.monotonic()
+        with mon.listener("JOB_STATUS_CHANGE") as events:
+            await mon.execute("block-commit", {"job-id": "rawc", "device": "rawov",
+                                               "base-node": node})
+            await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "ready",
+                                 600, "commit ready")
+            await mon.execute("job-complete", {"id": "rawc"})
+            await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "null",
+                                 600, "commit end")
+        await mon.execute("blockdev-del", {"node-name": "rawov"})  # its file node goes too
+        seconds = time.monotonic() - t0
+    overlay.unlink()
+    return seconds
+
+
+async def running(work: Path, rounds: int, times: dict[str, list[float]]) -> None:
+    drv = qdriver.Driver(work / "state")
+    dom = await drv.define_xml(guest_xml(work, "run", 256, "qd.quiet=1"))
+    try:
+        await dom.start()
+        await wait_booted(dom, settle=0.5)
+        for i in range(rounds):
+            for who in (("qdriver", "raw") if i % 2 == 0 else ("raw", "qdriver")):
+                overlay = work / f"run-{who}-{i}.qcow2"
+                if who == "raw":
+                    times.setdefault("running raw", []).append(
+                        await raw_active_commit(dom, overlay))
+                    continue
+                await dom.snapshot_create_xml(
+                    f"<domainsnapshot><name>r{i}</name><disks><disk name='vda' "
+                    f"snapshot='external'><source file='{overlay}'/></disk></disks>"
+                    "</domainsnapshot>", disk_only=True)
+                await anyio.sleep(0.3)
+                t0 = time.monotonic()
+                await dom.delete_snapshot(f"r{i}")
+                times.setdefault("running qdriver", []).append(time.monotonic() - t0)
+    finally:
+        if dom.is_active:
+            await dom.destroy()
+        shutil.rmtree(qdriver.paths.socket_root(work / "state"), ignore_errors=True)
+
+
+def libvirt_delete(xml: str, work: Path, rounds: int) -> list[float]:
+    shutil.copyfile(work / "off-vda.qcow2", work / "lv-vda.qcow2")
+    lv_xml = work / "lv.xml"
+    lv_xml.write_text(xml)
+    out = subprocess.run(["/usr/bin/python3", str(ROOT / "bench" / "libvirt_delete.py"),
+                          str(lv_xml), str(work / "lvroot"), str(rounds), str(work)],
+                         capture_output=True, text=True, timeout=900,
+                         cwd=str(ROOT / "bench"))
+    if out.returncode != 0:
+        print(f"libvirt baseline failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        return []
+    return list(json.loads(out.stdout.strip().splitlines()[-1])["delete"])
+
+
+async def main(rounds: int, libvirt: bool) -> None:
+    images = ROOT / "tests" / "vm-images" / "out"
+    subprocess.run([sys.executable, str(ROOT / "tests/vm-images/build.py"), str(images)],
+                   check=True, stdout=subprocess.DEVNULL)
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="qdbench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        work = Path(tmp)
+        lv_xml = await shut_off(work, rounds, times)
+        await running(work, rounds, times)
+        if libvirt:
+            times["shut off libvirt"] = libvirt_delete(lv_xml, work, rounds)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                             text=True).stdout.split()[3]
+    print(f"\nexternal snapshot delete, 1 MiB overlay, median of {rounds} interleaved rounds, "
+          f"QEMU {version}")
+    print(f"{'case':10}{'raw ms':>9}{'qdriver ms':>12}{'ratio':>7}{'libvirt ms':>12}"
+          f"{'libvirt/qdriver':>17}")
+    for case in ("shut off", "running"):
+        raw, qd, lv = (med.get(f"{case} {w}") for w in ("raw", "qdriver", "libvirt"))
+        if raw is None or qd is None:
+            continue
+        lv_text = f"{lv * 1000:12.1f}{lv / qd:17.1f}" if lv else f"{'-':>12}{'-':>17}"
+        print(f"{case:10}{raw * 1000:9.1f}{qd * 1000:12.1f}{qd / raw:7.2f}{lv_text}")
+    print("aims: shut off under 100 ms; running within 1.2x of the raw block-commit")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-libvirt", action="store_true")
+    args = ap.parse_args()
+    anyio.run(main, args.rounds, not args.no_libvirt)
