@@ -225,6 +225,7 @@ async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMete
     commit: the pivot), end at BLOCK_JOB_COMPLETED (raising its error).
     ``query-jobs`` only when nothing happens for a while (progress, a lost job)."""
     deadline = time.monotonic() + COMMIT_TIMEOUT
+    await _job_status(mon, job, meter)  # the first progress report (0 %)
     while time.monotonic() < deadline:
         ev: Any = None
         with anyio.move_on_after(0.25):
@@ -244,10 +245,12 @@ async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMete
     raise OperationFailedError(f"block job '{job}' did not finish within {COMMIT_TIMEOUT:g} s")
 
 
-async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str:
+async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str | None:
+    """The job's status (reporting its progress); None once QEMU dismissed it (its
+    BLOCK_JOB_COMPLETED event is already queued then)."""
     info = next((j for j in await mon.execute("query-jobs") if j.get("id") == job), None)
     if info is None:
-        raise OperationFailedError(f"block job '{job}' disappeared")
+        return None
     meter(int(info.get("current-progress", 0)), int(info.get("total-progress", 0)))
     return str(info["status"])
 
