@@ -12,23 +12,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import libvirt  # type: ignore[import-not-found]
-from libvirt_revert import prepare
+from libvirt_revert import embedded_domain
 
 
 def main(xml_path: str, root: str, rounds: int, work: Path) -> None:
-    prepare(Path(root))
-    libvirt.virEventRegisterDefaultImpl()
-    threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)],
-                     daemon=True).start()
-    conn = libvirt.open(f"qemu:///embed?root={root}")
-    dom = conn.defineXML(Path(xml_path).read_text())
-    times = []
-    try:
+    with embedded_domain(xml_path, root) as dom:
+        times = []
         for i in range(rounds):
             overlay = work / f"lv-{i}.qcow2"
             snap = dom.snapshotCreateXML(
@@ -41,11 +34,6 @@ def main(xml_path: str, root: str, rounds: int, work: Path) -> None:
             snap.delete(0)
             times.append(time.monotonic() - t0)
         print(json.dumps({"delete": times}))
-    finally:
-        for s in dom.listAllSnapshots():
-            s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-        dom.undefine()
-        conn.close()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import libvirt  # type: ignore[import-not-found]
 
@@ -41,7 +43,10 @@ def wait_booted(console: Path, timeout: float = 300) -> None:
     time.sleep(1.0)
 
 
-def main(xml_path: str, root: str, rounds: int, console: Path) -> None:
+@contextmanager
+def embedded_domain(xml_path: str, root: str) -> Iterator[Any]:
+    """A domain defined in libvirt's embedded QEMU driver; destroyed, its snapshot
+    metadata dropped and undefined afterwards."""
     prepare(Path(root))
     libvirt.virEventRegisterDefaultImpl()
     threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)],
@@ -49,6 +54,18 @@ def main(xml_path: str, root: str, rounds: int, console: Path) -> None:
     conn = libvirt.open(f"qemu:///embed?root={root}")
     dom = conn.defineXML(Path(xml_path).read_text())
     try:
+        yield dom
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        for s in dom.listAllSnapshots():
+            s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        dom.undefine()
+        conn.close()
+
+
+def main(xml_path: str, root: str, rounds: int, console: Path) -> None:
+    with embedded_domain(xml_path, root) as dom:
         dom.create()
         wait_booted(console)
         snap = dom.snapshotCreateXML("<domainsnapshot><name>lv</name>"
@@ -60,13 +77,6 @@ def main(xml_path: str, root: str, rounds: int, console: Path) -> None:
             dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING)
             times.append(time.monotonic() - t0)
         print(json.dumps({"internal_revert": times}))
-    finally:
-        if dom.isActive():
-            dom.destroy()
-        for s in dom.listAllSnapshots():
-            s.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-        dom.undefine()
-        conn.close()
 
 
 if __name__ == "__main__":
