@@ -6,10 +6,12 @@
              raw: qemu-img commit -d + rm.
              libvirt (Debian's, embedded, no daemon): snapshot delete, which
              starts a paused QEMU for the commit (bench/libvirt_delete.py).
-  running    delete of the active layer of a running guest.
-             qdriver: delete_snapshot (active block-commit, pivot, metadata).
+  running    delete of the active layers of a running guest, twice: with
+             overlays the guest wrote little to, and with 64 MiB written into
+             the overlay of a data disk (vdb) since the snapshot.
+             qdriver: delete_snapshot (active block-commits, pivot, metadata).
              raw: block-commit + job-complete + blockdev-del on the same QEMU,
-             for an overlay the raw calls added themselves.
+             for overlays the raw calls added themselves.
 
 Medians of interleaved rounds; ratios to raw (and libvirt/qdriver) in the same run.
 Usage: python3 bench/snapshot_delete.py [--rounds N] [--no-libvirt]
@@ -71,54 +73,75 @@ async def shut_off(work: Path, rounds: int, times: dict[str, list[float]]) -> st
         "<name>off</name>", "<name>lvdel</name>")
 
 
-async def raw_active_commit(dom: qdriver.Domain, overlay: Path) -> float:
-    """Add an overlay with raw calls (untimed), then the timed raw active commit."""
+async def fill_vdb(mon: qmp.Monitor, mib: int) -> None:
+    """Write ``mib`` MiB into the data disk's active layer (the guest never reads it)."""
+    if mib:
+        node = (await top_nodes(mon))["vdb"]
+        await mon.hmp(f'qemu-io {node} "write -P 0x61 0 {mib}M"', 600)
+
+
+async def raw_active_commit(dom: qdriver.Domain, work: Path, tag: str, mib: int) -> float:
+    """Add overlays with raw calls (untimed), then the timed raw active commits."""
     async with dom.monitor() as mon:
-        base = dom.definition.disks[0].source or ""
-        await qemuimg.create(overlay, "qcow2", backing=base, backing_fmt="qcow2")
-        node = (await top_nodes(mon))["vda"]
-        await mon.execute("blockdev-add", {"driver": "qcow2", "node-name": "rawov",
-                                           "backing": None, "file": {
-                                               "driver": "file", "filename": str(overlay),
-                                               "node-name": "rawovf"}})
-        await mon.execute("blockdev-snapshot", {"node": node, "overlay": "rawov"})
-        await anyio.sleep(0.3)  # the guest writes into it
+        nodes = await top_nodes(mon)
+        for d in dom.definition.disks:
+            overlay = work / f"{tag}-{d.target}.qcow2"
+            await qemuimg.create(overlay, "qcow2", backing=d.source or "",
+                                 backing_fmt=d.format)
+            await mon.execute("blockdev-add", {
+                "driver": "qcow2", "node-name": f"raw{d.target}", "backing": None,
+                "file": {"driver": "file", "filename": str(overlay)}})
+            await mon.execute("blockdev-snapshot", {"node": nodes[d.target],
+                                                    "overlay": f"raw{d.target}"})
+        await fill_vdb(mon, mib)
+        await anyio.sleep(0.3)  # the guest writes into them
         t0 = time.monotonic()
-        with mon.listener("JOB_STATUS_CHANGE") as events:
-            await mon.execute("block-commit", {"job-id": "rawc", "device": "rawov",
-                                               "base-node": node})
-            await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "ready",
-                                 600, "commit ready")
-            await mon.execute("job-complete", {"id": "rawc"})
-            await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "null",
-                                 600, "commit end")
-        await mon.execute("blockdev-del", {"node-name": "rawov"})  # its file node goes too
-        seconds = time.monotonic() - t0
-    overlay.unlink()
-    return seconds
+        for d in dom.definition.disks:
+            job = f"rawc{d.target}"
+            with mon.listener("JOB_STATUS_CHANGE") as events:
+                await mon.execute("block-commit", {"job-id": job, "device": f"raw{d.target}",
+                                                   "base-node": nodes[d.target]})
+                await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "ready",
+                                     600, "commit ready")
+                await mon.execute("job-complete", {"id": job})
+                await qmp.wait_event(events, lambda e: qmp.data(e).get("status") == "null",
+                                     600, "commit end")
+            await mon.execute("blockdev-del", {"node-name": f"raw{d.target}"})
+            (work / f"{tag}-{d.target}.qcow2").unlink()
+        return time.monotonic() - t0
 
 
 async def running(work: Path, rounds: int, times: dict[str, list[float]]) -> None:
     drv = qdriver.Driver(work / "state")
-    dom = await drv.define_xml(guest_xml(work, "run", 256, "qd.quiet=1"))
+    data = work / "run-vdb.qcow2"
+    await qemuimg.create(data, "qcow2", size=128 << 20)
+    xml = guest_xml(work, "run", 256, "qd.quiet=1").replace("</disk>", f"""</disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{data}'/><target dev='vdb' bus='virtio'/></disk>""", 1)
+    dom = await drv.define_xml(xml)
     try:
         await dom.start()
         await wait_booted(dom, settle=0.5)
         for i in range(rounds):
-            for who in (("qdriver", "raw") if i % 2 == 0 else ("raw", "qdriver")):
-                overlay = work / f"run-{who}-{i}.qcow2"
-                if who == "raw":
-                    times.setdefault("running raw", []).append(
-                        await raw_active_commit(dom, overlay))
-                    continue
-                await dom.snapshot_create_xml(
-                    f"<domainsnapshot><name>r{i}</name><disks><disk name='vda' "
-                    f"snapshot='external'><source file='{overlay}'/></disk></disks>"
-                    "</domainsnapshot>", disk_only=True)
-                await anyio.sleep(0.3)
-                t0 = time.monotonic()
-                await dom.delete_snapshot(f"r{i}")
-                times.setdefault("running qdriver", []).append(time.monotonic() - t0)
+            for mib, case in ((0, "running"), (64, "running 64M")):
+                for who in (("qdriver", "raw") if i % 2 == 0 else ("raw", "qdriver")):
+                    tag = f"run-{who}-{mib}-{i}"
+                    if who == "raw":
+                        times.setdefault(f"{case} raw", []).append(
+                            await raw_active_commit(dom, work, tag, mib))
+                        continue
+                    await dom.snapshot_create_xml(
+                        f"<domainsnapshot><name>{tag}</name><disks>"
+                        f"<disk name='vda' snapshot='external'><source file='{work}/{tag}-vda'/>"
+                        f"</disk><disk name='vdb' snapshot='external'><source "
+                        f"file='{work}/{tag}-vdb'/></disk></disks></domainsnapshot>",
+                        disk_only=True)
+                    async with dom.monitor() as mon:
+                        await fill_vdb(mon, mib)
+                    await anyio.sleep(0.3)
+                    t0 = time.monotonic()
+                    await dom.delete_snapshot(tag)
+                    times.setdefault(f"{case} qdriver", []).append(time.monotonic() - t0)
     finally:
         if dom.is_active:
             await dom.destroy()
@@ -153,16 +176,15 @@ async def main(rounds: int, libvirt: bool) -> None:
     med = {k: statistics.median(v) for k, v in times.items() if v}
     version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
                              text=True).stdout.split()[3]
-    print(f"\nexternal snapshot delete, 1 MiB overlay, median of {rounds} interleaved rounds, "
-          f"QEMU {version}")
-    print(f"{'case':10}{'raw ms':>9}{'qdriver ms':>12}{'ratio':>7}{'libvirt ms':>12}"
+    print(f"\nexternal snapshot delete, median of {rounds} interleaved rounds, QEMU {version}")
+    print(f"{'case':12}{'raw ms':>9}{'qdriver ms':>12}{'ratio':>7}{'libvirt ms':>12}"
           f"{'libvirt/qdriver':>17}")
-    for case in ("shut off", "running"):
+    for case in ("shut off", "running", "running 64M"):
         raw, qd, lv = (med.get(f"{case} {w}") for w in ("raw", "qdriver", "libvirt"))
         if raw is None or qd is None:
             continue
         lv_text = f"{lv * 1000:12.1f}{lv / qd:17.1f}" if lv else f"{'-':>12}{'-':>17}"
-        print(f"{case:10}{raw * 1000:9.1f}{qd * 1000:12.1f}{qd / raw:7.2f}{lv_text}")
+        print(f"{case:12}{raw * 1000:9.1f}{qd * 1000:12.1f}{qd / raw:7.2f}{lv_text}")
     print("aims: shut off under 100 ms; running within 1.2x of the raw block-commit")
 
 

@@ -209,7 +209,7 @@ class Runtime:
                                 f"{process.log_tail(self.paths.qemu_log)}") from e
 
     async def _abort_launch(self, rec: RunRecord | None) -> None:
-        proc = rec.proc if rec is not None else _pid_from_file(self.paths.pidfile)
+        proc = rec.proc if rec is not None else pid_from_file(self.paths.pidfile)
         if proc is not None:
             await process.terminate(proc, grace=1.0)
         self.cleanup()
@@ -231,7 +231,8 @@ def _reason(rec: RunRecord, exit_status: int | None) -> str:
     return "shutdown" if exit_status == 0 else "crashed"
 
 
-def _pid_from_file(pidfile: Path) -> process.ProcessId | None:
+def pid_from_file(pidfile: Path) -> process.ProcessId | None:
+    """The QEMU a pidfile names, with its start time (None if it is gone)."""
     try:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
@@ -247,4 +248,4 @@ async def _console_pty(mon: qmp.Monitor) -> str | None:
     return None
 
 
-__all__ = ["Runtime", "RunRecord", "StatusRecord", "START_TIMEOUT"]
+__all__ = ["Runtime", "RunRecord", "StatusRecord", "START_TIMEOUT", "pid_from_file"]

@@ -19,6 +19,7 @@ import anyio
 from .. import agent, domstate, process, qemuimg, qmp
 from ..journal import Action, ActionKind
 from ..opcontext import OpContext
+from ..runtime import pid_from_file
 from ..statestore import atomic_write, fsync_dir
 from ..xml.domain import DomainDef
 
@@ -167,19 +168,11 @@ async def _stop_qemu(env: ActionEnv, args: dict[str, Any]) -> None:
     if ctx.record is not None:
         await ctx.stop(args.get("reason", "destroyed"))
         return
-    pid = _pid(ctx.paths.pidfile)
-    if pid is not None and process.is_alive(pid, str(ctx.paths.pidfile)):
+    pid = pid_from_file(ctx.paths.pidfile)
+    if pid is not None and pid.pid != os.getpid() and \
+            process.is_alive(pid, str(ctx.paths.pidfile)):
         await process.terminate(pid, grace=1.0)
     ctx.runtime.cleanup()
-
-
-def _pid(pidfile: Path) -> process.ProcessId | None:
-    try:
-        pid = int(pidfile.read_text())
-    except (OSError, ValueError):
-        return None
-    start = process.start_time(pid)
-    return process.ProcessId(pid, start) if start is not None and pid != os.getpid() else None
 
 
 ACTIONS: dict[ActionKind, Callable[[ActionEnv, dict[str, Any]], Awaitable[None]]] = {

@@ -155,6 +155,27 @@ class DeleteExecution:
             await mon.execute("block-commit", args)
             await _wait_job(mon, events, job, meter)
 
+    async def adopt_finished_commits(self, graph: ImageGraph) -> None:
+        """Rename what a commit finished before its process died.
+
+        A snapshot's top is backed by the image it froze, unless that image was
+        committed into its own backing file: QEMU then re-points the top at
+        that file when (and only when) the commit completes.  Such a frozen
+        image holds nothing of its own any more: its names move to the file it
+        was committed into, and it goes.
+        """
+        for snap in self.ctx.snapshot_tree().snaps.values():
+            froze = disk_sources(snap.domain) if snap.domain is not None else {}
+            for d in snap.disks:
+                frozen = froze.get(d.name)
+                if d.snapshot != "external" or not d.source or not frozen:
+                    continue
+                below = graph.backing.get(d.source)
+                if below and below != frozen and below == graph.backing.get(frozen) \
+                        and not graph.children(frozen):
+                    self._rename(frozen, below)
+                    Path(frozen).unlink(missing_ok=True)
+
     def _rename(self, old: str, new: str) -> None:
         """Every name of ``old`` (definition, metadata) becomes ``new``."""
         fmt = _format(new)
@@ -264,9 +285,11 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
     if mon is not None:
         await _settle_jobs(mon)
         await actions.run(actions.ActionEnv(ctx, _const(mon)), actions.follow_disks())
-    plan = plan_delete(ctx.snapshot_tree(), ctx.definition, mon is not None, names,
-                       await image_graph(ctx))
-    await DeleteExecution(ctx, plan, mon).carry_out()
+    execution = DeleteExecution(ctx, DeletePlan(names, False), mon)
+    await execution.adopt_finished_commits(await image_graph(ctx))
+    execution.plan = plan_delete(ctx.snapshot_tree(), ctx.definition, mon is not None, names,
+                                 await image_graph(ctx))
+    await execution.carry_out()
     return names
 
 
