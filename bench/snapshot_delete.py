@@ -6,9 +6,9 @@
              raw: qemu-img commit -d + rm.
              libvirt (Debian's, embedded, no daemon): snapshot delete, which
              starts a paused QEMU for the commit (bench/libvirt_delete.py).
-  running    delete of the active layers of a running guest, twice: with
-             overlays the guest wrote little to, and with 64 MiB written into
-             the overlay of a data disk (vdb) since the snapshot.
+  running    delete of the active layers of a running guest (two disks), twice:
+             with overlays the guest wrote little to, and with 64 MiB in the
+             data disk's (vdb) overlay, written before it was attached.
              qdriver: delete_snapshot (active block-commits, pivot, metadata).
              raw: block-commit + job-complete + blockdev-del on the same QEMU,
              for overlays the raw calls added themselves.
@@ -73,27 +73,34 @@ async def shut_off(work: Path, rounds: int, times: dict[str, list[float]]) -> st
         "<name>off</name>", "<name>lvdel</name>")
 
 
-async def fill_vdb(mon: qmp.Monitor, mib: int) -> None:
-    """Write ``mib`` MiB into the data disk's active layer (the guest never reads it)."""
+async def overlays(dom: qdriver.Domain, work: Path, tag: str, mib: int) -> dict[str, Path]:
+    """New overlays on each disk; the data disk's (vdb, the guest never reads it)
+    already holds ``mib`` MiB, as if the guest had written them since the snapshot."""
+    made = {}
+    for d in dom.definition.disks:
+        made[d.target] = work / f"{tag}-{d.target}.qcow2"
+        await qemuimg.create(made[d.target], "qcow2", backing=d.source or "",
+                             backing_fmt=d.format)
     if mib:
-        node = (await top_nodes(mon))["vdb"]
-        await mon.hmp(f'qemu-io {node} "write -P 0x61 0 {mib}M"', 600)
+        spec = {"driver": "qcow2", "backing": None,  # the backing file is QEMU's, locked
+                "file": {"driver": "file", "filename": str(made["vdb"])}}
+        subprocess.run(["qemu-io", "-c", f"write -P 0x61 0 {mib}M", f"json:{json.dumps(spec)}"],
+                       check=True, capture_output=True)
+    return made
 
 
 async def raw_active_commit(dom: qdriver.Domain, work: Path, tag: str, mib: int) -> float:
     """Add overlays with raw calls (untimed), then the timed raw active commits."""
+    made = await overlays(dom, work, tag, mib)
     async with dom.monitor() as mon:
         nodes = await top_nodes(mon)
         for d in dom.definition.disks:
-            overlay = work / f"{tag}-{d.target}.qcow2"
-            await qemuimg.create(overlay, "qcow2", backing=d.source or "",
-                                 backing_fmt=d.format)
+            overlay = made[d.target]
             await mon.execute("blockdev-add", {
                 "driver": "qcow2", "node-name": f"raw{d.target}", "backing": None,
                 "file": {"driver": "file", "filename": str(overlay)}})
             await mon.execute("blockdev-snapshot", {"node": nodes[d.target],
                                                     "overlay": f"raw{d.target}"})
-        await fill_vdb(mon, mib)
         await anyio.sleep(0.3)  # the guest writes into them
         t0 = time.monotonic()
         for d in dom.definition.disks:
@@ -130,14 +137,13 @@ async def running(work: Path, rounds: int, times: dict[str, list[float]]) -> Non
                         times.setdefault(f"{case} raw", []).append(
                             await raw_active_commit(dom, work, tag, mib))
                         continue
+                    made = await overlays(dom, work, tag, mib)
                     await dom.snapshot_create_xml(
                         f"<domainsnapshot><name>{tag}</name><disks>"
-                        f"<disk name='vda' snapshot='external'><source file='{work}/{tag}-vda'/>"
+                        f"<disk name='vda' snapshot='external'><source file='{made['vda']}'/>"
                         f"</disk><disk name='vdb' snapshot='external'><source "
-                        f"file='{work}/{tag}-vdb'/></disk></disks></domainsnapshot>",
-                        disk_only=True)
-                    async with dom.monitor() as mon:
-                        await fill_vdb(mon, mib)
+                        f"file='{made['vdb']}'/></disk></disks></domainsnapshot>",
+                        disk_only=True, reuse_ext=True)
                     await anyio.sleep(0.3)
                     t0 = time.monotonic()
                     await dom.delete_snapshot(tag)

@@ -96,6 +96,8 @@ class DeleteExecution:
             await self._delete_internal(item)
         for commit in self.plan.commits:
             await self._commit(commit)
+        if self.plan.renames:  # durable before any committed file goes
+            self._rename(self.plan.renames)
         for path in self.plan.remove:
             Path(path).unlink(missing_ok=True)
         store = self.ctx.snapshot_store()
@@ -134,14 +136,12 @@ class DeleteExecution:
                                        f"snapshot: '{e}'") from e
         for child in c.rebase:
             await qemuimg.rebase_unsafe(child, c.base, _format(c.base))
-        self._rename(c.top, c.base)
         if self.mon is not None and c.mode != "offline":
             try:  # the overlay's format node, and with it its file node
                 await self.mon.execute("blockdev-del",
                                        {"node-name": overlay_nodes(c.target, c.top)[0]})
             except qmp.CommandError:
                 pass  # not a node qdriver added (QEMU opened it as a backing file)
-        Path(c.top).unlink(missing_ok=True)
 
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
         root = (await top_nodes(mon))[c.target]
@@ -173,20 +173,24 @@ class DeleteExecution:
                 below = graph.backing.get(d.source)
                 if below and below != frozen and below == graph.backing.get(frozen) \
                         and not graph.children(frozen):
-                    self._rename(frozen, below)
+                    self._rename({frozen: below})
                     Path(frozen).unlink(missing_ok=True)
 
-    def _rename(self, old: str, new: str) -> None:
-        """Every name of ``old`` (definition, metadata) becomes ``new``."""
-        fmt = _format(new)
+    def _rename(self, renames: dict[str, str]) -> None:
+        """Every name of each old image (definition, metadata) becomes the new one:
+        one write of the definition and of each snapshot that changes."""
+        formats = {new: _format(new) for new in renames.values()}
         defn = self.ctx.definition
-        moved = {d.target: (new, fmt) for d in defn.disks if d.source == old}
+        moved = {d.target: (renames[d.source], formats[renames[d.source]])
+                 for d in defn.disks if d.source in renames}
         if moved:
             self.ctx.save_definition(defn.with_disk_sources(moved))
         store = self.ctx.snapshot_store()
         tree = store.load()
         for name, snap in tree.snaps.items():
-            renamed = _rename_snapshot(snap, old, new, fmt)
+            renamed = snap
+            for old, new in renames.items():
+                renamed = _rename_snapshot(renamed, old, new, formats[new])
             if renamed is not snap:
                 store.write(renamed, tree.current == name)
 
