@@ -54,14 +54,19 @@ async def _remove_file(env: ActionEnv, args: dict[str, Any]) -> None:
 
 
 async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Put metadata files back: all of the directory's (``exact``), or the named
+    ones (None: the file did not exist)."""
     directory = Path(args["path"])
-    files: dict[str, str] = args["files"]
-    if directory.is_dir():
+    files: dict[str, str | None] = args["files"]
+    if directory.is_dir() and args.get("exact", True):
         for f in directory.glob("*.xml"):
             if f.name not in files:
                 f.unlink()
     for name, content in files.items():
-        atomic_write(directory / name, content, sync_dir=False)
+        if content is None:
+            (directory / name).unlink(missing_ok=True)
+        else:
+            atomic_write(directory / name, content, sync_dir=False)
     if directory.is_dir():
         fsync_dir(directory)
 
@@ -200,7 +205,18 @@ def remove_file(path: str, what: str = "file") -> Action:
 
 def restore_dir(directory: Path, what: str) -> Action:
     return Action(ActionKind.RESTORE_DIR, what,
-                  {"path": str(directory), "files": dir_snapshot(directory)})
+                  {"path": str(directory), "files": dir_snapshot(directory), "exact": True})
+
+
+def restore_files(directory: Path, names: list[str], what: str) -> Action:
+    """Only these metadata files (``NAME.xml``) as they are now: a change that
+    touches two files need not copy every snapshot into the journal."""
+    files: dict[str, str | None] = {}
+    for name in dict.fromkeys(names):
+        path = directory / f"{name}.xml"
+        files[path.name] = path.read_text() if path.exists() else None
+    return Action(ActionKind.RESTORE_DIR, what,
+                  {"path": str(directory), "files": files, "exact": False})
 
 
 def write_definition(definition: DomainDef, what: str = "the domain definition") -> Action:

@@ -349,8 +349,11 @@ class CreateExecution:
     async def write_metadata(self) -> None:
         await self._complete_memory_file()
         store = self.ctx.snapshot_store()
-        self.txn.on_undo(actions.restore_dir(store.dir, f"the metadata of {self.plan.name}"))
-        meta.add(store, store.load(), self.record())
+        tree = store.load()
+        touched = [self.plan.name, *([tree.current] if tree.current else [])]
+        self.txn.on_undo(actions.restore_files(store.dir, touched,
+                                               f"the metadata of {self.plan.name}"))
+        meta.add(store, tree, self.record())
 
     async def redefine_metadata(self) -> None:
         store = self.ctx.snapshot_store()

@@ -136,7 +136,8 @@ class RevertExecution:
         self.replaced = [d.source for d in snap.revert_disks or () if d.source]
         disks = [SnapshotDisk(t, "external", "file", p, "qcow2")
                  for t, p in self.new_overlays.items()]
-        self.txn.on_undo(actions.restore_dir(store.dir, "the snapshot metadata"))
+        touched = [snap.name or "", *([tree.current] if tree.current else [])]
+        self.txn.on_undo(actions.restore_files(store.dir, touched, "the snapshot metadata"))
         store.write(replace(snap, revert_disks=disks), tree.current == snap.name)
 
     async def drop_discarded(self) -> None:
