@@ -476,8 +476,10 @@ class Domain:
         tree = ctx.snapshot_tree()
         names = victims(tree, name, flags)
         graph = await image_graph(ctx) if not flags.metadata_only else ImageGraph({})
+        job = (await probe(mon, self.runtime, ctx.record, locked=True))[1].snapshot_save \
+            if mon is not None else True
         return plan_delete(tree, ctx.definition, ctx.record is not None, names, graph,
-                           flags.metadata_only)
+                           flags.metadata_only, snapshot_job=job)
 
     async def _metadata_change(self, ctx: OpContext, op: str, change: Callable[..., T],
                                *args: object) -> T:

@@ -140,3 +140,13 @@ def test_image_holding_an_internal_snapshot_is_not_merged_away() -> None:
     plan = plan_delete(tree, dom(f"{W}/ov4"), True, ["s4"], CHAIN)
     assert plan.commits == [] and plan.remove == []
     assert (f"{W}/ov4", "it holds internal snapshot 'i'") in plan.kept
+
+
+def test_qemu_without_the_snapshot_delete_job_uses_hmp_delvm() -> None:
+    tree = SnapshotTree({"i": internal("i", f"{W}/orig")}, "i")
+    g = graph(orig=None)
+    plan = plan_delete(tree, dom(f"{W}/orig"), True, ["i"], g, snapshot_job=False)
+    assert plan.internal == [InternalDelete("vda", f"{W}/orig", "i", True, hmp=True)]
+    assert plan.to_json()["internal"][0]["via"] == "hmp delvm"
+    plan = plan_delete(tree, dom(f"{W}/orig"), False, ["i"], g, snapshot_job=False)
+    assert plan.internal[0].hmp is False  # shut off: qemu-img whatever the QEMU

@@ -12,8 +12,9 @@ from typing import Callable
 import pytest
 
 import qdriver
-from qdriver import DomainState
+from qdriver import DomainState, qmp
 from qdriver.ops import delete_exec
+from qdriver.ops.delete_plan import plan_delete
 
 from .conftest import disk_counter, run_cli, wait_console
 from .test_recovery import assert_consistent
@@ -258,3 +259,19 @@ async def test_recovery_adopts_a_commit_that_finished(make_domain, state_dir: Pa
     assert listed(state_dir) == ["s2", "s4"] and not Path(s3).exists()
     assert chain(s4) == [s4, s2, orig] and f"file='{s2}'" in snap_xml(state_dir, "s4")
     assert guest_view(s4, tmp_path) == view
+
+
+async def test_internal_delete_through_hmp_delvm(make_domain, state_dir: Path) -> None:
+    """The fallback for a QEMU without the snapshot-delete job, on a real QEMU."""
+    dom = await make_domain()
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    run_cli(state_dir, "snapshot-create-as", "guest", "i1")
+    assert internal_names(source(dom)) == ["i1"]
+    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
+        plan = plan_delete(ctx.snapshot_tree(), ctx.definition, True, ["i1"],
+                           await delete_exec.image_graph(ctx), snapshot_job=False)
+        assert plan.internal[0].hmp
+        await delete_exec.DeleteExecution(ctx, plan, mon).run()
+    assert internal_names(source(dom)) == [] and listed(state_dir) == []
+    assert (await dom.get_state())[0] is DomainState.RUNNING

@@ -31,6 +31,7 @@ from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
 from .blocknodes import overlay_nodes, top_nodes
+from .create_exec import hmp_word
 from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
 from .progress import ProgressFn, ProgressMeter
 from .transaction import Transaction
@@ -111,6 +112,11 @@ class DeleteExecution:
 
     async def _delete_internal(self, item: InternalDelete) -> None:
         if not os.path.exists(item.image):
+            return
+        if item.hmp and self.mon is not None:
+            out = await self.mon.hmp(f"delvm {hmp_word(item.name)}", COMMIT_TIMEOUT)
+            if out.strip():  # HMP reports errors as text, not as a QMP error
+                raise OperationFailedError(f"delvm failed: {out.strip()}")
             return
         if item.online and self.mon is not None:
             node = await _node_of(self.mon, item.image)

@@ -82,6 +82,8 @@ class InternalDelete:
     name: str
     online: bool
     """True when the running QEMU has the image open (QMP ``snapshot-delete``)."""
+    hmp: bool = False
+    """Online on a QEMU without the ``snapshot-delete`` job: HMP ``delvm``."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,9 @@ class DeletePlan:
     def to_json(self) -> dict[str, object]:
         return {
             "snapshots": self.names, "steps": [str(s) for s in self.steps],
-            "internal": [{"disk": i.target, "image": i.image, "online": i.online}
-                         for i in self.internal],
+            "internal": [{"disk": i.target, "image": i.image, "online": i.online,
+                          "via": "hmp delvm" if i.hmp else "snapshot-delete" if i.online
+                          else "qemu-img"} for i in self.internal],
             "commits": [{"disk": c.target, "top": c.top, "into": c.base, "mode": c.mode,
                          "rebase": list(c.rebase)} for c in self.commits],
             "remove": self.remove, "renames": self.renames,
@@ -146,8 +149,13 @@ def victims(tree: SnapshotTree, name: str, flags: DeleteFlags) -> list[str]:
 
 
 def plan_delete(tree: SnapshotTree, definition: DomainDef, running: bool, names: list[str],
-                graph: ImageGraph, metadata_only: bool = False) -> DeletePlan:
-    """What deleting ``names`` (from `victims`) does to images, QEMU and metadata."""
+                graph: ImageGraph, metadata_only: bool = False,
+                snapshot_job: bool = True) -> DeletePlan:
+    """What deleting ``names`` (from `victims`) does to images, QEMU and metadata.
+
+    ``snapshot_job``: the running QEMU has the QMP ``snapshot-delete`` job
+    (QEMU >= 6.0); without it internal snapshots it has open go by HMP ``delvm``.
+    """
     plan = DeletePlan(list(names), metadata_only)
     if metadata_only:
         return plan
@@ -155,7 +163,8 @@ def plan_delete(tree: SnapshotTree, definition: DomainDef, running: bool, names:
     remaining = [s for n, s in tree.snaps.items() if n not in names]
     active = {d.target: d.source for d in definition.disks if d.source} if running else {}
     for snap in doomed:
-        plan.internal += _internal(snap, graph, active)
+        plan.internal += [replace(i, hmp=i.online and not snapshot_job)
+                          for i in _internal(snap, graph, active)]
         if snap.memory == "external" and snap.memory_file:
             plan.remove.append(snap.memory_file)
     _simplify(plan, doomed, remaining, definition, graph, active)
