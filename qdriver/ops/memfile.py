@@ -79,8 +79,8 @@ async def _wait(mon: qmp.Monitor, events: EventListener, poll: Poll, what: str) 
     while True:
         info = await mon.execute("query-migrate")
         status = str(info.get("status"))
-        if status == "active":
-            faults.point("memfile:migrating")
+        if status not in ("completed", "failed", "cancelled", "none"):
+            faults.point("memfile:migrating")  # setup or active: the file is being written
         await poll(info)
         if status == "completed":
             return
