@@ -220,10 +220,9 @@ class CreateExecution:
 
     async def _add_overlay_nodes(self) -> None:
         for d in self.external():
-            fmt, file = overlay_nodes(d.target, d.file or "")
-            for node in (file, fmt):
-                self._overlay_undo(d, actions.qmp_command(
-                    f"block node {node}", "blockdev-del", {"node-name": node}))
+            node = overlay_nodes(d.target, d.file or "")[0]  # its file node goes with it
+            self._overlay_undo(d, actions.qmp_command(
+                f"block node {node}", "blockdev-del", {"node-name": node}))
             await add_overlay(self.monitor, d.target, d.file or "")
 
     async def leave_postmigrate(self) -> None:
