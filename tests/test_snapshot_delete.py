@@ -81,13 +81,19 @@ async def disk_snapshots(dom: qdriver.Domain, state_dir: Path, work: Path,
     return frozen
 
 
-async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_dir: Path,
-                                                             tmp_path: Path) -> None:
+async def running_chain(make_domain, state_dir: Path, work: Path
+                        ) -> tuple[qdriver.Domain, str, dict[str, int]]:
+    """The running guest on orig <- s2 <- s3 <- s4 (disk-only snapshots); what each froze."""
     dom = await make_domain()
     orig = source(dom)
     await dom.start()
     await wait_console(dom, "COUNTER 2")
-    frozen = await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
+    return dom, orig, await disk_snapshots(dom, state_dir, work, ("s2", "s3", "s4"))
+
+
+async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_dir: Path,
+                                                             tmp_path: Path) -> None:
+    dom, orig, frozen = await running_chain(make_domain, state_dir, tmp_path)
     orig_sum = sha(orig)
     run_cli(state_dir, "snapshot-create-as", "guest", "i1")  # internal, in s4.qcow2
     s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
@@ -133,11 +139,7 @@ async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_
 
 async def test_branches_after_revert_stay_revertible(make_domain, state_dir: Path,
                                                     tmp_path: Path) -> None:
-    dom = await make_domain()
-    orig = source(dom)
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
-    frozen = await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
+    dom, orig, frozen = await running_chain(make_domain, state_dir, tmp_path)
     await dom.destroy()
     run_cli(state_dir, "snapshot-revert", "guest", "s2")  # a branch off orig
 
