@@ -207,9 +207,7 @@ class Domain:
     @staticmethod
     def _transaction(ctx: OpContext, op: str) -> Transaction:
         """A journaled transaction for an operation without a plan of its own."""
-        async def no_monitor() -> qmp.Monitor | None:
-            return None
-        return Transaction(actions.ActionEnv(ctx, no_monitor), op)
+        return Transaction(actions.ActionEnv.fixed(ctx, None), op)
 
     async def suspend(self) -> None:
         """Pause the guest's vCPUs (``virsh suspend``)."""
@@ -475,7 +473,7 @@ class Domain:
                            flags: DeleteFlags) -> DeletePlan:
         tree = ctx.snapshot_tree()
         names = victims(tree, name, flags)
-        graph = await image_graph(ctx) if not flags.metadata_only else ImageGraph({})
+        graph = await image_graph(ctx, tree) if not flags.metadata_only else ImageGraph({})
         job = (await probe(mon, self.runtime, ctx.record, locked=True))[1].snapshot_save \
             if mon is not None else True
         return plan_delete(tree, ctx.definition, ctx.record is not None, names, graph,

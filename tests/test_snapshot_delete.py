@@ -271,8 +271,9 @@ async def test_internal_delete_through_hmp_delvm(make_domain, state_dir: Path) -
     run_cli(state_dir, "snapshot-create-as", "guest", "i1")
     assert internal_names(source(dom)) == ["i1"]
     async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
-        plan = plan_delete(ctx.snapshot_tree(), ctx.definition, True, ["i1"],
-                           await delete_exec.image_graph(ctx), snapshot_job=False)
+        tree = ctx.snapshot_tree()
+        plan = plan_delete(tree, ctx.definition, True, ["i1"],
+                           await delete_exec.image_graph(ctx, tree), snapshot_job=False)
         assert plan.internal[0].hmp
         await delete_exec.DeleteExecution(ctx, plan, mon).run()
     assert internal_names(source(dom)) == [] and listed(state_dir) == []

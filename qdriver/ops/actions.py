@@ -36,6 +36,13 @@ class ActionEnv:
     monitor: MonitorFn
     """The running QEMU's monitor, or None when there is no QEMU."""
 
+    @classmethod
+    def fixed(cls, ctx: OpContext, mon: "qmp.Monitor | None") -> ActionEnv:
+        """An environment whose monitor does not change during the operation."""
+        async def get() -> qmp.Monitor | None:
+            return mon
+        return cls(ctx, get)
+
 
 async def run(env: ActionEnv, action: Action) -> None:
     """Run one action."""

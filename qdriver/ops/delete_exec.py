@@ -39,9 +39,8 @@ from .transaction import Transaction
 COMMIT_TIMEOUT = 3600.0
 
 
-async def image_graph(ctx: OpContext) -> ImageGraph:
-    """The backing graph of every image the definition and the metadata name."""
-    tree = ctx.snapshot_tree()
+async def image_graph(ctx: OpContext, tree: meta.SnapshotTree) -> ImageGraph:
+    """The backing graph of every image the definition and ``tree`` name."""
     todo = [d.source for d in ctx.definition.disks if d.source]
     for snap in tree.snaps.values():
         todo += [d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source]
@@ -75,10 +74,7 @@ class DeleteExecution:
         self.plan = plan
         self.mon = mon
         self.progress = progress
-        self.txn = Transaction(actions.ActionEnv(ctx, self._monitor), "snapshot-delete")
-
-    async def _monitor(self) -> qmp.Monitor | None:
-        return self.mon
+        self.txn = Transaction(actions.ActionEnv.fixed(ctx, mon), "snapshot-delete")
 
     async def run(self) -> None:
         await self.txn.attempt(self._all)
@@ -294,19 +290,14 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
         return []
     if mon is not None:
         await _settle_jobs(mon)
-        await actions.run(actions.ActionEnv(ctx, _const(mon)), actions.follow_disks())
+        await actions.run(actions.ActionEnv.fixed(ctx, mon), actions.follow_disks())
     execution = DeleteExecution(ctx, DeletePlan(names, False), mon)
-    await execution.adopt_finished_commits(await image_graph(ctx))
-    execution.plan = plan_delete(ctx.snapshot_tree(), ctx.definition, mon is not None, names,
-                                 await image_graph(ctx))
+    await execution.adopt_finished_commits(await image_graph(ctx, ctx.snapshot_tree()))
+    tree = ctx.snapshot_tree()  # the adoption may have renamed images in it
+    execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
+                                 await image_graph(ctx, tree))
     await execution.carry_out()
     return names
-
-
-def _const(mon: qmp.Monitor) -> actions.MonitorFn:
-    async def get() -> qmp.Monitor | None:
-        return mon
-    return get
 
 
 async def _settle_jobs(mon: qmp.Monitor) -> None:

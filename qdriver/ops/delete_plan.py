@@ -59,7 +59,8 @@ class DeleteFlags:
 class ImageGraph:
     """What the images on disk say: each one's backing file and format."""
 
-    backing: Mapping[str, str | None]
+    backing: dict[str, str | None]
+    """Changed only by the planner's own copy while it simulates merges."""
     formats: Mapping[str, str] = field(default_factory=dict)
     writable: frozenset[str] = frozenset()
     """Images this process may write (a commit target must be one)."""
@@ -230,13 +231,12 @@ def _refs(doomed: list[SnapshotDef], remaining: list[SnapshotDef], definition: D
 def _simplify(plan: DeletePlan, doomed: list[SnapshotDef], remaining: list[SnapshotDef],
               definition: DomainDef, graph: ImageGraph, active: dict[str, str]) -> None:
     refs = _refs(doomed, remaining, definition)
-    backing = dict(graph.backing)
-    g = replace(graph, backing=backing)
+    g = replace(graph, backing=dict(graph.backing))
     changed = True
     while changed:
         changed = _remove_unneeded(plan, refs, g) or _merge_one(plan, refs, g, active)
     for image, target in sorted(refs.candidates_merge.items()):
-        if image in backing and image not in refs.frozen and len(g.children(image)) > 1:
+        if image in g.backing and image not in refs.frozen and len(g.children(image)) > 1:
             plan.kept.append((image, "it backs several images (branches): "
                                      + ", ".join(g.children(image))))
         elif image in refs.frozen:
@@ -249,7 +249,7 @@ def _remove_unneeded(plan: DeletePlan, refs: _Refs, g: ImageGraph) -> bool:
         if image not in refs.named and not g.children(image) and image not in plan.remove:
             plan.remove.append(image)
             refs.candidates_remove.discard(image)
-            g.backing.pop(image, None)  # type: ignore[attr-defined]
+            g.backing.pop(image, None)
             return True
     return False
 
@@ -272,8 +272,8 @@ def _merge_one(plan: DeletePlan, refs: _Refs, g: ImageGraph, active: dict[str, s
         rebase = tuple(i for i in above if i not in in_use or mode == "offline")
         plan.commits.append(Commit(target, top, base, mode, rebase))
         for child in above:
-            g.backing[child] = base  # type: ignore[index]
-        g.backing.pop(top, None)  # type: ignore[attr-defined]
+            g.backing[child] = base
+        g.backing.pop(top, None)
         plan.remove.append(top)
         del refs.candidates_merge[base]
         _rename(plan, refs, top, base)
