@@ -42,6 +42,11 @@ def file_node(target: str) -> str:
     return f"file-{target}"
 
 
+def aio_option(io: str | None) -> dict[str, str]:
+    """The ``file`` node's ``aio`` option for a disk's ``<driver io=...>`` (none: QEMU's)."""
+    return {"aio": io} if io else {}
+
+
 def emulator_for(d: DomainDef) -> str:
     """The QEMU binary: ``<emulator>`` or ``qemu-system-ARCH`` from PATH."""
     if d.emulator:
@@ -150,7 +155,7 @@ def _disk(b: _Builder, disk: DiskDef) -> None:
     if disk.source:
         b.add("-blockdev", json.dumps({
             "driver": "file", "filename": disk.source, "node-name": file_node(disk.target),
-            "read-only": ro, "discard": "unmap"}))
+            "read-only": ro, "discard": "unmap", **aio_option(disk.io)}))
         b.add("-blockdev", json.dumps({
             "driver": disk.format, "file": file_node(disk.target),
             "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap"}))

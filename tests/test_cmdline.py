@@ -81,3 +81,25 @@ def test_kvm_and_cpu_modes(tmp_path: Path) -> None:
     assert opts(build(tmp_path, cpu="<cpu mode='maximum'/>"), "-cpu") == ["max"]
     with pytest.raises(ConfigUnsupportedError, match="host-passthrough' needs KVM"):
         build(tmp_path, cpu="<cpu mode='host-passthrough'/>")
+
+
+@pytest.mark.parametrize("io, aio", [(None, None), ("threads", "threads"),
+                                     ("io_uring", "io_uring")])
+def test_disk_io_mode_reaches_the_file_node(tmp_path: Path, io: str | None,
+                                            aio: str | None) -> None:
+    xml = XML.format(t="qemu", cpu="")
+    if io:
+        xml = xml.replace("<driver type='qcow2'/>", f"<driver type='qcow2' io='{io}'/>")
+    d = DomainDef.parse(xml)
+    assert d.disks[0].io == io and "io=" in d.to_xml() if io else True
+    nodes = [json.loads(b) for b in opts(cmdline.build(d, DomainPaths.of(tmp_path, "c"),
+                                                       "tcg"), "-blockdev")]
+    assert nodes[0].get("aio") == aio
+    assert "aio" not in nodes[2]  # the other disk keeps QEMU's default
+
+
+def test_disk_io_native_is_refused_by_name(tmp_path: Path) -> None:
+    d = DomainDef.parse(XML.format(t="qemu", cpu="").replace(
+        "<driver type='qcow2'/>", "<driver type='qcow2' io='native'/>"))
+    with pytest.raises(ConfigUnsupportedError, match="io='native'"):
+        cmdline.build(d, DomainPaths.of(tmp_path, "c"), "tcg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from .. import qmp
+from ..cmdline import aio_option
 
 
 def overlay_nodes(target: str, path: str) -> tuple[str, str]:
@@ -30,12 +31,14 @@ async def top_nodes(mon: qmp.Monitor) -> dict[str, str]:
     return nodes
 
 
-async def add_overlay(mon: qmp.Monitor, target: str, path: str) -> str:
-    """Open ``path`` as a qcow2 node with no backing yet; return its node name."""
+async def add_overlay(mon: qmp.Monitor, target: str, path: str, io: str | None = None) -> str:
+    """Open ``path`` as a qcow2 node with no backing yet, with the disk's I/O mode;
+    return its node name."""
     fmt_node, file_node = overlay_nodes(target, path)
     await mon.execute("blockdev-add", {
         "driver": "qcow2", "node-name": fmt_node, "backing": None,
-        "file": {"driver": "file", "filename": path, "node-name": file_node}})
+        "file": {"driver": "file", "filename": path, "node-name": file_node,
+                 **aio_option(io)}})
     return fmt_node
 
 

@@ -223,7 +223,8 @@ class CreateExecution:
             node = overlay_nodes(d.target, d.file or "")[0]  # its file node goes with it
             self._overlay_undo(d, actions.qmp_command(
                 f"block node {node}", "blockdev-del", {"node-name": node}))
-            await add_overlay(self.monitor, d.target, d.file or "")
+            io = next((x.io for x in self.before.disks if x.target == d.target), None)
+            await add_overlay(self.monitor, d.target, d.file or "", io)
 
     async def leave_postmigrate(self) -> None:
         """Bring a paused guest out of ``postmigrate``, where an earlier memory save

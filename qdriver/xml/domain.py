@@ -23,6 +23,8 @@ UNITS: dict[str, int] = {
 }
 DISK_FORMATS = ("qcow2", "raw")
 DISK_BUSES = ("virtio", "sata", "scsi")
+DISK_IO_MODES = ("threads", "io_uring")
+"""``<driver io=...>`` values qdriver honours (``native`` needs ``cache='none'``)."""
 NAME_RE = re.compile(r"^[^/\x00-\x1f]+$")
 TARGET_RE = re.compile(r"^[a-z]{2,4}[a-z]*$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -54,6 +56,10 @@ class DiskDef:
     snapshot: str | None = None
     """The domain-level default snapshot mode (``<disk snapshot=...>``)."""
     boot_order: int | None = None
+    io: str | None = None
+    """``<driver io=...>``: how QEMU does the image I/O (QEMU's default, threads, if unset).
+    ``io_uring`` avoids a thread hand-off per request: it halves the time to load an
+    internal snapshot's memory."""
 
 
 @dataclass
@@ -358,6 +364,9 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     fmt = driver.get("type", "raw") if driver is not None else "raw"
     if fmt not in DISK_FORMATS:
         raise ConfigUnsupportedError(f"unknown driver format value '{fmt}' for disk '{tdev}'")
+    io = driver.get("io") if driver is not None else None
+    if io is not None and io not in DISK_IO_MODES:
+        d.unsupported.append(f"<driver io='{io}'> ({tdev})")
     bus = target.get("bus") or ("virtio" if tdev.startswith("vd") else "sata")
     if bus not in DISK_BUSES:
         d.unsupported.append(f"<target bus='{bus}'> ({tdev})")
@@ -374,7 +383,7 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
         target=tdev, bus=bus, device=device, source=path, format=fmt,
         readonly=el.find("readonly") is not None or device == "cdrom",
         snapshot=el.get("snapshot"),
-        boot_order=order or None))
+        boot_order=order or None, io=io if io in DISK_IO_MODES else None))
 
 
 def _parse_interface(el: safe.Element, d: DomainDef) -> None:
