@@ -13,6 +13,19 @@ from pathlib import Path
 import anyio
 
 from .errors import AgentUnresponsiveError, OperationFailedError
+from .paths import DomainPaths
+from .xml.domain import DomainDef
+
+CHANNEL = "org.qemu.guest_agent.0"
+"""The virtio-serial port name qemu-guest-agent listens on."""
+
+
+def socket_path(definition: DomainDef, paths: DomainPaths) -> Path | None:
+    """The host end of the domain's guest-agent channel, if it has one."""
+    for i, chan in enumerate(definition.channels):
+        if chan.target_name == CHANNEL:
+            return Path(chan.path) if chan.path else paths.channel(i)
+    return None
 
 
 async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,
@@ -37,8 +50,8 @@ async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,
             return reply["return"]
 
 
-async def execute(path: Path, command: str, timeout: float = 10.0) -> object:
-    """Sync with the agent on ``path``, then run ``command``."""
+async def execute(path: Path, command: str | None, timeout: float = 10.0) -> object:
+    """Sync with the agent on ``path``, then run ``command`` (None: the sync is all)."""
     try:
         with anyio.fail_after(timeout):
             stream = await anyio.connect_unix(str(path))
@@ -47,12 +60,17 @@ async def execute(path: Path, command: str, timeout: float = 10.0) -> object:
                 sync_id = random.randrange(1, 2**31)
                 while await _call(stream, buf, "guest-sync", {"id": sync_id}) != sync_id:
                     pass
-                return await _call(stream, buf, command)
+                return None if command is None else await _call(stream, buf, command)
     except TimeoutError as e:
         raise AgentUnresponsiveError(f"the guest agent did not answer within {timeout:g} s") \
             from e
     except OSError as e:
         raise AgentUnresponsiveError(f"cannot reach the guest agent at {path}: {e}") from e
+
+
+async def ping(path: Path, timeout: float = 1.0) -> None:
+    """Return once the agent answers a ``guest-sync``; `AgentUnresponsiveError` if not."""
+    await execute(path, None, timeout)
 
 
 async def fsfreeze(path: Path, timeout: float = 10.0) -> int:

@@ -6,8 +6,10 @@ UNIX socket.  Ctrl-] (0x1d) detaches, as in virsh; so does end of input.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
+import threading
 import termios
 import tty
 from contextlib import contextmanager
@@ -85,3 +87,54 @@ async def attach(target: Path | str, stdin: int | None = None, stdout: int | Non
             sock.close()
         else:
             os.close(fd)
+
+
+class SerialLink:
+    """Hold a serial console open so that what is written to it reaches the guest.
+
+    QEMU's pty backend reads from its end only while someone holds the other
+    end open (it looks about once a second), and a pty nobody reads fills up
+    and stalls the guest's output.  A link therefore stays open and drains
+    the guest's output in a thread; the console log keeps that text anyway.
+    """
+
+    def __init__(self, target: Path | str) -> None:
+        self.target = str(target)
+        self._fd, self._sock = _open(target)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name=f"serial {target}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if ready:
+                try:
+                    if not os.read(self._fd, 65536):
+                        return
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+
+    def write(self, data: bytes, timeout: float = 10.0) -> None:
+        """Send ``data`` to the guest's serial port."""
+        view = memoryview(data)
+        while view:
+            _, ready, _ = select.select([], [self._fd], [], timeout)
+            if not ready:
+                raise TimeoutError(f"serial console {self.target} takes no input")
+            try:
+                view = view[os.write(self._fd, view):]
+            except BlockingIOError:
+                continue
+
+    def close(self) -> None:
+        """Stop draining and let go of the console."""
+        self._stop.set()
+        self._thread.join()
+        if self._sock is not None:
+            self._sock.close()
+        else:
+            os.close(self._fd)

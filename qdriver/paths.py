@@ -40,16 +40,17 @@ def socket_root(state_dir: Path) -> Path:
     return runtime_base() / tag
 
 
-def make_private_dirs(path: Path) -> None:
-    """Create ``path`` and the directories between it and `runtime_base`, each
-    checked to be private: a real directory (no symlink), owned by this user,
-    with no access for group or others.
+def make_private_dirs(path: Path, root: Path | None = None,
+                      what: str = "QEMU's sockets") -> None:
+    """Create ``path`` and the directories between it and ``root`` (default
+    `runtime_base`), each checked to be private: a real directory (no
+    symlink), owned by this user, with no access for group or others.
 
     ``/tmp/qdriver-UID`` may have been made by someone else before us, or be
     a symlink to their directory; sockets created there could be renamed and
     replaced by fake ones.  Such a directory is refused, never used.
     """
-    base = runtime_base()
+    base = runtime_base() if root is None else root
     chain = [base, *[base / Path(*path.relative_to(base).parts[:i + 1])
                      for i in range(len(path.relative_to(base).parts))]]
     for directory in chain:
@@ -57,10 +58,10 @@ def make_private_dirs(path: Path) -> None:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             pass
-        _check_private(directory)
+        _check_private(directory, what)
 
 
-def _check_private(directory: Path) -> None:
+def _check_private(directory: Path, what: str) -> None:
     st = os.lstat(directory)
     problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
                "is not a directory" if not stat.S_ISDIR(st.st_mode) else
@@ -69,7 +70,7 @@ def _check_private(directory: Path) -> None:
                if st.st_mode & 0o077 else None)
     if problem:
         raise SystemError_(f"runtime directory '{directory}' {problem}: refusing to put "
-                           "QEMU's sockets there (remove it, or set XDG_RUNTIME_DIR)")
+                           f"{what} there (remove it, or set XDG_RUNTIME_DIR)")
 
 
 @dataclass(frozen=True)

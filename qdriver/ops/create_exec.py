@@ -29,7 +29,7 @@ from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import memfile
 from .blocknodes import add_overlay, overlay_nodes, top_nodes
-from .create_plan import AGENT_CHANNEL, DiskPlan, Plan, Step
+from .create_plan import DiskPlan, Plan, Step
 from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from . import actions
 from .transaction import StepRunner, Transaction
@@ -334,10 +334,10 @@ class CreateExecution:
             self.frozen = False
 
     def _agent_path(self) -> Path:
-        for i, chan in enumerate(self.ctx.definition.channels):
-            if chan.target_name == AGENT_CHANNEL:
-                return Path(chan.path) if chan.path else self.ctx.paths.channel(i)
-        raise ConfigUnsupportedError("QEMU guest agent is not configured")
+        path = agent.socket_path(self.ctx.definition, self.ctx.paths)
+        if path is None:
+            raise ConfigUnsupportedError("QEMU guest agent is not configured")
+        return path
 
     async def halt(self) -> None:
         """Stop QEMU: the point of no return (the memory file is complete and

@@ -17,10 +17,10 @@ from typing import Literal, Union, cast
 from ..errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCode,
                      InvalidArgError, NoSupportError, OperationInvalidError,
                      OperationUnsupportedError, QDriverError, XMLError)
+from ..agent import CHANNEL as AGENT_CHANNEL
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
 
-AGENT_CHANNEL = "org.qemu.guest_agent.0"
 ONLINE_STATES = ("running", "paused")
 
 MemoryMode = Literal["no", "internal", "external"]

@@ -174,6 +174,18 @@ class DomainDef:
             driver.set("type", fmt)
         return _parse(root)
 
+    def renamed(self, name: str) -> DomainDef:
+        """A copy under another name and without a ``<uuid>`` (defining it makes one):
+        a second domain from the same XML."""
+        root = safe.copy(self.root)
+        for uuid in root.findall("uuid"):
+            root.remove(uuid)
+        el = root.find("name")
+        if el is None:
+            el = safe.sub(root, "name")
+        el.text = name
+        return _parse(root)
+
     def root_copy(self) -> safe.Element:
         """A detached copy of the whole ``<domain>`` element."""
         return safe.copy(self.root)

@@ -24,6 +24,7 @@ Guest kernel command-line options read by ``/init``:
   qd.noacpi=1        ignore the ACPI power button (tests shutdown escalation)
   qd.halt=1          power off right after GUEST-READY
   qd.noagent=1       leave the guest agent port unanswered
+  qd.shell=1         run each line typed on the serial console as a shell command
 
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
@@ -105,6 +106,7 @@ agent() {
   done
 }
 [ "$DISK" = none ] || [ "$(arg qd.noagent 0)" = 1 ] || agent &
+[ "$(arg qd.shell 0)" = 1 ] && (while read -r line; do eval "$line"; done) </dev/console >/dev/console 2>&1 &
 echo "GUEST-READY disk=$DISK start=$n"
 [ "$HALT" = 1 ] && { sync; poweroff -f; }
 while true; do
