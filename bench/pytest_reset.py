@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The pytest plugin's per-test reset beside booting a guest per test, one run.
+
+  reset   what ``qdriver_domain`` does before each test: revert the booted
+          256 MiB guest to its ready snapshot inside the same QEMU
+          (`GuestPool.reset`), timed from the fixture's side.
+  raw     the same reset as bare QMP: stop + snapshot-load job + cont.
+  boot    what a test pays without the plugin: define the XML on a new
+          overlay, start, wait for GUEST-READY, destroy, undefine.
+
+Run for the test guest's two kernel images: ``vmlinux`` (PVH, what the test
+suite boots) and ``vmlinuz`` (the bzImage a distribution boots), each with the
+disk's ``io='io_uring'`` and with QEMU's default I/O (threads).
+Medians; ratios in the same run.
+Usage: python3 bench/pytest_reset.py [--resets N] [--boots N]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from common import IMAGES  # noqa: E402
+from conftest import GuestImage, domain_xml  # noqa: E402
+from qdriver import qemuimg, qmp  # noqa: E402
+from qdriver.guestpool import GuestPool, GuestSpec  # noqa: E402
+from qdriver.ops.blocknodes import top_nodes  # noqa: E402
+from qdriver.xml.domain import DomainDef  # noqa: E402
+
+READY = "GUEST-READY"
+
+
+def write_xml(work: Path, kernel: str, io: str | None) -> Path:
+    image = GuestImage(IMAGES)
+    xml = domain_xml(image, f"bench-{kernel}", image.disk, cmdline="qd.shell=1",
+                     memory_mib=256).replace(str(image.kernel), str(IMAGES / kernel))
+    if io:
+        xml = xml.replace("type='qcow2'/>", f"type='qcow2' io='{io}'/>")
+    path = work / f"{kernel}-{io or 'threads'}.xml"
+    path.write_text(xml)
+    return path
+
+
+async def raw_reset(pool: GuestPool, spec: GuestSpec) -> float:
+    guest = await pool.guest(spec)
+    async with guest.domain.monitor() as mon:
+        node = (await top_nodes(mon))["vda"]
+        t0 = time.monotonic()
+        await mon.execute("stop")
+        await qmp.run_job(mon, "snapshot-load", {"tag": guest.snapshot, "vmstate": node,
+                                                 "devices": [node]},
+                          f"raw-{time.time_ns()}", 60)
+        await mon.execute("cont")
+        return time.monotonic() - t0
+
+
+async def boot_once(pool: GuestPool, spec: GuestSpec, overlay: Path) -> float:
+    """Boot per test: a new overlay, define, start, wait until ready, destroy, undefine."""
+    assert pool.driver is not None
+    t0 = time.monotonic()
+    definition = DomainDef.parse(spec.xml.read_text())
+    await qemuimg.create(overlay, backing=str(IMAGES / "disk.qcow2"), backing_fmt="qcow2")
+    dom = await pool.driver.define_xml(definition.with_disk_sources(
+        {"vda": (str(overlay), "qcow2")}).renamed(f"boot-{overlay.stem}").to_xml())
+    await dom.start()
+    while READY not in dom.paths.console_log.read_text(errors="replace"):
+        await anyio.sleep(0.05)
+    await dom.destroy()
+    await pool.driver.undefine(dom)
+    overlay.unlink()
+    return time.monotonic() - t0
+
+
+async def measure(work: Path, kernel: str, io: str | None, resets: int,
+                  boots: int) -> dict[str, float]:
+    spec = GuestSpec(write_xml(work, kernel, io), READY)
+    pool = GuestPool(work / "pools", f"{kernel}-{io}")
+    await pool.open()
+    try:
+        guest = await pool.guest(spec)
+        reset, raw = [], []
+        for _ in range(resets):
+            await anyio.sleep(0.2)  # the guest runs a little, like a test
+            t0 = time.monotonic()
+            await pool.reset(guest)
+            reset.append(time.monotonic() - t0)
+            await anyio.sleep(0.2)
+            raw.append(await raw_reset(pool, spec))
+        boot = [await boot_once(pool, spec, work / f"boot-{i}.qcow2") for i in range(boots)]
+        return {"reset": statistics.median(reset), "raw": statistics.median(raw),
+                "boot": statistics.median(boot)}
+    finally:
+        await pool.close()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resets", type=int, default=15)
+    ap.add_argument("--boots", type=int, default=3)
+    args = ap.parse_args()
+    print(f"{'guest (256 MiB, TCG)':34} {'reset':>8} {'raw QMP':>8} {'ratio':>6} "
+          f"{'boot':>8} {'boot/reset':>10}")
+    with tempfile.TemporaryDirectory(prefix="qdriver-bench-") as tmp:
+        for kernel in ("vmlinux", "vmlinuz"):
+            for io in ("io_uring", None):
+                r = await measure(Path(tmp), kernel, io, args.resets, args.boots)
+                label = f"{kernel}, io={io or 'threads'}"
+                print(f"{label:34} {r['reset'] * 1000:6.0f}ms {r['raw'] * 1000:6.0f}ms "
+                      f"{r['reset'] / r['raw']:6.2f} {r['boot']:7.2f}s "
+                      f"{r['boot'] / r['reset']:10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,394 @@
+"""Booted guests for tests: boot once, snapshot when ready, revert before each test.
+
+The engine of the pytest plugin, usable without pytest.  A `GuestPool` owns
+one private state directory.  `GuestPool.guest` boots a domain from a libvirt
+domain XML the first time a `GuestSpec` is asked for: its writable disks
+become qcow2 overlays in the pool's directory (the XML's images are only
+read), it waits until the guest is ready (a regex on the serial console, or
+the guest agent answering), runs an optional ``prepare`` step, and takes an
+internal snapshot there.  `GuestPool.reset` reverts to that snapshot inside
+the same QEMU: a fraction of a boot.
+
+A pool writes its owner (pid and process start time) into its directory; a
+later pool under the same base finds directories whose owner died (a killed
+test run) and stops their QEMUs and removes them (`reap_stale`).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Union
+
+import anyio
+
+from . import agent, qemuimg
+from .console import SerialLink
+from .domain import Domain
+from .domstate import DomainState
+from .driver import Driver
+from .errors import QDriverError
+from .paths import make_private_dirs, socket_root
+from .xml.domain import DomainDef
+
+READY_SNAPSHOT = "qdriver-ready"
+OWNER_FILE = "owner.json"
+KEPT_FILE = "kept"
+"""Marks a pool directory kept for a failed test: `reap_stale` leaves it."""
+
+Prepare = Callable[["Guest"], Union[Awaitable[None], None]]
+
+
+class GuestSetupError(Exception):
+    """A guest could not be booted or made ready; the message says why."""
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What a test asks for: a domain XML, when it is ready, and where it starts."""
+
+    xml: Path
+    ready: str | None = None
+    """A regex searched in the serial console's text; None: the guest agent answers."""
+    prepare: Prepare | None = None
+    """Run once after ready, before the snapshot every test starts from."""
+    boot_timeout: float = 120.0
+
+
+@dataclass
+class Guest:
+    """One booted domain and the snapshot its tests start from."""
+
+    spec: GuestSpec
+    domain: Domain
+    overlays: list[Path]
+    link: SerialLink | None = None
+    linked_pid: int | None = None
+    snapshot: str = READY_SNAPSHOT
+    kept: list[str] = field(default_factory=list)
+
+    def console_offset(self) -> int:
+        """Where the console log ends now (text after it is new)."""
+        try:
+            return self.domain.paths.console_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def console_text(self, since: int = 0) -> str:
+        """The serial console's text from byte offset ``since``."""
+        try:
+            with self.domain.paths.console_log.open("rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def write_console(self, data: str | bytes) -> None:
+        """Type ``data`` on the guest's serial console."""
+        if self.link is None:
+            raise GuestSetupError(f"domain '{self.domain.name}' has no serial console")
+        self.link.write(data.encode() if isinstance(data, str) else data)
+
+
+class GuestPool:
+    """The booted guests of one test process, in a private state directory."""
+
+    def __init__(self, base: Path, label: str) -> None:
+        self.base = base
+        self.dir = base / f"{_safe(label)}-{os.getpid()}"
+        self.driver: Driver | None = None
+        self.guests: dict[GuestSpec, Guest] = {}
+        self.failures: dict[GuestSpec, str] = {}
+        self._count = 0
+
+    async def open(self) -> list[Path]:
+        """Create the pool's directory; reap dead pools' directories (returned)."""
+        make_private_dirs(self.base, self.base, "test guests")
+        reaped = await reap_stale(self.base)
+        make_private_dirs(self.dir, self.base, "test guests")
+        (self.dir / OWNER_FILE).write_text(json.dumps(_owner(os.getpid())))
+        self.driver = Driver(self.dir)
+        return reaped
+
+    async def guest(self, spec: GuestSpec) -> Guest:
+        """The booted guest for ``spec`` (booting it the first time)."""
+        if spec in self.failures:
+            raise GuestSetupError(self.failures[spec])
+        if spec not in self.guests:
+            try:
+                self.guests[spec] = await self._boot(spec)
+            except GuestSetupError as e:
+                self.failures[spec] = str(e)
+                raise
+        return self.guests[spec]
+
+    async def reset(self, guest: Guest) -> None:
+        """Put the guest back to its starting snapshot, running."""
+        await guest.domain.revert_to_snapshot(guest.snapshot, running=True)
+        await _relink(guest)
+
+    async def keep(self, guest: Guest, test: str) -> str:
+        """Snapshot the guest as it is now under a name from ``test``; kept after close."""
+        base = _safe(f"failed-{test}")[:90]
+        name, n = base, 1
+        while name in guest.domain.snapshot_tree().snaps:
+            n += 1
+            name = f"{base}-{n}"
+        await guest.domain.snapshot_create_xml(
+            f"<domainsnapshot><name>{name}</name>"
+            f"<description>state when {_xml_text(test)} failed</description></domainsnapshot>")
+        guest.kept.append(name)
+        return name
+
+    async def close(self) -> list[tuple[str, str]]:
+        """Stop every guest and remove everything, but what `keep` kept: its
+        domain (shut off, with its overlays and snapshots) and the directory.
+        Returns the kept ``(domain, snapshot)`` pairs."""
+        kept = [(g.domain.name, s) for g in self.guests.values() for s in g.kept]
+        for guest in list(self.guests.values()):
+            _unlink(guest)
+            if not guest.kept and self.driver is not None:
+                await _discard(self.driver, guest.domain, guest.overlays)
+        await _stop_all(self.dir)
+        self.guests.clear()
+        if kept:
+            (self.dir / KEPT_FILE).write_text("".join(f"{d} {s}\n" for d, s in kept))
+        else:
+            _remove_dir(self.dir)
+        return kept
+
+    # -- booting ----------------------------------------------------------------
+
+    async def _boot(self, spec: GuestSpec) -> Guest:
+        assert self.driver is not None, "GuestPool.open() first"
+        definition = _read_definition(spec)
+        if spec.ready is None and not any(c.target_name == agent.CHANNEL
+                                          for c in definition.channels):
+            raise GuestSetupError(
+                f"{spec.xml}: cannot tell when the guest is ready: give a console regex "
+                "(--qdriver-ready) or an org.qemu.guest_agent.0 channel")
+        self._count += 1
+        name = _safe(f"{definition.name}-{self._count}")
+        overlays: list[Path] = []
+        guest: Guest | None = None
+        try:
+            sources = {}
+            for disk in definition.disks:
+                if disk.source and not disk.readonly:
+                    overlay = self.dir / f"{name}-{disk.target}.qcow2"
+                    overlays.append(overlay)
+                    await qemuimg.create(overlay, backing=os.path.abspath(disk.source),
+                                         backing_fmt=disk.format)
+                    sources[disk.target] = (str(overlay), "qcow2")
+            dom = await self.driver.define_xml(
+                definition.with_disk_sources(sources).renamed(name).to_xml())
+            guest = Guest(spec, dom, overlays)
+            await dom.start()
+            await _relink(guest)
+            await _wait_ready(guest)
+            if spec.prepare is not None:
+                await _call_prepare(guest)
+            await dom.snapshot_create_xml(
+                f"<domainsnapshot><name>{READY_SNAPSHOT}</name>"
+                "<description>the state every test starts from</description></domainsnapshot>")
+            return guest
+        except BaseException as e:
+            with anyio.CancelScope(shield=True):
+                if guest is not None:
+                    _unlink(guest)
+                    await _discard(self.driver, guest.domain, overlays)
+                for path in overlays:
+                    path.unlink(missing_ok=True)
+            if isinstance(e, QDriverError):
+                raise GuestSetupError(f"{spec.xml}: {e}") from e
+            if isinstance(e, OSError) and not isinstance(e, GuestSetupError):
+                raise GuestSetupError(f"{spec.xml}: {e}") from e
+            raise
+
+
+def _read_definition(spec: GuestSpec) -> DomainDef:
+    try:
+        text = spec.xml.read_bytes()
+    except OSError as e:
+        raise GuestSetupError(f"cannot read the domain XML {spec.xml}: {e.strerror}") from e
+    try:
+        return DomainDef.parse(text)
+    except QDriverError as e:
+        raise GuestSetupError(f"{spec.xml}: {e}") from e
+
+
+async def _wait_ready(guest: Guest) -> None:
+    spec, dom = guest.spec, guest.domain
+    pattern = re.compile(spec.ready) if spec.ready is not None else None
+    agent_path = agent.socket_path(dom.definition, dom.paths)
+    deadline = time.monotonic() + spec.boot_timeout
+    polls = 0
+    while time.monotonic() < deadline:
+        polls += 1
+        if pattern is not None and pattern.search(guest.console_text()):
+            return
+        if pattern is None and agent_path is not None:
+            try:
+                await agent.ping(agent_path, timeout=1.0)
+                return
+            except QDriverError:
+                pass
+        if polls % 10 == 0 and (await dom.get_state())[0] == DomainState.SHUTOFF:
+            raise GuestSetupError(f"QEMU of '{dom.name}' exited before the guest was ready"
+                                  f"{_tail('its log', dom.paths.qemu_log)}"
+                                  f"{_tail('console', dom.paths.console_log)}")
+        await anyio.sleep(0.05)
+    what = f"no match for /{spec.ready}/ on the serial console" if pattern is not None \
+        else "the guest agent did not answer"
+    raise GuestSetupError(f"guest '{dom.name}' not ready within {spec.boot_timeout:g} s: "
+                          f"{what}{_tail('console', dom.paths.console_log)}")
+
+
+async def _call_prepare(guest: Guest) -> None:
+    assert guest.spec.prepare is not None
+    result = guest.spec.prepare(guest)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _relink(guest: Guest) -> None:
+    """Hold the current serial console open (QEMU gives a new pty when it restarts)."""
+    record = guest.domain.runtime.peek()
+    pid = record.pid if record is not None else None
+    if guest.link is not None and pid == guest.linked_pid:
+        return
+    _unlink(guest)
+    if pid is not None and guest.domain.definition.serials:
+        guest.link = SerialLink(guest.domain.console_path())
+        guest.linked_pid = pid
+
+
+def _unlink(guest: Guest) -> None:
+    if guest.link is not None:
+        guest.link.close()
+    guest.link = guest.linked_pid = None
+
+
+async def _discard(driver: Driver, dom: Domain, overlays: list[Path]) -> None:
+    """Stop and undefine a domain, then remove its overlays."""
+    try:
+        if dom.is_active:
+            await dom.destroy()
+        await driver.undefine(dom, snapshots_metadata=True)
+    except QDriverError:
+        pass  # `_stop_all` and the directory's removal finish the job
+    for path in overlays:
+        path.unlink(missing_ok=True)
+
+
+# -- dead pools -----------------------------------------------------------------------
+
+
+async def reap_stale(base: Path) -> list[Path]:
+    """Stop the QEMUs of pools under ``base`` whose process died and remove their
+    directories (not those kept for failed tests); return the directories reaped."""
+    reaped = []
+    for pool_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        owner = _read_owner(pool_dir)
+        if owner is None or _alive(owner) or (pool_dir / KEPT_FILE).exists():
+            continue
+        await _stop_all(pool_dir)
+        _remove_dir(pool_dir)
+        reaped.append(pool_dir)
+    return reaped
+
+
+async def _stop_all(pool_dir: Path) -> None:
+    """Stop every QEMU of a pool directory: by its domains, then by its processes."""
+    driver = Driver(pool_dir)
+    try:
+        domains = driver.list_domains()
+    except (QDriverError, OSError):
+        domains = []
+    for dom in domains:
+        try:
+            if dom.is_active:
+                await dom.destroy()
+        except (QDriverError, OSError):
+            pass
+    for pid in qemu_pids(pool_dir):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(socket_root(pool_dir), ignore_errors=True)
+
+
+def qemu_pids(directory: Path) -> list[int]:
+    """Live QEMU processes whose command line names ``directory``."""
+    marker = str(directory).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"qemu-system" in cmd and marker in cmd and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _remove_dir(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(socket_root(directory), ignore_errors=True)
+
+
+def _owner(pid: int) -> dict[str, int]:
+    return {"pid": pid, "start": _start_time(pid)}
+
+
+def _start_time(pid: int) -> int:
+    """A process's start time in clock ticks since boot (pids are reused; this is not)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _read_owner(pool_dir: Path) -> dict[str, int] | None:
+    try:
+        data = json.loads((pool_dir / OWNER_FILE).read_text())
+        return {"pid": int(data["pid"]), "start": int(data["start"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(owner: dict[str, int]) -> bool:
+    return _start_time(owner["pid"]) == owner["start"]
+
+
+# -- small helpers ----------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    """A name made of letters, digits, ``.``, ``_`` and ``-`` only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "guest"
+
+
+def _xml_text(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _tail(what: str, path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"\n--- {what} ({path}), last lines:\n" + "\n".join(text) if text else ""
+
+
+__all__ = ["Guest", "GuestPool", "GuestSetupError", "GuestSpec", "READY_SNAPSHOT",
+           "reap_stale", "qemu_pids"]

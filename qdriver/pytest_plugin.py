@@ -1,0 +1,289 @@
+"""The pytest plugin: a booted guest, freshly reverted, for every test that asks.
+
+Loaded through the ``pytest11`` entry point (``-p no:qdriver`` turns it off).
+``qdriver_domain`` boots the domain XML once per session (per xdist worker),
+snapshots it when ready and reverts to that snapshot before each test, inside
+the same QEMU (`qdriver.guestpool`).  The plugin's own work runs on an event
+loop in a thread of its own, so that sync tests and async (pytest-asyncio)
+tests get the same fixtures; a `qdriver.Domain` holds no loop, so an async
+test may ``await`` its methods on its own loop.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Generator, Iterator, TypeVar
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from .domain import Domain
+from .driver import Driver
+from .guestpool import Guest, GuestPool, GuestSetupError, GuestSpec
+
+T = TypeVar("T")
+CONSOLE_REPORT_LIMIT = 20000
+"""The last characters of a failed test's console put into its report."""
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    help: str
+    flag: bool = False
+
+
+OPTIONS = (
+    _Option("domain-xml", "libvirt domain XML of the guest qdriver_domain boots"),
+    _Option("ready", "regex on the serial console that means the guest is ready "
+                     "(default: the guest agent answers)"),
+    _Option("state-dir", "where the plugin's state directories go "
+                         "(default: $TMPDIR/qdriver-pytest-UID)"),
+    _Option("boot-timeout", "seconds a guest may take to become ready (default 120)"),
+    _Option("keep-failed", "keep a snapshot of the guest of every failed test, named "
+                           "after it, and its domain (shut off) for snapshot-revert",
+            flag=True),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qdriver", "qdriver: a booted guest per test, reset by snapshot")
+    for opt in OPTIONS:
+        dest = "qdriver_" + opt.name.replace("-", "_")
+        if opt.flag:
+            group.addoption(f"--qdriver-{opt.name}", action="store_true", default=None,
+                            dest=dest, help=opt.help)
+            parser.addini(dest, opt.help, type="bool", default=False)
+        else:
+            group.addoption(f"--qdriver-{opt.name}", dest=dest, default=None, help=opt.help)
+            parser.addini(dest, opt.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "qdriver(xml=None, ready=None, prepare=None): boot another domain XML "
+        "for this test or module, or start from another state (prepare(guest) runs once "
+        "after ready, before the snapshot the tests start from)")
+
+
+def _setting(config: pytest.Config, name: str) -> Any:
+    dest = "qdriver_" + name.replace("-", "_")
+    value = config.getoption(dest)
+    return value if value is not None else config.getini(dest)
+
+
+class PluginSession:
+    """The plugin's per-process state: an event loop thread and a `GuestPool`."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        base = _setting(config, "state-dir")
+        self.base = Path(base) if base else \
+            Path(tempfile.gettempdir()) / f"qdriver-pytest-{os.getuid()}"
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.pool = GuestPool(self.base.absolute(), worker)
+        self.keep_failed = bool(_setting(config, "keep-failed"))
+        self._stack = ExitStack()
+        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self.closed = False
+        self.kept: list[tuple[str, str]] = []
+        self.call(self.pool.open)
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on the plugin's loop and wait for it (Ctrl-C cancels it)."""
+        future = self._portal.start_task_soon(fn, *args)
+        self._inflight.add(future)
+        try:
+            return future.result()
+        finally:
+            self._inflight.discard(future)
+
+    def spec(self, request: pytest.FixtureRequest) -> GuestSpec:
+        """What this test asks for: options, then its ``qdriver`` markers, then a
+        parametrisation of the fixture (a dict with the marker's keys)."""
+        xml = _setting(self.config, "domain-xml")
+        ready = _setting(self.config, "ready")
+        prepare = None
+        overrides: dict[str, Any] = {}
+        for mark in reversed(list(request.node.iter_markers("qdriver"))):
+            overrides.update(mark.kwargs)
+        overrides.update(getattr(request, "param", None) or {})
+        xml, ready = overrides.get("xml", xml), overrides.get("ready", ready)
+        prepare = overrides.get("prepare", prepare)
+        if not xml:
+            pytest.fail("qdriver: no domain XML: give --qdriver-domain-xml=PATH, the "
+                        "qdriver_domain_xml ini option or @pytest.mark.qdriver(xml=...)",
+                        pytrace=False)
+        timeout = float(_setting(self.config, "boot-timeout") or 120)
+        path = Path(xml)
+        if not path.is_absolute():
+            path = Path(self.config.rootpath) / path
+        return GuestSpec(path, ready, prepare, timeout)
+
+    def close(self) -> None:
+        """Cancel what is in flight, stop every guest, remove the pool (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        for future in list(self._inflight):
+            future.cancel()
+        concurrent.futures.wait(list(self._inflight), timeout=60)
+        try:
+            self.kept = self._portal.call(self.pool.close)
+        finally:
+            self._stack.close()
+
+
+_SESSION = pytest.StashKey[PluginSession]()
+_USE = pytest.StashKey["GuestUse"]()
+
+
+@dataclass
+class GuestUse:
+    """A test's use of a guest: where its console text begins."""
+
+    guest: Guest
+    offset: int
+    session: PluginSession
+    started: float = field(default_factory=time.monotonic)
+
+    def console_text(self) -> str:
+        return self.guest.console_text(self.offset)
+
+
+class Console:
+    """The guest's serial console as one test sees it."""
+
+    def __init__(self, use: GuestUse) -> None:
+        self._use = use
+
+    def text(self) -> str:
+        """Everything the guest printed since this test began."""
+        return self._use.console_text()
+
+    def write(self, data: str | bytes) -> None:
+        """Type ``data`` on the console (add the newline a command needs)."""
+        self._use.guest.write_console(data)
+
+    def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        """Block until ``pattern`` matches the console text of this test; return the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = self._search(pattern)
+            if match is not None:
+                return match
+            if time.monotonic() >= deadline:
+                raise TimeoutError(self._timeout_message(pattern, timeout))
+            time.sleep(0.02)
+
+    async def wait_async(self, pattern: str | re.Pattern[str],
+                         timeout: float = 30.0) -> re.Match[str]:
+        """`wait` for async tests: yields to their event loop while waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = self._search(pattern)
+            if match is not None:
+                return match
+            if time.monotonic() >= deadline:
+                raise TimeoutError(self._timeout_message(pattern, timeout))
+            await anyio.sleep(0.02)
+
+    def _search(self, pattern: str | re.Pattern[str]) -> re.Match[str] | None:
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
+        return regex.search(self.text())
+
+    def _timeout_message(self, pattern: str | re.Pattern[str], timeout: float) -> str:
+        shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+        tail = "\n".join(self.text().splitlines()[-10:])
+        return f"/{shown}/ not on the console of '{self._use.guest.domain.name}' within " \
+               f"{timeout:g} s; its last lines:\n{tail}"
+
+
+def _session(config: pytest.Config) -> PluginSession:
+    session = config.stash.get(_SESSION, None)
+    if session is None or session.closed:
+        session = PluginSession(config)
+        config.stash[_SESSION] = session
+    return session
+
+
+@pytest.fixture(scope="session")
+def qdriver_driver(pytestconfig: pytest.Config) -> Iterator[Driver]:
+    """The `qdriver.Driver` of this session's (this worker's) private state directory."""
+    session = _session(pytestconfig)
+    assert session.pool.driver is not None
+    yield session.pool.driver
+    session.close()
+
+
+@pytest.fixture
+def qdriver_guest(request: pytest.FixtureRequest, qdriver_driver: Driver) -> Guest:
+    """The booted guest this test asked for, reverted to its starting snapshot."""
+    session = _session(request.config)
+    spec = session.spec(request)
+    try:
+        guest = session.call(session.pool.guest, spec)
+        session.call(session.pool.reset, guest)
+    except GuestSetupError as e:
+        pytest.fail(f"qdriver: {e}", pytrace=False)
+    request.node.stash[_USE] = GuestUse(guest, guest.console_offset(), session)
+    return guest
+
+
+@pytest.fixture
+def qdriver_domain(qdriver_guest: Guest) -> Domain:
+    """A running `qdriver.Domain` in the state it had when it became ready."""
+    return qdriver_guest.domain
+
+
+@pytest.fixture
+def qdriver_console(request: pytest.FixtureRequest, qdriver_guest: Guest) -> Console:
+    """The serial console of ``qdriver_domain``: text since the test began, write, wait."""
+    return Console(request.node.stash[_USE])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach a failed test's console text; with keep-failed, snapshot its guest."""
+    report = yield
+    use = item.stash.get(_USE, None)
+    if use is None or call.when != "call" or not report.failed:
+        return report
+    report.sections.append(("qdriver console", use.console_text()[-CONSOLE_REPORT_LIMIT:]))
+    if use.session.keep_failed:
+        try:
+            name = use.session.call(use.session.pool.keep, use.guest, item.nodeid)
+            report.sections.append(("qdriver kept", _revert_hint(use, name)))
+        except Exception as e:  # the report must still be made
+            report.sections.append(("qdriver kept", f"keeping a snapshot failed: {e}"))
+    return report
+
+
+def _revert_hint(use: GuestUse, snapshot: str) -> str:
+    return (f"snapshot '{snapshot}' of domain '{use.guest.domain.name}' is kept; after the "
+            f"run: qdriver --state-dir {use.session.pool.dir} snapshot-revert "
+            f"{use.guest.domain.name} {snapshot} --running")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop every guest even when the run was interrupted (Ctrl-C)."""
+    plugin = session.config.stash.get(_SESSION, None)
+    if plugin is not None:
+        plugin.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    plugin = config.stash.get(_SESSION, None)
+    if plugin is not None and plugin.kept:
+        terminalreporter.write_line(
+            f"qdriver: kept {len(plugin.kept)} snapshot(s) of failed tests in "
+            f"{plugin.pool.dir} (qdriver --state-dir {plugin.pool.dir} snapshot-list DOM)")
