@@ -94,6 +94,59 @@ class Guest:
             raise GuestSetupError(f"domain '{self.domain.name}' has no serial console")
         self.link.write(data.encode() if isinstance(data, str) else data)
 
+    def console(self) -> Console:
+        """The console from now on (a `prepare` step waits on it)."""
+        return Console(self, self.console_offset())
+
+
+class Console:
+    """A guest's serial console from one point on (a test's start): read, write, wait."""
+
+    def __init__(self, guest: Guest, offset: int) -> None:
+        self._guest = guest
+        self._offset = offset
+
+    def text(self) -> str:
+        """Everything the guest printed since this view began."""
+        return self._guest.console_text(self._offset)
+
+    def write(self, data: str | bytes) -> None:
+        """Type ``data`` on the console (add the newline a command needs)."""
+        self._guest.write_console(data)
+
+    def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        """Block until ``pattern`` matches the text since this view began; return the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = self._search(pattern)
+            if match is not None:
+                return match
+            if time.monotonic() >= deadline:
+                raise TimeoutError(self._timeout_message(pattern, timeout))
+            time.sleep(0.02)
+
+    async def wait_async(self, pattern: str | re.Pattern[str],
+                         timeout: float = 30.0) -> re.Match[str]:
+        """`wait` for async code: yields to the event loop while waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = self._search(pattern)
+            if match is not None:
+                return match
+            if time.monotonic() >= deadline:
+                raise TimeoutError(self._timeout_message(pattern, timeout))
+            await anyio.sleep(0.02)
+
+    def _search(self, pattern: str | re.Pattern[str]) -> re.Match[str] | None:
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
+        return regex.search(self.text())
+
+    def _timeout_message(self, pattern: str | re.Pattern[str], timeout: float) -> str:
+        shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+        tail = "\n".join(self.text().splitlines()[-10:])
+        return f"/{shown}/ not on the console of '{self._guest.domain.name}' within " \
+               f"{timeout:g} s; its last lines:\n{tail}"
+
 
 class GuestPool:
     """The booted guests of one test process, in a private state directory."""
@@ -129,7 +182,11 @@ class GuestPool:
 
     async def reset(self, guest: Guest) -> None:
         """Put the guest back to its starting snapshot, running."""
-        await guest.domain.revert_to_snapshot(guest.snapshot, running=True)
+        try:
+            await guest.domain.revert_to_snapshot(guest.snapshot, running=True)
+        except QDriverError as e:
+            raise GuestSetupError(f"cannot revert '{guest.domain.name}' to its snapshot "
+                                  f"'{guest.snapshot}': {e}") from e
         await _relink(guest)
 
     async def keep(self, guest: Guest, test: str) -> str:
@@ -390,5 +447,5 @@ def _tail(what: str, path: Path, lines: int = 15) -> str:
     return f"\n--- {what} ({path}), last lines:\n" + "\n".join(text) if text else ""
 
 
-__all__ = ["Guest", "GuestPool", "GuestSetupError", "GuestSpec", "READY_SNAPSHOT",
+__all__ = ["Console", "Guest", "GuestPool", "GuestSetupError", "GuestSpec", "READY_SNAPSHOT",
            "reap_stale", "qemu_pids"]

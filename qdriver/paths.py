@@ -40,8 +40,10 @@ def socket_root(state_dir: Path) -> Path:
     return runtime_base() / tag
 
 
-def make_private_dirs(path: Path, root: Path | None = None,
-                      what: str = "QEMU's sockets") -> None:
+SOCKETS = "QEMU's sockets"
+
+
+def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS) -> None:
     """Create ``path`` and the directories between it and ``root`` (default
     `runtime_base`), each checked to be private: a real directory (no
     symlink), owned by this user, with no access for group or others.
@@ -69,8 +71,9 @@ def _check_private(directory: Path, what: str) -> None:
                else f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users"
                if st.st_mode & 0o077 else None)
     if problem:
-        raise SystemError_(f"runtime directory '{directory}' {problem}: refusing to put "
-                           f"{what} there (remove it, or set XDG_RUNTIME_DIR)")
+        hint = "remove it, or set XDG_RUNTIME_DIR" if what == SOCKETS else "remove it"
+        raise SystemError_(f"directory '{directory}' {problem}: refusing to put "
+                           f"{what} there ({hint})")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import re
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,7 +25,8 @@ import pytest
 
 from .domain import Domain
 from .driver import Driver
-from .guestpool import Guest, GuestPool, GuestSetupError, GuestSpec
+from .errors import QDriverError
+from .guestpool import Console, Guest, GuestPool, GuestSetupError, GuestSpec
 
 T = TypeVar("T")
 CONSOLE_REPORT_LIMIT = 20000
@@ -95,7 +95,11 @@ class PluginSession:
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self.closed = False
         self.kept: list[tuple[str, str]] = []
-        self.call(self.pool.open)
+        try:
+            self.call(self.pool.open)
+        except BaseException:
+            self._stack.close()
+            raise
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(*args)`` on the plugin's loop and wait for it (Ctrl-C cancels it)."""
@@ -107,15 +111,18 @@ class PluginSession:
             self._inflight.discard(future)
 
     def spec(self, request: pytest.FixtureRequest) -> GuestSpec:
-        """What this test asks for: options, then its ``qdriver`` markers, then a
-        parametrisation of the fixture (a dict with the marker's keys)."""
+        """What this test asks for: options, then its ``qdriver`` markers, then an
+        indirect parametrisation of ``qdriver_domain`` (a dict with the marker's keys)."""
         xml = _setting(self.config, "domain-xml")
         ready = _setting(self.config, "ready")
         prepare = None
         overrides: dict[str, Any] = {}
         for mark in reversed(list(request.node.iter_markers("qdriver"))):
             overrides.update(mark.kwargs)
-        overrides.update(getattr(request, "param", None) or {})
+        callspec = getattr(request.node, "callspec", None)
+        for fixture in ("qdriver_domain", "qdriver_guest"):  # indirect parametrisation
+            if callspec is not None and isinstance(callspec.params.get(fixture), dict):
+                overrides.update(callspec.params[fixture])
         xml, ready = overrides.get("xml", xml), overrides.get("ready", ready)
         prepare = overrides.get("prepare", prepare)
         if not xml:
@@ -159,60 +166,17 @@ class GuestUse:
         return self.guest.console_text(self.offset)
 
 
-class Console:
-    """The guest's serial console as one test sees it."""
-
-    def __init__(self, use: GuestUse) -> None:
-        self._use = use
-
-    def text(self) -> str:
-        """Everything the guest printed since this test began."""
-        return self._use.console_text()
-
-    def write(self, data: str | bytes) -> None:
-        """Type ``data`` on the console (add the newline a command needs)."""
-        self._use.guest.write_console(data)
-
-    def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
-        """Block until ``pattern`` matches the console text of this test; return the match."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = self._search(pattern)
-            if match is not None:
-                return match
-            if time.monotonic() >= deadline:
-                raise TimeoutError(self._timeout_message(pattern, timeout))
-            time.sleep(0.02)
-
-    async def wait_async(self, pattern: str | re.Pattern[str],
-                         timeout: float = 30.0) -> re.Match[str]:
-        """`wait` for async tests: yields to their event loop while waiting."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = self._search(pattern)
-            if match is not None:
-                return match
-            if time.monotonic() >= deadline:
-                raise TimeoutError(self._timeout_message(pattern, timeout))
-            await anyio.sleep(0.02)
-
-    def _search(self, pattern: str | re.Pattern[str]) -> re.Match[str] | None:
-        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
-        return regex.search(self.text())
-
-    def _timeout_message(self, pattern: str | re.Pattern[str], timeout: float) -> str:
-        shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
-        tail = "\n".join(self.text().splitlines()[-10:])
-        return f"/{shown}/ not on the console of '{self._use.guest.domain.name}' within " \
-               f"{timeout:g} s; its last lines:\n{tail}"
-
-
 def _session(config: pytest.Config) -> PluginSession:
     session = config.stash.get(_SESSION, None)
-    if session is None or session.closed:
-        session = PluginSession(config)
-        config.stash[_SESSION] = session
-    return session
+    if session is not None and not session.closed:
+        return session
+    try:
+        config.stash[_SESSION] = PluginSession(config)
+    except QDriverError as e:
+        problem = str(e)  # failed outside the handler: no chained exception in the report
+    else:
+        return config.stash[_SESSION]
+    pytest.fail(f"qdriver: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -229,11 +193,14 @@ def qdriver_guest(request: pytest.FixtureRequest, qdriver_driver: Driver) -> Gue
     """The booted guest this test asked for, reverted to its starting snapshot."""
     session = _session(request.config)
     spec = session.spec(request)
+    problem: str | None = None
     try:
         guest = session.call(session.pool.guest, spec)
         session.call(session.pool.reset, guest)
     except GuestSetupError as e:
-        pytest.fail(f"qdriver: {e}", pytrace=False)
+        problem = str(e)  # failed outside the handler: no chained exception in the report
+    if problem is not None:
+        pytest.fail(f"qdriver: {problem}", pytrace=False)
     request.node.stash[_USE] = GuestUse(guest, guest.console_offset(), session)
     return guest
 
@@ -247,7 +214,8 @@ def qdriver_domain(qdriver_guest: Guest) -> Domain:
 @pytest.fixture
 def qdriver_console(request: pytest.FixtureRequest, qdriver_guest: Guest) -> Console:
     """The serial console of ``qdriver_domain``: text since the test began, write, wait."""
-    return Console(request.node.stash[_USE])
+    use = request.node.stash[_USE]
+    return Console(use.guest, use.offset)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -17,6 +17,8 @@ import pytest
 import qdriver
 from qdriver.paths import socket_root
 
+pytest_plugins = ["pytester"]  # the pytest plugin's tests run pytest
+
 HERE = Path(__file__).parent
 IMAGES = HERE / "vm-images"
 
