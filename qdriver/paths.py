@@ -76,6 +76,18 @@ def _check_private(directory: Path, what: str) -> None:
                            f"{what} there ({hint})")
 
 
+def owner_dir(path: str | Path, state_dir: Path) -> Path | None:
+    """The directory of qdriver's own files that ``path`` lies in, if any: the state
+    dir's ``domains`` (definitions, metadata, logs) or the runtime base (sockets).
+    Symbolic links are resolved: a link into them is inside too."""
+    real = Path(os.path.realpath(path))
+    for owned in (state_dir / "domains", runtime_base()):
+        root = Path(os.path.realpath(owned))
+        if real == root or root in real.parents:
+            return owned
+    return None
+
+
 @dataclass(frozen=True)
 class DomainPaths:
     """Every file of one domain."""
@@ -87,6 +99,11 @@ class DomainPaths:
     def of(cls, state_dir: Path, name: str) -> DomainPaths:
         tag = hashlib.sha256(name.encode()).hexdigest()[:10]
         return cls(state_dir / "domains" / name, socket_root(state_dir) / tag)
+
+    @property
+    def state_dir(self) -> Path:
+        """The state dir the domain belongs to."""
+        return self.dir.parent.parent
 
     @property
     def definition(self) -> Path:

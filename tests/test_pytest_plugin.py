@@ -330,3 +330,30 @@ def test_a_state_dir_open_to_others_is_refused(pytester: pytest.Pytester,
     assert f"directory '{base}' has mode 0777, open to other users" in out
     assert "Traceback" not in out
     assert list(base.iterdir()) == []
+
+
+AGENT_CHANNEL = ("\n    <channel type='unix'><target type='virtio' "
+                 "name='org.qemu.guest_agent.0'/></channel>")
+
+
+def test_ini_options_and_readiness_by_guest_agent(pytester: pytest.Pytester, plugin_env: Path,
+                                                  guest_image: GuestImage) -> None:
+    (plugin_env / "agent.xml").write_text(domain_xml(
+        guest_image, "agent", guest_image.disk, cmdline="qd.shell=1",
+        extra_devices=AGENT_CHANNEL))
+    pytester.makeini(f"[pytest]\nqdriver_domain_xml = agent.xml\n"
+                     f"qdriver_state_dir = {base_dir(plugin_env)}\nqdriver_boot_timeout = 60\n")
+    pytester.makepyfile(test_agent='''
+        def test_booted_without_a_console_regex(qdriver_domain, qdriver_console):
+            assert qdriver_domain.name.startswith("agent-")
+            qdriver_console.write("echo UP$((6*7))\\n")
+            qdriver_console.wait(r"^UP42", 20)
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    # the same XML without the channel: no way to tell readiness, said before booting
+    (plugin_env / "agent.xml").write_text(domain_xml(guest_image, "agent", guest_image.disk))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    assert "cannot tell when the guest is ready" in result.stdout.str()
+    assert_nothing_left(plugin_env)

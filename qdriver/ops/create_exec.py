@@ -22,8 +22,10 @@ import anyio
 
 from .. import agent, qemuimg, qmp
 from .. import snapshot_tree as meta
-from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError
+from ..errors import (ConfigUnsupportedError, InvalidArgError, OperationFailedError,
+                      OperationInvalidError)
 from ..opcontext import OpContext
+from ..paths import owner_dir
 from ..saveimage import mark_complete
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
@@ -130,14 +132,25 @@ class CreateExecution:
         if not self.plan.flags.redefine and self.plan.name in self.ctx.snapshot_tree().snaps:
             raise OperationInvalidError(f"Snapshot '{self.plan.name}' already exists")
         for d in self.external():
+            self._check_not_owned(d.file or "", f"overlay of disk '{d.target}'")
             _check_overlay_target(d, self.plan.flags.reuse_ext)
         if self.plan.memory_file:
             mem = Path(self.plan.memory_file)
+            if mem != self.ctx.paths.managed_save:
+                self._check_not_owned(mem, "memory file")
             if mem.exists():
                 raise OperationFailedError(f"memory snapshot file '{mem}' already exists")
             if not mem.parent.is_dir():
                 raise OperationFailedError(f"directory '{mem.parent}' for the memory "
                                            "snapshot does not exist")
+
+    def _check_not_owned(self, path: str | Path, what: str) -> None:
+        """qdriver's own directories are no target: a file there could replace
+        metadata, and ``destroy`` removes what it finds in the runtime dir."""
+        owned = owner_dir(path, self.ctx.paths.state_dir)
+        if owned is not None:
+            raise InvalidArgError(f"{what} '{path}' is inside qdriver's own directory "
+                                  f"'{owned}': choose a path outside it")
 
     async def _check_internal_names(self) -> None:
         """Refuse a name an image already holds: the undo of taking the internal
