@@ -138,12 +138,14 @@ class SnapshotStore:
                 self.errors.append(f"snapshot file '{file}' holds snapshot '{snap.name}'")
                 continue
             snaps[file.stem] = snap
-        current = [n for n, s in snaps.items() if s.active]
-        if len(current) > 1:
-            self.errors.append("Too many snapshots claiming to be current for domain "
-                               f"{self.domain_name}")
-            current = []
-        return SnapshotTree(snaps, current[0] if current else None)
+        claimants = [n for n, s in snaps.items() if s.active]
+        current = _newest(snaps, claimants)
+        if len(claimants) > 1:
+            self.errors.append(
+                f"Too many snapshots claiming to be current for domain {self.domain_name} "
+                f"({', '.join(claimants)}): using the newest, '{current}'; "
+                "'snapshot-current DOMAIN NAME' repairs it")
+        return SnapshotTree(snaps, current)
 
     def write(self, snap: SnapshotDef, active: bool, sync_dir: bool = True) -> None:
         assert snap.name is not None
@@ -191,17 +193,29 @@ def _check_same_kind(old: SnapshotDef, new: SnapshotDef, name: str) -> None:
 
 
 def set_current(store: SnapshotStore, tree: SnapshotTree, name: str | None) -> None:
-    """Make ``name`` current (None: no current snapshot); rewrite both files."""
+    """Make ``name`` current (None: no current snapshot); rewrite its file and that of
+    every other snapshot that claims to be current (an interrupted change can leave
+    two), so that exactly one claims it afterwards."""
     if name is not None:
         tree.get(name)
-    old = tree.current
+    others = {n for n, s in tree.snaps.items() if s.active} | {tree.current}
     tree.current = name
     if name is not None:
         store.write(tree.snaps[name], True, sync_dir=False)
-    if old is not None and old != name and old in tree.snaps:
+        tree.snaps[name] = replace(tree.snaps[name], active=True)
+    for old in sorted(n for n in others if n is not None and n != name and n in tree.snaps):
         store.write(tree.snaps[old], False, sync_dir=False)
+        tree.snaps[old] = replace(tree.snaps[old], active=False)
     if store.dir.is_dir():
         fsync_dir(store.dir)
+
+
+def _newest(snaps: dict[str, SnapshotDef], names: list[str]) -> str | None:
+    """The most recently created of ``names`` (ties: the last name): the snapshot
+    an interrupted change most likely meant to make current."""
+    if not names:
+        return None
+    return max(names, key=lambda n: (snaps[n].creation_time or 0, n))
 
 
 def add(store: SnapshotStore, tree: SnapshotTree, snap: SnapshotDef) -> None:

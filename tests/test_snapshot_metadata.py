@@ -170,13 +170,27 @@ async def test_corrupt_file_is_skipped_with_a_clear_message(dom: qdriver.Domain,
     assert "warning: Failed to parse snapshot XML from file" in r.stderr.decode()
 
 
-async def test_two_current_markers_are_reported(dom: qdriver.Domain) -> None:
+def claiming_current(dom: qdriver.Domain) -> list[str]:
+    return sorted(p.stem for p in dom.paths.snapshots.glob("*.xml")
+                  if "<active>1</active>" in p.read_text())
+
+
+async def test_two_current_markers_pick_the_newest_and_are_repaired(
+        dom: qdriver.Domain, state_dir: Path) -> None:
     await build_tree(dom)
-    path = dom.paths.snapshots / "a.xml"
+    path = dom.paths.snapshots / "a.xml"  # as an interrupted change could leave it
     path.write_text(path.read_text().replace("<active>0</active>", "<active>1</active>"))
-    assert not dom.has_current_snapshot()
-    assert any("Too many snapshots claiming to be current" in e
-               for e in dom.snapshot_load_errors())
+    assert claiming_current(dom) == ["a", "c"]
+    # loading picks the newest claimant (a: t=50, c: t=5), and says so and how to repair
+    assert dom.current_snapshot().name == "a"
+    assert any("Too many snapshots claiming to be current" in e and "using the newest, 'a'"
+               in e and "snapshot-current" in e for e in dom.snapshot_load_errors())
+    r = run_cli(state_dir, "snapshot-current", "meta", "--name")
+    assert r.stdout.decode().split() == ["a"] and "warning: Too many" in r.stderr.decode()
+    # snapshot-current repairs it, to any of them: exactly one claims it afterwards
+    run_cli(state_dir, "snapshot-current", "meta", "c")
+    assert claiming_current(dom) == ["c"]
+    assert dom.current_snapshot().name == "c" and dom.snapshot_load_errors() == []
 
 
 async def test_redefine_validation(dom: qdriver.Domain) -> None:

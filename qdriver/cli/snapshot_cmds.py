@@ -8,6 +8,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from ..domain import Domain
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
 from ..ops.create_plan import CreateFlags, Plan, refusal_json
@@ -169,6 +170,12 @@ def _setup_list(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descendants", action="store_true")
 
 
+def _warn_load_errors(dom: Domain) -> None:
+    """What loading the metadata found wrong (and what was assumed), on stderr."""
+    for err in dom.snapshot_load_errors():
+        print(f"warning: {err}", file=sys.stderr)
+
+
 @command("snapshot-list", "list snapshots of a domain", _setup_list)
 async def cmd_snapshot_list(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
@@ -181,8 +188,7 @@ async def cmd_snapshot_list(drv: Driver, a: argparse.Namespace) -> int:
     if a.tree and start is not None:
         snaps.insert(0, dom.snapshot_lookup(start))
     tree = dom.snapshot_tree()
-    for err in dom.snapshot_load_errors():
-        print(f"warning: {err}", file=sys.stderr)
+    _warn_load_errors(dom)
     if a.tree:
         sys.stdout.write(format_tree(tree, [s.name for s in snaps]))
     elif a.name:
@@ -282,6 +288,7 @@ async def cmd_snapshot_current(drv: Driver, a: argparse.Namespace) -> int:
         out(f"Snapshot {a.snapshot} set as current")
         return 0
     snap = dom.current_snapshot()
+    _warn_load_errors(dom)
     if a.name:
         out(snap.name)
     else:
