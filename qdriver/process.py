@@ -93,7 +93,7 @@ def exit_status(exitfile: Path) -> int | None:
 
 
 async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: Path,
-                         timeout: float) -> ProcessId:
+                         timeout: float, log_since: int = 0) -> ProcessId:
     """Wait until QEMU wrote its pidfile and made its monitor socket.
 
     Raises with the tail of QEMU's log if it exited instead.
@@ -103,7 +103,7 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
     while True:
         if exit_status(exitfile) is not None:
             raise InternalError(f"process exited while connecting to monitor: "
-                                f"{log_tail(logfile)}")
+                                f"{log_tail(logfile, since=log_since)}")
         try:
             pid = int(pidfile.read_text().strip())
             st = start_time(pid)
@@ -117,13 +117,24 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
         delay = min(delay * 2, 0.004)  # QEMU needs 30-100 ms; do not overshoot by much
 
 
-def log_tail(logfile: Path, lines: int = 5) -> str:
-    """The last lines of a log, for error messages."""
+def log_tail(logfile: Path, lines: int = 5, since: int = 0) -> str:
+    """The last lines a log got after byte offset ``since``, for error messages
+    (the log is appended to: earlier starts' lines are not this start's reason)."""
     try:
-        text = logfile.read_text(errors="replace").strip().splitlines()
+        with logfile.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"
+
+
+def log_size(logfile: Path) -> int:
+    """Where a log ends now: `log_tail`'s ``since`` for what comes next."""
+    try:
+        return logfile.stat().st_size
+    except OSError:
+        return 0
 
 
 async def wait_exit(proc: ProcessId, timeout: float) -> bool:

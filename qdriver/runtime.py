@@ -170,13 +170,14 @@ class Runtime:
         self.cleanup()  # leftovers of a QEMU that died unseen
         make_private_dirs(self.paths.sockets)
         self.paths.status.unlink(missing_ok=True)
+        log_since = process.log_size(self.paths.qemu_log)
         process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
         faults.point("launch:spawned")
         rec: RunRecord | None = None
         try:
             proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,
                                                 self.paths.exitfile, self.paths.qemu_log,
-                                                START_TIMEOUT)
+                                                START_TIMEOUT, log_since)
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None)
@@ -193,7 +194,7 @@ class Runtime:
                 if keep is not None:
                     keep.push_async_callback(qmp.close, mon)
             except (qmp.MonitorConnectError, qmp.MonitorClosedError) as e:
-                await self._exited_while_connecting(proc, e)
+                await self._exited_while_connecting(proc, e, log_since)
                 raise
             self.update(rec, paused=paused, reason="user" if paused else "booted")
             return rec, mon if keep is not None else None
@@ -202,11 +203,13 @@ class Runtime:
                 await self._abort_launch(rec)
             raise
 
-    async def _exited_while_connecting(self, proc: process.ProcessId, e: Exception) -> None:
-        """QEMU made its socket, then exited (a bad image, say): say why, from its log."""
-        if await process.wait_exit(proc, 2.0):
+    async def _exited_while_connecting(self, proc: process.ProcessId, e: Exception,
+                                       log_since: int) -> None:
+        """QEMU made its socket, then exited (a bad device, say): say why, from its log."""
+        if await process.wait_exit(proc, 5.0):
             raise InternalError("process exited while connecting to monitor: "
-                                f"{process.log_tail(self.paths.qemu_log)}") from e
+                                f"{process.log_tail(self.paths.qemu_log, since=log_since)}"
+                                ) from e
 
     async def _abort_launch(self, rec: RunRecord | None) -> None:
         proc = rec.proc if rec is not None else pid_from_file(self.paths.pidfile)

@@ -177,6 +177,8 @@ def run_cli(state_dir: Path, *args: str, check: bool = True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"qdriver {' '.join(args)} failed: {result.stderr.decode()}")
+    assert b"Traceback (most recent call last)" not in result.stderr, \
+        f"qdriver {' '.join(args)} printed a traceback: {result.stderr.decode()}"
     return result
 
 

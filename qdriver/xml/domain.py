@@ -166,7 +166,7 @@ class DomainDef:
             source = el.find("source")
             if source is None:
                 source = safe.sub(el, "source")
-            source.set("file", path)
+            safe.set_value(source, "file", path)
             driver = el.find("driver")
             if driver is None:
                 driver = safe.new("driver", {"name": "qemu"})
@@ -211,7 +211,7 @@ def replace_disk_source(root: safe.Element, old: str, new: str, fmt: str) -> saf
     for disk in copy.findall("devices/disk"):
         source = disk.find("source")
         if source is not None and source.get("file") == old:
-            source.set("file", new)
+            safe.set_value(source, "file", new)
             driver = disk.find("driver")
             if driver is not None:
                 driver.set("type", fmt)

@@ -6,6 +6,7 @@ never touches the network, and bounds size and depth.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 from lxml import etree
@@ -36,8 +37,13 @@ def parse(text: str | bytes, what: str = "document") -> Element:
         raise XMLError(f"{what}: DTDs and entity declarations are not allowed")
     try:
         root = etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as e:
+    except (etree.XMLSyntaxError, ValueError) as e:
         raise XMLError(f"malformed {what}: {e}") from e
+    # the byte check above misses declarations in UTF-16 or UTF-32: ask the parse
+    docinfo = root.getroottree().docinfo
+    if getattr(docinfo, "doctype", "") or docinfo.internalDTD is not None \
+            or next(root.iter(etree.Entity), None) is not None:
+        raise XMLError(f"{what}: DTDs and entity declarations are not allowed")
     if _depth(root) > MAX_DEPTH:
         raise XMLError(f"{what} nests elements deeper than {MAX_DEPTH} levels")
     return root
@@ -108,18 +114,44 @@ def _qname(el: Element, name: str) -> str:
 
 
 def new(tag: str, attrib: dict[str, str] | None = None, text: str | None = None) -> Element:
-    """A fresh element."""
-    el = etree.Element(tag, attrib or {})
-    el.text = text
+    """A fresh element; `XMLError` names a value XML cannot hold (a control character)."""
+    with _xml_values(tag, attrib, text):
+        el = etree.Element(tag, attrib or {})
+        el.text = text
     return el
 
 
 def sub(parent: Element, tag: str, attrib: dict[str, str] | None = None,
         text: str | None = None) -> Element:
-    """A fresh child element appended to ``parent``."""
-    el = etree.SubElement(parent, tag, attrib or {})
-    el.text = text
+    """A fresh child element appended to ``parent`` (values checked as in `new`)."""
+    with _xml_values(tag, attrib, text):
+        el = etree.Element(tag, attrib or {})
+        el.text = text
+    parent.append(el)
     return el
+
+
+def set_value(el: Element, name: str, value: str) -> None:
+    """Set an attribute (values checked as in `new`)."""
+    with _xml_values(str(el.tag), {name: value}, None):
+        el.set(name, value)
+
+
+@contextmanager
+def _xml_values(tag: str, attrib: dict[str, str] | None, text: str | None) -> Iterator[None]:
+    try:
+        yield
+    except ValueError as e:
+        bad = [f"{tag} {k}={v!r}" for k, v in (attrib or {}).items() if not _xml_ok(v)]
+        if text is not None and not _xml_ok(text):
+            bad.append(f"<{tag}> text {text!r}")
+        raise XMLError(f"invalid character in {', '.join(bad) or tag}: XML cannot hold "
+                       "control characters") from e
+
+
+def _xml_ok(value: str) -> bool:
+    return all(c in "\t\n\r" or ord(c) >= 0x20 for c in value) and \
+        not any(0xD800 <= ord(c) <= 0xDFFF or ord(c) in (0xFFFE, 0xFFFF) for c in value)
 
 
 def copy(el: Element) -> Element:

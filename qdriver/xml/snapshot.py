@@ -210,7 +210,7 @@ def _format(s: SnapshotDef, internal: bool) -> safe.Element:
     if s.memory:
         mem = safe.sub(root, "memory", {"snapshot": s.memory})
         if s.memory_file:
-            mem.set("file", s.memory_file)
+            safe.set_value(mem, "file", s.memory_file)
     if s.disks:
         _format_disks(safe.sub(root, "disks"), s.disks)
     if s.revert_disks:
@@ -227,9 +227,9 @@ def _format_disks(parent: safe.Element, disks: list[SnapshotDisk]) -> None:
     for d in disks:
         el = safe.sub(parent, "disk", {"name": d.name})
         if d.snapshot:
-            el.set("snapshot", d.snapshot)
+            safe.set_value(el, "snapshot", d.snapshot)
         if d.type and (d.source or d.driver):
-            el.set("type", d.type)
+            safe.set_value(el, "type", d.type)
         if d.delete_in_progress:
             safe.sub(el, "snapshotDeleteInProgress")
         if d.driver:
