@@ -13,7 +13,7 @@ from .domain import Domain
 from .errors import NoDomainError, OperationFailedError, OperationInvalidError, XMLError
 from .ops import memfile
 from .ops.progress import ProgressFn
-from .opcontext import write_definition
+from .opcontext import storable_definition, write_definition
 from .paths import DomainPaths, default_state_dir
 from .statestore import locked, next_counter
 from .xml.domain import DomainDef
@@ -75,6 +75,7 @@ class Driver:
     async def define_xml(self, xml: str | bytes) -> Domain:
         """Define (or redefine, same name and uuid) a persistent domain."""
         definition = DomainDef.parse(xml)
+        storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
                 if other.name == definition.name and other.uuid != definition.uuid:

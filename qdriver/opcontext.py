@@ -15,6 +15,7 @@ from .paths import DomainPaths
 from .runtime import RunRecord, Runtime
 from .snapshot_tree import SnapshotStore, SnapshotTree
 from .statestore import atomic_write
+from .xml import safe
 from .xml.domain import DomainDef
 
 
@@ -31,8 +32,14 @@ def read_definition(paths: DomainPaths, name: str, uuid: str | None = None) -> D
 
 
 def write_definition(paths: DomainPaths, definition: DomainDef) -> None:
-    """Persist a definition atomically."""
-    atomic_write(paths.definition, definition.to_xml())
+    """Persist a definition atomically (`XMLError` if it could not be read back)."""
+    atomic_write(paths.definition, storable_definition(definition))
+
+
+def storable_definition(definition: DomainDef) -> str:
+    """The definition as stored; `XMLError` if it is too large to read back."""
+    return safe.check_storable(definition.to_xml(),
+                               f"the definition of domain '{definition.name}'")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import InvalidArgError, NoSnapshotError, OperationInvalidError, QDriverError
 from .statestore import atomic_write, fsync_dir
+from .xml.safe import check_storable
 from .xml.snapshot import SnapshotDef, validate_name
 
 ACTIVE_EXCLUDED = ("shutoff", "disk-snapshot")
@@ -149,11 +150,16 @@ class SnapshotStore:
 
     def write(self, snap: SnapshotDef, active: bool, sync_dir: bool = True) -> None:
         assert snap.name is not None
-        atomic_write(self.path(snap.name), replace(snap, active=active).format(internal=True),
+        atomic_write(self.path(snap.name), storable(replace(snap, active=active)),
                      sync_dir=sync_dir)
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+
+
+def storable(snap: SnapshotDef) -> str:
+    """A snapshot's metadata file text; `XMLError` if it is too large to read back."""
+    return check_storable(snap.format(internal=True), f"the metadata of snapshot '{snap.name}'")
 
 
 # -- tree changes (metadata only) ----------------------------------------------

@@ -128,9 +128,14 @@ class CreateExecution:
             self.memory_fd = None
 
     def preflight(self) -> None:
-        """Refuse before any side effect if the name or target files are wrong."""
-        if not self.plan.flags.redefine and self.plan.name in self.ctx.snapshot_tree().snaps:
+        """Refuse before any side effect if the name, the target files or the size of
+        the metadata are wrong."""
+        tree = self.ctx.snapshot_tree()
+        if not self.plan.flags.redefine and self.plan.name in tree.snaps:
             raise OperationInvalidError(f"Snapshot '{self.plan.name}' already exists")
+        if not self.plan.flags.no_metadata:
+            record = self.record()
+            meta.storable(replace(record, parent=record.parent or tree.current, active=True))
         for d in self.external():
             self._check_not_owned(d.file or "", f"overlay of disk '{d.target}'")
             _check_overlay_target(d, self.plan.flags.reuse_ext)

@@ -49,6 +49,16 @@ def parse(text: str | bytes, what: str = "document") -> Element:
     return root
 
 
+def check_storable(text: str, what: str) -> str:
+    """``text`` if `parse` will take it back, else `XMLError` (checked before storing:
+    escaping can make the stored form much larger than what the user gave)."""
+    size = len(text.encode())
+    if size > MAX_XML_BYTES:
+        raise XMLError(f"{what} would be stored as {size} bytes, over the {MAX_XML_BYTES} "
+                       "bytes that reading it back accepts")
+    return text
+
+
 def _depth(root: Element) -> int:
     deepest = 0
     stack: list[tuple[Element, int]] = [(root, 1)]
