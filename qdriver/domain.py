@@ -10,6 +10,7 @@ reported as shut off and reaped by the next locked operation.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,10 @@ from .xml.snapshot import SnapshotDef, SnapshotDisk, validate_schema
 
 
 T = TypeVar("T")
+DESTROY_LOCK_WAIT = 10.0
+"""How long ``destroy`` waits, after the kill, for the operation in progress to end."""
+
+log = logging.getLogger("qdriver")
 
 
 class Host(Protocol):
@@ -81,11 +86,11 @@ class Domain:
         return read_definition(self.paths, self.name, self.uuid)
 
     @asynccontextmanager
-    async def operation(self) -> AsyncIterator[OpContext]:
+    async def operation(self, lock_timeout: float | None = None) -> AsyncIterator[OpContext]:
         """Hold the domain lock and the state read under it, for one change."""
         try:
-            lock = locked(self.paths.lock, self.driver.lock_timeout, f"domain '{self.name}'",
-                          create_dir=False)
+            wait = self.driver.lock_timeout if lock_timeout is None else lock_timeout
+            lock = locked(self.paths.lock, wait, f"domain '{self.name}'", create_dir=False)
             async with lock:
                 self.last_recovery = await recovery.recover(self.paths, self.runtime,
                                                             self.name, self.uuid) \
@@ -235,8 +240,9 @@ class Domain:
         """
         async with self.operation() as ctx:
             rec = ctx.require_active()
-            return await self._transaction(ctx, "shutdown").attempt(
-                partial(self._shutdown, ctx, rec, timeout, escalate))
+            txn = Transaction(actions.ActionEnv.fixed(ctx, None), "shutdown",
+                              journal_optional=True)
+            return await txn.attempt(partial(self._shutdown, ctx, rec, timeout, escalate))
 
     async def _shutdown(self, ctx: OpContext, rec: RunRecord, timeout: float,
                         escalate: bool) -> bool:
@@ -257,10 +263,29 @@ class Domain:
         return False
 
     async def destroy(self) -> None:
-        """Stop QEMU at once (SIGTERM, then SIGKILL), like ``virsh destroy``."""
-        async with self.operation() as ctx:
-            ctx.require_active()
-            await ctx.stop("destroyed")
+        """Stop QEMU at once, like ``virsh destroy``, whatever else is going on.
+
+        QEMU is SIGKILLed first, without waiting for the domain lock: an operation
+        in progress (a snapshot waiting on a frozen QEMU, say) then fails on the
+        dead QEMU and rolls back, as a libvirt job does when its domain is
+        destroyed.  The bookkeeping follows under the lock; if the lock stays
+        held, the operation holding it reaps the dead QEMU itself.  A full state
+        disk costs the recorded reason, not the destroy.
+        """
+        rec = self.runtime.peek()
+        if rec is not None:
+            await self.runtime.kill_now(rec)
+        try:
+            async with self.operation(lock_timeout=DESTROY_LOCK_WAIT) as ctx:
+                if ctx.record is not None:  # started after the peek
+                    await ctx.stop("destroyed")
+                elif rec is None:
+                    raise OperationInvalidError("domain is not running")
+        except DomainBusyError:
+            if rec is None:
+                raise
+            log.warning("QEMU of domain '%s' is killed; the operation in progress records "
+                        "it when it ends", self.name)
 
     # -- save and restore ---------------------------------------------------
 

@@ -10,7 +10,8 @@ from types import TracebackType
 
 from . import accel
 from .domain import Domain
-from .errors import NoDomainError, OperationFailedError, OperationInvalidError, XMLError
+from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
+                     XMLError)
 from .ops import memfile
 from .ops.progress import ProgressFn
 from .opcontext import storable_definition, write_definition
@@ -84,9 +85,18 @@ class Driver:
                 if other.uuid == definition.uuid and other.name != definition.name:
                     raise OperationFailedError(f"domain '{other.name}' is already defined "
                                                f"with uuid {other.uuid}")
+            try:
+                existing = self._load(definition.name)
+            except QDriverError:
+                existing = None  # an unreadable definition is simply replaced
+            if existing is not None:
+                # a redefinition waits for the operation in progress on the domain, and
+                # finishes a dead one first: its rollback must not undo this definition
+                async with existing.operation() as ctx:
+                    ctx.save_definition(definition)
+                return existing
             paths = DomainPaths.of(self.state_dir, definition.name)
             paths.dir.mkdir(parents=True, exist_ok=True)
-            # a redefinition waits for the operation in progress on the domain
             async with locked(paths.lock, self.lock_timeout, f"domain '{definition.name}'"):
                 write_definition(paths, definition)
             return Domain(self, definition.name, definition.uuid)

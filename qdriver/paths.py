@@ -135,6 +135,11 @@ class DomainPaths:
         return self.dir / "console.log"
 
     @property
+    def destroy_marker(self) -> Path:
+        """Made by ``destroy`` before it kills QEMU: whoever reaps it says "destroyed"."""
+        return self.dir / "destroy-requested"
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 

@@ -8,21 +8,27 @@ to the next locked operation.
 """
 from __future__ import annotations
 
+import logging
+import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
 from . import faults, process, qmp
 from .domstate import DomainState
-from .errors import InternalError
+from .errors import InternalError, OperationFailedError
 from .paths import DomainPaths, make_private_dirs
 from .statestore import read_record, write_record
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
+KILL_WAIT = 5.0
+"""How long a SIGKILLed QEMU may take to be gone (a stopped one goes at once)."""
+
+log = logging.getLogger("qdriver")
 """How long the supervisor may take to record QEMU's exit status."""
 
 
@@ -130,14 +136,19 @@ class Runtime:
         return None
 
     async def reap(self, rec: RunRecord) -> None:
-        """QEMU is gone: record why, and remove what it left behind."""
-        write_record(self.paths.status, StatusRecord(_reason(rec, await self._exit_status())))
+        """QEMU is gone: record why, and remove what it left behind (a full state
+        disk loses the reason, not the cleanup)."""
+        status = await self._exit_status()  # also: the supervisor is done once it is known
+        reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
+        _tolerant(lambda: write_record(self.paths.status, StatusRecord(reason)),
+                  f"the reason domain '{self.paths.dir.name}' stopped")
         self.cleanup()
 
     def cleanup(self) -> None:
         """Remove the files of a QEMU that no longer runs."""
         p = self.paths
-        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.console):
+        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.console,
+                     p.destroy_marker):
             path.unlink(missing_ok=True)
         if p.sockets.is_dir():
             for chan in p.sockets.glob("channel*.sock"):
@@ -151,10 +162,22 @@ class Runtime:
                 break  # not empty (another domain runs) or already gone
 
     def update(self, rec: RunRecord, **changes: object) -> None:
-        """Change fields of the run record and store it."""
+        """Change fields of the run record and store it.  The record only tells
+        what QEMU can be asked, so a full state disk leaves it stale with a
+        warning instead of failing what was already done to QEMU."""
         for key, value in changes.items():
             setattr(rec, key, value)
-        write_record(self.paths.runtime, rec, durable=False)
+        _tolerant(lambda: write_record(self.paths.runtime, rec, durable=False),
+                  f"the run state of domain '{self.paths.dir.name}'")
+
+    async def kill_now(self, rec: RunRecord) -> None:
+        """SIGKILL QEMU without the domain lock (``destroy`` preempts whatever holds
+        it) and wait until it is gone; the marker makes the reap say "destroyed"."""
+        _tolerant(self.paths.destroy_marker.touch, "the destroy request")
+        process.signal_process(rec.proc, signal.SIGKILL)
+        if not await process.wait_exit(rec.proc, KILL_WAIT):
+            raise OperationFailedError(f"QEMU process {rec.pid} did not exit within "
+                                       f"{KILL_WAIT:g} s of SIGKILL")
 
     async def launch(self, argv: list[str], accel: str, domain_id: int,
                      paused: bool, keep: AsyncExitStack | None = None
@@ -224,6 +247,14 @@ class Runtime:
         self.update(rec, stop_requested=reason)
         await process.terminate(rec.proc, grace)
         await self.reap(rec)
+
+
+def _tolerant(write: Callable[[], object], what: str) -> None:
+    """Run a state write; a full or read-only state disk is a warning, not an error."""
+    try:
+        write()
+    except OSError as e:
+        log.warning("cannot record %s: %s", what, e.strerror or e)
 
 
 def _reason(rec: RunRecord, exit_status: int | None) -> str:

@@ -39,7 +39,9 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            os.write(fd, raw)
+            view = memoryview(raw)
+            while view:  # a short write (a disk filling up) must not end the file early
+                view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
         finally:

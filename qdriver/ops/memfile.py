@@ -9,18 +9,23 @@ caller (the plan says whether the guest resumes).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 from qemu.qmp import EventListener
 
 from .. import domstate, faults, qmp
-from ..errors import OperationFailedError, QDriverError
+from ..errors import OperationFailedError, OperationTimeoutError, QDriverError
 from ..saveimage import SaveHeader, read_header, write_header
 from .progress import ProgressMeter
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
 FD_NAME = "qdriver-migrate"
+MIGRATION_STALL = 120.0
+"""A migration whose status and bytes sent do not move for this long is given up."""
+MIGRATION_TIMEOUT = 3600.0
+"""No memory save or load takes longer than this, moving or not."""
 
 
 def create(path: str, domain_xml: str, cookie: str, running: bool) -> int:
@@ -76,9 +81,21 @@ Poll = Callable[[Mapping[str, Any]], Awaitable[None]]
 async def _wait(mon: qmp.Monitor, events: EventListener, poll: Poll, what: str) -> None:
     """Poll ``query-migrate`` (woken by MIGRATION events) until the migration ends;
     ``poll`` sees each answer (progress, and whatever the caller does meanwhile)."""
+    deadline = time.monotonic() + MIGRATION_TIMEOUT
+    last: tuple[str, int] | None = None
+    stalled_since = time.monotonic()
     while True:
         info = await mon.execute("query-migrate")
         status = str(info.get("status"))
+        now = time.monotonic()
+        seen = (status, int(info.get("ram", {}).get("transferred", 0)))
+        if seen != last:
+            last, stalled_since = seen, now
+        if now - stalled_since > MIGRATION_STALL or now > deadline:
+            raise OperationTimeoutError(
+                f"{what} made no progress for {MIGRATION_STALL:g} s (status '{status}')"
+                if now <= deadline else
+                f"{what} did not finish within {MIGRATION_TIMEOUT:g} s (status '{status}')")
         if status not in ("completed", "failed", "cancelled", "none"):
             faults.point("memfile:migrating")  # setup or active: the file is being written
         await poll(info)

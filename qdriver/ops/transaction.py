@@ -15,6 +15,7 @@ that finish it; from then on a failure or a dead process rolls forward.
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Awaitable, Callable, Generic, Mapping, Sequence, TypeVar
 
 import anyio
@@ -26,15 +27,19 @@ from . import actions
 from .actions import ActionEnv
 
 S = TypeVar("S", bound=enum.Enum)
+log = logging.getLogger("qdriver")
 T = TypeVar("T")
 
 
 class Transaction:
     """An undo stack, journaled, with all-or-nothing execution."""
 
-    def __init__(self, env: ActionEnv, op: str) -> None:
+    def __init__(self, env: ActionEnv, op: str, journal_optional: bool = False) -> None:
         self.env = env
         self.op = op
+        self.journal_optional = journal_optional
+        """An operation with nothing to undo (shutdown) goes on when the journal
+        cannot be written (a full state disk)."""
         self.journal = Journal(env.ctx.paths.journal)
         self.entries: list[Action] = []
         self.committed = False
@@ -62,7 +67,13 @@ class Transaction:
     async def attempt(self, body: Callable[[], Awaitable[T]]) -> T:
         """Run ``body`` under a journal; if it raises (or is cancelled), roll back
         (or forward, once committed) and re-raise."""
-        self.journal.begin(self.op)
+        try:
+            self.journal.begin(self.op)
+        except OSError as e:
+            if not self.journal_optional:
+                raise
+            log.warning("cannot journal %s: %s", self.op, e.strerror or e)
+            self.journal.record = None
         try:
             result = await body()
             faults.point(f"{self.op}:end")
