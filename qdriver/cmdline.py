@@ -20,6 +20,9 @@ from .xml.domain import CharDef, DiskDef, DomainDef
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+"""QEMU's drop to its user is a setuid() the seccomp filter would kill it for; once it
+has dropped from root, setuid cannot raise it again."""
 
 
 def opt(value: object) -> str:
@@ -74,16 +77,21 @@ class _Builder:
             self.add("-device", f"{device},id={cid}")
 
 
-def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False) -> list[str]:
+def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
+          run_as: tuple[str, str] | None = None) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
-    QEMU waits for ``migrate-incoming`` (a memory file to load) instead."""
+    QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  ``run_as``
+    is the option that drops QEMU to its user (``-runas`` or ``-run-with``)."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     b = _Builder(d, paths)
     b.add(emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
-          "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
+          "-msg", "timestamp=on", "-sandbox", SANDBOX_RUNAS if run_as else SANDBOX,
+          "-pidfile", str(paths.pidfile))
+    if run_as:
+        b.add(run_as[0], opt(run_as[1]))
     _machine(b, accel)
     b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
     _boot(b)

@@ -22,6 +22,7 @@ from .domstate import DomainState
 from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError,
                      OperationInvalidError, ShutdownTimeoutError)
 from .launch import start_qemu
+from .runas import LaunchPolicy
 from .opcontext import OpContext, read_definition
 from .ops import memfile
 from .ops.create_exec import CreateExecution
@@ -55,6 +56,7 @@ class Host(Protocol):
 
     state_dir: Path
     lock_timeout: float
+    policy: LaunchPolicy
 
     def next_id(self) -> int: ...
 
@@ -97,7 +99,8 @@ class Domain:
                     or self.last_recovery
                 definition = read_definition(self.paths, self.name, self.uuid)
                 record = await self.runtime.reconcile()
-                yield OpContext(self.paths, definition, self.runtime, record)
+                yield OpContext(self.paths, definition, self.runtime, record,
+                                self.driver.policy)
         except (FileNotFoundError, NotADirectoryError) as e:
             if self.paths.definition.exists():
                 raise

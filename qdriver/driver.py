@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from . import accel
+from . import accel, runas
 from .domain import Domain
 from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
                      XMLError)
@@ -23,9 +23,13 @@ from .xml.domain import DomainDef
 class Driver:
     """Entry point of the API: ``async with Driver(state_dir) as drv: ...``."""
 
-    def __init__(self, state_dir: str | Path | None = None, lock_timeout: float = 30.0) -> None:
+    def __init__(self, state_dir: str | Path | None = None, lock_timeout: float = 30.0,
+                 qemu_user: str | None = None, allow_host_secrets: bool = False) -> None:
+        """``qemu_user``: the account QEMU drops to (default ``$QDRIVER_QEMU_USER``,
+        else QEMU runs as this process); ``allow_host_secrets``: see `qdriver.runas`."""
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.lock_timeout = lock_timeout
+        self.policy = runas.policy(qemu_user, allow_host_secrets)
         (self.state_dir / "domains").mkdir(parents=True, exist_ok=True)
 
     async def __aenter__(self) -> Driver:

@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Union
 
 import anyio
 
-from . import agent, qemuimg
+from . import agent, qemuimg, runas
 from .console import SerialLink
 from .domain import Domain
 from .domstate import DomainState
@@ -241,6 +241,7 @@ class GuestPool:
                     overlays.append(overlay)
                     await qemuimg.create(overlay, backing=os.path.abspath(disk.source),
                                          backing_fmt=disk.format)
+                    runas.hand_over(self.driver.policy.qemu_user, overlay)
                     sources[disk.target] = (str(overlay), "qcow2")
             dom = await self.driver.define_xml(
                 definition.with_disk_sources(sources).renamed(name).to_xml())

@@ -10,9 +10,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable
 
-from . import accel, cmdline, qmp
-from .errors import ConfigUnsupportedError, SystemError_
+from . import accel, cmdline, qemuimg, qmp, runas
+from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
 from .opcontext import OpContext
+from .runas import LaunchPolicy
 from .xml.domain import DomainDef
 
 
@@ -28,21 +29,57 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
     if not status.usable:
         raise ConfigUnsupportedError(
             f"Domain requires KVM, but it is not usable here: {status.reason}")
-    check_files(ctx.definition)
-    argv = cmdline.build(ctx.definition, ctx.paths, status.name, incoming)
+    check_files(ctx.definition, ctx.policy)
+    user = ctx.policy.qemu_user
+    run_as = runas.runas_option(cmdline.emulator_for(ctx.definition), user) if user else None
+    argv = cmdline.build(ctx.definition, ctx.paths, status.name, incoming, run_as)
     ctx.record, mon = await ctx.runtime.launch(argv, status.name, next_id(),
                                                paused or incoming, keep)
     return mon
 
 
-def check_files(definition: DomainDef) -> None:
-    """Refuse with libvirt's words if an image, kernel or initrd is missing."""
-    wanted: list[tuple[str, str | None]] = [
-        ("storage file", disk.source) for disk in definition.disks if disk.source]
-    wanted += [("kernel", definition.kernel), ("initrd", definition.initrd)]
-    for what, path in wanted:
-        if path and not Path(path).exists():
-            raise SystemError_(f"Cannot access {what} '{path}': No such file or directory")
+def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()) -> None:
+    """Refuse with libvirt's words if an image, kernel or initrd is missing; refuse a
+    host secret unless allowed, and a file the QEMU user could not open itself."""
+    wanted: list[tuple[str, str | None, bool]] = [
+        (f"disk '{disk.target}'", disk.source, not disk.readonly)
+        for disk in definition.disks if disk.source]
+    wanted += [("kernel", definition.kernel, False), ("initrd", definition.initrd, False)]
+    for what, path, write in wanted:
+        if not path:
+            continue
+        if not Path(path).exists():
+            noun = "storage file" if what.startswith("disk") else what
+            raise SystemError_(f"Cannot access {noun} '{path}': No such file or directory")
+        for image, rw in [(path, write), *((b, False) for b in _backing_chain(path))]:
+            _check_one(what, image, rw, policy)
+
+
+def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
+    secret = runas.secret_problem(path)
+    if secret and not policy.allow_host_secrets:
+        raise InvalidArgError(f"refusing {what}: {secret}; allow host secrets explicitly "
+                              "to use it")
+    user = policy.qemu_user
+    problem = runas.access_problem(user, path, write) if user else None
+    if problem:
+        raise SystemError_(f"cannot give {what} to QEMU: {problem} (QEMU runs as "
+                           f"'{user.name if user else ''}': hand the file over, or choose one "
+                           "that user can open)")
+
+
+def _backing_chain(image: str) -> list[str]:
+    """The backing files below ``image`` (read from qcow2 headers)."""
+    chain: list[str] = []
+    current: str | None = image
+    while current is not None and len(chain) < 256:
+        try:
+            current = qemuimg.header.read(current).backing
+        except OSError:
+            break
+        if current is not None:
+            chain.append(current)
+    return chain
 
 
 __all__ = ["start_qemu", "check_files"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from . import domstate, qmp
 from .errors import NoDomainError, OperationInvalidError, QDriverError
 from .paths import DomainPaths
+from .runas import LaunchPolicy
 from .runtime import RunRecord, Runtime
 from .snapshot_tree import SnapshotStore, SnapshotTree
 from .statestore import atomic_write
@@ -50,6 +51,8 @@ class OpContext:
     definition: DomainDef
     runtime: Runtime
     record: RunRecord | None
+    policy: LaunchPolicy = LaunchPolicy()
+    """Who QEMU runs as and which files it may be given (`qdriver.runas`)."""
     """The live QEMU's run record; None while the domain is shut off."""
 
     @property

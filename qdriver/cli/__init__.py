@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", default=argparse.SUPPRESS,
                         help="state directory (env QDRIVER_STATE_DIR; "
                              "default ~/.local/share/qdriver)")
+    common.add_argument("--qemu-user", default=argparse.SUPPRESS,
+                        help="run QEMU as this user (env QDRIVER_QEMU_USER; default: "
+                             "the user qdriver runs as)")
+    common.add_argument("--allow-host-secrets", action="store_true", default=argparse.SUPPRESS,
+                        help="let disks, kernels and initrds resolve to host secrets "
+                             "such as /etc/shadow")
     parser = argparse.ArgumentParser(prog="qdriver", parents=[common],
                                      description="virsh-compatible QEMU driver, no daemon")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,7 +45,9 @@ async def run(argv: list[str]) -> int:
     _report_warnings()
     state_dir = getattr(args, "state_dir", None) or os.environ.get("QDRIVER_STATE_DIR")
     try:
-        async with Driver(state_dir) as drv:
+        async with Driver(state_dir, qemu_user=getattr(args, "qemu_user", None),
+                          allow_host_secrets=getattr(args, "allow_host_secrets", False)
+                          ) as drv:
             return await COMMANDS[args.command].handler(drv, args)
     except (QDriverError, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

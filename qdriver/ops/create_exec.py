@@ -20,10 +20,10 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 
-from .. import agent, qemuimg, qmp
+from .. import agent, qemuimg, qmp, runas
 from .. import snapshot_tree as meta
 from ..errors import (ConfigUnsupportedError, InvalidArgError, OperationFailedError,
-                      OperationInvalidError)
+                      OperationInvalidError, SystemError_)
 from ..opcontext import OpContext
 from ..paths import owner_dir
 from ..saveimage import mark_complete
@@ -139,6 +139,7 @@ class CreateExecution:
         for d in self.external():
             self._check_not_owned(d.file or "", f"overlay of disk '{d.target}'")
             _check_overlay_target(d, self.plan.flags.reuse_ext)
+            self._check_qemu_user_reaches(d)
         if self.plan.memory_file:
             mem = Path(self.plan.memory_file)
             if mem != self.ctx.paths.managed_save:
@@ -148,6 +149,18 @@ class CreateExecution:
             if not mem.parent.is_dir():
                 raise OperationFailedError(f"directory '{mem.parent}' for the memory "
                                            "snapshot does not exist")
+
+    def _check_qemu_user_reaches(self, d: DiskPlan) -> None:
+        """QEMU opens a new overlay as its own user: that user must reach it."""
+        user = self.ctx.policy.qemu_user
+        if user is None or not self.online:
+            return
+        reuse = self.plan.flags.reuse_ext
+        problem = runas.access_problem(user, d.file or "", write=True) if reuse else \
+            runas.access_problem(user, str(Path(d.file or "").parent), write=False)
+        if problem:
+            raise SystemError_(f"QEMU runs as '{user.name}' and could not open the overlay "
+                               f"of disk '{d.target}': {problem}")
 
     def _check_not_owned(self, path: str | Path, what: str) -> None:
         """qdriver's own directories are no target: a file there could replace
@@ -206,6 +219,8 @@ class CreateExecution:
             if not self.plan.flags.reuse_ext:
                 self._overlay_undo(d, actions.remove_file(d.file, "overlay"))
             await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
+            if not self.plan.flags.reuse_ext:
+                runas.hand_over(self.ctx.policy.qemu_user, d.file)
 
     def _overlay_undo(self, d: DiskPlan, action: actions.Action) -> None:
         self.overlay_undos.setdefault(d.target, []).append(self.txn.on_undo(action))

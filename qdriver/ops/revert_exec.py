@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .. import domstate, process, qemuimg, qmp
+from .. import domstate, process, qemuimg, qmp, runas
 from .. import snapshot_tree as meta
 from ..errors import OperationFailedError, SystemError_
 from ..launch import start_qemu
@@ -101,6 +101,7 @@ class RevertExecution:
             path = _free_name(image, stamp)
             self.txn.on_undo(actions.remove_file(path, "revert overlay"))
             await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
+            runas.hand_over(self.ctx.policy.qemu_user, path)
             self.new_overlays[target] = path
         self.definition = self.definition.with_disk_sources(
             {t: (p, "qcow2") for t, p in self.new_overlays.items()})

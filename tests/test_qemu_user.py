@@ -1,0 +1,112 @@
+"""QEMU as an unprivileged user when qdriver runs as root; host secrets are no disk."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import qdriver
+from qdriver.runas import QemuUser, access_problem, secret_problem
+
+from .conftest import GuestImage, domain_xml, run_cli, wait_console
+
+USER = "nobody"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the QEMU user can enter (pytest's own are private to root)."""
+    if os.geteuid() != 0:
+        pytest.skip("running QEMU as another user needs root")
+    path = Path(tempfile.mkdtemp(prefix="qdriver-runas-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def qemu_uid(dom: qdriver.Domain) -> int:
+    rec = dom.runtime.peek()
+    assert rec is not None
+    status = Path(f"/proc/{rec.pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1])
+
+
+async def test_qemu_runs_as_the_configured_user(guest_image: GuestImage, shared_dir: Path,
+                                                state_dir: Path) -> None:
+    nobody = pwd.getpwnam(USER)
+    disk = shared_dir / "vda.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    os.chown(disk, nobody.pw_uid, nobody.pw_gid)
+    drv = qdriver.Driver(state_dir, qemu_user=USER)
+    dom = await drv.define_xml(domain_xml(guest_image, "ru", disk))
+    await dom.start()
+    try:
+        assert qemu_uid(dom) == nobody.pw_uid
+        await wait_console(dom, "COUNTER 3")
+        # a new overlay is handed over: QEMU, as its user, opens it and writes to it
+        await dom.snapshot_create_xml(
+            f"<domainsnapshot><name>s1</name><disks><disk name='vda' snapshot='external'>"
+            f"<source file='{shared_dir}/s1.qcow2'/></disk></disks></domainsnapshot>",
+            disk_only=True)
+        assert (shared_dir / "s1.qcow2").stat().st_uid == nobody.pw_uid
+        after = dom.paths.console_log.stat().st_size
+        await wait_console(dom, "COUNTER", after=after)
+        assert qemu_uid(dom) == nobody.pw_uid
+    finally:
+        await dom.destroy()
+
+
+async def test_an_image_the_user_cannot_open_is_refused(guest_image: GuestImage,
+                                                        shared_dir: Path,
+                                                        state_dir: Path) -> None:
+    private = shared_dir / "private"
+    private.mkdir(mode=0o700)
+    disk = private / "vda.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    drv = qdriver.Driver(state_dir, qemu_user=USER)
+    dom = await drv.define_xml(domain_xml(guest_image, "ru", disk))
+    with pytest.raises(qdriver.SystemError_, match=f"user '{USER}' cannot enter directory "
+                                                   f"'{private}'"):
+        await dom.start()
+    private.chmod(0o755)
+    with pytest.raises(qdriver.SystemError_, match=f"user '{USER}' cannot read and write"):
+        await dom.start()
+    assert not dom.is_active
+
+
+def test_host_secrets_are_refused_unless_allowed(guest_image: GuestImage, state_dir: Path,
+                                                 tmp_path: Path) -> None:
+    link = tmp_path / "innocent.img"
+    link.symlink_to("/etc/shadow")
+    xml = tmp_path / "secret.xml"
+    xml.write_text(domain_xml(guest_image, "sec", link, disk_format="raw"))
+    run_cli(state_dir, "define", str(xml))
+    result = run_cli(state_dir, "start", "sec", check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "refusing disk 'vda'" in err
+    assert "resolves to '/etc/shadow', a host secret" in err
+    assert run_cli(state_dir, "domstate", "sec").stdout.split() == [b"shut", b"off"]
+    allowed = run_cli(state_dir, "--allow-host-secrets", "start", "sec", "--paused",
+                      check=False)
+    assert b"host secret" not in allowed.stderr  # allowed: the policy no longer refuses it
+    run_cli(state_dir, "destroy", "sec", check=False)
+
+
+def test_access_rules_follow_owner_group_and_other_bits(shared_dir: Path) -> None:
+    user = QemuUser("q", 4242, 4343, frozenset({4343}))
+    f = shared_dir / "img"
+    f.write_bytes(b"")
+    for mode, owner, group, write, ok in [
+            (0o600, 4242, 0, True, True), (0o640, 0, 4343, False, True),
+            (0o640, 0, 4343, True, False), (0o604, 0, 0, False, True),
+            (0o600, 0, 0, False, False)]:
+        f.chmod(mode)
+        os.chown(f, owner, group)
+        assert (access_problem(user, str(f), write) is None) == ok, (oct(mode), owner, group)
+    assert secret_problem("/etc/shadow") and secret_problem("/etc/ssh/ssh_host_rsa_key")
+    assert secret_problem(str(f)) is None
