@@ -22,7 +22,6 @@ from .domstate import DomainState
 from .errors import (DomainBusyError, InvalidArgError, NoDomainError, NoSnapshotError,
                      OperationInvalidError, ShutdownTimeoutError)
 from .launch import start_qemu
-from .runas import LaunchPolicy
 from .opcontext import OpContext, read_definition
 from .ops import memfile
 from .ops.create_exec import CreateExecution
@@ -36,6 +35,7 @@ from .ops import actions
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_restore, plan_revert
 from .ops.transaction import Transaction
 from .paths import DomainPaths
+from .runas import LaunchPolicy
 from .runtime import Runtime, RunRecord
 from .snapshot_handle import Snapshot
 from .snapshot_tree import ListFilter, SnapshotStore, SnapshotTree

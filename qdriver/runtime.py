@@ -26,13 +26,13 @@ from .statestore import read_record, write_record
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
+"""How long the supervisor may take to record QEMU's exit status."""
 CONNECT_RETRY = 2.0
 """How long a fresh QEMU's refused monitor connection is retried."""
 KILL_WAIT = 5.0
 """How long a SIGKILLed QEMU may take to be gone (a stopped one goes at once)."""
 
 log = logging.getLogger("qdriver")
-"""How long the supervisor may take to record QEMU's exit status."""
 
 
 @dataclass
