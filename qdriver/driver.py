@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from . import accel, runas
+from . import accel, launch, runas
 from .domain import Domain
 from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
                      XMLError)
@@ -142,6 +142,17 @@ class Driver:
                     path.rmdir() if path.is_dir() else path.unlink()
         dom.paths.lock.unlink(missing_ok=True)
         dom.paths.dir.rmdir()
+
+    def native_argv(self, domain: str) -> list[str]:
+        """The QEMU command line ``domain`` (a defined domain's name, or a domain XML
+        file) starts with here (``virsh domxml-to-native qemu-argv``)."""
+        path = Path(domain)
+        if path.is_file():
+            definition = DomainDef.parse(path.read_bytes())
+        else:
+            definition = self.lookup(domain).definition
+        paths = DomainPaths.of(self.state_dir, definition.name)
+        return launch.native_argv(definition, paths, self.policy)[0]
 
     def next_id(self) -> int:
         """A fresh libvirt-style domain id."""

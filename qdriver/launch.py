@@ -13,6 +13,7 @@ from typing import Callable
 from . import accel, cmdline, qemuimg, qmp, runas
 from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
 from .opcontext import OpContext
+from .paths import DomainPaths
 from .runas import LaunchPolicy
 from .xml.domain import DomainDef
 
@@ -25,17 +26,24 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
     With ``incoming`` QEMU waits for an incoming migration (it stays paused).
     With ``keep`` the launch's monitor stays open in that stack and is returned.
     """
-    status = accel.probe(ctx.definition.type)
+    check_files(ctx.definition, ctx.policy)
+    argv, accelerator = native_argv(ctx.definition, ctx.paths, ctx.policy, incoming)
+    ctx.record, mon = await ctx.runtime.launch(argv, accelerator, next_id(),
+                                               paused or incoming, keep)
+    return mon
+
+
+def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
+                incoming: bool = False) -> tuple[list[str], str]:
+    """The QEMU command line a start would run (``domxml-to-native``), and the
+    accelerator it uses; `ConfigUnsupportedError` if KVM is asked and unusable."""
+    status = accel.probe(definition.type)
     if not status.usable:
         raise ConfigUnsupportedError(
             f"Domain requires KVM, but it is not usable here: {status.reason}")
-    check_files(ctx.definition, ctx.policy)
-    user = ctx.policy.qemu_user
-    run_as = runas.runas_option(cmdline.emulator_for(ctx.definition), user) if user else None
-    argv = cmdline.build(ctx.definition, ctx.paths, status.name, incoming, run_as)
-    ctx.record, mon = await ctx.runtime.launch(argv, status.name, next_id(),
-                                               paused or incoming, keep)
-    return mon
+    user = policy.qemu_user
+    run_as = runas.runas_option(cmdline.emulator_for(definition), user) if user else None
+    return cmdline.build(definition, paths, status.name, incoming, run_as), status.name
 
 
 def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()) -> None:
@@ -82,4 +90,4 @@ def _backing_chain(image: str) -> list[str]:
     return chain
 
 
-__all__ = ["start_qemu", "check_files"]
+__all__ = ["start_qemu", "check_files", "native_argv"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -158,6 +159,18 @@ async def cmd_dominfo(drv: Driver, a: argparse.Namespace) -> int:
          domain_with(inactive="show the persistent definition"))
 async def cmd_dumpxml(drv: Driver, a: argparse.Namespace) -> int:
     sys.stdout.write(drv.lookup(a.domain).xml_desc(inactive=a.inactive))
+    return 0
+
+
+def _setup_native(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default="qemu-argv", choices=["qemu-argv"],
+                   help="the native format (QEMU's command line)")
+    p.add_argument("domain", help="a domain name, or a domain XML file")
+
+
+@command("domxml-to-native", "the QEMU command line a domain starts with", _setup_native)
+async def cmd_domxml_to_native(drv: Driver, a: argparse.Namespace) -> int:
+    out(shlex.join(drv.native_argv(a.domain)))
     return 0
 
 
