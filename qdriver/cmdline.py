@@ -112,6 +112,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     if d.rng:
         b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
               "-device", "virtio-rng-pci,rng=objrng0,id=rng0")
+    for audio in d.audio_ids:  # as libvirt: a silent backend, no sound device
+        b.add("-audiodev", json.dumps({"id": f"audio{audio}", "driver": "none"}))
     if incoming:
         b.add("-incoming", "defer")
     return b.argv

@@ -103,3 +103,14 @@ def test_disk_io_native_is_refused_by_name(tmp_path: Path) -> None:
         "<driver type='qcow2'/>", "<driver type='qcow2' io='native'/>"))
     with pytest.raises(ConfigUnsupportedError, match="io='native'"):
         cmdline.build(d, DomainPaths.of(tmp_path, "c"), "tcg")
+
+
+def test_audio_none_is_a_silent_backend_and_other_audio_is_refused(tmp_path: Path) -> None:
+    with_audio = XML.format(t="qemu", cpu="").replace("</devices>",
+                                                      "<audio id='1' type='none'/></devices>")
+    argv = cmdline.build(DomainDef.parse(with_audio), DomainPaths.of(tmp_path, "c"), "tcg")
+    assert [json.loads(a) for a in opts(argv, "-audiodev")] == [{"id": "audio1",
+                                                                 "driver": "none"}]
+    pulse = DomainDef.parse(with_audio.replace("type='none'", "type='pulseaudio'"))
+    with pytest.raises(ConfigUnsupportedError, match="<audio type='pulseaudio'>"):
+        cmdline.build(pulse, DomainPaths.of(tmp_path, "c"), "tcg")

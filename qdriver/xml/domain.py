@@ -37,7 +37,7 @@ TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "curr
              "on_crash", "devices", "pm"}
 FEATURES = {"acpi", "apic", "pae"}
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
-           "controller", "memballoon", "input", "video", "rng"}
+           "controller", "memballoon", "input", "video", "rng", "audio"}
 LIFECYCLE = {"on_poweroff": ("destroy", "preserve"), "on_reboot": ("restart", "destroy"),
              "on_crash": ("destroy", "preserve", "restart", "coredump-destroy",
                           "coredump-restart")}
@@ -131,6 +131,8 @@ class DomainDef:
     graphics: list[GraphicsDef] = field(default_factory=list)
     balloon: bool = False
     rng: bool = False
+    audio_ids: list[int] = field(default_factory=list)
+    """``<audio type='none'>`` backends (libvirt writes one into every new domain)."""
     unsupported: list[str] = field(default_factory=list)
 
     @classmethod
@@ -476,8 +478,16 @@ def _parse_rng(el: safe.Element, d: DomainDef) -> None:
     d.rng = True
 
 
+def _parse_audio(el: safe.Element, d: DomainDef) -> None:
+    if el.get("type") != "none":
+        d.unsupported.append(f"<audio type='{el.get('type')}'>")
+        return
+    d.audio_ids.append(_int(el.get("id") or "1", "<audio id>", 1, 1 << 16))
+
+
 DEVICE_PARSERS = {
     "emulator": _parse_emulator, "disk": _parse_disk, "interface": _parse_interface,
     "serial": _parse_chardev, "console": _parse_chardev, "channel": _parse_chardev,
     "graphics": _parse_graphics, "memballoon": _parse_memballoon, "rng": _parse_rng,
+    "audio": _parse_audio,
 }
