@@ -292,12 +292,26 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
         await _settle_jobs(mon)
         await actions.run(actions.ActionEnv.fixed(ctx, mon), actions.follow_disks())
     execution = DeleteExecution(ctx, DeletePlan(names, False), mon)
-    await execution.adopt_finished_commits(await image_graph(ctx, ctx.snapshot_tree()))
+    graph = await image_graph(ctx, ctx.snapshot_tree())
+    if mon is None:
+        await _repair_leaks(ctx, graph)
+    await execution.adopt_finished_commits(graph)
     tree = ctx.snapshot_tree()  # the adoption may have renamed images in it
     execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
                                  await image_graph(ctx, tree))
     await execution.carry_out()
     return names
+
+
+async def _repair_leaks(ctx: OpContext, graph: ImageGraph) -> None:
+    """QEMU died while it wrote (a commit, the guest): free the clusters it left
+    allocated and unreferenced in the chains it had open, before they are committed."""
+    for disk in ctx.definition.disks:
+        image = disk.source if not disk.readonly else None
+        while image is not None:
+            if graph.formats.get(image) == "qcow2" and os.path.exists(image):
+                await qemuimg.repair_leaks(image)
+            image = graph.backing.get(image)
 
 
 async def _settle_jobs(mon: qmp.Monitor) -> None:

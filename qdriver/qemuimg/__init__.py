@@ -5,9 +5,9 @@ raises `QemuImgError` carrying its stderr.
 """
 from . import header
 from .image import (ImageInfo, QemuImgError, SnapshotInfo, check, commit, create, info,
-                    rebase_unsafe, snapshot_apply, snapshot_create, snapshot_delete,
-                    snapshot_list)
+                    rebase_unsafe, repair_leaks, snapshot_apply, snapshot_create,
+                    snapshot_delete, snapshot_list)
 
 __all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "info",
-           "rebase_unsafe", "snapshot_apply", "snapshot_create", "snapshot_delete",
+           "rebase_unsafe", "repair_leaks", "snapshot_apply", "snapshot_create", "snapshot_delete",
            "snapshot_list", "header"]
