@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 import qdriver
+from qdriver.guestpool import qemu_pids
 from qdriver.paths import socket_root
 
 pytest_plugins = ["pytester"]  # the pytest plugin's tests run pytest
@@ -92,19 +93,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 def qemu_pids_for(state_dir: Path) -> list[int]:
     """QEMU processes whose command line mentions this state dir."""
-    marker = str(state_dir).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"qemu-system" in cmd and marker in cmd and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return qemu_pids(state_dir)
 
 
 @pytest.fixture
