@@ -117,29 +117,26 @@ class Console:
     def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
         """Block until ``pattern`` matches the text since this view began; return the match."""
         deadline = time.monotonic() + timeout
-        while True:
-            match = self._search(pattern)
-            if match is not None:
-                return match
-            if time.monotonic() >= deadline:
-                raise TimeoutError(self._timeout_message(pattern, timeout))
+        while (match := self._search(pattern, deadline, timeout)) is None:
             time.sleep(0.02)
+        return match
 
     async def wait_async(self, pattern: str | re.Pattern[str],
                          timeout: float = 30.0) -> re.Match[str]:
         """`wait` for async code: yields to the event loop while waiting."""
         deadline = time.monotonic() + timeout
-        while True:
-            match = self._search(pattern)
-            if match is not None:
-                return match
-            if time.monotonic() >= deadline:
-                raise TimeoutError(self._timeout_message(pattern, timeout))
+        while (match := self._search(pattern, deadline, timeout)) is None:
             await anyio.sleep(0.02)
+        return match
 
-    def _search(self, pattern: str | re.Pattern[str]) -> re.Match[str] | None:
+    def _search(self, pattern: str | re.Pattern[str], deadline: float,
+                timeout: float) -> re.Match[str] | None:
+        """The match now; None to wait on; `TimeoutError` once ``deadline`` passed."""
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
-        return regex.search(self.text())
+        match = regex.search(self.text())
+        if match is None and time.monotonic() >= deadline:
+            raise TimeoutError(self._timeout_message(pattern, timeout))
+        return match
 
     def _timeout_message(self, pattern: str | re.Pattern[str], timeout: float) -> str:
         shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
