@@ -15,10 +15,21 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigUnsupportedError
 from .paths import DomainPaths
-from .xml.domain import CharDef, DiskDef, DomainDef
+from .xml import layout
+from .xml.address import Address, DriveAddress, PciAddress, PortAddress
+from .xml.domain import CharDef, ControllerDef, DiskDef, DomainDef
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
+CONTROLLER_DEVICES = {
+    ("pci", "pcie-root-port"): "pcie-root-port", ("pci", "pci-bridge"): "pci-bridge",
+    ("pci", "pcie-to-pci-bridge"): "pcie-pci-bridge", ("usb", "qemu-xhci"): "qemu-xhci",
+    ("usb", "piix3-uhci"): "piix3-usb-uhci", ("scsi", "virtio-scsi"): "virtio-scsi-pci",
+    ("scsi", "lsilogic"): "lsi", ("sata", ""): "ahci", ("virtio-serial", ""): "virtio-serial-pci",
+}
+"""The QEMU device of each controller; the others are built into the machine."""
+VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga"}
+USB_INPUTS = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 """QEMU's drop to its user is a setuid() the seccomp filter would kill it for; once it
@@ -66,15 +77,20 @@ class _Builder:
     d: DomainDef
     paths: DomainPaths
     argv: list[str] = field(default_factory=list)
-    controllers: set[str] = field(default_factory=set)
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
 
-    def controller(self, cid: str, device: str) -> None:
-        if cid not in self.controllers:
-            self.controllers.add(cid)
-            self.add("-device", f"{device},id={cid}")
+    def place(self, addr: Address | None) -> str:
+        """The ``bus=...,addr=...`` options that put a PCI device at ``addr``."""
+        if not isinstance(addr, PciAddress):
+            return ""
+        bus = self.d.controller("pci", addr.bus)
+        if bus is None:
+            raise ConfigUnsupportedError(f"a device is on PCI bus {addr.bus}, and the domain "
+                                         f"has no PCI controller with index {addr.bus}")
+        multi = ",multifunction=on" if addr.multifunction else ""
+        return f",bus={bus.bus_name},addr={addr.qemu_addr}{multi}"
 
 
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
@@ -85,6 +101,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
+    d = layout.assign(d)  # a definition stored before addresses were assigned at define
     b = _Builder(d, paths)
     b.add(emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
@@ -96,22 +113,29 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
     _boot(b)
     _monitors(b)
+    for controller in sorted(d.controllers, key=lambda c: (c.type != "pci", c.index)):
+        _controller(b, controller)
     for disk in d.disks:
         _disk(b, disk)
     for i, iface in enumerate(d.interfaces):
-        _interface(b, i, iface.model, iface.mac, iface.forwards)
+        _interface(b, i, iface.model, iface.mac, iface.forwards, iface.address)
     for i, serial in enumerate(d.serials):
         _serial(b, i, serial)
     for i, chan in enumerate(d.channels):
         _channel(b, i, chan)
     for g in d.graphics:
-        b.add("-vnc", f"{opt(g.listen)}:{g.port - 5900}" if g.port else f"{opt(g.listen)}:0,to=99",
-              "-device", "VGA,id=video0")
+        b.add("-vnc", f"{opt(g.listen)}:{g.port - 5900}" if g.port else f"{opt(g.listen)}:0,to=99")
+    for i, video in enumerate(v for v in d.videos if v.model != "none"):
+        device = VIDEO_DEVICES[video.model] if i == 0 else "virtio-gpu-pci"
+        b.add("-device", f"{device},id=video{i}{b.place(video.address)}")
+    for i, inp in enumerate(i for i in d.inputs if i.bus == "usb"):
+        port = f",port={inp.address.port}" if isinstance(inp.address, PortAddress) else ""
+        b.add("-device", f"{USB_INPUTS[inp.type]},id=input{i},bus=usb.0{port}")
     if d.balloon:
-        b.add("-device", "virtio-balloon-pci,id=balloon0")
+        b.add("-device", f"virtio-balloon-pci,id=balloon0{b.place(d.balloon_address)}")
     if d.rng:
         b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
-              "-device", "virtio-rng-pci,rng=objrng0,id=rng0")
+              "-device", f"virtio-rng-pci,rng=objrng0,id=rng0{b.place(d.rng_address)}")
     for audio in d.audio_ids:  # as libvirt: a silent backend, no sound device
         b.add("-audiodev", json.dumps({"id": f"audio{audio}", "driver": "none"}))
     if incoming:
@@ -170,25 +194,43 @@ def _disk(b: _Builder, disk: DiskDef) -> None:
             "driver": disk.format, "file": file_node(disk.target),
             "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap"}))
         drive = f",drive={opt(format_node(disk.target))}"
-    index = ord(disk.target[-1]) - ord("a")
     boot = f",bootindex={disk.boot_order}" if disk.boot_order else ""
     kind = "cd" if disk.device == "cdrom" else "hd"
     if disk.bus == "virtio":
         dev = "virtio-blk-device" if b.d.machine == "microvm" else "virtio-blk-pci"
-        b.add("-device", f"{dev}{drive},id={opt(disk.target)}{boot}")
-    elif disk.bus == "sata":
-        bus = "ide"
-        if not b.d.machine.startswith(("q35", "pc-q35")):
-            b.controller("sata0", "ahci")
-            bus = "sata0"
-        b.add("-device", f"ide-{kind},bus={bus}.{index}{drive},id={opt(disk.target)}{boot}")
-    else:
-        b.controller("scsi0", "virtio-scsi-pci")
-        b.add("-device", f"scsi-{kind},bus=scsi0.0,scsi-id={index}{drive},"
-                         f"id={opt(disk.target)}{boot}")
+        b.add("-device", f"{dev}{b.place(disk.address)}{drive},id={opt(disk.target)}{boot}")
+        return
+    addr = disk.address if isinstance(disk.address, DriveAddress) else DriveAddress()
+    ctrl = b.d.controller(disk.bus, addr.controller)
+    if ctrl is None:
+        raise ConfigUnsupportedError(f"disk '{disk.target}' is on {disk.bus} controller "
+                                     f"{addr.controller}, which the domain does not have")
+    if disk.bus == "scsi" and ctrl.model == "lsilogic":  # no LUNs: the unit is the target
+        bus = f"bus={ctrl.bus_name}.0,scsi-id={addr.unit}"
+    elif disk.bus == "scsi":
+        bus = f"bus={ctrl.bus_name}.0,channel={addr.bus},scsi-id={addr.target},lun={addr.unit}"
+    elif disk.bus == "ide":
+        bus = f"bus=ide.{addr.bus},unit={addr.unit}"
+    else:  # q35's own SATA controller is QEMU's bus "ide"
+        bus = f"bus={'ide' if b.d.q35 and addr.controller == 0 else ctrl.bus_name}.{addr.unit}"
+    device = f"scsi-{kind}" if disk.bus == "scsi" else f"ide-{kind}"
+    b.add("-device", f"{device},{bus}{drive},id={opt(disk.target)}{boot}")
 
 
-def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list) -> None:
+def _controller(b: _Builder, c: ControllerDef) -> None:
+    device = CONTROLLER_DEVICES.get((c.type, c.model))
+    if device is None or (c.type == "sata" and b.d.q35 and c.index == 0):
+        return  # the PCI root, q35's SATA, PIIX's IDE, USB none: part of the machine
+    extra = ""
+    if c.model == "pcie-root-port":
+        extra = f",port={c.port if c.port is not None else 0:#x},chassis={c.chassis or c.index}"
+    elif c.model == "pci-bridge":
+        extra = f",chassis_nr={c.chassis or c.index}"
+    b.add("-device", f"{device}{extra},id={c.bus_name}{b.place(c.address)}")
+
+
+def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list,
+               address: Address | None) -> None:
     if model not in NIC_MODELS:
         raise ConfigUnsupportedError(f"interface model '{model}' is not supported")
     netdev = f"user,id=hostnet{i}"
@@ -200,7 +242,8 @@ def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list)
         mac = "52:54:00:" + ":".join(f"{x:02x}" for x in h[:3])
     dev = "virtio-net-device" if b.d.machine == "microvm" and model == "virtio" \
         else NIC_MODELS[model]
-    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}")
+    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}"
+                                        f"{b.place(address)}")
 
 
 def _serial(b: _Builder, i: int, c: CharDef) -> None:
@@ -218,8 +261,9 @@ def _serial(b: _Builder, i: int, c: CharDef) -> None:
 
 
 def _channel(b: _Builder, i: int, c: CharDef) -> None:
-    b.controller("virtio-serial0", "virtio-serial-pci")
     path = c.path or b.paths.channel(i)
+    port = c.address if isinstance(c.address, PortAddress) else PortAddress("virtio-serial", i + 1)
     b.add("-chardev", f"socket,id=charchannel{i},path={opt(path)},server=on,wait=off",
-          "-device", f"virtserialport,bus=virtio-serial0.0,nr={i + 1},"
+          "-device", f"virtserialport,bus=virtio-serial{port.controller}.{port.bus},"
+                     f"nr={port.port},"
                      f"chardev=charchannel{i},id=channel{i},name={opt(c.target_name or '')}")

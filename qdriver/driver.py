@@ -17,6 +17,7 @@ from .ops.progress import ProgressFn
 from .opcontext import storable_definition, write_definition
 from .paths import DomainPaths, default_state_dir
 from .statestore import locked, next_counter
+from .xml import layout
 from .xml.domain import DomainDef
 
 
@@ -78,8 +79,12 @@ class Driver:
         raise NoDomainError(f"no domain with matching uuid '{uuid}'")
 
     async def define_xml(self, xml: str | bytes) -> Domain:
-        """Define (or redefine, same name and uuid) a persistent domain."""
-        definition = DomainDef.parse(xml)
+        """Define (or redefine, same name and uuid) a persistent domain.
+
+        As libvirt does, the stored definition gets the implicit devices and an
+        address on every device (`layout.assign`): they are the guest's ABI, fixed
+        from now on, so memory files and internal snapshots keep loading."""
+        definition = layout.assign(DomainDef.parse(xml))
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -148,7 +153,7 @@ class Driver:
         file) starts with here (``virsh domxml-to-native qemu-argv``)."""
         path = Path(domain)
         if path.is_file():
-            definition = DomainDef.parse(path.read_bytes())
+            definition = layout.assign(DomainDef.parse(path.read_bytes()))
         else:
             definition = self.lookup(domain).definition
         paths = DomainPaths.of(self.state_dir, definition.name)

@@ -60,9 +60,10 @@ def test_disks_use_blockdev_with_stable_node_names(tmp_path: Path) -> None:
                         "read-only": False, "discard": "unmap"}
     assert nodes[3]["driver"] == "raw" and nodes[3]["read-only"] is True
     devices = opts(argv, "-device")
-    assert "virtio-blk-pci,drive=fmt-vda,id=vda" in devices
+    # placed as libvirt places them (tests/test_libvirt_layout.py checks against libvirt)
+    assert "virtio-blk-pci,bus=pci.5,addr=0x0,drive=fmt-vda,id=vda" in devices
     assert "ide-hd,bus=ide.1,drive=fmt-sdb,id=sdb" in devices
-    assert "virtio-scsi-pci,id=scsi0" in devices
+    assert "lsi,id=scsi0,bus=pci.2,addr=0x2" in devices  # libvirt's default SCSI model
     assert "scsi-cd,bus=scsi0.0,scsi-id=2,id=sdc" in devices
 
 

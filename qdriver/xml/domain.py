@@ -14,7 +14,8 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
-from . import safe
+from . import address, safe
+from .address import Address
 
 UNITS: dict[str, int] = {
     "b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
@@ -22,7 +23,7 @@ UNITS: dict[str, int] = {
     "t": 1024**4, "tib": 1024**4,
 }
 DISK_FORMATS = ("qcow2", "raw")
-DISK_BUSES = ("virtio", "sata", "scsi")
+DISK_BUSES = ("virtio", "sata", "scsi", "ide")
 DISK_IO_MODES = ("threads", "io_uring")
 """``<driver io=...>`` values qdriver honours (``native`` needs ``cache='none'``)."""
 NAME_RE = re.compile(r"^[^/\x00-\x1f]+$")
@@ -38,6 +39,19 @@ TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "curr
 FEATURES = {"acpi", "apic", "pae"}
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
            "controller", "memballoon", "input", "video", "rng", "audio"}
+CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
+    "pci": ("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge"),
+    "usb": ("qemu-xhci", "piix3-uhci", "none"),
+    "scsi": ("virtio-scsi", "lsilogic"),
+    "sata": ("",), "ide": ("",), "virtio-serial": ("",),
+}
+"""Controller types and models qdriver builds (the first is the default)."""
+VIDEO_MODELS = ("cirrus", "vga", "virtio", "none")
+"""The first is libvirt's default for x86."""
+DEFAULT_NIC_MODEL = "rtl8139"
+"""libvirt's model for an x86 ``<interface>`` without ``<model>``."""
+INPUTS = {("mouse", "ps2"), ("keyboard", "ps2"), ("tablet", "usb"), ("mouse", "usb"),
+          ("keyboard", "usb")}
 LIFECYCLE = {"on_poweroff": ("destroy", "preserve"), "on_reboot": ("restart", "destroy"),
              "on_crash": ("destroy", "preserve", "restart", "coredump-destroy",
                           "coredump-restart")}
@@ -60,6 +74,7 @@ class DiskDef:
     """``<driver io=...>``: how QEMU does the image I/O (QEMU's default, threads, if unset).
     ``io_uring`` avoids a thread hand-off per request: it halves the time to load an
     internal snapshot's memory."""
+    address: Address | None = None
 
 
 @dataclass
@@ -76,9 +91,10 @@ class PortForward:
 class InterfaceDef:
     """A user-mode (slirp) network interface."""
 
-    model: str = "virtio"
+    model: str = "rtl8139"
     mac: str | None = None
     forwards: list[PortForward] = field(default_factory=list)
+    address: Address | None = None
 
 
 @dataclass
@@ -90,6 +106,46 @@ class CharDef:
     path: str | None = None
     mode: str = "bind"
     target_name: str | None = None
+    address: Address | None = None
+
+
+@dataclass
+class ControllerDef:
+    """A ``<controller>``: a PCI bus (root, root port, bridge) or a disk/USB/serial bus."""
+
+    type: str
+    index: int
+    model: str = ""
+    address: Address | None = None
+    chassis: int | None = None
+    port: int | None = None
+
+    @property
+    def bus_name(self) -> str:
+        """The QEMU bus the controller provides (libvirt's ids: ``pci.N``, ``usb``...)."""
+        if self.type == "pci":
+            return {"pcie-root": "pcie.0", "pci-root": "pci.0"}.get(self.model,
+                                                                   f"pci.{self.index}")
+        return {"usb": "usb" if self.index == 0 else f"usb{self.index}",
+                "virtio-serial": f"virtio-serial{self.index}"}.get(
+                    self.type, f"{self.type}{self.index}")
+
+
+@dataclass
+class VideoDef:
+    """A ``<video>`` adapter."""
+
+    model: str
+    address: Address | None = None
+
+
+@dataclass
+class InputDef:
+    """An ``<input>``: PS/2 ones are built into the machine, USB ones are devices."""
+
+    type: str
+    bus: str
+    address: Address | None = None
 
 
 @dataclass
@@ -130,7 +186,12 @@ class DomainDef:
     channels: list[CharDef] = field(default_factory=list)
     graphics: list[GraphicsDef] = field(default_factory=list)
     balloon: bool = False
+    balloon_address: Address | None = None
     rng: bool = False
+    rng_address: Address | None = None
+    controllers: list[ControllerDef] = field(default_factory=list)
+    videos: list[VideoDef] = field(default_factory=list)
+    inputs: list[InputDef] = field(default_factory=list)
     audio_ids: list[int] = field(default_factory=list)
     """``<audio type='none'>`` backends (libvirt writes one into every new domain)."""
     unsupported: list[str] = field(default_factory=list)
@@ -151,6 +212,15 @@ class DomainDef:
         if domain_id is not None:
             root.set("id", str(domain_id))
         return safe.tostring(root)
+
+    @property
+    def q35(self) -> bool:
+        """Whether the machine is a q35 (PCI Express) one; else i440fx (``pc``)."""
+        return self.machine == "q35" or self.machine.startswith("pc-q35")
+
+    def controller(self, ctype: str, index: int = 0) -> ControllerDef | None:
+        """The controller of that type and index, if any."""
+        return next((c for c in self.controllers if (c.type, c.index) == (ctype, index)), None)
 
     def disk(self, target: str) -> DiskDef | None:
         """The disk with that target name, if any."""
@@ -382,8 +452,8 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     if io is not None and io not in DISK_IO_MODES:
         d.unsupported.append(f"<driver io='{io}'> ({tdev})")
     bus = target.get("bus") or ("virtio" if tdev.startswith("vd") else "sata")
-    if bus not in DISK_BUSES:
-        d.unsupported.append(f"<target bus='{bus}'> ({tdev})")
+    if bus not in DISK_BUSES or (bus == "ide" and d.q35):
+        d.unsupported.append(f"<target bus='{bus}'> ({tdev}) on machine '{d.machine}'")
     if device == "cdrom" and bus == "virtio":
         raise XMLError(f"disk '{tdev}': cdrom device cannot use the virtio bus")
     source = el.find("source")
@@ -397,7 +467,8 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
         target=tdev, bus=bus, device=device, source=path, format=fmt,
         readonly=el.find("readonly") is not None or device == "cdrom",
         snapshot=el.get("snapshot"),
-        boot_order=order or None, io=io if io in DISK_IO_MODES else None))
+        boot_order=order or None, io=io if io in DISK_IO_MODES else None,
+        address=address.parse(el)))
 
 
 def _parse_interface(el: safe.Element, d: DomainDef) -> None:
@@ -406,11 +477,12 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
         return
     model = el.find("model")
     mac = el.find("mac")
-    address = mac.get("address") if mac is not None else None
-    if address is not None and not MAC_RE.match(address):
-        raise XMLError(f"unable to parse mac address '{address}'")
-    iface = InterfaceDef(model=model.get("type", "virtio") if model is not None else "virtio",
-                         mac=address)
+    mac_address = mac.get("address") if mac is not None else None
+    if mac_address is not None and not MAC_RE.match(mac_address):
+        raise XMLError(f"unable to parse mac address '{mac_address}'")
+    iface = InterfaceDef(model=(model.get("type") if model is not None else None)
+                         or DEFAULT_NIC_MODEL,
+                         mac=mac_address, address=address.parse(el))
     for pf in el.findall("portForward"):
         proto, host = pf.get("proto", "tcp"), pf.get("address", "127.0.0.1")
         if proto not in ("tcp", "udp"):
@@ -444,7 +516,7 @@ def _parse_chardev(el: safe.Element, d: DomainDef) -> None:
         if target is None or target.get("type") != "virtio" or ctype != "unix":
             d.unsupported.append("<channel> other than a virtio unix channel")
             return
-        d.channels.append(CharDef("channel", ctype, path, mode, name))
+        d.channels.append(CharDef("channel", ctype, path, mode, name, address.parse(el)))
     elif el.tag == "console" and d.serials:
         return  # libvirt's <console> aliases the first <serial>
     else:
@@ -471,11 +543,60 @@ def _parse_graphics(el: safe.Element, d: DomainDef) -> None:
 
 
 def _parse_memballoon(el: safe.Element, d: DomainDef) -> None:
-    d.balloon = el.get("model", "virtio") != "none"
+    model = el.get("model", "virtio")
+    if model not in ("virtio", "none"):
+        d.unsupported.append(f"<memballoon model='{model}'>")
+    d.balloon = model == "virtio"
+    d.balloon_address = address.parse(el)
 
 
 def _parse_rng(el: safe.Element, d: DomainDef) -> None:
+    backend = el.find("backend")
+    source = (backend.text or "").strip() if backend is not None else "/dev/urandom"
+    if el.get("model", "virtio") != "virtio" or source not in ("/dev/urandom", "/dev/random") \
+            or (backend is not None and backend.get("model", "random") != "random"):
+        d.unsupported.append("<rng> other than virtio from /dev/urandom")
+        return
     d.rng = True
+    d.rng_address = address.parse(el)
+
+
+def _parse_controller(el: safe.Element, d: DomainDef) -> None:
+    ctype = el.get("type", "")
+    models = CONTROLLER_MODELS.get(ctype)
+    model = el.get("model") or (models[0] if models else "")
+    if models is None or model not in models:
+        d.unsupported.append(f"<controller type='{ctype}' model='{model}'>")
+        return
+    index = _int(el.get("index") or "0", f"<controller type='{ctype}'> index", 0, 255)
+    if d.controller(ctype, index) is not None:
+        raise XMLError(f"Multiple '{ctype}' controllers with index '{index}'")
+    target = el.find("target")
+    chassis = target.get("chassis") if target is not None else None
+    port = target.get("port") if target is not None else None
+    d.controllers.append(ControllerDef(
+        ctype, index, model, address.parse(el),
+        chassis=_int(chassis, "<controller><target chassis>", 0, 255) if chassis else None,
+        port=_int(str(int(port, 0)) if re.fullmatch(r"0x[0-9a-fA-F]+|[0-9]+", port) else port,
+                  "<controller><target port>", 0, 255) if port else None))
+
+
+def _parse_video(el: safe.Element, d: DomainDef) -> None:
+    model = el.find("model")
+    mtype = (model.get("type") if model is not None else None) or VIDEO_MODELS[0]
+    if mtype not in VIDEO_MODELS:
+        d.unsupported.append(f"<video><model type='{mtype}'>")
+        return
+    d.videos.append(VideoDef(mtype, address.parse(el)))
+
+
+def _parse_input(el: safe.Element, d: DomainDef) -> None:
+    kind = (el.get("type", ""), el.get("bus") or ("usb" if el.get("type") == "tablet"
+                                                   else "ps2"))
+    if kind not in INPUTS:
+        d.unsupported.append(f"<input type='{kind[0]}' bus='{kind[1]}'>")
+        return
+    d.inputs.append(InputDef(kind[0], kind[1], address.parse(el)))
 
 
 def _parse_audio(el: safe.Element, d: DomainDef) -> None:
@@ -489,5 +610,6 @@ DEVICE_PARSERS = {
     "emulator": _parse_emulator, "disk": _parse_disk, "interface": _parse_interface,
     "serial": _parse_chardev, "console": _parse_chardev, "channel": _parse_chardev,
     "graphics": _parse_graphics, "memballoon": _parse_memballoon, "rng": _parse_rng,
-    "audio": _parse_audio,
+    "audio": _parse_audio, "controller": _parse_controller, "video": _parse_video,
+    "input": _parse_input,
 }
