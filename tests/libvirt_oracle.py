@@ -1,68 +1,80 @@
-"""Debian's libvirt as the reference: ``virsh`` on the embedded QEMU driver, no daemon.
+"""Debian's libvirt as the reference: its embedded QEMU driver, no daemon.
 
-``qemu:///embed?root=DIR`` keeps everything (definitions, status, logs) under DIR;
-each ``virsh`` call opens the driver anew and finds the domains it left there.
-QEMU runs as root (``ROOT/etc/qemu.conf``); libvirt still resolves its default
-user ``libvirt-qemu`` first, which Debian's daemon package (or ``.ci/setup``) makes.
+``qemu:///embed?root=DIR`` keeps everything (definitions, status, logs) under DIR.
+`layout` and `pci_tree` reduce a domain XML and ``query-pci`` to what is guest ABI,
+so that libvirt's and qdriver's can be compared.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 
+AGENT = Path(__file__).with_name("libvirt_agent.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+"""python3-libvirt is Debian's: it is in the system Python, not in the venv."""
+
+
 def available() -> bool:
-    return shutil.which("virsh") is not None and \
+    return subprocess.run([SYSTEM_PYTHON, "-c", "import libvirt"],
+                          capture_output=True).returncode == 0 and \
         subprocess.run(["id", "libvirt-qemu"], capture_output=True).returncode == 0
 
 
-needs_libvirt = pytest.mark.skipif(not available(), reason="Debian's libvirt (virsh, the "
-                                   "libvirt-qemu user) is not installed: see .ci/setup")
+needs_libvirt = pytest.mark.skipif(not available(), reason="Debian's libvirt (python3-libvirt, "
+                                   "the libvirt-qemu user) is not installed: see .ci/setup")
 
 
-@dataclass
+class LibvirtError(Exception):
+    """libvirt refused a request; the message is libvirt's."""
+
+
 class Libvirt:
-    """An embedded libvirt rooted at ``root``."""
+    """An embedded libvirt rooted at ``root``, one connection held by `libvirt_agent`.
 
-    root: Path
+    QEMU runs as root (``ROOT/etc/qemu.conf``); libvirt still resolves its default
+    user ``libvirt-qemu`` first, which Debian's daemon package (or ``.ci/setup``) makes.
+    """
 
-    def __post_init__(self) -> None:
-        (self.root / "etc").mkdir(parents=True, exist_ok=True)
-        (self.root / "etc" / "qemu.conf").write_text(
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "etc").mkdir(parents=True, exist_ok=True)
+        (root / "etc" / "qemu.conf").write_text(
             'user = "root"\ngroup = "root"\nstdio_handler = "file"\n')
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(AGENT), str(root)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def virsh(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run(["virsh", "-q", "-c", f"qemu:///embed?root={self.root}", *args],
-                           capture_output=True, text=True, timeout=300)
-        if check and r.returncode != 0:
-            raise AssertionError(f"virsh {' '.join(args)} failed: {r.stderr}")
-        return r.stdout if check else r.stdout + r.stderr
+    def call(self, op: str, *args: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, "args": list(args)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the libvirt agent died during {op}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise LibvirtError(reply["error"])
+        return reply["ok"]
 
     def define(self, xml: str) -> str:
-        """Define ``xml``; its ``virsh dumpxml --inactive``."""
-        path = self.root / "in.xml"
-        path.write_text(xml)
-        name = ET.fromstring(xml).findtext("name") or ""
-        self.virsh("define", str(path))
-        return self.virsh("dumpxml", "--inactive", name)
+        """Define ``xml``; its ``dumpxml --inactive``."""
+        name = self.call("define", xml)
+        return str(self.call("dumpxml", name, 2))  # VIR_DOMAIN_XML_INACTIVE
 
     def monitor(self, name: str, command: str, **arguments: Any) -> Any:
         msg = {"execute": command} | ({"arguments": arguments} if arguments else {})
-        return json.loads(self.virsh("qemu-monitor-command", name, json.dumps(msg)))["return"]
+        return json.loads(self.call("monitor", name, json.dumps(msg)))["return"]
 
     def cleanup(self) -> None:
-        """Destroy and undefine everything, snapshots' metadata too."""
-        for name in self.virsh("list", "--all", "--name").split():
-            self.virsh("destroy", name, check=False)
-            self.virsh("undefine", name, "--snapshots-metadata", "--managed-save",
-                       check=False)
+        """Destroy and undefine everything (the agent does it at end of input)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
 
 
 def layout(xml: str) -> dict[tuple[str, ...], dict[str, str]]:

@@ -5,17 +5,24 @@ address, model and root-port numbering must come out the same.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
+import anyio
 import pytest
 
 import qdriver
 from qdriver.errors import ConfigUnsupportedError
 from qdriver.paths import DomainPaths
+from qdriver.saveimage import read_header
 from qdriver.xml import layout as qlayout
 from qdriver.xml.domain import DomainDef
 
-from .libvirt_oracle import Libvirt, layout, needs_libvirt
+from .conftest import GuestImage, disk_counter, domain_xml
+from .libvirt_oracle import Libvirt, layout, needs_libvirt, pci_tree
 
 
 def disk(target: str, bus: str = "virtio", device: str = "disk") -> str:
@@ -129,3 +136,173 @@ def test_a_device_on_a_missing_bus_is_an_error(tmp_path: Path) -> None:
     # the given address is kept: no controller 9 is invented for it
     with pytest.raises(ConfigUnsupportedError, match="no PCI controller with index 9"):
         qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+
+
+# -- the same guest under libvirt and under qdriver ---------------------------------------
+
+def guest_xml(image: GuestImage, name: str, disk_path: Path, console: Path) -> str:
+    """The test guest as a libvirt user would write it: no addresses, a virtio NIC,
+    the agent channel, a USB tablet, an rng; the serial console to a file."""
+    extra = (NET.format("virtio") + AGENT + RNG + "<input type='tablet' bus='usb'/>")
+    xml = domain_xml(image, name, disk_path, extra_devices=extra)
+    return xml.replace("<serial type='pty'/>", f"<serial type='file'><source path='{console}'/>"
+                       "</serial>").replace("<memballoon model='none'/>", "")
+
+
+async def counter_after(console: Path, offset: int, timeout: float = 90) -> int:
+    """The first COUNTER the guest prints to ``console`` past ``offset``... plus two
+    more, so that the guest is seen counting on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = console.read_text(errors="replace")[offset:] if console.exists() else ""
+        values = [int(ln.split()[1]) for ln in text.splitlines()
+                  if ln.startswith("COUNTER ") and ln.split()[1:2] != [""]
+                  and ln.split()[1].isdigit()]
+        if len(values) >= 3:
+            return values[-1]
+        await anyio.sleep(0.1)
+    raise AssertionError(f"the guest does not count on {console} within {timeout} s")
+
+
+@pytest.fixture
+def libvirt() -> Iterator[Libvirt]:
+    """An embedded libvirt under a short path (its sockets' paths must fit 107 bytes)."""
+    lv = Libvirt(Path(tempfile.mkdtemp(prefix="qdlv-")))
+    yield lv
+    lv.cleanup()
+    shutil.rmtree(lv.root)
+
+
+@needs_libvirt
+async def test_libvirt_domain_runs_under_qdriver_with_the_same_pci_layout(
+        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
+        tmp_path: Path) -> None:
+    disk_path, console = tmp_path / "lvguest.qcow2", tmp_path / "console.log"
+    shutil.copyfile(guest_image.disk, disk_path)
+    dumped = libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
+    libvirt.call("start", "lvguest")
+    await counter_after(console, 0)
+    theirs = pci_tree(libvirt.monitor("lvguest", "query-pci")[0]["devices"])
+    libvirt.call("destroy", "lvguest")
+
+    dom = await driver.define_xml(dumped)  # libvirt's dumpxml, unchanged
+    assert layout(dom.xml_desc(inactive=True)) == layout(dumped)
+    await dom.start()
+    offset = console.stat().st_size
+    await counter_after(console, offset)
+    async with dom.monitor() as mon:
+        ours = pci_tree((await mon.execute("query-pci"))[0]["devices"])
+    await dom.destroy()
+    assert ours == theirs
+    assert len(ours) > 12  # root ports, their devices, the chipset: a real comparison
+
+
+# -- memory moves both ways ---------------------------------------------------------------
+
+def console_since(console: Path, size_before: int) -> str:
+    """What the console got since it was ``size_before`` long (a QEMU that opened
+    the file anew may have truncated it)."""
+    text = console.read_text(errors="replace")
+    return text if len(text) < size_before else text[size_before:]
+
+
+async def assert_goes_on(console: Path, size_before: int, at: int) -> None:
+    """The guest counts on from ``at``, without booting again."""
+    deadline = time.monotonic() + 90
+    while True:
+        new = console_since(console, size_before)
+        values = [int(ln.split()[1]) for ln in new.splitlines()
+                  if ln.startswith("COUNTER ") and ln[8:].strip().isdigit()]
+        if len(values) >= 3:
+            break
+        assert time.monotonic() < deadline, f"the guest does not go on: {new[-300:]!r}"
+        await anyio.sleep(0.1)
+    assert "GUEST-READY" not in new, "the guest booted again instead of going on"
+    assert at - 3 <= values[0] <= at + 10, (values, at)
+
+
+def last_value(console: Path) -> int:
+    values = [int(ln.split()[1]) for ln in console.read_text(errors="replace").splitlines()
+              if ln.startswith("COUNTER ") and ln[8:].strip().isdigit()]
+    return values[-1]
+
+
+@needs_libvirt
+async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdriver.Driver,
+                                                guest_image: GuestImage, tmp_path: Path) -> None:
+    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
+    shutil.copyfile(guest_image.disk, disk_path)
+    dom = await driver.define_xml(guest_xml(guest_image, "qdguest", disk_path, console))
+    await dom.start()
+    await counter_after(console, 0)
+    save = tmp_path / "qd.save"
+    await dom.save(save)
+    at, size = last_value(console), console.stat().st_size
+    assert "<cpu" in read_header(save).cookie  # libvirt checks the guest CPU from it
+    libvirt.call("restore", str(save))
+    await assert_goes_on(console, size, at)
+    assert libvirt.call("state", "qdguest") == 1  # VIR_DOMAIN_RUNNING
+    libvirt.call("destroy", "qdguest")
+
+
+@needs_libvirt
+async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
+                                                guest_image: GuestImage, tmp_path: Path) -> None:
+    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
+    shutil.copyfile(guest_image.disk, disk_path)
+    libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
+    libvirt.call("start", "lvguest")
+    await counter_after(console, 0)
+    save = tmp_path / "lv.save"
+    libvirt.call("save", "lvguest", str(save))
+    at, size = last_value(console), console.stat().st_size
+    dom = await driver.restore(save)
+    assert dom.name == "lvguest" and dom.state == qdriver.DomainState.RUNNING
+    await assert_goes_on(console, size, at)
+    await dom.destroy()
+
+
+@needs_libvirt
+async def test_libvirt_internal_snapshot_reverts_in_qdriver(
+        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
+        tmp_path: Path) -> None:
+    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
+    shutil.copyfile(guest_image.disk, disk_path)
+    dumped = libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
+    libvirt.call("start", "lvguest")
+    await counter_after(console, 0)
+    libvirt.call("snapshot_create", "lvguest", "<domainsnapshot><name>lv1</name>"
+                 "</domainsnapshot>")
+    snapshot_xml = libvirt.call("snapshot_xml", "lvguest", "lv1")
+    libvirt.call("destroy", "lvguest")
+    at = disk_counter(disk_path, "lv1")
+
+    dom = await driver.define_xml(dumped)
+    await dom.snapshot_create_xml(snapshot_xml, redefine=True)
+    size = console.stat().st_size
+    await dom.revert_to_snapshot("lv1")
+    assert dom.state == qdriver.DomainState.RUNNING
+    await assert_goes_on(console, size, at)
+    await dom.destroy()
+
+
+@needs_libvirt
+async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
+        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
+        tmp_path: Path) -> None:
+    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
+    shutil.copyfile(guest_image.disk, disk_path)
+    dom = await driver.define_xml(guest_xml(guest_image, "qdguest", disk_path, console))
+    await dom.start()
+    await counter_after(console, 0)
+    memory = tmp_path / "s1.mem"
+    await dom.snapshot_create_xml(
+        f"<domainsnapshot><name>s1</name><memory snapshot='external' file='{memory}'/>"
+        f"<disks><disk name='vda' snapshot='external'><source file='{tmp_path}/s1.qcow2'/>"
+        "</disk></disks></domainsnapshot>")
+    at = disk_counter(disk_path)  # the disk the snapshot froze, which the file's XML names
+    await dom.destroy()
+    size = console.stat().st_size
+    libvirt.call("restore", str(memory))
+    await assert_goes_on(console, size, at)
+    libvirt.call("destroy", "qdguest")

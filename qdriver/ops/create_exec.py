@@ -81,7 +81,8 @@ class CreateExecution:
         self.preflight()
         started = time.monotonic()
         if not self.online:
-            await self._check_internal_names()
+            if not self.plan.flags.redefine:  # a redefinition takes nothing from an image
+                await self._check_internal_names()
             await self.txn.attempt(self._steps)
         else:
             mon = self.monitor
@@ -348,7 +349,8 @@ class CreateExecution:
         if Path(path).exists():
             raise OperationFailedError(f"memory snapshot file '{path}' already exists")
         self.txn.on_undo(actions.remove_file(path, "memory file"))
-        self.memory_fd = memfile.create(path, self.before.to_xml(), "<cookie/>", was_running)
+        self.memory_fd = memfile.create(path, self.before.to_xml(), self.before.save_cookie(),
+                                         was_running)
         self.txn.on_undo(actions.cancel_migration())
         await memfile.save(self.monitor, self.memory_fd, background,
                            ProgressMeter("memory", self.progress), resume=self.plan.resume)

@@ -35,7 +35,9 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Elements accepted and either interpreted or harmless to leave to QEMU's defaults.
 TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
              "vcpu", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot",
-             "on_crash", "devices", "pm"}
+             "on_crash", "devices", "pm", "resource", "seclabel"}
+"""``<resource>`` (a cgroup partition) and ``<seclabel>`` are libvirt's host-side settings
+in the XML it writes to save files and snapshots: they do not change the guest."""
 FEATURES = {"acpi", "apic", "pae"}
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
            "controller", "memballoon", "input", "video", "rng", "audio"}
@@ -257,6 +259,17 @@ class DomainDef:
             el = safe.sub(root, "name")
         el.text = name
         return _parse(root)
+
+    def save_cookie(self) -> str:
+        """The ``<cookie>`` of a memory file: the guest CPU, as libvirt records it so
+        that a restore gives the guest the CPU it ran on."""
+        cookie = safe.new("cookie")
+        cpu = self.root.find("cpu")
+        if cpu is not None:
+            copy = safe.copy(cpu)
+            copy.set("check", "none")  # the model as defined; libvirt checks nothing more
+            cookie.append(copy)
+        return safe.tostring(cookie)
 
     def root_copy(self) -> safe.Element:
         """A detached copy of the whole ``<domain>`` element."""

@@ -53,12 +53,32 @@ def assign(d: DomainDef) -> DomainDef:
     devices = root.find("devices")
     if devices is None:
         devices = safe.sub(root, "devices")
+    _default_cpu(root, d)
     drives = _drive_addresses(devices, d)
     _implicit_devices(devices, d, drives)
     d = DomainDef.from_element(root)
     _pci_addresses(devices, d)
     _port_addresses(devices, d)
     return DomainDef.from_element(root)
+
+
+DEFAULT_CPU_MODEL = "qemu64"
+"""QEMU's x86_64 default, which libvirt writes out: the vCPU is guest ABI too."""
+
+
+def _default_cpu(root: safe.Element, d: DomainDef) -> None:
+    """``<cpu>`` with QEMU's default model, where the definition has none."""
+    if root.find("cpu") is not None or d.arch != "x86_64":
+        return
+    cpu = safe.new("cpu", {"mode": "custom", "match": "exact", "check": "none"})
+    safe.sub(cpu, "model", {"fallback": "forbid"}, DEFAULT_CPU_MODEL)
+    anchor = root.find("features")
+    if anchor is None:
+        anchor = root.find("os")
+    if anchor is not None:
+        anchor.addnext(cpu)
+    else:
+        root.append(cpu)
 
 
 # -- disks on IDE, SATA and SCSI controllers ----------------------------------------------
