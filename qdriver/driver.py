@@ -5,10 +5,14 @@ may open the same state dir; per-domain locks keep their operations apart.
 """
 from __future__ import annotations
 
+import logging
+import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from . import accel, launch, runas
+import anyio
+
+from . import accel, cmdline, launch, qemucaps, runas
 from .domain import Domain
 from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
                      XMLError)
@@ -19,6 +23,23 @@ from .paths import DomainPaths, default_state_dir
 from .statestore import locked, next_counter
 from .xml import layout
 from .xml.domain import DomainDef
+
+
+log = logging.getLogger(__name__)
+
+
+def pin_machine(definition: DomainDef) -> DomainDef:
+    """The definition on the versioned machine type its alias stands for today, as
+    libvirt stores it (``q35`` -> ``pc-q35-7.2``): a later QEMU's ``q35`` is another
+    machine, on which this guest's memory files and internal snapshots would not load.
+    Without an emulator to ask, the alias stays (start names the missing QEMU)."""
+    try:
+        aliases = qemucaps.machine_aliases(cmdline.emulator_for(definition))
+    except (QDriverError, OSError, subprocess.SubprocessError) as e:
+        log.warning("machine type '%s' kept as given: %s", definition.machine, e)
+        return definition
+    machine = aliases.get(definition.machine)
+    return definition.with_machine(machine) if machine else definition
 
 
 class Driver:
@@ -84,7 +105,8 @@ class Driver:
         As libvirt does, the stored definition gets the implicit devices and an
         address on every device (`layout.assign`): they are the guest's ABI, fixed
         from now on, so memory files and internal snapshots keep loading."""
-        definition = layout.assign(DomainDef.parse(xml))
+        definition = await anyio.to_thread.run_sync(
+            pin_machine, layout.assign(DomainDef.parse(xml)))
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -153,7 +175,7 @@ class Driver:
         file) starts with here (``virsh domxml-to-native qemu-argv``)."""
         path = Path(domain)
         if path.is_file():
-            definition = layout.assign(DomainDef.parse(path.read_bytes()))
+            definition = pin_machine(layout.assign(DomainDef.parse(path.read_bytes())))
         else:
             definition = self.lookup(domain).definition
         paths = DomainPaths.of(self.state_dir, definition.name)

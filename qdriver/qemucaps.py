@@ -11,7 +11,9 @@ throwaway ``-machine none`` QEMU (`probe_binary`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -120,4 +122,25 @@ async def probe_binary(timeout: float = 10.0) -> QemuCaps:
                 os.unlink(sock)
 
 
-__all__ = ["QemuCaps", "probe", "probe_schema", "probe_binary", "has_file_transport", "binary"]
+MACHINE_ALIAS = re.compile(r"^(\S+)\s.*\(alias of (\S+)\)\s*$", re.M)
+
+
+def machine_aliases(emulator: str) -> dict[str, str]:
+    """``{alias: machine type}`` of an emulator (``q35`` -> ``pc-q35-7.2``), from its
+    ``-machine help``; remembered per binary and modification time."""
+    st = os.stat(emulator)
+    return _machine_aliases(emulator, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _machine_aliases(emulator: str, mtime: int, inode: int) -> dict[str, str]:
+    out = subprocess.run([emulator, "-machine", "help"], capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise OperationFailedError(f"cannot list the machine types of {emulator}: "
+                                   f"{out.stderr.strip()}")
+    return dict(MACHINE_ALIAS.findall(out.stdout))
+
+
+__all__ = ["QemuCaps", "probe", "probe_schema", "probe_binary", "has_file_transport", "binary",
+           "machine_aliases"]

@@ -7,6 +7,7 @@ so that libvirt's and qdriver's can be compared.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,6 +19,11 @@ import pytest
 AGENT = Path(__file__).with_name("libvirt_agent.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 """python3-libvirt is Debian's: it is in the system Python, not in the venv."""
+LIBVIRT_QEMU = "/usr/bin/qemu-system-x86_64"
+"""The QEMU libvirt runs: Debian's.  libvirt 9.0 fails its capability probe of QEMU 10
+("An error occurred, but the cause is unknown"), so the agent runs with the system
+PATH, and a guest that moves between the two names this QEMU in ``<emulator>``."""
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def available() -> bool:
@@ -47,7 +53,8 @@ class Libvirt:
         (root / "etc" / "qemu.conf").write_text(
             'user = "root"\ngroup = "root"\nstdio_handler = "file"\n')
         self.proc = subprocess.Popen([SYSTEM_PYTHON, str(AGENT), str(root)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=os.environ | {"PATH": SYSTEM_PATH})
 
     def call(self, op: str, *args: Any) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -78,11 +85,15 @@ class Libvirt:
 
 
 def layout(xml: str) -> dict[tuple[str, ...], dict[str, str]]:
-    """Each device of a domain XML and where it sits: the part of the XML that is
-    guest ABI (addresses, models, root-port numbering), keyed by what the device is."""
-    devices = ET.fromstring(xml).find("devices")
+    """The machine type and each device of a domain XML and where it sits: the part
+    of the XML that is guest ABI (addresses, models, root-port numbering), keyed by
+    what the device is."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
     assert devices is not None
-    out: dict[tuple[str, ...], dict[str, str]] = {}
+    os_type = root.find("os/type")
+    out: dict[tuple[str, ...], dict[str, str]] = {
+        ("machine",): {"machine": os_type.get("machine", "") if os_type is not None else ""}}
     counters: dict[str, int] = {}
     for el in devices:
         key: tuple[str, ...]

@@ -5,6 +5,7 @@ address, model and root-port numbering must come out the same.
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 import time
@@ -15,14 +16,16 @@ import anyio
 import pytest
 
 import qdriver
+from qdriver import qemucaps
+from qdriver.driver import pin_machine
 from qdriver.errors import ConfigUnsupportedError
 from qdriver.paths import DomainPaths
 from qdriver.saveimage import read_header
 from qdriver.xml import layout as qlayout
 from qdriver.xml.domain import DomainDef
 
-from .conftest import GuestImage, disk_counter, domain_xml
-from .libvirt_oracle import Libvirt, layout, needs_libvirt, pci_tree
+from .conftest import GuestImage, disk_counter, domain_xml, run_cli
+from .libvirt_oracle import LIBVIRT_QEMU, Libvirt, layout, needs_libvirt, pci_tree
 
 
 def disk(target: str, bus: str = "virtio", device: str = "disk") -> str:
@@ -57,9 +60,10 @@ DEVICES = {
 
 
 def domain(name: str, machine: str, devices: str) -> str:
+    """A domain on the QEMU libvirt runs, so that machine aliases resolve alike."""
     return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
             f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
-            f"<devices>{devices}</devices></domain>")
+            f"<devices><emulator>{LIBVIRT_QEMU}</emulator>{devices}</devices></domain>")
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +146,10 @@ def test_a_device_on_a_missing_bus_is_an_error(tmp_path: Path) -> None:
 
 def guest_xml(image: GuestImage, name: str, disk_path: Path, console: Path) -> str:
     """The test guest as a libvirt user would write it: no addresses, a virtio NIC,
-    the agent channel, a USB tablet, an rng; the serial console to a file."""
-    extra = (NET.format("virtio") + AGENT + RNG + "<input type='tablet' bus='usb'/>")
+    the agent channel, a USB tablet, an rng; the serial console to a file; on the
+    QEMU libvirt can run, so that its memory can move between the two."""
+    extra = (f"<emulator>{LIBVIRT_QEMU}</emulator>" + NET.format("virtio") + AGENT + RNG
+             + "<input type='tablet' bus='usb'/>")
     xml = domain_xml(image, name, disk_path, extra_devices=extra)
     return xml.replace("<serial type='pty'/>", f"<serial type='file'><source path='{console}'/>"
                        "</serial>").replace("<memballoon model='none'/>", "")
@@ -306,3 +312,26 @@ async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
     libvirt.call("restore", str(memory))
     await assert_goes_on(console, size, at)
     libvirt.call("destroy", "qdguest")
+
+
+def test_machine_alias_is_pinned_to_the_versioned_type() -> None:
+    pinned = pin_machine(DomainDef.parse(domain("x", "q35", "")))
+    assert pinned.machine == qemucaps.machine_aliases(LIBVIRT_QEMU)["q35"]
+    assert pinned.machine.startswith("pc-q35-") and pinned.q35
+    assert pin_machine(pinned).machine == pinned.machine
+    nowhere = DomainDef.parse(domain("x", "q35", "").replace(LIBVIRT_QEMU, "/nonexistent/qemu"))
+    assert pin_machine(nowhere).machine == "q35"  # kept; start names the missing QEMU
+
+
+async def test_a_later_process_builds_the_same_device_tree(driver: qdriver.Driver,
+                                                           state_dir: Path) -> None:
+    xml = domain("later", "q35", DEVICES["q35-conventional-pci"][1])
+    dom = await driver.define_xml(xml)
+    stored = dom.xml_desc(inactive=True)
+    here = driver.native_argv("later")
+    there = run_cli(state_dir, "domxml-to-native", "later").stdout.decode()
+    assert shlex.split(there) == here
+    assert [a for a in here if a.startswith(("virtio-blk", "rtl8139", "lsi", "qemu-xhci"))
+            and ",bus=" not in a] == []
+    assert run_cli(state_dir, "dumpxml", "--inactive", "later").stdout.decode().strip() == \
+        stored.strip()

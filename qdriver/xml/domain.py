@@ -248,6 +248,17 @@ class DomainDef:
             driver.set("type", fmt)
         return _parse(root)
 
+    def with_machine(self, machine: str) -> DomainDef:
+        """A copy on another machine type (an alias resolved to the versioned type)."""
+        root = safe.copy(self.root)
+        os_type = root.find("os/type")
+        if os_type is None:
+            os_el = root.find("os")
+            os_type = safe.sub(os_el if os_el is not None else safe.sub(root, "os"), "type",
+                               text="hvm")
+        safe.set_value(os_type, "machine", machine)
+        return _parse(root)
+
     def renamed(self, name: str) -> DomainDef:
         """A copy under another name and without a ``<uuid>`` (defining it makes one):
         a second domain from the same XML."""
