@@ -125,9 +125,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
         _channel(b, i, chan)
     for g in d.graphics:
         b.add("-vnc", f"{opt(g.listen)}:{g.port - 5900}" if g.port else f"{opt(g.listen)}:0,to=99")
-    for i, video in enumerate(v for v in d.videos if v.model != "none"):
-        device = VIDEO_DEVICES[video.model] if i == 0 else "virtio-gpu-pci"
-        b.add("-device", f"{device},id=video{i}{b.place(video.address)}")
+    for video in (v for v in d.videos if v.model != "none"):  # one: a second is refused
+        b.add("-device", f"{VIDEO_DEVICES[video.model]},id=video0{b.place(video.address)}")
     for i, inp in enumerate(i for i in d.inputs if i.bus == "usb"):
         port = f",port={inp.address.port}" if isinstance(inp.address, PortAddress) else ""
         b.add("-device", f"{USB_INPUTS[inp.type]},id=input{i},bus=usb.0{port}")

@@ -123,6 +123,7 @@ def test_every_device_is_placed_on_the_command_line(tmp_path: Path) -> None:
     ("<input type='tablet' bus='virtio'/>", "<input type='tablet' bus='virtio'>"),
     (disk("hda", "ide"), "<target bus='ide'> (hda) on machine 'q35'"),
     ("<memballoon model='xen'/>", "<memballoon model='xen'>"),
+    ("<video/><video><model type='vga'/></video>", "a second <video>"),
 ])
 def test_what_cannot_be_honoured_is_refused_by_name(tmp_path: Path, devices: str,
                                                     message: str) -> None:
@@ -335,3 +336,18 @@ async def test_a_later_process_builds_the_same_device_tree(driver: qdriver.Drive
             and ",bus=" not in a] == []
     assert run_cli(state_dir, "dumpxml", "--inactive", "later").stdout.decode().strip() == \
         stored.strip()
+
+
+@pytest.mark.parametrize("element, message", [
+    ("<clock offset='utc'><timer name='hpet' present='no'/></clock>",
+     "<clock><timer name='hpet'>"),
+    ("<cpu mode='custom'><model>qemu64</model><feature policy='require' name='x2apic'/></cpu>",
+     "<cpu><feature>"),
+    ("<cpu mode='custom'><model>qemu64</model><topology sockets='1' cores='2' threads='1'/>"
+     "</cpu>", "<cpu><topology>"),
+])
+def test_unhonoured_clock_and_cpu_settings_are_refused(tmp_path: Path, element: str,
+                                                       message: str) -> None:
+    d = DomainDef.parse(domain("x", "q35", "").replace("<devices>", element + "<devices>"))
+    with pytest.raises(ConfigUnsupportedError, match=message):
+        qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")

@@ -378,6 +378,9 @@ def _parse(root: safe.Element) -> DomainDef:
     clock = root.find("clock")
     if clock is not None and clock.get("offset", "utc") != "utc":
         d.unsupported.append(f"<clock offset='{clock.get('offset')}'>")
+    if clock is not None:
+        d.unsupported += [f"<clock><{c.tag} name='{c.get('name')}'>"
+                          for c in safe.children(clock)]
     _parse_devices(root, d)
     return d
 
@@ -435,6 +438,7 @@ def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
         raise XMLError(f"Invalid CPU mode '{d.cpu_mode}'")
     model = _text(cpu, "model")
     d.cpu_model = _token(model, "CPU model") if model else None
+    d.unsupported += [f"<cpu><{c.tag}>" for c in safe.children(cpu) if c.tag != "model"]
 
 
 def _parse_devices(root: safe.Element, d: DomainDef) -> None:
@@ -610,6 +614,9 @@ def _parse_video(el: safe.Element, d: DomainDef) -> None:
     mtype = (model.get("type") if model is not None else None) or VIDEO_MODELS[0]
     if mtype not in VIDEO_MODELS:
         d.unsupported.append(f"<video><model type='{mtype}'>")
+        return
+    if d.videos:
+        d.unsupported.append("a second <video>")
         return
     d.videos.append(VideoDef(mtype, address.parse(el)))
 

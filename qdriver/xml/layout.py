@@ -217,8 +217,6 @@ def _endpoints(devices: safe.Element, d: DomainDef) -> list[safe.Element]:
     out += [el for el, disk in zip(devices.findall("disk"), d.disks) if disk.bus == "virtio"]
     out += [el for el in devices.findall("memballoon") if el.get("model", "virtio") == "virtio"]
     out += devices.findall("rng")
-    out += [el for el, v in list(zip(devices.findall("video"), d.videos))[1:]
-            if v.model != "none"]
     return out
 
 
