@@ -10,7 +10,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import anyio
 import pytest
@@ -124,6 +125,9 @@ def test_every_device_is_placed_on_the_command_line(tmp_path: Path) -> None:
     (disk("hda", "ide"), "<target bus='ide'> (hda) on machine 'q35'"),
     ("<memballoon model='xen'/>", "<memballoon model='xen'>"),
     ("<video/><video><model type='vga'/></video>", "a second <video>"),
+    ("<serial type='pty'><target type='pci-serial'/></serial>",
+     "<serial><target type='pci-serial'>"),
+    ("<console type='pty'><target type='virtio'/></console>", "<console><target type='virtio'>"),
 ])
 def test_what_cannot_be_honoured_is_refused_by_name(tmp_path: Path, devices: str,
                                                     message: str) -> None:
@@ -180,23 +184,53 @@ def libvirt() -> Iterator[Libvirt]:
     shutil.rmtree(lv.root)
 
 
+@dataclass
+class MovingGuest:
+    """The test guest on a private disk, its console in a file both sides write."""
+
+    name: str
+    disk: Path
+    console: Path
+    xml: str
+
+
+@pytest.fixture
+def moving_guest(guest_image: GuestImage, tmp_path: Path) -> Callable[[str], MovingGuest]:
+    def make(name: str) -> MovingGuest:
+        disk_path, console = tmp_path / f"{name}.qcow2", tmp_path / f"{name}.console"
+        shutil.copyfile(guest_image.disk, disk_path)
+        return MovingGuest(name, disk_path, console,
+                           guest_xml(guest_image, name, disk_path, console))
+    return make
+
+
+async def booted_in_libvirt(libvirt: Libvirt, guest: MovingGuest) -> str:
+    """Define and boot ``guest`` in libvirt; libvirt's ``dumpxml --inactive``."""
+    dumped = libvirt.define(guest.xml)
+    libvirt.call("start", guest.name)
+    await counter_after(guest.console, 0)
+    return dumped
+
+
+async def booted_in_qdriver(driver: qdriver.Driver, guest: MovingGuest) -> qdriver.Domain:
+    dom = await driver.define_xml(guest.xml)
+    await dom.start()
+    await counter_after(guest.console, 0)
+    return dom
+
+
 @needs_libvirt
 async def test_libvirt_domain_runs_under_qdriver_with_the_same_pci_layout(
-        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
-        tmp_path: Path) -> None:
-    disk_path, console = tmp_path / "lvguest.qcow2", tmp_path / "console.log"
-    shutil.copyfile(guest_image.disk, disk_path)
-    dumped = libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
-    libvirt.call("start", "lvguest")
-    await counter_after(console, 0)
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest) -> None:
+    guest = moving_guest("lvguest")
+    dumped = await booted_in_libvirt(libvirt, guest)
     theirs = pci_tree(libvirt.monitor("lvguest", "query-pci")[0]["devices"])
     libvirt.call("destroy", "lvguest")
 
     dom = await driver.define_xml(dumped)  # libvirt's dumpxml, unchanged
     assert layout(dom.xml_desc(inactive=True)) == layout(dumped)
     await dom.start()
-    offset = console.stat().st_size
-    await counter_after(console, offset)
+    await counter_after(guest.console, guest.console.stat().st_size)
     async with dom.monitor() as mon:
         ours = pci_tree((await mon.execute("query-pci"))[0]["devices"])
     await dom.destroy()
@@ -236,83 +270,69 @@ def last_value(console: Path) -> int:
 
 @needs_libvirt
 async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdriver.Driver,
-                                                guest_image: GuestImage, tmp_path: Path) -> None:
-    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
-    shutil.copyfile(guest_image.disk, disk_path)
-    dom = await driver.define_xml(guest_xml(guest_image, "qdguest", disk_path, console))
-    await dom.start()
-    await counter_after(console, 0)
+                                                moving_guest, tmp_path: Path) -> None:
+    guest = moving_guest("qdguest")
+    dom = await booted_in_qdriver(driver, guest)
     save = tmp_path / "qd.save"
     await dom.save(save)
-    at, size = last_value(console), console.stat().st_size
-    assert "<cpu" in read_header(save).cookie  # libvirt checks the guest CPU from it
+    at, size = last_value(guest.console), guest.console.stat().st_size
+    assert "<model fallback='forbid'>qemu64</model>" in read_header(save).cookie
     libvirt.call("restore", str(save))
-    await assert_goes_on(console, size, at)
+    await assert_goes_on(guest.console, size, at)
     assert libvirt.call("state", "qdguest") == 1  # VIR_DOMAIN_RUNNING
     libvirt.call("destroy", "qdguest")
 
 
 @needs_libvirt
-async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
-                                                guest_image: GuestImage, tmp_path: Path) -> None:
-    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
-    shutil.copyfile(guest_image.disk, disk_path)
-    libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
-    libvirt.call("start", "lvguest")
-    await counter_after(console, 0)
-    save = tmp_path / "lv.save"
-    libvirt.call("save", "lvguest", str(save))
-    at, size = last_value(console), console.stat().st_size
-    dom = await driver.restore(save)
-    assert dom.name == "lvguest" and dom.state == qdriver.DomainState.RUNNING
-    await assert_goes_on(console, size, at)
-    await dom.destroy()
-
-
-@needs_libvirt
-async def test_libvirt_internal_snapshot_reverts_in_qdriver(
-        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
-        tmp_path: Path) -> None:
-    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
-    shutil.copyfile(guest_image.disk, disk_path)
-    dumped = libvirt.define(guest_xml(guest_image, "lvguest", disk_path, console))
-    libvirt.call("start", "lvguest")
-    await counter_after(console, 0)
-    libvirt.call("snapshot_create", "lvguest", "<domainsnapshot><name>lv1</name>"
-                 "</domainsnapshot>")
-    snapshot_xml = libvirt.call("snapshot_xml", "lvguest", "lv1")
-    libvirt.call("destroy", "lvguest")
-    at = disk_counter(disk_path, "lv1")
-
-    dom = await driver.define_xml(dumped)
-    await dom.snapshot_create_xml(snapshot_xml, redefine=True)
-    size = console.stat().st_size
-    await dom.revert_to_snapshot("lv1")
-    assert dom.state == qdriver.DomainState.RUNNING
-    await assert_goes_on(console, size, at)
-    await dom.destroy()
-
-
-@needs_libvirt
 async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
-        libvirt: Libvirt, driver: qdriver.Driver, guest_image: GuestImage,
-        tmp_path: Path) -> None:
-    disk_path, console = tmp_path / "g.qcow2", tmp_path / "console.log"
-    shutil.copyfile(guest_image.disk, disk_path)
-    dom = await driver.define_xml(guest_xml(guest_image, "qdguest", disk_path, console))
-    await dom.start()
-    await counter_after(console, 0)
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest, tmp_path: Path) -> None:
+    guest = moving_guest("qdguest")
+    dom = await booted_in_qdriver(driver, guest)
     memory = tmp_path / "s1.mem"
     await dom.snapshot_create_xml(
         f"<domainsnapshot><name>s1</name><memory snapshot='external' file='{memory}'/>"
         f"<disks><disk name='vda' snapshot='external'><source file='{tmp_path}/s1.qcow2'/>"
         "</disk></disks></domainsnapshot>")
-    at = disk_counter(disk_path)  # the disk the snapshot froze, which the file's XML names
+    at = disk_counter(guest.disk)  # the disk the snapshot froze, which the file's XML names
     await dom.destroy()
-    size = console.stat().st_size
+    size = guest.console.stat().st_size
     libvirt.call("restore", str(memory))
-    await assert_goes_on(console, size, at)
+    await assert_goes_on(guest.console, size, at)
     libvirt.call("destroy", "qdguest")
+
+
+@needs_libvirt
+async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
+                                                moving_guest, tmp_path: Path) -> None:
+    guest = moving_guest("lvguest")
+    await booted_in_libvirt(libvirt, guest)
+    save = tmp_path / "lv.save"
+    libvirt.call("save", "lvguest", str(save))
+    at, size = last_value(guest.console), guest.console.stat().st_size
+    dom = await driver.restore(save)
+    assert dom.name == "lvguest" and dom.state == qdriver.DomainState.RUNNING
+    await assert_goes_on(guest.console, size, at)
+    await dom.destroy()
+
+
+@needs_libvirt
+async def test_libvirt_internal_snapshot_reverts_in_qdriver(
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest) -> None:
+    guest = moving_guest("lvguest")
+    dumped = await booted_in_libvirt(libvirt, guest)
+    libvirt.call("snapshot_create", "lvguest", "<domainsnapshot><name>lv1</name>"
+                 "</domainsnapshot>")
+    snapshot_xml = libvirt.call("snapshot_xml", "lvguest", "lv1")
+    libvirt.call("destroy", "lvguest")
+    at = disk_counter(guest.disk, "lv1")
+
+    dom = await driver.define_xml(dumped)
+    await dom.snapshot_create_xml(snapshot_xml, redefine=True)
+    size = guest.console.stat().st_size
+    await dom.revert_to_snapshot("lv1")
+    assert dom.state == qdriver.DomainState.RUNNING
+    await assert_goes_on(guest.console, size, at)
+    await dom.destroy()
 
 
 def test_machine_alias_is_pinned_to_the_versioned_type() -> None:

@@ -545,6 +545,13 @@ def _parse_chardev(el: safe.Element, d: DomainDef) -> None:
             d.unsupported.append("<channel> other than a virtio unix channel")
             return
         d.channels.append(CharDef("channel", ctype, path, mode, name, address.parse(el)))
+        return
+    target = el.find("target")
+    kind = target.get("type") if target is not None else None
+    model = target.find("model") if target is not None else None
+    wanted = ("serial", None) if el.tag == "console" else ("isa-serial", None)
+    if kind not in wanted or (model is not None and model.get("name") != "isa-serial"):
+        d.unsupported.append(f"<{el.tag}><target type='{kind}'>")
     elif el.tag == "console" and d.serials:
         return  # libvirt's <console> aliases the first <serial>
     else:

@@ -298,7 +298,8 @@ def _place_root_ports(devices: safe.Element, slots: _Slots) -> None:
     """Root ports without an address go on ``pcie.0``, eight functions to a slot."""
     waiting = [el for el in devices.findall("controller")
                if el.get("model") == "pcie-root-port" and el.find("address") is None]
-    places = ((slot, fn) for slot in range(1, 0x1F) if slots.slot_free(0, slot)
+    places = ((slot, fn) for slot in range(address.PCI_SLOTS)
+              if slot not in Q35_RESERVED_SLOTS and slots.slot_free(0, slot)
               for fn in range(address.PCI_FUNCTIONS))
     placed: list[tuple[safe.Element, int, int]] = []
     for el in waiting:
