@@ -8,7 +8,6 @@ QEMU always starts with ``-S``; the caller decides whether to ``cont``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -147,7 +146,12 @@ def _machine(b: _Builder, accel: str) -> None:
     opts = [opt(d.machine), f"accel={accel}"]
     if not d.acpi:
         opts.append("acpi=off")
+    if d.vmport is not None:
+        opts.append(f"vmport={'on' if d.vmport else 'off'}")
     b.add("-machine", ",".join(opts))
+    power = "ICH9-LPC" if d.q35 else "PIIX4_PM"  # as libvirt: the chipset's power device
+    for state, enabled in sorted(d.sleep_states.items()):
+        b.add("-global", f"{power}.disable_{state}={0 if enabled else 1}")
     if d.cpu_mode in ("host-passthrough", "host-model"):
         if accel != "kvm":
             raise ConfigUnsupportedError(f"CPU mode '{d.cpu_mode}' needs KVM "
@@ -236,9 +240,8 @@ def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list,
     for pf in forwards:
         netdev += (f",hostfwd={opt(pf.proto)}:{opt(pf.address)}:{pf.host_port}"
                    f"-:{pf.guest_port}")
-    if mac is None:
-        h = hashlib.sha256(f"{b.d.uuid}/{i}".encode()).digest()
-        mac = "52:54:00:" + ":".join(f"{x:02x}" for x in h[:3])
+    if mac is None:  # microvm: no layout pass wrote it into the definition
+        mac = layout.default_mac(b.d.uuid, i)
     dev = "virtio-net-device" if b.d.machine == "microvm" and model == "virtio" \
         else NIC_MODELS[model]
     b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}"

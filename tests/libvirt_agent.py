@@ -27,6 +27,7 @@ def main(root: str) -> None:
     ops: dict[str, Callable[..., Any]] = {
         "define": lambda xml: conn.defineXML(xml).name(),
         "dumpxml": lambda name, flags=0: dom(name).XMLDesc(flags),
+        "to_native": lambda xml: conn.domainXMLToNative("qemu-argv", xml, 0),
         "start": lambda name: dom(name).create(),
         "destroy": lambda name: dom(name).destroy(),
         "state": lambda name: dom(name).state()[0],

@@ -371,3 +371,22 @@ def test_unhonoured_clock_and_cpu_settings_are_refused(tmp_path: Path, element: 
     d = DomainDef.parse(domain("x", "q35", "").replace("<devices>", element + "<devices>"))
     with pytest.raises(ConfigUnsupportedError, match=message):
         qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+
+
+@needs_libvirt
+@pytest.mark.parametrize("machine", ["q35", "pc"])
+def test_power_states_and_vmport_reach_qemu_as_libvirt_passes_them(
+        libvirt: Libvirt, tmp_path: Path, machine: str) -> None:
+    xml = domain("pm", machine, "").replace("</os>", "</os><features><acpi/><vmport state='off'/>"
+                                            "</features><pm><suspend-to-mem enabled='no'/>"
+                                            "<suspend-to-disk enabled='yes'/></pm>")
+    theirs = shlex.split(libvirt.call("to_native", xml))
+    ours = qdriver.cmdline.build(pin_machine(qlayout.assign(DomainDef.parse(xml))),
+                                 DomainPaths.of(tmp_path, "pm"), "tcg")
+
+    def settings(argv: list[str]) -> tuple[list[str], list[str]]:
+        machine_opts = [o for a, o in zip(argv, argv[1:]) if a == "-machine"][0].split(",")
+        return ([o for o in machine_opts if o.startswith("vmport")],
+                sorted(o for a, o in zip(argv, argv[1:]) if a == "-global"))
+    assert settings(ours) == settings(theirs)
+    assert settings(ours)[1] and settings(ours)[0] == ["vmport=off"]

@@ -38,7 +38,9 @@ TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "curr
              "on_crash", "devices", "pm", "resource", "seclabel"}
 """``<resource>`` (a cgroup partition) and ``<seclabel>`` are libvirt's host-side settings
 in the XML it writes to save files and snapshots: they do not change the guest."""
-FEATURES = {"acpi", "apic", "pae"}
+FEATURES = {"acpi", "apic", "pae", "vmport"}
+PM_STATES = {"suspend-to-mem": "s3", "suspend-to-disk": "s4"}
+"""``<pm>`` children and the ACPI sleep state each turns on or off."""
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
            "controller", "memballoon", "input", "video", "rng", "audio"}
 CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
@@ -194,6 +196,10 @@ class DomainDef:
     controllers: list[ControllerDef] = field(default_factory=list)
     videos: list[VideoDef] = field(default_factory=list)
     inputs: list[InputDef] = field(default_factory=list)
+    vmport: bool | None = None
+    """``<features><vmport state=...>``: VMware's I/O port (None: QEMU's default)."""
+    sleep_states: dict[str, bool] = field(default_factory=dict)
+    """``<pm>``: ``{"s3": enabled, "s4": enabled}`` as the XML sets them."""
     audio_ids: list[int] = field(default_factory=list)
     """``<audio type='none'>`` backends (libvirt writes one into every new domain)."""
     unsupported: list[str] = field(default_factory=list)
@@ -366,6 +372,10 @@ def _parse(root: safe.Element) -> DomainDef:
         raise XMLError("missing or zero <memory> in domain XML")
     d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory)
     d.vcpus = _int(_text(root, "vcpu") or "1", "<vcpu>", 1, 4096)
+    vcpu = root.find("vcpu")
+    if vcpu is not None and vcpu.get("current") not in (None, str(d.vcpus)):
+        d.unsupported.append(f"<vcpu current='{vcpu.get('current')}'>")
+    _parse_pm(root, d)
     _parse_os(root, d)
     _parse_features(root, d)
     _parse_cpu(root, d)
@@ -427,6 +437,25 @@ def _parse_features(root: safe.Element, d: DomainDef) -> None:
         if f.tag not in FEATURES:
             d.unsupported.append(f"<features><{f.tag}>")
     d.acpi = feats.find("acpi") is not None
+    vmport = feats.find("vmport")
+    if vmport is not None:
+        d.vmport = _on_off(vmport.get("state", "on"), "<vmport state>")
+
+
+def _on_off(value: str, what: str) -> bool:
+    if value not in ("on", "off", "yes", "no"):
+        raise XMLError(f"invalid value '{value}' for {what}")
+    return value in ("on", "yes")
+
+
+def _parse_pm(root: safe.Element, d: DomainDef) -> None:
+    pm = root.find("pm")
+    for el in safe.children(pm) if pm is not None else ():
+        if el.tag not in PM_STATES:
+            d.unsupported.append(f"<pm><{el.tag}>")
+        elif el.get("enabled") is not None:
+            d.sleep_states[PM_STATES[el.tag]] = _on_off(el.get("enabled", ""),
+                                                        f"<pm><{el.tag} enabled>")
 
 
 def _parse_cpu(root: safe.Element, d: DomainDef) -> None:

@@ -12,6 +12,7 @@ stores the result, and every later start places each device exactly there.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ def assign(d: DomainDef) -> DomainDef:
     _pci_addresses(devices, d)
     _port_addresses(devices, d)
     return DomainDef.from_element(root)
+
+
+def default_mac(uuid: str, index: int) -> str:
+    """A stable MAC for a domain's ``index``-th NIC, in QEMU/libvirt's 52:54:00 range."""
+    h = hashlib.sha256(f"{uuid}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{x:02x}" for x in h[:3])
 
 
 DEFAULT_CPU_MODEL = "qemu64"
@@ -138,11 +145,13 @@ def _implicit_devices(devices: safe.Element, d: DomainDef, drives: dict[str, set
         if d.controller(ctype, index) is None and (ctype, index) not in _added(devices):
             attrs = {"type": ctype, "index": str(index)} | ({"model": model} if model else {})
             _insert_controller(devices, safe.new("controller", attrs))
-    for el, iface in zip(devices.findall("interface"), d.interfaces):
-        if el.find("model") is None:  # written out, as libvirt does: it is guest ABI
-            mac = el.find("mac")
-            nic = safe.new("model", {"type": iface.model})
-            mac.addnext(nic) if mac is not None else el.append(nic)
+    for i, (el, iface) in enumerate(zip(devices.findall("interface"), d.interfaces)):
+        mac = el.find("mac")  # MAC and model written out, as libvirt does: guest ABI
+        if mac is None:
+            mac = safe.new("mac", {"address": default_mac(d.uuid, i)})
+            el.insert(0, mac)
+        if el.find("model") is None:
+            mac.addnext(safe.new("model", {"type": iface.model}))
     if devices.find("memballoon") is None:
         safe.sub(devices, "memballoon", {"model": "virtio"})
     for kind in ("mouse", "keyboard"):
