@@ -5,6 +5,7 @@ address, model and root-port numbering must come out the same.
 """
 from __future__ import annotations
 
+import functools
 import shlex
 import shutil
 import tempfile
@@ -303,33 +304,38 @@ async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
 
 @needs_libvirt
 async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
-                                                moving_guest, tmp_path: Path) -> None:
+                                                moving_guest, state_dir: Path,
+                                                tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
     await booted_in_libvirt(libvirt, guest)
     save = tmp_path / "lv.save"
     libvirt.call("save", "lvguest", str(save))
     at, size = last_value(guest.console), guest.console.stat().st_size
-    dom = await driver.restore(save)
-    assert dom.name == "lvguest" and dom.state == qdriver.DomainState.RUNNING
+    await anyio.to_thread.run_sync(lambda: run_cli(state_dir, "restore", str(save)))
+    dom = driver.lookup("lvguest")
+    assert dom.state == qdriver.DomainState.RUNNING
     await assert_goes_on(guest.console, size, at)
     await dom.destroy()
 
 
 @needs_libvirt
 async def test_libvirt_internal_snapshot_reverts_in_qdriver(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest) -> None:
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest, state_dir: Path,
+        tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
-    dumped = await booted_in_libvirt(libvirt, guest)
+    (tmp_path / "dom.xml").write_text(await booted_in_libvirt(libvirt, guest))
     libvirt.call("snapshot_create", "lvguest", "<domainsnapshot><name>lv1</name>"
                  "</domainsnapshot>")
-    snapshot_xml = libvirt.call("snapshot_xml", "lvguest", "lv1")
+    (tmp_path / "lv1.xml").write_text(libvirt.call("snapshot_xml", "lvguest", "lv1"))
     libvirt.call("destroy", "lvguest")
     at = disk_counter(guest.disk, "lv1")
 
-    dom = await driver.define_xml(dumped)
-    await dom.snapshot_create_xml(snapshot_xml, redefine=True)
     size = guest.console.stat().st_size
-    await dom.revert_to_snapshot("lv1")
+    for args in (("define", str(tmp_path / "dom.xml")),
+                 ("snapshot-create", "lvguest", str(tmp_path / "lv1.xml"), "--redefine"),
+                 ("snapshot-revert", "lvguest", "lv1")):
+        await anyio.to_thread.run_sync(functools.partial(run_cli, state_dir, *args))
+    dom = driver.lookup("lvguest")
     assert dom.state == qdriver.DomainState.RUNNING
     await assert_goes_on(guest.console, size, at)
     await dom.destroy()
