@@ -114,6 +114,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     _monitors(b)
     for controller in sorted(d.controllers, key=lambda c: (c.type != "pci", c.index)):
         _controller(b, controller)
+    if d.machine == "microvm" and d.channels:  # no PCI: the MMIO flavour, no layout pass
+        b.add("-device", "virtio-serial-device,id=virtio-serial0")
     for disk in d.disks:
         _disk(b, disk)
     for i, iface in enumerate(d.interfaces):

@@ -8,6 +8,8 @@ import pytest
 
 import qdriver
 from qdriver.errors import XMLError
+from qdriver.driver import pin_machine
+from qdriver.xml import layout
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.safe import MAX_XML_BYTES
 
@@ -27,7 +29,8 @@ def domain_xml(tmp_path: Path, description: str, name: str = "big") -> str:
 
 
 def stored_size(xml: str) -> int:
-    return len(DomainDef.parse(xml).to_xml().encode())
+    """The size define stores: with libvirt's layout and the machine type pinned."""
+    return len(pin_machine(layout.assign(DomainDef.parse(xml))).to_xml().encode())
 
 
 def test_a_definition_that_grows_when_stored_is_refused(state_dir: Path,
