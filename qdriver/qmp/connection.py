@@ -7,6 +7,7 @@ instead of a hang.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from contextlib import asynccontextmanager
@@ -14,13 +15,32 @@ from pathlib import Path
 from typing import Any, AsyncIterator, ContextManager, Mapping
 
 import anyio
-from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp import (ConnectError, EventListener, ExecInterruptedError, ExecuteError, Message,
+                      QMPClient)
 from qemu.qmp.error import QMPError
 from qemu.qmp.protocol import StateError
 
 from .errors import CommandError, MonitorClosedError, MonitorConnectError, MonitorTimeoutError
 
 DEFAULT_TIMEOUT = 30.0
+
+
+class _Client(QMPClient):
+    """qemu.qmp's client, logging each message only when debug logging is on.
+
+    qemu.qmp's message hooks format every message as JSON whether or not the log
+    record is kept; for the block-node listings snapshot operations read, that
+    costs more than the socket I/O (about 9 ms of a 50 ms snapshot delete)."""
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", msg)
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", msg)
+        return msg
 
 
 class Monitor:
@@ -79,7 +99,7 @@ async def connect(path: Path, timeout: float = 5.0) -> Monitor:
     The socket's directory must be private to this user (see `_check_private_parent`).
     """
     _check_private_parent(path)
-    client = QMPClient(os.path.basename(str(path)))
+    client = _Client(os.path.basename(str(path)))
     try:
         with anyio.fail_after(timeout):
             await client.connect(str(path))

@@ -79,27 +79,27 @@ def children(el: Element) -> Iterator[Element]:
 def tostring(root: Element) -> str:
     """Serialise the way libvirt does: two-space indent, single-quoted attributes."""
     lines: list[str] = []
-    _format(root, 0, lines)
+    parent = root.getparent()
+    _format(root, 0, lines, parent.nsmap if parent is not None else {})
     return "\n".join(lines) + "\n"
 
 
 def _escape(text: str, quote: bool = False) -> str:
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("'", "&apos;") if quote else text
+    if "&" in text or "<" in text or ">" in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("'", "&apos;") if quote and "'" in text else text
 
 
-def _format(el: Element, depth: int, lines: list[str]) -> None:
+def _format(el: Element, depth: int, lines: list[str], inherited: dict) -> None:
     pad = "  " * depth
     if not isinstance(el.tag, str):
         lines.append(f"{pad}<!--{el.text or ''}-->")
         return
-    tag = _qname(el, el.tag)
-    parent = el.getparent()
-    inherited = parent.nsmap if parent is not None else {}
-    decls = {p: u for p, u in el.nsmap.items() if inherited.get(p) != u}
+    nsmap = el.nsmap  # lxml builds this dict anew on each access: once per element
+    tag = _qname(nsmap, el.tag)
     attrs = "".join(f" xmlns{':' + p if p else ''}='{_escape(u, True)}'"
-                    for p, u in decls.items())
-    attrs += "".join(f" {_qname(el, str(k))}='{_escape(str(v), True)}'"
+                    for p, u in nsmap.items() if inherited.get(p) != u)
+    attrs += "".join(f" {_qname(nsmap, str(k))}='{_escape(str(v), True)}'"
                      for k, v in el.attrib.items())
     kids = [c for c in el if isinstance(c.tag, str) or isinstance(c, etree._Comment)]
     text = (el.text or "").strip() if kids else (el.text or "")
@@ -110,16 +110,16 @@ def _format(el: Element, depth: int, lines: list[str]) -> None:
     else:
         lines.append(f"{pad}<{tag}{attrs}>" + (_escape(text) if text else ""))
         for child in kids:
-            _format(child, depth + 1, lines)
+            _format(child, depth + 1, lines, nsmap)
         lines.append(f"{pad}</{tag}>")
 
 
-def _qname(el: Element, name: str) -> str:
+def _qname(nsmap: dict, name: str) -> str:
     """``{uri}local`` written with the prefix in scope for ``uri``."""
     if not name.startswith("{"):
         return name
     uri, local = name[1:].split("}", 1)
-    prefix = next((p for p, u in el.nsmap.items() if u == uri), None)
+    prefix = next((p for p, u in nsmap.items() if u == uri), None)
     return f"{prefix}:{local}" if prefix else local
 
 
