@@ -161,17 +161,22 @@ def guest_xml(image: GuestImage, name: str, disk_path: Path, console: Path) -> s
                        "</serial>").replace("<memballoon model='none'/>", "")
 
 
+def counters(text: str) -> list[int]:
+    """The COUNTER values of the whole lines in console text (the last line may be
+    only half written)."""
+    return [int(ln[8:]) for ln in text.split("\n")[:-1]
+            if ln.startswith("COUNTER ") and ln[8:].strip().isdigit()]
+
+
 async def counter_after(console: Path, offset: int, timeout: float = 90) -> int:
-    """The first COUNTER the guest prints to ``console`` past ``offset``... plus two
-    more, so that the guest is seen counting on."""
+    """The third COUNTER the guest prints to ``console`` past ``offset``: the guest
+    is seen counting on."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = console.read_text(errors="replace")[offset:] if console.exists() else ""
-        values = [int(ln.split()[1]) for ln in text.splitlines()
-                  if ln.startswith("COUNTER ") and ln.split()[1:2] != [""]
-                  and ln.split()[1].isdigit()]
+        values = counters(console.read_text(errors="replace")[offset:]
+                          if console.exists() else "")
         if len(values) >= 3:
-            return values[-1]
+            return values[2]
         await anyio.sleep(0.1)
     raise AssertionError(f"the guest does not count on {console} within {timeout} s")
 
@@ -253,8 +258,7 @@ async def assert_goes_on(console: Path, size_before: int, at: int) -> None:
     deadline = time.monotonic() + 90
     while True:
         new = console_since(console, size_before)
-        values = [int(ln.split()[1]) for ln in new.splitlines()
-                  if ln.startswith("COUNTER ") and ln[8:].strip().isdigit()]
+        values = counters(new)
         if len(values) >= 3:
             break
         assert time.monotonic() < deadline, f"the guest does not go on: {new[-300:]!r}"
@@ -264,9 +268,7 @@ async def assert_goes_on(console: Path, size_before: int, at: int) -> None:
 
 
 def last_value(console: Path) -> int:
-    values = [int(ln.split()[1]) for ln in console.read_text(errors="replace").splitlines()
-              if ln.startswith("COUNTER ") and ln[8:].strip().isdigit()]
-    return values[-1]
+    return counters(console.read_text(errors="replace"))[-1]
 
 
 @needs_libvirt
