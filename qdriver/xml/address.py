@@ -15,24 +15,20 @@ PCI_SLOTS = 32
 PCI_FUNCTIONS = 8
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class PciAddress:
-    """``<address type='pci'>``: bus is the index of the PCI controller it sits on."""
+    """``<address type='pci'>`` in PCI domain 0 (the only one QEMU's x86 machines have):
+    bus is the index of the PCI controller it sits on."""
 
     bus: int
     slot: int
     function: int = 0
     multifunction: bool = False
-    domain: int = 0
 
     @property
     def qemu_addr(self) -> str:
         """QEMU's ``addr=`` value, as libvirt writes it (``0x1``, ``0x1.0x2``)."""
         return f"{self.slot:#x}" if not self.function else f"{self.slot:#x}.{self.function:#x}"
-
-    @property
-    def slot_key(self) -> tuple[int, int]:
-        return (self.bus, self.slot)
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class PortForward:
 class InterfaceDef:
     """A user-mode (slirp) network interface."""
 
-    model: str = "rtl8139"
+    model: str = DEFAULT_NIC_MODEL
     mac: str | None = None
     forwards: list[PortForward] = field(default_factory=list)
     address: Address | None = None

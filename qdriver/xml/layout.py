@@ -141,8 +141,10 @@ def _implicit_devices(devices: safe.Element, d: DomainDef, drives: dict[str, set
         controllers.append(("virtio-serial", 0, ""))
     for el in devices.findall("controller"):
         el.set("index", el.get("index") or "0")
+    present = {(c.type, c.index) for c in d.controllers}
     for ctype, index, model in controllers:
-        if d.controller(ctype, index) is None and (ctype, index) not in _added(devices):
+        if (ctype, index) not in present:
+            present.add((ctype, index))
             attrs = {"type": ctype, "index": str(index)} | ({"model": model} if model else {})
             _insert_controller(devices, safe.new("controller", attrs))
     for i, (el, iface) in enumerate(zip(devices.findall("interface"), d.interfaces)):
@@ -163,10 +165,6 @@ def _implicit_devices(devices: safe.Element, d: DomainDef, drives: dict[str, set
                                   "primary": "yes"})
     if not d.graphics and devices.find("audio") is None:
         safe.sub(devices, "audio", {"id": "1", "type": "none"})
-
-
-def _added(devices: safe.Element) -> set[tuple[str, int]]:
-    return {(c.get("type", ""), int(c.get("index", "0"))) for c in devices.findall("controller")}
 
 
 def _insert_controller(devices: safe.Element, el: safe.Element) -> None:
