@@ -7,6 +7,7 @@ never touches the network, and bounds size and depth.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from copy import deepcopy
 from typing import Iterator
 
 from lxml import etree
@@ -95,12 +96,17 @@ def _format(el: Element, depth: int, lines: list[str], inherited: dict) -> None:
     if not isinstance(el.tag, str):
         lines.append(f"{pad}<!--{el.text or ''}-->")
         return
-    nsmap = el.nsmap  # lxml builds this dict anew on each access: once per element
-    tag = _qname(nsmap, el.tag)
-    attrs = "".join(f" xmlns{':' + p if p else ''}='{_escape(u, True)}'"
-                    for p, u in nsmap.items() if inherited.get(p) != u)
-    attrs += "".join(f" {_qname(nsmap, str(k))}='{_escape(str(v), True)}'"
-                     for k, v in el.attrib.items())
+    attrib = el.attrib
+    if depth == 0 or el.tag[0] == "{" or any(k[0] == "{" for k in attrib):
+        nsmap = el.nsmap  # built anew on each access: only where a name needs a prefix
+        tag = _qname(nsmap, el.tag)
+        attrs = "".join(f" xmlns{':' + p if p else ''}='{_escape(u, True)}'"
+                        for p, u in nsmap.items() if inherited.get(p) != u)
+        attrs += "".join(f" {_qname(nsmap, str(k))}='{_escape(str(v), True)}'"
+                         for k, v in attrib.items())
+    else:  # no namespace here: declarations, if any, go where a name uses them
+        nsmap, tag = inherited, el.tag
+        attrs = "".join(f" {k!s}='{_escape(str(v), True)}'" for k, v in attrib.items())
     kids = [c for c in el if isinstance(c.tag, str) or isinstance(c, etree._Comment)]
     text = (el.text or "").strip() if kids else (el.text or "")
     if not kids and not text.strip():
@@ -165,5 +171,7 @@ def _xml_ok(value: str) -> bool:
 
 
 def copy(el: Element) -> Element:
-    """A deep copy, detached from its document."""
-    return etree.fromstring(etree.tostring(el), _parser())
+    """A deep copy, detached from its document (and from its tail text)."""
+    dup = deepcopy(el)
+    dup.tail = None
+    return dup
