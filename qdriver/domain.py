@@ -28,7 +28,7 @@ from .ops.create_exec import CreateExecution
 from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
 from .ops.delete_exec import DeleteExecution, image_graph
 from .ops.delete_plan import DeleteFlags, DeletePlan, ImageGraph, plan_delete, victims
-from .ops.hostprobe import probe
+from .ops.hostprobe import probe, qemu_caps
 from .ops.progress import ProgressFn
 from .ops.revert_exec import RevertExecution
 from .ops import actions
@@ -486,8 +486,9 @@ class Domain:
         memory files.  Returns the names removed."""
         flags = DeleteFlags(children, children_only, metadata_only)
         async with self.operation() as ctx, self._live_monitor(ctx) as mon:
-            plan = await self._plan_delete(ctx, mon, name, flags)
-            await DeleteExecution(ctx, plan, mon, progress).run()
+            tree = ctx.snapshot_tree()
+            plan = await self._plan_delete(ctx, mon, tree, name, flags)
+            await DeleteExecution(ctx, plan, mon, progress, tree).run()
             return plan.names
 
     async def plan_delete(self, name: str, metadata_only: bool = False, children: bool = False,
@@ -495,14 +496,13 @@ class Domain:
         """What deleting would do (files committed, rebased, removed, kept), doing nothing."""
         flags = DeleteFlags(children, children_only, metadata_only)
         async with self.operation() as ctx:
-            return await self._plan_delete(ctx, None, name, flags)
+            return await self._plan_delete(ctx, None, ctx.snapshot_tree(), name, flags)
 
-    async def _plan_delete(self, ctx: OpContext, mon: qmp.Monitor | None, name: str,
-                           flags: DeleteFlags) -> DeletePlan:
-        tree = ctx.snapshot_tree()
+    async def _plan_delete(self, ctx: OpContext, mon: qmp.Monitor | None, tree: SnapshotTree,
+                           name: str, flags: DeleteFlags) -> DeletePlan:
         names = victims(tree, name, flags)
         graph = await image_graph(ctx, tree) if not flags.metadata_only else ImageGraph({})
-        job = (await probe(mon, self.runtime, ctx.record, locked=True))[1].snapshot_save \
+        job = (await qemu_caps(mon, self.runtime, ctx.record, locked=True)).snapshot_save \
             if mon is not None else True
         return plan_delete(tree, ctx.definition, ctx.record is not None, names, graph,
                            flags.metadata_only, snapshot_job=job)

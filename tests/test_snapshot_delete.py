@@ -276,7 +276,7 @@ async def test_recovery_adopts_a_commit_that_finished(make_domain, state_dir: Pa
     s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
     view = guest_view(s4, tmp_path)
     store = dom.snapshot_store()
-    delete_exec._mark(store, ["s3"])  # what the dead delete had done first
+    delete_exec.mark(store, store.load(), ["s3"])  # what the dead delete had done first
     subprocess.run(["qemu-img", "commit", "-q", "-d", s3], check=True)  # QEMU's part
     subprocess.run(["qemu-img", "rebase", "-u", "-b", s2, "-F", "qcow2", s4], check=True)
     assert dom.interrupted_operation() == "snapshot-delete of s3"
@@ -302,3 +302,86 @@ async def test_internal_delete_through_hmp_delvm(make_domain, state_dir: Path) -
         await delete_exec.DeleteExecution(ctx, plan, mon).run()
     assert internal_names(source(dom)) == [] and listed(state_dir) == []
     assert (await dom.get_state())[0] is DomainState.RUNNING
+
+
+def sources(dom: qdriver.Domain) -> dict[str, str]:
+    return {d.target: d.source or "" for d in dom.definition.disks}
+
+
+async def test_running_two_disks_commit_side_by_side(make_domain, state_dir: Path,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each disk's active commit is its own QEMU job: both run at once, both pivot,
+    and the definition, the files and the guest end as after one commit each."""
+    dom = await make_domain(disks=2)
+    bases = sources(dom)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    run_cli(state_dir, "snapshot-create-as", "guest", "both", "--disk-only",
+            "--diskspec", f"vda,file={tmp_path}/both-vda.qcow2",
+            "--diskspec", f"vdb,file={tmp_path}/both-vdb.qcow2")
+    text = dom.paths.console_log.read_text(errors="replace")
+    await wait_console(dom, "COUNTER", after=len(text))  # the guest writes into the overlay
+    spans: list[tuple[str, str]] = []
+    commit = delete_exec.DeleteExecution._commit
+
+    async def traced(self: delete_exec.DeleteExecution, c: object) -> None:
+        spans.append(("start", c.target))  # type: ignore[attr-defined]
+        await commit(self, c)  # type: ignore[arg-type]
+        spans.append(("end", c.target))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(delete_exec.DeleteExecution, "_commit", traced)
+    assert await dom.delete_snapshot("both") == ["both"]
+    assert [kind for kind, _ in spans] == ["start", "start", "end", "end"]  # at once
+    assert sorted(t for _, t in spans[:2]) == ["vda", "vdb"]
+    assert sources(dom) == bases and listed(state_dir) == []
+    assert not list(tmp_path.glob("both-*.qcow2"))
+    async with dom.monitor() as mon:  # QEMU writes the bases and holds nothing else
+        files = {n["file"] for n in await mon.execute("query-named-block-nodes")}
+    assert files == set(bases.values())
+    text = dom.paths.console_log.read_text(errors="replace")
+    await wait_console(dom, "COUNTER", after=len(text))  # still running, still counting
+    assert dom.state == DomainState.RUNNING
+    for image in bases.values():
+        qemu_img_check(image)
+
+
+async def test_one_disk_failing_lets_the_other_commit(make_domain, state_dir: Path,
+                                                      tmp_path: Path,
+                                                      small_tmpfs: Callable[..., Path]
+                                                      ) -> None:
+    """Shut off, two disks: vda's commit runs out of space while vdb's (side by side)
+    succeeds.  The error names vda as it was raised, vdb's data is safe in its base,
+    the mark stays, and the recovery finishes both once there is room."""
+    dom = await make_domain(disks=2)
+    small = small_tmpfs(size="24m")
+    data = tmp_path / "zz"  # vdb's files sort after vda's: a serial delete would try vda first
+    data.mkdir()
+    run_cli(state_dir, "snapshot-create-as", "guest", "s2", "--disk-only",
+            "--diskspec", f"vda,file={small}/s2-vda.qcow2",
+            "--diskspec", f"vdb,file={data}/s2-vdb.qcow2")
+    run_cli(state_dir, "snapshot-create-as", "guest", "s3", "--disk-only",
+            "--diskspec", f"vda,file={tmp_path}/s3-vda.qcow2",
+            "--diskspec", f"vdb,file={data}/s3-vdb.qcow2")
+    for top, mib in ((tmp_path / "s3-vda.qcow2", 32), (data / "s3-vdb.qcow2", 1)):
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5b 0 {mib}M", str(top)],
+                       check=True, capture_output=True)  # vda's cannot fit into 24 MiB
+    views = {t: guest_view(s, tmp_path) for t, s in sources(dom).items()}
+    r = run_cli(state_dir, "snapshot-delete", "guest", "s3", check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "block commit failed while deleting disk 'vda'" in err
+    assert "No space left on device" in err and "vdb" not in err and "Traceback" not in err
+    read_back = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x5b 0 1M",
+                                str(data / "s2-vdb.qcow2")], capture_output=True, text=True)
+    assert "read 1048576/1048576" in read_back.stdout and \
+        "Pattern verification failed" not in read_back.stdout  # vdb's commit happened
+    assert "snapshotDeleteInProgress" in snap_xml(state_dir, "s3")
+    assert {t: guest_view(s, tmp_path) for t, s in sources(dom).items()} == views
+    subprocess.run(["mount", "-o", "remount,size=96m", str(small)], check=True)
+    assert "finished deleting snapshots s3" in \
+        run_cli(state_dir, "recover", "guest").stdout.decode()
+    assert listed(state_dir) == ["s2"]
+    assert sources(dom) == {"vda": str(small / "s2-vda.qcow2"),
+                            "vdb": str(data / "s2-vdb.qcow2")}
+    assert not list(tmp_path.glob("**/s3-*.qcow2"))
+    assert {t: guest_view(s, tmp_path) for t, s in sources(dom).items()} == views

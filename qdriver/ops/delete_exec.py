@@ -8,18 +8,23 @@ Order, and why:
    undo: the marks are what a later process finishes (`finish`), by planning
    again from the images as they are then;
 3. internal snapshots go (QMP ``snapshot-delete`` where QEMU has the image
-   open, ``qemu-img snapshot -d`` elsewhere), then each commit, then the
-   definition and every remaining snapshot name the merged image, then the
-   committed file goes; then memory files and images nothing needs;
+   open, ``qemu-img snapshot -d`` elsewhere), then the commits (each disk's in
+   order, different disks at once), then the definition and every remaining
+   snapshot name the merged image, then the committed file goes; then memory
+   files and images nothing needs;
 4. the metadata of the deleted snapshots goes last.
+
+The snapshot tree is read once, under the lock, and kept in step with every
+file this execution writes, so no step reads the metadata back.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import anyio
 
@@ -27,12 +32,14 @@ from .. import faults, qemuimg, qmp
 from .. import snapshot_tree as meta
 from ..errors import OperationFailedError
 from ..opcontext import OpContext
+from ..statestore import fsync_dir
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
-from .blocknodes import overlay_nodes, top_nodes
+from .blocknodes import overlay_nodes
 from .create_exec import hmp_word
 from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
+from .parallel import side_by_side
 from .progress import ProgressFn, ProgressMeter
 from .transaction import Transaction
 
@@ -69,40 +76,64 @@ class DeleteExecution:
     """One snapshot delete in progress."""
 
     def __init__(self, ctx: OpContext, plan: DeletePlan, mon: qmp.Monitor | None,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, tree: meta.SnapshotTree | None = None
+                 ) -> None:
         self.ctx = ctx
         self.plan = plan
         self.mon = mon
         self.progress = progress
+        self.store = ctx.snapshot_store()
+        self.tree = tree if tree is not None else self.store.load()
+        """The metadata as on disk: read under the lock, changed with each write."""
         self.txn = Transaction(actions.ActionEnv.fixed(ctx, mon), "snapshot-delete")
+        self.tops: dict[str, str] = {}
+        """Each disk's active image as the commits leave it (the root node's image)."""
+        self.images: OpenImages | None = None
 
     async def run(self) -> None:
         await self.txn.attempt(self._all)
 
     async def _all(self) -> None:
-        store = self.ctx.snapshot_store()
-        self.txn.on_undo(actions.restore_dir(store.dir, "the snapshot metadata"))
-        if not self.plan.metadata_only:
-            _mark(store, self.plan.names)
+        if self.plan.metadata_only:  # children re-parented, current moved: any file
+            self.txn.on_undo(actions.restore_dir(self.store.dir, "the snapshot metadata"))
+        else:  # only the marks come before the point of no return
+            self.txn.on_undo(actions.restore_files(self.store.dir, self.plan.names,
+                                                   "the marked snapshots' metadata"))
+            await self._mark_and_ask()
             self.txn.commit([])  # from here on the marks say what to finish
         await self.carry_out()
+
+    async def _mark_and_ask(self) -> None:
+        """Write the marks; while they go to disk (in a thread), QEMU says which
+        images it has open, a read-only question the commits need answered."""
+        if not self._online_commits():
+            self._mark(self.plan.names)
+            return
+        await side_by_side(self._learn_open_images,
+                           partial(anyio.to_thread.run_sync, self._mark, self.plan.names))
+
+    def _online_commits(self) -> bool:
+        return self.mon is not None and any(c.mode != "offline" for c in self.plan.commits)
+
+    async def _learn_open_images(self) -> None:
+        assert self.mon is not None
+        self.images = await open_images(self.mon)  # a delete only ever closes nodes
 
     async def carry_out(self) -> None:
         """Steps 3 and 4 (also what `finish` runs for a dead process's delete)."""
         for item in self.plan.internal:
             await self._delete_internal(item)
-        for commit in self.plan.commits:
-            await self._commit(commit)
-        if self.plan.renames:  # durable before any committed file goes
-            self._rename(self.plan.renames)
+        await self._commits()
+        await side_by_side(self._close_committed, self._rename_durably)
         for path in self.plan.remove:
             Path(path).unlink(missing_ok=True)
-        store = self.ctx.snapshot_store()
         for name in self.plan.names:
-            tree = store.load()
-            if name in tree.snaps:
-                meta.remove_metadata(store, tree, name)
+            if name in self.tree.snaps:
+                meta.remove_metadata(self.store, self.tree, name)
                 faults.point("snapshot-delete:metadata")
+
+    def _mark(self, names: list[str]) -> None:
+        mark(self.store, self.tree, names)
 
     # -- internal snapshots ------------------------------------------------------------
 
@@ -115,9 +146,9 @@ class DeleteExecution:
                 raise OperationFailedError(f"delvm failed: {out.strip()}")
             return
         if item.online and self.mon is not None:
-            node = await _node_of(self.mon, item.image)
-            held = await _held(self.mon, node)
-            if item.name in held:
+            images = await open_images(self.mon)
+            node = images.node(item.image)
+            if item.name in images.held.get(node, ()):
                 await qmp.run_job(self.mon, "snapshot-delete",
                                   {"tag": item.name, "devices": [node]},
                                   f"qdriver-delete-{int(time.time() * 1000)}", COMMIT_TIMEOUT)
@@ -126,6 +157,23 @@ class DeleteExecution:
             await qemuimg.snapshot_delete(item.image, item.name)
 
     # -- commits -----------------------------------------------------------------------
+
+    async def _commits(self) -> None:
+        """Each disk's commits in plan order, the disks side by side: their images are
+        disjoint, and QEMU (or a ``qemu-img`` each) runs their jobs in parallel.  A
+        failure lets the other disks' commits end, then the first one is raised
+        (the marks stay, so what is left is finished later)."""
+        by_disk: dict[str, list[Commit]] = {}
+        for c in self.plan.commits:
+            by_disk.setdefault(c.target, []).append(c)
+        self.tops = {d.target: d.source for d in self.ctx.definition.disks if d.source}
+        if self.images is None and self._online_commits():
+            await self._learn_open_images()
+
+        async def one_disk(commits: list[Commit]) -> None:
+            for c in commits:
+                await self._commit(c)
+        await side_by_side(*(partial(one_disk, commits) for commits in by_disk.values()))
 
     async def _commit(self, c: Commit) -> None:
         try:
@@ -138,24 +186,37 @@ class DeleteExecution:
                                        f"snapshot: '{e}'") from e
         for child in c.rebase:
             await qemuimg.rebase_unsafe(child, c.base, _format(c.base))
-        if self.mon is not None and c.mode != "offline":
-            try:  # the overlay's format node, and with it its file node
+
+    async def _close_committed(self) -> None:
+        """QEMU lets go of the overlays the commits merged (format node, and with it
+        the file node), so that removing their files frees the space."""
+        if self.mon is None:
+            return
+        for c in self.plan.commits:
+            if c.mode == "offline":
+                continue
+            try:
                 await self.mon.execute("blockdev-del",
                                        {"node-name": overlay_nodes(c.target, c.top)[0]})
             except qmp.CommandError:
                 pass  # not a node qdriver added (QEMU opened it as a backing file)
 
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
-        root = (await top_nodes(mon))[c.target]
+        """One commit job; the disk's root node is the one its active image (the
+        definition's source, the base once an active commit pivoted) opened as."""
         job = f"qdriver-commit-{c.target}-{int(time.time() * 1000)}"
-        nodes = await _nodes_of(mon, c.base, c.top)
-        args: dict[str, Any] = {"job-id": job, "device": root, "base-node": nodes[c.base]}
+        images = self.images or await open_images(mon)
+        args: dict[str, Any] = {"job-id": job,
+                                "device": images.node(self.tops.get(c.target, c.top)),
+                                "base-node": images.node(c.base)}
         if c.mode == "intermediate":
-            args["top-node"] = nodes[c.top]
+            args["top-node"] = images.node(c.top)
         meter = ProgressMeter(f"commit {c.target}", self.progress)
         with mon.listener("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
             await mon.execute("block-commit", args)
             await _wait_job(mon, events, job, meter)
+        if c.mode == "active":
+            self.tops[c.target] = c.base
 
     async def adopt_finished_commits(self, graph: ImageGraph) -> None:
         """Rename what a commit finished before its process died.
@@ -166,7 +227,7 @@ class DeleteExecution:
         image holds nothing of its own any more: its names move to the file it
         was committed into, and it goes.
         """
-        for snap in self.ctx.snapshot_tree().snaps.values():
+        for snap in list(self.tree.snaps.values()):
             froze = disk_sources(snap.domain) if snap.domain is not None else {}
             for d in snap.disks:
                 frozen = froze.get(d.name)
@@ -178,31 +239,46 @@ class DeleteExecution:
                     self._rename({frozen: below})
                     Path(frozen).unlink(missing_ok=True)
 
-    def _rename(self, renames: dict[str, str]) -> None:
+    async def _rename_durably(self) -> None:
+        """The merged images' new names, on disk before any committed file goes
+        (written in a thread, while QEMU closes the merged overlays)."""
+        if self.plan.renames:
+            await anyio.to_thread.run_sync(partial(self._rename, self.plan.renames,
+                                                   going=self.plan.names))
+
+    def _rename(self, renames: dict[str, str], going: Collection[str] = ()) -> None:
         """Every name of each old image (definition, metadata) becomes the new one:
-        one write of the definition and of each snapshot that changes."""
+        one write of the definition and of each snapshot that changes.
+
+        The snapshots ``going`` (marked, their metadata goes next) keep the old
+        names: a process that dies before they are gone leaves them naming the
+        committed file, which nothing else names, so finishing removes it."""
         formats = {new: _format(new) for new in renames.values()}
         defn = self.ctx.definition
         moved = {d.target: (renames[d.source], formats[renames[d.source]])
                  for d in defn.disks if d.source in renames}
         if moved:
             self.ctx.save_definition(defn.with_disk_sources(moved))
-        store = self.ctx.snapshot_store()
-        tree = store.load()
-        for name, snap in tree.snaps.items():
+        written = False
+        for name, snap in list(self.tree.snaps.items()):
             renamed = snap
             for old, new in renames.items():
                 renamed = _rename_snapshot(renamed, old, new, formats[new])
-            if renamed is not snap:
-                store.write(renamed, tree.current == name)
+            if renamed is not snap and name not in going:
+                self.store.write(renamed, self.tree.current == name, sync_dir=False)
+                self.tree.snaps[name] = renamed
+                written = True
+        if written:
+            fsync_dir(self.store.dir)
 
 
-def _mark(store: meta.SnapshotStore, names: list[str]) -> None:
-    tree = store.load()
+def mark(store: meta.SnapshotStore, tree: meta.SnapshotTree, names: list[str]) -> None:
+    """Give each snapshot libvirt's ``<snapshotDeleteInProgress/>`` (file and ``tree``)."""
     for name in names:
         snap = tree.get(name)
-        disks = [replace(d, delete_in_progress=True) for d in snap.disks]
-        store.write(replace(snap, disks=disks), tree.current == name)
+        marked = replace(snap, disks=[replace(d, delete_in_progress=True) for d in snap.disks])
+        store.write(marked, tree.current == name)
+        tree.snaps[name] = marked
 
 
 def _rename_snapshot(snap: SnapshotDef, old: str, new: str, fmt: str) -> SnapshotDef:
@@ -224,27 +300,35 @@ def _format(image: str) -> str:
         return "qcow2"
 
 
-async def _node_of(mon: qmp.Monitor, image: str) -> str:
-    return (await _nodes_of(mon, image))[image]
+@dataclass(frozen=True)
+class OpenImages:
+    """One ``query-named-block-nodes``: the images QEMU has open, by file."""
 
+    nodes: dict[str, str]
+    """image -> the format node QEMU opened it as (named by qdriver or by QEMU)."""
+    held: dict[str, frozenset[str]]
+    """format node -> the internal snapshots its image holds."""
 
-async def _nodes_of(mon: qmp.Monitor, *images: str) -> dict[str, str]:
-    """The format node QEMU opened each image as (named by qdriver or by QEMU)."""
-    found: dict[str, str] = {}
-    for node in await mon.execute("query-named-block-nodes", {"flat": True}):
-        if node.get("file") in images and node.get("drv") != "file":
-            found.setdefault(str(node["file"]), str(node["node-name"]))
-    for image in images:
-        if image not in found:
+    def node(self, image: str) -> str:
+        if image not in self.nodes:
             raise OperationFailedError(f"QEMU has no block node for image '{image}'")
-    return found
+        return self.nodes[image]
 
 
-async def _held(mon: qmp.Monitor, node: str) -> set[str]:
+PROTOCOL_DRIVERS = frozenset({"file", "host_device", "host_cdrom"})
+"""Nodes that name the same file as the format node above them."""
+
+
+async def open_images(mon: qmp.Monitor) -> OpenImages:
+    nodes: dict[str, str] = {}
+    held: dict[str, frozenset[str]] = {}
     for n in await mon.execute("query-named-block-nodes", {"flat": True}):
-        if n.get("node-name") == node:
-            return {s.get("name") for s in n.get("image", {}).get("snapshots", ())}
-    return set()
+        if n.get("drv") in PROTOCOL_DRIVERS:
+            continue
+        nodes.setdefault(str(n.get("file")), str(n["node-name"]))
+        held[str(n["node-name"])] = frozenset(
+            str(s.get("name")) for s in n.get("image", {}).get("snapshots", ()))
+    return OpenImages(nodes, held)
 
 
 async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMeter) -> None:
@@ -252,7 +336,8 @@ async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMete
     commit: the pivot), end at BLOCK_JOB_COMPLETED (raising its error).
     ``query-jobs`` only when nothing happens for a while (progress, a lost job)."""
     deadline = time.monotonic() + COMMIT_TIMEOUT
-    await _job_status(mon, job, meter)  # the first progress report (0 %)
+    if meter.report is not None:  # the first progress report (0 %), for someone listening
+        await _job_status(mon, job, meter)
     while time.monotonic() < deadline:
         ev: Any = None
         with anyio.move_on_after(0.25):
@@ -292,11 +377,11 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
         await _settle_jobs(mon)
         await actions.run(actions.ActionEnv.fixed(ctx, mon), actions.follow_disks())
     execution = DeleteExecution(ctx, DeletePlan(names, False), mon)
-    graph = await image_graph(ctx, ctx.snapshot_tree())
+    graph = await image_graph(ctx, execution.tree)
     if mon is None:
         await _repair_leaks(ctx, graph)
     await execution.adopt_finished_commits(graph)
-    tree = ctx.snapshot_tree()  # the adoption may have renamed images in it
+    tree = execution.tree  # the adoption may have renamed images in it
     execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
                                  await image_graph(ctx, tree))
     await execution.carry_out()
@@ -322,4 +407,4 @@ async def _settle_jobs(mon: qmp.Monitor) -> None:
                 await _wait_job(mon, events, job["id"], ProgressMeter("commit", None))
 
 
-__all__ = ["DeleteExecution", "image_graph", "marked", "finish"]
+__all__ = ["DeleteExecution", "image_graph", "mark", "marked", "finish"]

@@ -20,16 +20,24 @@ async def probe(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord | None, live:
     reads, so it cannot disturb another process's snapshot.
     """
     status = await domstate.query(mon)
-    caps = QemuCaps.from_record(rec.caps) if rec is not None and rec.caps else None
-    if caps is None:  # a QEMU's abilities do not change while it runs: ask once
-        caps = await qemucaps.probe(mon)
-        if rec is not None and locked:
-            runtime.update(rec, caps=caps.to_record())
+    caps = await qemu_caps(mon, runtime, rec, locked)
     background = caps.background_snapshot and live and \
         await _background_usable(mon, runtime, rec, locked)
     return status.planner_state, HostCaps(snapshot_save=caps.snapshot_save,
                                           background_snapshot=background,
                                           migrated=status.qmp == "postmigrate")
+
+
+async def qemu_caps(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord | None,
+                    locked: bool = False) -> QemuCaps:
+    """What this QEMU can do: asked once per QEMU process and remembered in its run
+    record (by a caller holding the lock), since it cannot change while QEMU runs."""
+    caps = QemuCaps.from_record(rec.caps) if rec is not None and rec.caps else None
+    if caps is None:
+        caps = await qemucaps.probe(mon)
+        if rec is not None and locked:
+            runtime.update(rec, caps=caps.to_record())
+    return caps
 
 
 async def _background_usable(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord | None,
@@ -43,4 +51,4 @@ async def _background_usable(mon: qmp.Monitor, runtime: Runtime, rec: RunRecord 
     return usable
 
 
-__all__ = ["probe"]
+__all__ = ["probe", "qemu_caps"]
