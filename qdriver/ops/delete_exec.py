@@ -124,9 +124,7 @@ class DeleteExecution:
         for item in self.plan.internal:
             await self._delete_internal(item)
         await self._commits()
-        await side_by_side(self._close_committed, self._rename_durably)
-        for path in self.plan.remove:
-            Path(path).unlink(missing_ok=True)
+        await side_by_side(self._close_committed, self._rename_and_remove)
         for name in self.plan.names:
             if name in self.tree.snaps:
                 meta.remove_metadata(self.store, self.tree, name)
@@ -239,12 +237,16 @@ class DeleteExecution:
                     self._rename({frozen: below})
                     Path(frozen).unlink(missing_ok=True)
 
-    async def _rename_durably(self) -> None:
-        """The merged images' new names, on disk before any committed file goes
-        (written in a thread, while QEMU closes the merged overlays)."""
-        if self.plan.renames:
-            await anyio.to_thread.run_sync(partial(self._rename, self.plan.renames,
-                                                   going=self.plan.names))
+    async def _rename_and_remove(self) -> None:
+        """The merged images' new names, on disk before any committed file goes; then
+        the files go.  In a thread, while QEMU closes the merged overlays (a file
+        QEMU still has open can go: its space is freed when QEMU lets go)."""
+        def rename_then_remove() -> None:
+            if self.plan.renames:
+                self._rename(self.plan.renames, going=self.plan.names)
+            for path in self.plan.remove:
+                Path(path).unlink(missing_ok=True)
+        await anyio.to_thread.run_sync(rename_then_remove)
 
     def _rename(self, renames: dict[str, str], going: Collection[str] = ()) -> None:
         """Every name of each old image (definition, metadata) becomes the new one:
