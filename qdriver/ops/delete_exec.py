@@ -187,17 +187,20 @@ class DeleteExecution:
 
     async def _close_committed(self) -> None:
         """QEMU lets go of the overlays the commits merged (format node, and with it
-        the file node), so that removing their files frees the space."""
-        if self.mon is None:
+        the file node), so that removing their files frees the space; all asked at
+        once, as QEMU answers them in turn anyway."""
+        mon = self.mon
+        if mon is None:
             return
-        for c in self.plan.commits:
-            if c.mode == "offline":
-                continue
+
+        async def close(c: Commit) -> None:
             try:
-                await self.mon.execute("blockdev-del",
-                                       {"node-name": overlay_nodes(c.target, c.top)[0]})
+                await mon.execute("blockdev-del",
+                                  {"node-name": overlay_nodes(c.target, c.top)[0]})
             except qmp.CommandError:
                 pass  # not a node qdriver added (QEMU opened it as a backing file)
+        await side_by_side(*(partial(close, c) for c in self.plan.commits
+                             if c.mode != "offline"))
 
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
         """One commit job; the disk's root node is the one its active image (the
