@@ -80,6 +80,35 @@ def test_round_trip_every_element() -> None:
     assert "<active>" not in public and public == again.format()
 
 
+NAMESPACED = """<domainsnapshot>
+  <name>ns</name>
+  <state>shutoff</state>
+  <creationTime>1764220000</creationTime>
+  <domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0' type='qemu'>
+    <name>guest</name>
+    <metadata>
+      <app1:foo xmlns:app1='http://app1.org/app1/'>fooish</app1:foo>
+      <thing xmlns='urn:default'>
+        <inner a='b'/>
+      </thing>
+      <app2:bar xmlns:app2='urn:app2' app2:level='2'/>
+    </metadata>
+    <qemu:commandline>
+      <qemu:arg value='-no-user-config'/>
+    </qemu:commandline>
+  </domain>
+  <active>0</active>
+</domainsnapshot>
+"""
+
+
+def test_namespaces_stay_where_they_were_declared() -> None:
+    """A domain with libvirt's qemu namespace and application metadata, inside a
+    snapshot: every declaration prints on the element that made it, as libvirt's does."""
+    snap = SnapshotDef.parse(NAMESPACED, internal=True)
+    assert snap.format(internal=True) == NAMESPACED
+
+
 def test_everything_printed_validates_against_our_schema() -> None:
     snap = SnapshotDef.parse(FULL, internal=True)
     validate_schema(snap.format(internal=True))

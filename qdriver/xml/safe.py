@@ -81,8 +81,15 @@ def tostring(root: Element) -> str:
     """Serialise the way libvirt does: two-space indent, single-quoted attributes."""
     lines: list[str] = []
     parent = root.getparent()
-    _format(root, 0, lines, parent.nsmap if parent is not None else {})
+    _format(root, 0, lines, parent.nsmap if parent is not None else {}, _namespaced(root))
     return "\n".join(lines) + "\n"
+
+
+def _namespaced(root: Element) -> bool:
+    """Whether any element or attribute below ``root`` has a namespace (most of
+    libvirt's XML has none, and then no element needs its namespace map)."""
+    return any(el.tag[0] == "{" or any(k[0] == "{" for k in el.attrib)
+               for el in root.iter() if isinstance(el.tag, str))
 
 
 def _escape(text: str, quote: bool = False) -> str:
@@ -91,20 +98,21 @@ def _escape(text: str, quote: bool = False) -> str:
     return text.replace("'", "&apos;") if quote and "'" in text else text
 
 
-def _format(el: Element, depth: int, lines: list[str], inherited: dict) -> None:
+def _format(el: Element, depth: int, lines: list[str], inherited: dict,
+            namespaced: bool) -> None:
     pad = "  " * depth
     if not isinstance(el.tag, str):
         lines.append(f"{pad}<!--{el.text or ''}-->")
         return
     attrib = el.attrib
-    if depth == 0 or el.tag[0] == "{" or any(k[0] == "{" for k in attrib):
-        nsmap = el.nsmap  # built anew on each access: only where a name needs a prefix
+    if namespaced or depth == 0:
+        nsmap = el.nsmap  # lxml builds this dict anew on each access: once per element
         tag = _qname(nsmap, el.tag)
         attrs = "".join(f" xmlns{':' + p if p else ''}='{_escape(u, True)}'"
                         for p, u in nsmap.items() if inherited.get(p) != u)
         attrs += "".join(f" {_qname(nsmap, str(k))}='{_escape(str(v), True)}'"
                          for k, v in attrib.items())
-    else:  # no namespace here: declarations, if any, go where a name uses them
+    else:  # no namespace below the root: nothing to declare or prefix
         nsmap, tag = inherited, el.tag
         attrs = "".join(f" {k!s}='{_escape(str(v), True)}'" for k, v in attrib.items())
     kids = [c for c in el if isinstance(c.tag, str) or isinstance(c, etree._Comment)]
@@ -116,7 +124,7 @@ def _format(el: Element, depth: int, lines: list[str], inherited: dict) -> None:
     else:
         lines.append(f"{pad}<{tag}{attrs}>" + (_escape(text) if text else ""))
         for child in kids:
-            _format(child, depth + 1, lines, nsmap)
+            _format(child, depth + 1, lines, nsmap, namespaced)
         lines.append(f"{pad}</{tag}>")
 
 
