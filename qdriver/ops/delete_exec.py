@@ -107,10 +107,10 @@ class DeleteExecution:
         """Write the marks; while they go to disk (in a thread), QEMU says which
         images it has open, a read-only question the commits need answered."""
         if not self._online_commits():
-            self._mark(self.plan.names)
+            mark(self.store, self.tree, self.plan.names)
             return
-        await side_by_side(self._learn_open_images,
-                           partial(anyio.to_thread.run_sync, self._mark, self.plan.names))
+        await side_by_side(self._learn_open_images, partial(
+            anyio.to_thread.run_sync, mark, self.store, self.tree, self.plan.names))
 
     def _online_commits(self) -> bool:
         return self.mon is not None and any(c.mode != "offline" for c in self.plan.commits)
@@ -129,9 +129,6 @@ class DeleteExecution:
             if name in self.tree.snaps:
                 meta.remove_metadata(self.store, self.tree, name)
                 faults.point("snapshot-delete:metadata")
-
-    def _mark(self, names: list[str]) -> None:
-        mark(self.store, self.tree, names)
 
     # -- internal snapshots ------------------------------------------------------------
 
@@ -206,7 +203,8 @@ class DeleteExecution:
         """One commit job; the disk's root node is the one its active image (the
         definition's source, the base once an active commit pivoted) opened as."""
         job = f"qdriver-commit-{c.target}-{int(time.time() * 1000)}"
-        images = self.images or await open_images(mon)
+        images = self.images
+        assert images is not None  # asked once in _commits, before the first job
         args: dict[str, Any] = {"job-id": job,
                                 "device": images.node(self.tops.get(c.target, c.top)),
                                 "base-node": images.node(c.base)}
@@ -375,18 +373,18 @@ async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str |
 async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
     """Finish the deletes a dead process left marked: plan again from the images
     as they are now and carry that out.  Returns the snapshots deleted."""
-    names = marked(ctx.snapshot_tree())
+    tree = ctx.snapshot_tree()
+    names = marked(tree)
     if not names:
         return []
     if mon is not None:
         await _settle_jobs(mon)
         await actions.run(actions.ActionEnv.fixed(ctx, mon), actions.follow_disks())
-    execution = DeleteExecution(ctx, DeletePlan(names, False), mon)
-    graph = await image_graph(ctx, execution.tree)
+    execution = DeleteExecution(ctx, DeletePlan(names, False), mon, tree=tree)
+    graph = await image_graph(ctx, tree)
     if mon is None:
         await _repair_leaks(ctx, graph)
-    await execution.adopt_finished_commits(graph)
-    tree = execution.tree  # the adoption may have renamed images in it
+    await execution.adopt_finished_commits(graph)  # renames images in ``tree`` itself
     execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
                                  await image_graph(ctx, tree))
     await execution.carry_out()
