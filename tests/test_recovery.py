@@ -156,6 +156,35 @@ async def test_snapshot_create_killed_at_every_point(running_guest: tuple[Path, 
     assert_consistent(state_dir, work, "after")
 
 
+async def test_snapshot_delete_killed_at_every_point(running_guest: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    """A running delete with data (an active block-commit and pivot), killed before
+    the marks are recorded, after them, after the commit, after the rename and
+    during the metadata removal: it rolls back or finishes, the guest runs on."""
+    state_dir, work = running_guest
+    disk_only = CREATE_KINDS["disk-only"]
+    ok(state_dir, "snapshot-create-as", "guest", "d0", *disk_only(work, "d0"))
+    points = points_of(state_dir, tmp_path, "snapshot-delete", "guest", "d0")
+    for point in ("snapshot-delete:committed", "snapshot-delete:renamed",
+                  "snapshot-delete:metadata", "snapshot-delete:end"):
+        assert point in points, points
+    for i, point in enumerate(points):
+        name = f"d{i + 1}"
+        ok(state_dir, "snapshot-create-as", "guest", name, *disk_only(work, name))
+        kill_and_recover(state_dir, point, "snapshot-delete", "guest", name)
+        assert_consistent(state_dir, work, point)
+        assert_running(state_dir, point)
+        if name in ok(state_dir, "snapshot-list", "guest", "--name").split():
+            assert point.endswith(":recorded:restore-dir"), f"{point}: {name} not finished"
+            ok(state_dir, "snapshot-delete", "guest", name)  # rolled back: still deletable
+        assert not (work / f"vda.{name}").exists(), point
+        defined = ok(state_dir, "dumpxml", "guest")  # the guest writes its base again
+        assert f"file='{work / 'vda.qcow2'}'" in defined, f"{point}: {defined}"
+    ok(state_dir, "snapshot-create-as", "guest", "after", *disk_only(work, "after"))
+    ok(state_dir, "snapshot-delete", "guest", "after")
+    assert_consistent(state_dir, work, "after")
+
+
 async def test_save_killed_at_every_point(running_guest: tuple[Path, Path],
                                           tmp_path: Path) -> None:
     state_dir, work = running_guest

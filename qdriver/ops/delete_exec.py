@@ -36,7 +36,6 @@ from ..statestore import fsync_dir
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
-from .blocknodes import overlay_nodes
 from .create_exec import hmp_word
 from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
 from .parallel import side_by_side
@@ -124,7 +123,8 @@ class DeleteExecution:
         for item in self.plan.internal:
             await self._delete_internal(item)
         await self._commits()
-        await side_by_side(self._close_committed, self._rename_and_remove)
+        faults.point("snapshot-delete:committed")
+        await side_by_side(self._close_removed, self._rename_and_remove)
         for name in self.plan.names:
             if name in self.tree.snaps:
                 meta.remove_metadata(self.store, self.tree, name)
@@ -182,22 +182,25 @@ class DeleteExecution:
         for child in c.rebase:
             await qemuimg.rebase_unsafe(child, c.base, _format(c.base))
 
-    async def _close_committed(self) -> None:
-        """QEMU lets go of the overlays the commits merged (format node, and with it
-        the file node), so that removing their files frees the space; all asked at
-        once, as QEMU answers them in turn anyway."""
+    async def _close_removed(self) -> None:
+        """QEMU lets go of every file the delete removes that it still has open (the
+        merged overlays; after a dead delete, an overlay it had committed but not
+        closed), so that a later snapshot finds the disk's image free and removing
+        the file frees its space.  All asked at once: QEMU answers them in turn."""
         mon = self.mon
-        if mon is None:
+        if mon is None or not self.plan.remove:
             return
+        if self.images is None:
+            await self._learn_open_images()
+        assert self.images is not None
+        nodes = [self.images.nodes[p] for p in self.plan.remove if p in self.images.nodes]
 
-        async def close(c: Commit) -> None:
-            try:
-                await mon.execute("blockdev-del",
-                                  {"node-name": overlay_nodes(c.target, c.top)[0]})
+        async def close(node: str) -> None:
+            try:  # the format node, and with it its file node
+                await mon.execute("blockdev-del", {"node-name": node})
             except qmp.CommandError:
                 pass  # not a node qdriver added (QEMU opened it as a backing file)
-        await side_by_side(*(partial(close, c) for c in self.plan.commits
-                             if c.mode != "offline"))
+        await side_by_side(*(partial(close, n) for n in nodes))
 
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
         """One commit job; the disk's root node is the one its active image (the
@@ -245,6 +248,7 @@ class DeleteExecution:
         def rename_then_remove() -> None:
             if self.plan.renames:
                 self._rename(self.plan.renames, going=self.plan.names)
+            faults.point("snapshot-delete:renamed")
             for path in self.plan.remove:
                 Path(path).unlink(missing_ok=True)
         await anyio.to_thread.run_sync(rename_then_remove)
