@@ -30,7 +30,7 @@ from ..saveimage import mark_complete
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import memfile
-from .blocknodes import add_overlay, overlay_nodes, top_nodes
+from .blocknodes import add_overlay, open_images, overlay_nodes, top_nodes
 from .create_plan import DiskPlan, Plan, Step
 from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from . import actions
@@ -188,10 +188,9 @@ class CreateExecution:
     async def _held_online(self) -> dict[str, set[str]]:
         if not self.internal():
             return {}
-        nodes = {n["node-name"]: n.get("image", {}) for n in await self.monitor.execute(
-            "query-named-block-nodes", {"flat": True})}
-        return {d.target: {s.get("name") for s in nodes.get(self.nodes.get(d.target, ""), {})
-                           .get("snapshots", ())} for d in self.internal()}
+        held = (await open_images(self.monitor)).held
+        return {d.target: set(held.get(self.nodes.get(d.target, ""), ()))
+                for d in self.internal()}
 
     # -- helpers -----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Collection
@@ -36,6 +36,7 @@ from ..statestore import fsync_dir
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
+from .blocknodes import OpenImages, open_images
 from .create_exec import hmp_word
 from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
 from .parallel import side_by_side
@@ -305,37 +306,6 @@ def _format(image: str) -> str:
         return qemuimg.header.read(image).format
     except OSError:
         return "qcow2"
-
-
-@dataclass(frozen=True)
-class OpenImages:
-    """One ``query-named-block-nodes``: the images QEMU has open, by file."""
-
-    nodes: dict[str, str]
-    """image -> the format node QEMU opened it as (named by qdriver or by QEMU)."""
-    held: dict[str, frozenset[str]]
-    """format node -> the internal snapshots its image holds."""
-
-    def node(self, image: str) -> str:
-        if image not in self.nodes:
-            raise OperationFailedError(f"QEMU has no block node for image '{image}'")
-        return self.nodes[image]
-
-
-PROTOCOL_DRIVERS = frozenset({"file", "host_device", "host_cdrom"})
-"""Nodes that name the same file as the format node above them."""
-
-
-async def open_images(mon: qmp.Monitor) -> OpenImages:
-    nodes: dict[str, str] = {}
-    held: dict[str, frozenset[str]] = {}
-    for n in await mon.execute("query-named-block-nodes", {"flat": True}):
-        if n.get("drv") in PROTOCOL_DRIVERS:
-            continue
-        nodes.setdefault(str(n.get("file")), str(n["node-name"]))
-        held[str(n["node-name"])] = frozenset(
-            str(s.get("name")) for s in n.get("image", {}).get("snapshots", ()))
-    return OpenImages(nodes, held)
 
 
 async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMeter) -> None:
