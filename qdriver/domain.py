@@ -84,7 +84,15 @@ class Domain:
 
     @property
     def definition(self) -> DomainDef:
-        """The persistent definition as stored now."""
+        """The definition as stored now: the live one while QEMU runs (what
+        ``virsh dumpxml`` shows), else the persistent one."""
+        return read_definition(self.paths, self.name, self.uuid,
+                               live=self.runtime.peek() is not None)
+
+    @property
+    def inactive_definition(self) -> DomainDef:
+        """The persistent definition, which ``define`` changes and the next start uses
+        (``dumpxml --inactive``)."""
         return read_definition(self.paths, self.name, self.uuid)
 
     @asynccontextmanager
@@ -97,10 +105,12 @@ class Domain:
                 self.last_recovery = await recovery.recover(self.paths, self.runtime,
                                                             self.name, self.uuid) \
                     or self.last_recovery
-                definition = read_definition(self.paths, self.name, self.uuid)
                 record = await self.runtime.reconcile()
-                yield OpContext(self.paths, definition, self.runtime, record,
-                                self.driver.policy)
+                persistent = read_definition(self.paths, self.name, self.uuid)
+                live = read_definition(self.paths, self.name, self.uuid, live=True) \
+                    if record is not None else persistent
+                yield OpContext(self.paths, live, self.runtime, record, self.driver.policy,
+                                persistent if live is not persistent else None)
         except (FileNotFoundError, NotADirectoryError) as e:
             if self.paths.definition.exists():
                 raise
@@ -349,14 +359,17 @@ class Domain:
             raise OperationInvalidError(f"save file '{path}' holds domain '{saved.name}' with "
                                         f"uuid {saved.uuid}, not '{self.name}'")
         plan = plan_restore(saved, path, was_running, flags, managed)
-        ctx.definition = saved  # QEMU runs what was saved; the stored definition stays
+        # QEMU runs what was saved; the persistent definition stays
+        ctx.persistent, ctx.definition = ctx.inactive, saved
         await RevertExecution(ctx, plan, self.driver.next_id, progress).run()
 
     # -- definition ---------------------------------------------------------
 
     def xml_desc(self, inactive: bool = False) -> str:
-        """The domain XML (live XML carries ``id`` while running)."""
-        return self.definition.to_xml(None if inactive else self.id)
+        """The domain XML: the live one (with ``id``) while running, unless ``inactive``."""
+        if inactive:
+            return self.inactive_definition.to_xml()
+        return self.definition.to_xml(self.id)
 
     def console_path(self) -> Path | str:
         """The pty or UNIX socket of the first serial port."""

@@ -19,7 +19,7 @@ from .errors import (NoDomainError, OperationFailedError, OperationInvalidError,
 from .ops import memfile
 from .ops.progress import ProgressFn
 from .opcontext import storable_definition, write_definition
-from .paths import DomainPaths, default_state_dir
+from .paths import DomainPaths, default_state_dir, make_private_dir
 from .statestore import locked, next_counter
 from .xml import layout
 from .xml.domain import DomainDef
@@ -52,7 +52,7 @@ class Driver:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.lock_timeout = lock_timeout
         self.policy = runas.policy(qemu_user, allow_host_secrets)
-        (self.state_dir / "domains").mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.state_dir / "domains")
 
     async def __aenter__(self) -> Driver:
         return self
@@ -124,10 +124,10 @@ class Driver:
                 # a redefinition waits for the operation in progress on the domain, and
                 # finishes a dead one first: its rollback must not undo this definition
                 async with existing.operation() as ctx:
-                    ctx.save_definition(definition)
+                    ctx.save_persistent(definition)
                 return existing
             paths = DomainPaths.of(self.state_dir, definition.name)
-            paths.dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(paths.dir)
             async with locked(paths.lock, self.lock_timeout, f"domain '{definition.name}'"):
                 write_definition(paths, definition)
             return Domain(self, definition.name, definition.uuid)
@@ -177,7 +177,7 @@ class Driver:
         if path.is_file():
             definition = pin_machine(layout.assign(DomainDef.parse(path.read_bytes())))
         else:
-            definition = self.lookup(domain).definition
+            definition = self.lookup(domain).inactive_definition
         paths = DomainPaths.of(self.state_dir, definition.name)
         return launch.native_argv(definition, paths, self.policy)[0]
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from . import accel, cmdline, qemuimg, qmp, runas
 from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
-from .opcontext import OpContext
+from .opcontext import OpContext, storable_definition
 from .paths import DomainPaths
 from .runas import LaunchPolicy
 from .xml.domain import DomainDef
@@ -28,8 +28,11 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
     """
     check_files(ctx.definition, ctx.policy)
     argv, accelerator = native_argv(ctx.definition, ctx.paths, ctx.policy, incoming)
+    persistent = ctx.inactive
     ctx.record, mon = await ctx.runtime.launch(argv, accelerator, next_id(),
-                                               paused or incoming, keep)
+                                               paused or incoming, keep,
+                                               storable_definition(ctx.definition))
+    ctx.persistent = persistent
     return mon
 
 

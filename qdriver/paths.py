@@ -28,10 +28,24 @@ def default_state_dir() -> Path:
 
 
 def runtime_base() -> Path:
-    """The per-user directory that holds every state dir's socket directory."""
+    """The per-user directory that holds every state dir's socket directory.
+
+    ``$XDG_RUNTIME_DIR`` is used only if it is a directory of this user that no
+    one else may write to (as the login manager makes it); otherwise someone
+    could rename our directory in it and put theirs in its place, so qdriver
+    uses ``/tmp/qdriver-UID`` (in sticky ``/tmp``, checked like any other)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "qdriver" if runtime and os.path.isdir(runtime) else \
-        Path(f"/tmp/qdriver-{os.getuid()}")
+    if runtime and _is_own_unshared_dir(runtime):
+        return Path(runtime) / "qdriver"
+    return Path(f"/tmp/qdriver-{os.getuid()}")
+
+
+def _is_own_unshared_dir(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def socket_root(state_dir: Path) -> Path:
@@ -60,7 +74,29 @@ def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS)
             os.mkdir(directory, 0o700)
         except FileExistsError:
             pass
+        except OSError as e:
+            raise SystemError_(f"cannot create directory '{directory}' for {what}: "
+                               f"{e.strerror}") from e
         _check_private(directory, what)
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and its parents) readable by this user alone, and
+    make an existing one so: definitions, logs and console output are private."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+
+
+def open_private_log(path: Path) -> None:
+    """Create a log file only this user may read (an existing one is made so):
+    a guest's console and QEMU's messages are nobody else's business."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _check_private(directory: Path, what: str) -> None:
@@ -108,6 +144,12 @@ class DomainPaths:
     @property
     def definition(self) -> Path:
         return self.dir / "domain.xml"
+
+    @property
+    def live_definition(self) -> Path:
+        """The definition the running QEMU was started with, kept in step with what
+        QEMU runs (libvirt's live XML); it exists only while QEMU runs."""
+        return self.dir / "live.xml"
 
     @property
     def runtime(self) -> Path:

@@ -52,8 +52,11 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
     unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
     if found is None and not unfinished:
         return None
-    ctx = OpContext(paths, read_definition(paths, name, uuid), runtime,
-                    await runtime.reconcile())
+    record = await runtime.reconcile()
+    persistent = read_definition(paths, name, uuid)
+    ctx = OpContext(paths, read_definition(paths, name, uuid, live=True)
+                    if record is not None else persistent, runtime, record,
+                    persistent=persistent if record is not None else None)
     op = found.describe() if found else "snapshot-delete (marked in the metadata)"
     report = RecoveryReport(name, op, "rolled forward" if found is None or found.committed
                             else "rolled back")

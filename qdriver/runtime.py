@@ -21,8 +21,8 @@ import anyio
 from . import faults, process, qmp
 from .domstate import DomainState
 from .errors import InternalError, OperationFailedError
-from .paths import DomainPaths, make_private_dirs
-from .statestore import read_record, write_record
+from .paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
+from .statestore import atomic_write, read_record, write_record
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
@@ -151,7 +151,7 @@ class Runtime:
         """Remove the files of a QEMU that no longer runs."""
         p = self.paths
         for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.console,
-                     p.destroy_marker):
+                     p.destroy_marker, p.live_definition):
             path.unlink(missing_ok=True)
         if p.sockets.is_dir():
             for chan in p.sockets.glob("channel*.sock"):
@@ -183,19 +183,24 @@ class Runtime:
                                        f"{KILL_WAIT:g} s of SIGKILL")
 
     async def launch(self, argv: list[str], accel: str, domain_id: int,
-                     paused: bool, keep: AsyncExitStack | None = None
-                     ) -> tuple[RunRecord, qmp.Monitor | None]:
+                     paused: bool, keep: AsyncExitStack | None = None,
+                     live_xml: str | None = None) -> tuple[RunRecord, qmp.Monitor | None]:
         """Spawn QEMU (started with ``-S``), connect, and run the guest unless ``paused``.
 
         With ``keep`` the monitor connection stays open in that stack and is
         returned with the record: an operation that goes on talking to
         the new QEMU (a revert's load) does not connect a second time.  On any
         failure QEMU is killed and its files removed before the error
-        propagates.
+        propagates.  ``live_xml`` is the definition QEMU runs, kept as long as it does.
         """
         self.cleanup()  # leftovers of a QEMU that died unseen
         make_private_dirs(self.paths.sockets)
+        make_private_dir(self.paths.dir)
+        for log_file in (self.paths.qemu_log, self.paths.console_log):
+            open_private_log(log_file)
         self.paths.status.unlink(missing_ok=True)
+        if live_xml is not None:
+            atomic_write(self.paths.live_definition, live_xml, durable=False)
         log_since = process.log_size(self.paths.qemu_log)
         process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
         faults.point("launch:spawned")

@@ -216,3 +216,35 @@ def test_the_import_graph_has_no_cycle() -> None:
         done.add(node)
     for name in sorted(graph):
         visit(name)
+
+
+async def test_define_on_a_running_domain_leaves_the_live_chain_alone(
+        make_domain, state_dir: Path, tmp_path: Path) -> None:
+    """libvirt's live and persistent definitions: ``define`` of an older XML while
+    the guest runs changes only what the next start uses; snapshots of the running
+    guest go on from the images QEMU really writes."""
+    dom = await make_domain(name="w")
+    base = dom.definition.disks[0].source or ""
+    old = tmp_path / "old.xml"
+    old.write_text(dom.xml_desc(inactive=True))
+    await dom.start()
+    await wait_console(dom, "GUEST-READY")
+    await dom.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>",
+                                  disk_only=True)
+    s1 = dom.definition.disks[0].source or ""
+    assert s1 != base and dom.inactive_definition.disks[0].source == s1, \
+        "the persistent definition follows a snapshot of the disk it shares with QEMU"
+    run_cli(state_dir, "define", str(old))
+    assert dom.inactive_definition.disks[0].source == base
+    assert dom.definition.disks[0].source == s1, "define changed what QEMU is taken to run"
+    live = run_cli(state_dir, "dumpxml", "w").stdout.decode()
+    inactive = run_cli(state_dir, "dumpxml", "w", "--inactive").stdout.decode()
+    assert s1 in live and s1 not in inactive and base in inactive
+    run_cli(state_dir, "snapshot-create-as", "w", "s2", "--disk-only")
+    s2 = dom.definition.disks[0].source or ""
+    assert backing_chain(s2) == [s2, s1, base], "the chain forked under the running guest"
+    assert dom.inactive_definition.disks[0].source == base, "the user's define was undone"
+    assert all(Path(p).exists() for p in (base, s1, s2))
+    await dom.destroy()
+    assert dom.definition.disks[0].source == base, "the persistent definition applies next"
+    assert not dom.paths.live_definition.exists()

@@ -145,8 +145,7 @@ class CreateExecution:
             mem = Path(self.plan.memory_file)
             if mem != self.ctx.paths.managed_save:
                 self._check_not_owned(mem, "memory file")
-            if mem.exists():
-                raise OperationFailedError(f"memory snapshot file '{mem}' already exists")
+            _check_memory_target(mem)
             if not mem.parent.is_dir():
                 raise OperationFailedError(f"directory '{mem.parent}' for the memory "
                                            "snapshot does not exist")
@@ -343,13 +342,18 @@ class CreateExecution:
         path = self.plan.memory_file or ""
         was_running = self.resume_on_restore if self.resume_on_restore is not None else \
             self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
-        # O_EXCL: never take over (and on undo remove) a file someone else made;
-        # the undo is recorded first, so it can name a file that never came to be
-        if Path(path).exists():
-            raise OperationFailedError(f"memory snapshot file '{path}' already exists")
-        self.txn.on_undo(actions.remove_file(path, "memory file"))
-        self.memory_fd = memfile.create(path, self.before.to_xml(), self.before.save_cookie(),
-                                         was_running)
+        # O_EXCL: never take over (and on undo remove) a file someone else made, nor
+        # a symbolic link (even a dangling one); the undo is recorded first, so it
+        # can name a file that never came to be
+        _check_memory_target(Path(path))
+        undo = self.txn.on_undo(actions.remove_file(path, "memory file"))
+        try:
+            self.memory_fd = memfile.create(path, self.before.to_xml(),
+                                             self.before.save_cookie(), was_running)
+        except FileExistsError:
+            self.txn.discard(undo)  # made by someone else since the check: not ours to remove
+            raise OperationFailedError(f"memory snapshot file '{path}' already exists") \
+                from None
         self.txn.on_undo(actions.cancel_migration())
         await memfile.save(self.monitor, self.memory_fd, background,
                            ProgressMeter("memory", self.progress), resume=self.plan.resume)
@@ -418,6 +422,15 @@ def hmp_word(name: str) -> str:
             f"snapshot name '{name}' cannot be passed to this QEMU's savevm/loadvm "
             "(it lacks snapshot-save): use a name without blanks, quotes or backslashes")
     return name
+
+
+def _check_memory_target(path: Path) -> None:
+    """A memory file is made new: refuse a path where anything is, a symbolic link
+    (even a dangling one) included, since an undo would then remove the user's."""
+    if os.path.lexists(path):
+        what = "a symbolic link" if path.is_symlink() else "a file"
+        raise OperationFailedError(f"memory snapshot file '{path}' already exists ({what}): "
+                                   "choose a path where nothing is")
 
 
 def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:

@@ -43,7 +43,6 @@ class RevertExecution:
         self.progress = progress
         self.txn = Transaction(actions.ActionEnv(ctx, self._current_monitor),
                                "snapshot-revert" if plan.name else "restore")
-        self.before = ctx.definition
         self.sources = {d.target: d.source or "" for d in plan.definition.disks}
         """The snapshot-time images, by target."""
         self.definition = plan.definition
@@ -107,7 +106,10 @@ class RevertExecution:
             {t: (p, "qcow2") for t, p in self.new_overlays.items()})
 
     async def switch_definition(self) -> None:
-        self.txn.on_undo(actions.write_definition(self.before))
+        """The snapshot's definition becomes the domain's (QEMU is stopped: the
+        persistent one, which the new QEMU then runs), as libvirt's revert does."""
+        before = self.ctx.inactive if self.ctx.record is None else self.ctx.definition
+        self.txn.on_undo(actions.write_definition(before))
         self.ctx.save_definition(self.definition)
 
     async def start_paused(self) -> None:
