@@ -85,3 +85,44 @@ async def test_monitor_in_a_writable_directory_is_refused(tmp_path: Path) -> Non
     shared = attacker_dir(tmp_path)
     with pytest.raises(MonitorConnectError, match="others may write to it|not this user's"):
         await qmp.connect(shared / "qmp.sock")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory of another user needs root")
+def test_a_runtime_dir_others_may_write_is_not_used(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An $XDG_RUNTIME_DIR of another user, open to all, would let them swap our
+    private directory for theirs: the sticky /tmp fallback is used instead."""
+    evil = attacker_dir(tmp_path)
+    os.chmod(evil, 0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(evil))
+    assert runtime_base() == Path(f"/tmp/qdriver-{os.getuid()}")
+
+
+def test_a_runtime_path_through_a_file_is_refused_by_name(tmp_path: Path) -> None:
+    from qdriver.paths import make_private_dirs
+    (tmp_path / "base").mkdir(mode=0o700)
+    (tmp_path / "base" / "plain").write_text("")
+    with pytest.raises(qdriver.QDriverError, match="plain' is not a directory: refusing"):
+        make_private_dirs(tmp_path / "base" / "plain" / "sockets", root=tmp_path / "base")
+    with pytest.raises(qdriver.QDriverError, match="cannot create directory '.*plain/sockets' "
+                       "for QEMU's sockets: Not a directory"):
+        make_private_dirs(tmp_path / "base" / "plain" / "sockets", root=tmp_path / "base" /
+                          "plain" / "sockets")
+
+
+async def test_logs_and_domain_directories_are_private(driver: qdriver.Driver,
+                                                       guest_image: GuestImage) -> None:
+    """Another local user must not read a guest's console or QEMU's log."""
+    old = os.umask(0o022)
+    try:
+        dom = await driver.define_xml(domain_xml(guest_image, "logs", None))
+        dom.paths.console_log.write_text("old text\n")
+        os.chmod(dom.paths.console_log, 0o644)  # left by an older qdriver
+        await dom.start(paused=True)
+        for d in (driver.state_dir / "domains", dom.paths.dir):
+            assert d.stat().st_mode & 0o777 == 0o700, d
+        for f in (dom.paths.console_log, dom.paths.qemu_log):
+            assert f.stat().st_mode & 0o777 == 0o600, f
+    finally:
+        os.umask(old)
+        await dom.destroy()

@@ -374,6 +374,24 @@ async def test_memory_file_on_full_filesystem(make_domain, state_dir: Path,
     await dom.destroy()
 
 
+async def test_memory_file_path_that_is_a_dangling_link(make_domain, state_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A --memspec path that is a symbolic link (dangling) is refused by name, and
+    the user's link stays: an undo removes only what the operation made."""
+    dom = await booted(make_domain)
+    sources = [d.source for d in dom.definition.disks]
+    link = tmp_path / "link.mem"
+    link.symlink_to(tmp_path / "nowhere" / "target.mem")
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--memspec", str(link),
+                check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and f"memory snapshot file '{link}' already exists" in err \
+        and "symbolic link" in err and "Errno" not in err, err
+    assert link.is_symlink() and os.readlink(link) == str(tmp_path / "nowhere" / "target.mem")
+    await assert_untouched(dom, state_dir, sources)
+    await dom.destroy()
+
+
 async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
                                             tmp_path: Path) -> None:
     dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
