@@ -17,7 +17,7 @@ from qdriver import DomainState, qmp
 from qdriver.ops import delete_exec
 from qdriver.ops.delete_plan import plan_delete
 
-from .conftest import disk_counter, run_cli, wait_console
+from .conftest import disk_counter, last_counter, run_cli, wait_console
 from .test_recovery import assert_consistent
 
 
@@ -385,3 +385,44 @@ async def test_one_disk_failing_lets_the_other_commit(make_domain, state_dir: Pa
                             "vdb": str(data / "s2-vdb.qcow2")}
     assert not list(tmp_path.glob("**/s3-*.qcow2"))
     assert {t: guest_view(s, tmp_path) for t, s in sources(dom).items()} == views
+
+
+async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
+        make_domain, state_dir: Path, tmp_path: Path) -> None:
+    """A forced revert to an internal snapshot under later overlays rewrites their
+    base: the snapshots above it become stale, and deleting one only removes
+    metadata and files; it never commits old data into the disk the guest writes."""
+    dom = await make_domain(name="d")
+    base = source(dom)
+    await dom.start()
+    await wait_console(dom, "COUNTER 5")
+    run_cli(state_dir, "snapshot-create-as", "d", "t1")
+    run_cli(state_dir, "snapshot-create-as", "d", "t2", "--disk-only")
+    await wait_console(dom, f"COUNTER {last_counter(dom) + 3}")
+    run_cli(state_dir, "snapshot-create-as", "d", "t3", "--memspec", str(tmp_path / "t3.mem"))
+    run_cli(state_dir, "snapshot-revert", "d", "t1", "--force")
+    assert source(dom) == base
+    tree = dom.snapshot_tree()
+    assert tree.get("t2").stale and tree.get("t3").stale and not tree.get("t1").stale
+    info = run_cli(state_dir, "snapshot-revert", "d", "t3", check=False)
+    assert info.returncode == 1 and "can no longer be reverted to" in info.stderr.decode()
+    await wait_console(dom, f"COUNTER {last_counter(dom) + 3}")
+    plan = json.loads(run_cli(state_dir, "snapshot-delete", "d", "t2", "--plan",
+                              "--json").stdout)
+    assert plan["commits"] == [], plan
+    run_cli(state_dir, "snapshot-delete", "d", "t2")
+    assert dom.interrupted_operation() is None
+    run_cli(state_dir, "snapshot-delete", "d", "t3")
+    assert dom.interrupted_operation() is None and not (tmp_path / "t3.mem").exists()
+    assert source(dom) == base and chain(base) == [base]
+    await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
+    wrote = last_counter(dom)
+    run_cli(state_dir, "destroy", "d")
+    assert disk_counter(base) >= wrote
+    offset = len(dom.paths.console_log.read_text(errors="replace"))
+    run_cli(state_dir, "start", "d")
+    text = await wait_console(dom, "GUEST-READY", after=offset)
+    started = int(re.search(r"GUEST-READY disk=\S+ start=(\d+)", text).group(1))
+    assert started >= wrote, (started, wrote)
+    qemu_img_check(base)
+    await dom.destroy()

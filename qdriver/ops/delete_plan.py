@@ -196,6 +196,8 @@ class _Refs:
     candidates_remove: set[str]
     candidates_merge: dict[str, str]
     """image a deleted snapshot froze -> its disk target."""
+    tops: set[str] = field(default_factory=set)
+    """The images the definition's disks write: nothing is ever merged into one."""
 
 
 def _refs(doomed: list[SnapshotDef], remaining: list[SnapshotDef], definition: DomainDef
@@ -224,8 +226,10 @@ def _refs(doomed: list[SnapshotDef], remaining: list[SnapshotDef], definition: D
         ext = {d.name for d in snap.disks if d.snapshot == "external"}
         made |= {d.source for d in [*snap.disks, *(snap.revert_disks or ())]
                  if d.source and d.snapshot != "internal"}
-        merge.update({img: t for t, img in _domain_sources(snap).items() if t in ext})
-    return _Refs(named, frozen, holders, made, merge)
+        if snap.stale is None:  # a stale snapshot's data is worth nothing: never merged
+            merge.update({img: t for t, img in _domain_sources(snap).items() if t in ext})
+    tops = {d.source for d in definition.disks if d.source and not d.readonly}
+    return _Refs(named, frozen, holders, made, merge, tops)
 
 
 def _simplify(plan: DeletePlan, doomed: list[SnapshotDef], remaining: list[SnapshotDef],
@@ -261,6 +265,11 @@ def _merge_one(plan: DeletePlan, refs: _Refs, g: ImageGraph, active: dict[str, s
         if base in refs.frozen or len(kids) != 1 or base not in g.writable:
             continue
         top = kids[0]
+        if base in refs.tops:
+            plan.kept.append((base, "the domain writes this image now: merging an older "
+                                    f"layer ({top}) into it would change its disk"))
+            del refs.candidates_merge[base]
+            return True
         if top in refs.holders:
             plan.kept.append((top, f"it holds internal snapshot '{refs.holders[top]}'"))
             del refs.candidates_merge[base]

@@ -21,6 +21,7 @@ from .. import snapshot_tree as meta
 from ..errors import OperationFailedError, SystemError_
 from ..launch import start_qemu
 from ..opcontext import OpContext
+from ..statestore import fsync_dir
 from ..xml.domain import disk_sources
 from ..xml.snapshot import SnapshotDisk
 from . import memfile
@@ -88,8 +89,28 @@ class RevertExecution:
         await self.ctx.stop("from snapshot")
 
     async def qemu_img_apply(self) -> None:
+        self.mark_stale()
         for target in self.plan.internal_disks:
             await qemuimg.snapshot_apply(self.sources[target], self.plan.name)
+
+    def mark_stale(self) -> None:
+        """Before an internal snapshot is applied to an image that others build on
+        (a forced revert), say so in every snapshot whose disk state lies in or
+        above that image: its images no longer hold it.  A delete of such a
+        snapshot then only removes files, never merges them into live images."""
+        changed = {self.sources[t] for t in self.plan.internal_disks if self.sources.get(t)}
+        if not changed:
+            return
+        store = self.ctx.snapshot_store()
+        tree = store.load()
+        hit = stale_snapshots(tree, changed, self.plan.name)
+        why = (f"reverting to '{self.plan.name}' rewrote "
+               f"{', '.join(sorted(changed))}, which its disk state builds on")
+        for name in hit:
+            store.write(replace(tree.snaps[name], stale=tree.snaps[name].stale or why),
+                        tree.current == name, sync_dir=False)
+        if hit:
+            fsync_dir(store.dir)
 
     async def check_memory_file(self) -> None:
         memfile.check(self.plan.memory_file or "")
@@ -176,6 +197,7 @@ class RevertExecution:
         await (await self.monitor()).execute("stop")
 
     async def snapshot_load(self) -> None:
+        self.mark_stale()
         mon = await self.monitor()
         nodes = await top_nodes(mon)
         devices = [nodes[t] for t in self.plan.internal_disks]
@@ -203,6 +225,7 @@ class RevertExecution:
         return nodes[holders[0]]
 
     async def hmp_loadvm(self) -> None:
+        self.mark_stale()
         out = await (await self.monitor()).hmp(f"loadvm {hmp_word(self.plan.name)}",
                                                JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
@@ -230,6 +253,42 @@ def _free_name(image: str, stamp: int) -> str:
         n += 1
         path = f"{base}.{n}"
     return path
+
+
+def stale_snapshots(tree: meta.SnapshotTree, changed: set[str], reverted: str) -> list[str]:
+    """The snapshots whose disk state an internal revert rewriting ``changed`` spoils:
+    an external one whose frozen image is, or is backed by, a changed image; an
+    internal one that lives in an image backed by one (its own image's internal
+    snapshots are apart from the rewrite)."""
+    hit: list[str] = []
+    for name, snap in tree.snaps.items():
+        if name == reverted or snap.domain is None:
+            continue
+        then = disk_sources(snap.domain)
+        for d in snap.disks:
+            image = then.get(d.name)
+            if image is None or d.snapshot not in ("internal", "external"):
+                continue
+            chain = _chain(image)
+            below = chain if d.snapshot == "external" else chain[1:]
+            if changed.intersection(below):
+                hit.append(name)
+                break
+    return hit
+
+
+def _chain(image: str) -> list[str]:
+    """``image`` and its backing files, from the qcow2 headers."""
+    out = [image]
+    while len(out) < 256:
+        try:
+            nxt = qemuimg.header.read(out[-1]).backing
+        except OSError:
+            break
+        if nxt is None or nxt in out:
+            break
+        out.append(nxt)
+    return out
 
 
 def _named_files(tree: meta.SnapshotTree) -> set[str]:

@@ -122,6 +122,9 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     if pending:
         raise OperationInvalidError(f"snapshot disk '{pending[0]}' was target of not "
                                     "completed snapshot delete")
+    if snap.stale:
+        raise OperationInvalidError(f"snapshot '{name}' can no longer be reverted to: "
+                                    f"{snap.stale}")
     if snap.state == "pmsuspended":
         raise OperationUnsupportedError(
             "qemu doesn't support reversion of snapshot taken in PMSUSPENDED state")

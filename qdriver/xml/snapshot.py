@@ -5,7 +5,8 @@ Three parse modes, as in libvirt:
 * create input: name, description, memory and disks are read; output-only
   fields (state, creationTime, parent, domain) are ignored;
 * REDEFINE: everything is read; name, state and creationTime are required;
-* metadata (``internal``): REDEFINE plus ``<active>``, the current marker.
+* metadata (``internal``): REDEFINE plus ``<active>``, the current marker, and
+  ``<stale>``, why its images no longer hold its disk state.
 
 `SnapshotDef.format` writes libvirt's element order and indentation, so
 ``snapshot-dumpxml`` looks like ``virsh snapshot-dumpxml``.
@@ -59,6 +60,9 @@ class SnapshotDef:
     inactive_domain: safe.Element | None = None
     cookie: safe.Element | None = None
     active: bool = False
+    stale: str | None = None
+    """Why the images this snapshot's disk state lies in no longer hold it (a forced
+    revert rewrote an image below them); kept in the metadata file (``<stale>``)."""
 
     @classmethod
     def parse(cls, text: str | bytes, redefine: bool = False,
@@ -115,6 +119,7 @@ def _parse(root: safe.Element, redefine: bool, internal: bool) -> SnapshotDef:
         s.disks = [_parse_disk(d) for d in safe.children(disks) if d.tag == "disk"]
     if internal:
         s.active = (_text(root, "active") or "0").strip() == "1"
+        s.stale = _text(root, "stale")
     return s
 
 
@@ -220,6 +225,8 @@ def _format(s: SnapshotDef, internal: bool) -> safe.Element:
             root.append(safe.copy(el))
     if internal:
         safe.sub(root, "active", text="1" if s.active else "0")
+        if s.stale:
+            safe.sub(root, "stale", text=s.stale)
     return root
 
 
