@@ -58,8 +58,8 @@ def source(dom: qdriver.Domain) -> str:
     return src
 
 
-def listed(state_dir: Path) -> list[str]:
-    return run_cli(state_dir, "snapshot-list", "guest", "--name").stdout.decode().split()
+def listed(state_dir: Path, domain: str = "guest") -> list[str]:
+    return run_cli(state_dir, "snapshot-list", domain, "--name").stdout.decode().split()
 
 
 def snap_xml(state_dir: Path, name: str) -> str:
@@ -426,3 +426,42 @@ async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
     assert started >= wrote, (started, wrote)
     qemu_img_check(base)
     await dom.destroy()
+
+
+async def test_internal_snapshot_in_a_backing_layer_of_a_running_guest(
+        driver: qdriver.Driver, guest_image, state_dir: Path, tmp_path: Path) -> None:
+    """Internal s1, disk-only s2, delete s1 on the running guest: QEMU opened s1's
+    image read-only as a backing layer; the delete reopens it for the job and the
+    domain is never left interrupted, while another guest's QEMU holds the shared
+    base image (which recovery never repairs: it is not this domain's)."""
+    from .conftest import domain_xml
+    shared = tmp_path / "shared-base.qcow2"
+    subprocess.run(["cp", str(guest_image.disk), str(shared)], check=True)
+    mine, theirs = tmp_path / "mine.qcow2", tmp_path / "theirs.qcow2"
+    for overlay in (mine, theirs):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(shared), "-F",
+                        "qcow2", str(overlay)], check=True)
+    other = await driver.define_xml(domain_xml(guest_image, "other", theirs))
+    await other.start(paused=True)  # holds the shared base open
+    dom = await driver.define_xml(domain_xml(guest_image, "d", mine))
+    await dom.start()
+    await wait_console(dom, "COUNTER 3")
+    run_cli(state_dir, "snapshot-create-as", "d", "s1")
+    run_cli(state_dir, "snapshot-create-as", "d", "s2", "--disk-only")
+    assert internal_names(mine) == ["s1"] and chain(source(dom))[1] == str(mine)
+    run_cli(state_dir, "snapshot-delete", "d", "s1")
+    assert dom.interrupted_operation() is None and listed(state_dir, "d") == ["s2"]
+    assert internal_names(mine) == []
+    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
+        ro = {n["file"]: n["ro"] for n in await mon.execute("query-named-block-nodes",
+                                                            {"flat": True})
+              if n["drv"] == "qcow2"}
+        assert ro[str(mine)] is True, "the backing layer was left writable"
+    await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
+    await dom.destroy()
+    async with dom.operation() as ctx:  # a dead QEMU's leaks: only this domain's images
+        tree = ctx.snapshot_tree()
+        await delete_exec._repair_leaks(ctx, await delete_exec.image_graph(ctx, tree), tree)
+    qemu_img_check(mine)
+    assert (await other.get_state())[0] is DomainState.PAUSED
+    await other.destroy()

@@ -7,7 +7,11 @@ so the same overlay always gets the same names.
 from __future__ import annotations
 
 import hashlib
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import anyio
 
 from .. import qmp
 from ..cmdline import aio_option
@@ -76,4 +80,46 @@ async def open_images(mon: qmp.Monitor) -> OpenImages:
     return OpenImages(nodes, held)
 
 
-__all__ = ["overlay_nodes", "top_nodes", "add_overlay", "OpenImages", "open_images"]
+@asynccontextmanager
+async def writable(mon: qmp.Monitor, node: str) -> AsyncIterator[None]:
+    """Hold a format node read-write for a while: QEMU opens backing layers
+    read-only, and an internal snapshot in one can only be deleted by the node
+    itself once it may write.  The guest only reads that layer, so the reopen is
+    invisible to it; the node goes back to read-only afterwards."""
+    listing = await mon.execute("query-named-block-nodes", {"flat": True})
+    entry = next((n for n in listing if n.get("node-name") == node), None)
+    if entry is None or not entry.get("ro"):
+        yield
+        return
+    options = _reopen_options(entry, listing)
+    await mon.execute("blockdev-reopen", {"options": [{**options, "read-only": False}]})
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await mon.execute("blockdev-reopen", {"options": [{**options, "read-only": True}]})
+
+
+def _reopen_options(entry: dict[str, Any], listing: list[dict[str, Any]]) -> dict[str, Any]:
+    """A format node's options as qdriver opened it (``blockdev-reopen`` resets
+    what it is not given): its file node, its backing node if it has one (a
+    backing attached by ``blockdev-snapshot`` must be named), and the discard
+    mode ``cmdline`` gives a disk's first node."""
+    path = entry.get("file")
+    file_node = next(n["node-name"] for n in listing
+                     if n.get("drv") in PROTOCOL_DRIVERS and n.get("file") == path)
+    backing = entry.get("backing_file")
+    backing_node = next((n["node-name"] for n in listing if backing
+                         and n.get("drv") not in PROTOCOL_DRIVERS and n.get("file") == backing),
+                        None)
+    options: dict[str, Any] = {"driver": entry["drv"], "node-name": entry["node-name"],
+                               "file": file_node}
+    if backing_node is not None:
+        options["backing"] = backing_node
+    if str(entry["node-name"]).startswith("fmt-"):
+        options["discard"] = "unmap"
+    return options
+
+
+__all__ = ["overlay_nodes", "top_nodes", "add_overlay", "OpenImages", "open_images",
+           "writable"]

@@ -19,6 +19,7 @@ file this execution writes, so no step reads the metadata back.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import replace
@@ -36,7 +37,7 @@ from ..statestore import fsync_dir
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
-from .blocknodes import OpenImages, open_images
+from .blocknodes import OpenImages, open_images, writable
 from .create_exec import hmp_word
 from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
 from .parallel import side_by_side
@@ -44,6 +45,8 @@ from .progress import ProgressFn, ProgressMeter
 from .transaction import Transaction
 
 COMMIT_TIMEOUT = 3600.0
+
+log = logging.getLogger("qdriver")
 
 
 async def image_graph(ctx: OpContext, tree: meta.SnapshotTree) -> ImageGraph:
@@ -145,9 +148,11 @@ class DeleteExecution:
             images = await open_images(self.mon)
             node = images.node(item.image)
             if item.name in images.held.get(node, ()):
-                await qmp.run_job(self.mon, "snapshot-delete",
-                                  {"tag": item.name, "devices": [node]},
-                                  f"qdriver-delete-{int(time.time() * 1000)}", COMMIT_TIMEOUT)
+                async with writable(self.mon, node):  # a backing layer is read-only
+                    await qmp.run_job(self.mon, "snapshot-delete",
+                                      {"tag": item.name, "devices": [node]},
+                                      f"qdriver-delete-{int(time.time() * 1000)}",
+                                      COMMIT_TIMEOUT)
             return
         if item.name in {s.name for s in await qemuimg.snapshot_list(item.image)}:
             await qemuimg.snapshot_delete(item.image, item.name)
@@ -357,7 +362,7 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
     execution = DeleteExecution(ctx, DeletePlan(names, False), mon, tree=tree)
     graph = await image_graph(ctx, tree)
     if mon is None:
-        await _repair_leaks(ctx, graph)
+        await _repair_leaks(ctx, graph, tree)
     await execution.adopt_finished_commits(graph)  # renames images in ``tree`` itself
     execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
                                  await image_graph(ctx, tree))
@@ -365,15 +370,36 @@ async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
     return names
 
 
-async def _repair_leaks(ctx: OpContext, graph: ImageGraph) -> None:
+async def _repair_leaks(ctx: OpContext, graph: ImageGraph, tree: meta.SnapshotTree) -> None:
     """QEMU died while it wrote (a commit, the guest): free the clusters it left
-    allocated and unreferenced in the chains it had open, before they are committed."""
+    allocated and unreferenced in the chains it had open, before they are committed.
+
+    Only the domain's own images are repaired (those its definition or snapshots
+    name: a QEMU of this domain wrote nothing else), and only where no other
+    process has the image open (its lock is taken): a base image other guests
+    share is left alone."""
+    own = _own_images(ctx, tree)
     for disk in ctx.definition.disks:
         image = disk.source if not disk.readonly else None
         while image is not None:
-            if graph.formats.get(image) == "qcow2" and os.path.exists(image):
-                await qemuimg.repair_leaks(image)
+            if image in own and graph.formats.get(image) == "qcow2" \
+                    and os.path.exists(image):
+                try:
+                    await qemuimg.repair_leaks(image)
+                except qemuimg.QemuImgError as e:
+                    if "lock" not in str(e):
+                        raise
+                    log.warning("not repairing '%s': another process has it open", image)
             image = graph.backing.get(image)
+
+
+def _own_images(ctx: OpContext, tree: meta.SnapshotTree) -> set[str]:
+    own = {d.source for d in ctx.definition.disks if d.source and not d.readonly}
+    for snap in tree.snaps.values():
+        own.update(d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source)
+        if snap.domain is not None:
+            own.update(disk_sources(snap.domain).values())
+    return own
 
 
 async def _settle_jobs(mon: qmp.Monitor) -> None:
