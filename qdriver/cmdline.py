@@ -8,12 +8,15 @@ QEMU always starts with ``-S``; the caller decides whether to ``cont``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from .errors import ConfigUnsupportedError
 from .paths import DomainPaths
+from .qemuimg.chain import Layer
 from .xml import layout
 from .xml.address import Address, DriveAddress, PciAddress, PortAddress
 from .xml.domain import CharDef, ControllerDef, DiskDef, DomainDef
@@ -55,6 +58,13 @@ def file_node(target: str) -> str:
     return f"file-{target}"
 
 
+def layer_nodes(target: str, path: str) -> tuple[str, str]:
+    """Stable (format, file) node names for an image below a disk's top, or an
+    overlay a snapshot adds: the same file always gets the same names."""
+    tag = hashlib.sha256(path.encode()).hexdigest()[:8]
+    return f"ov-{target}-{tag}", f"ovf-{target}-{tag}"
+
+
 def aio_option(io: str | None) -> dict[str, str]:
     """The ``file`` node's ``aio`` option for a disk's ``<driver io=...>`` (none: QEMU's)."""
     return {"aio": io} if io else {}
@@ -76,6 +86,8 @@ class _Builder:
     d: DomainDef
     paths: DomainPaths
     argv: list[str] = field(default_factory=list)
+    chains: Mapping[str, tuple[Layer, ...]] = field(default_factory=dict)
+    """Each disk's images below its top, as qdriver read them (`qemuimg.chain`)."""
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
@@ -93,15 +105,18 @@ class _Builder:
 
 
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
-          run_as: tuple[str, str] | None = None) -> list[str]:
+          run_as: tuple[str, str] | None = None,
+          chains: Mapping[str, tuple[Layer, ...]] | None = None) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
     QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  ``run_as``
-    is the option that drops QEMU to its user (``-runas`` or ``-run-with``)."""
+    is the option that drops QEMU to its user (``-runas`` or ``-run-with``).
+    ``chains``: each disk's backing images (by target), every one its own node; a
+    qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
-    b = _Builder(d, paths)
+    b = _Builder(d, paths, chains=chains or {})
     b.add(emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX_RUNAS if run_as else SANDBOX,
@@ -188,16 +203,35 @@ def _monitors(b: _Builder) -> None:
               "-mon", f"chardev={cid},mode=control")
 
 
+def _backing(fmt: str, target: str, layers: tuple[Layer, ...], below: int
+             ) -> dict[str, object]:
+    """A qcow2 node's ``backing``: the node of layer ``below``, or explicitly none."""
+    if fmt != "qcow2":
+        return {}
+    if below >= len(layers):
+        return {"backing": None}
+    return {"backing": layer_nodes(target, layers[below].path)[0]}
+
+
 def _disk(b: _Builder, disk: DiskDef) -> None:
     ro = disk.readonly
     drive = ""
     if disk.source:
+        layers = b.chains.get(disk.target, ())
+        for i, layer in reversed(list(enumerate(layers))):  # a node exists before its user
+            fmt_node, file = layer_nodes(disk.target, layer.path)
+            b.add("-blockdev", json.dumps({
+                "driver": layer.format, "node-name": fmt_node, "read-only": True,
+                "file": {"driver": "file", "filename": layer.path, "node-name": file,
+                         "auto-read-only": True, "discard": "unmap", **aio_option(disk.io)},
+                **_backing(layer.format, disk.target, layers, i + 1)}))
         b.add("-blockdev", json.dumps({
             "driver": "file", "filename": disk.source, "node-name": file_node(disk.target),
             "read-only": ro, "discard": "unmap", **aio_option(disk.io)}))
         b.add("-blockdev", json.dumps({
             "driver": disk.format, "file": file_node(disk.target),
-            "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap"}))
+            "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap",
+            **_backing(disk.format, disk.target, layers, 0)}))
         drive = f",drive={opt(format_node(disk.target))}"
     boot = f",bootindex={disk.boot_order}" if disk.boot_order else ""
     kind = "cd" if disk.device == "cdrom" else "hd"

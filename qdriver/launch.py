@@ -10,10 +10,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable
 
-from . import accel, cmdline, qemuimg, qmp, runas
+from . import accel, cmdline, qmp, runas
 from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
 from .opcontext import OpContext, storable_definition
 from .paths import DomainPaths
+from .qemuimg.chain import Layer, backing_layers
 from .runas import LaunchPolicy
 from .xml.domain import DomainDef
 
@@ -26,7 +27,6 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
     With ``incoming`` QEMU waits for an incoming migration (it stays paused).
     With ``keep`` the launch's monitor stays open in that stack and is returned.
     """
-    check_files(ctx.definition, ctx.policy)
     argv, accelerator = native_argv(ctx.definition, ctx.paths, ctx.policy, incoming)
     persistent = ctx.inactive
     ctx.record, mon = await ctx.runtime.launch(argv, accelerator, next_id(),
@@ -39,31 +39,52 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
                 incoming: bool = False) -> tuple[list[str], str]:
     """The QEMU command line a start would run (``domxml-to-native``), and the
-    accelerator it uses; `ConfigUnsupportedError` if KVM is asked and unusable."""
+    accelerator it uses, once every file it opens is checked (`check_files`);
+    `ConfigUnsupportedError` if KVM is asked and unusable."""
+    chains = check_files(definition, policy)
     status = accel.probe(definition.type)
     if not status.usable:
         raise ConfigUnsupportedError(
             f"Domain requires KVM, but it is not usable here: {status.reason}")
     user = policy.qemu_user
     run_as = runas.runas_option(cmdline.emulator_for(definition), user) if user else None
-    return cmdline.build(definition, paths, status.name, incoming, run_as), status.name
+    return cmdline.build(definition, paths, status.name, incoming, run_as, chains), \
+        status.name
 
 
-def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()) -> None:
-    """Refuse with libvirt's words if an image, kernel or initrd is missing; refuse a
-    host secret unless allowed, and a file the QEMU user could not open itself."""
+def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
+                ) -> dict[str, tuple[Layer, ...]]:
+    """Check every file QEMU will open and return each disk's backing layers.
+
+    Refuse with libvirt's words if an image, kernel or initrd is missing; refuse a
+    backing name that is not a plain file, a host secret (by path or by inode)
+    unless allowed, and a file the QEMU user could not open itself."""
+    chains: dict[str, tuple[Layer, ...]] = {}
     wanted: list[tuple[str, str | None, bool]] = [
-        (f"disk '{disk.target}'", disk.source, not disk.readonly)
-        for disk in definition.disks if disk.source]
-    wanted += [("kernel", definition.kernel, False), ("initrd", definition.initrd, False)]
-    for what, path, write in wanted:
-        if not path:
+        ("kernel", definition.kernel, False), ("initrd", definition.initrd, False)]
+    for disk in definition.disks:
+        if not disk.source:
             continue
-        if not Path(path).exists():
-            noun = "storage file" if what.startswith("disk") else what
-            raise SystemError_(f"Cannot access {noun} '{path}': No such file or directory")
-        for image, rw in [(path, write), *((b, False) for b in _backing_chain(path))]:
-            _check_one(what, image, rw, policy)
+        what = f"disk '{disk.target}'"
+        _check_exists(what, disk.source)
+        try:
+            chains[disk.target] = backing_layers(disk.source, disk.format, what)
+        except OSError as e:
+            raise SystemError_(f"Cannot access storage file '{disk.source}': "
+                               f"{e.strerror}") from e
+        wanted.append((what, disk.source, not disk.readonly))
+        wanted += [(what, layer.path, False) for layer in chains[disk.target]]
+    for what, path, write in wanted:
+        if path:
+            _check_exists(what, path)
+            _check_one(what, path, write, policy)
+    return chains
+
+
+def _check_exists(what: str, path: str) -> None:
+    if not Path(path).exists():
+        noun = "storage file" if what.startswith("disk") else what
+        raise SystemError_(f"Cannot access {noun} '{path}': No such file or directory")
 
 
 def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
@@ -77,20 +98,6 @@ def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
         raise SystemError_(f"cannot give {what} to QEMU: {problem} (QEMU runs as "
                            f"'{user.name if user else ''}': hand the file over, or choose one "
                            "that user can open)")
-
-
-def _backing_chain(image: str) -> list[str]:
-    """The backing files below ``image`` (read from qcow2 headers)."""
-    chain: list[str] = []
-    current: str | None = image
-    while current is not None and len(chain) < 256:
-        try:
-            current = qemuimg.header.read(current).backing
-        except OSError:
-            break
-        if current is not None:
-            chain.append(current)
-    return chain
 
 
 __all__ = ["start_qemu", "check_files", "native_argv"]

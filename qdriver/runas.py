@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import glob
 import grp
 import os
 import pwd
@@ -104,12 +105,37 @@ def access_problem(user: QemuUser, path: str, write: bool) -> str | None:
 
 
 def secret_problem(path: str) -> str | None:
-    """The host secret ``path`` resolves to, if it is one."""
+    """The host secret ``path`` is, if it is one: by name once links are resolved,
+    or by device and inode (a hard link to ``/etc/shadow`` has another name)."""
     real = os.path.realpath(path)
     for pattern in HOST_SECRETS:
         if fnmatch.fnmatch(real, pattern):
             return f"'{path}' resolves to '{real}', a host secret ({pattern})"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    secret = _secret_files().get((st.st_dev, st.st_ino))
+    if secret is not None:
+        return f"'{path}' is the same file as '{secret}', a host secret"
     return None
+
+
+def _secret_files() -> dict[tuple[int, int], str]:
+    """(device, inode) of every host secret file that exists now (the pseudo-file
+    systems, where no hard link can be made, are left out)."""
+    found: dict[tuple[int, int], str] = {}
+    for pattern in HOST_SECRETS:
+        if pattern.startswith(("/proc/", "/sys/", "/dev/")):
+            continue
+        for name in glob.glob(pattern):
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.setdefault((st.st_dev, st.st_ino), name)
+    return found
 
 
 def hand_over(user: QemuUser | None, path: str | os.PathLike[str]) -> None:

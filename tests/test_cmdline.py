@@ -57,14 +57,30 @@ def test_disks_use_blockdev_with_stable_node_names(tmp_path: Path) -> None:
     nodes = [json.loads(b) for b in opts(argv, "-blockdev")]
     assert [n["node-name"] for n in nodes] == ["file-vda", "fmt-vda", "file-sdb", "fmt-sdb"]
     assert nodes[1] == {"driver": "qcow2", "file": "file-vda", "node-name": "fmt-vda",
-                        "read-only": False, "discard": "unmap"}
+                        "read-only": False, "discard": "unmap", "backing": None}
     assert nodes[3]["driver"] == "raw" and nodes[3]["read-only"] is True
+    assert "backing" not in nodes[3]  # a raw image has none to name
     devices = opts(argv, "-device")
     # placed as libvirt places them (tests/test_libvirt_layout.py checks against libvirt)
     assert "virtio-blk-pci,bus=pci.5,addr=0x0,drive=fmt-vda,id=vda" in devices
     assert "ide-hd,bus=ide.1,drive=fmt-sdb,id=sdb" in devices
     assert "lsi,id=scsi0,bus=pci.2,addr=0x2" in devices  # libvirt's default SCSI model
     assert "scsi-cd,bus=scsi0.0,scsi-id=2,id=sdc" in devices
+
+
+def test_each_backing_layer_is_its_own_read_only_node(tmp_path: Path) -> None:
+    """QEMU never follows a header's backing name: every layer qdriver read is named."""
+    from qdriver.qemuimg.chain import Layer
+    d = DomainDef.parse(XML.format(t="qemu", cpu=""))
+    layers = (Layer("/d/mid.qcow2", "qcow2"), Layer("/d/base.raw", "raw"))
+    argv = cmdline.build(d, DomainPaths.of(tmp_path, "c"), "tcg", chains={"vda": layers})
+    nodes = {n["node-name"]: n for n in map(json.loads, opts(argv, "-blockdev"))}
+    mid, base = (cmdline.layer_nodes("vda", p)[0] for p in ("/d/mid.qcow2", "/d/base.raw"))
+    assert nodes["fmt-vda"]["backing"] == mid
+    assert nodes[mid]["backing"] == base and nodes[mid]["read-only"] is True
+    assert nodes[mid]["file"]["filename"] == "/d/mid.qcow2"
+    assert nodes[mid]["file"]["auto-read-only"] is True
+    assert nodes[base]["driver"] == "raw" and "backing" not in nodes[base]
 
 
 def test_network_serial_channel_vnc(tmp_path: Path) -> None:

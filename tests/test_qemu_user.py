@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -12,9 +13,10 @@ import pytest
 
 import qdriver
 from qdriver.launch import check_files
+from qdriver.ops.blocknodes import image_file
 from qdriver.runas import LaunchPolicy, QemuUser, access_problem, secret_problem
 
-from .conftest import GuestImage, domain_xml, run_cli, wait_console
+from .conftest import GuestImage, domain_xml, qemu_pids_for, run_cli, wait_console
 
 USER = "nobody"
 
@@ -112,3 +114,73 @@ def test_access_rules_follow_owner_group_and_other_bits(shared_dir: Path) -> Non
         assert (access_problem(user, str(f), write) is None) == ok, (oct(mode), owner, group)
     assert secret_problem("/etc/shadow") and secret_problem("/etc/ssh/ssh_host_rsa_key")
     assert secret_problem(str(f)) is None
+
+
+def fds_of(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.add(os.readlink(fd))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("backing", [
+    'json:{"driver":"raw","file":{"driver":"file","filename":"/etc/shadow"}}',
+    "nbd://127.0.0.1:10809/export"], ids=["json", "protocol"])
+async def test_a_backing_name_that_is_not_a_plain_file_is_refused(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path, state_dir: Path,
+        backing: str) -> None:
+    """A header is data: QEMU must never be left to open what it names."""
+    disk = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    subprocess.run(["qemu-img", "rebase", "-q", "-u", "-b", backing, "-F", "raw", str(disk)],
+                   check=True)
+    dom = await driver.define_xml(domain_xml(guest_image, "evil", disk))
+    with pytest.raises(qdriver.InvalidArgError, match="which is not a plain file"):
+        await dom.start(paused=True)
+    assert not dom.is_active and qemu_pids_for(state_dir) == []
+
+
+async def test_a_hard_link_to_a_host_secret_is_refused(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path,
+        state_dir: Path) -> None:
+    link = tmp_path / "innocent.img"
+    try:
+        os.link("/etc/shadow", link)
+    except OSError as e:
+        pytest.skip(f"cannot hard-link /etc/shadow here: {e}")
+    dom = await driver.define_xml(domain_xml(guest_image, "hl", link, disk_format="raw"))
+    with pytest.raises(qdriver.InvalidArgError, match="same file as '/etc/shadow'"):
+        await dom.start(paused=True)
+    assert not dom.is_active and qemu_pids_for(state_dir) == []
+
+
+async def test_a_backing_chain_is_opened_layer_by_layer(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    """Each layer qdriver read is its own read-only node; QEMU holds those files
+    and nothing else of the chain."""
+    base, mid, top = (tmp_path / f"{n}.qcow2" for n in ("base", "mid", "top"))
+    shutil.copyfile(guest_image.disk, base)
+    for lower, upper in ((base, mid), (mid, top)):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", lower.name, "-F",
+                        "qcow2", str(upper)], check=True, cwd=tmp_path)  # relative names
+    dom = await driver.define_xml(domain_xml(guest_image, "layers", top))
+    await dom.start()
+    try:
+        await wait_console(dom, "COUNTER 2")
+        async with dom.monitor() as mon:
+            nodes = {n["node-name"]: n for n in await mon.execute(
+                "query-named-block-nodes", {"flat": True}) if n["drv"] == "qcow2"}
+        by_file = {image_file(n): (name, n["ro"]) for name, n in nodes.items()}
+        assert by_file[str(top)] == ("fmt-vda", False)
+        for layer in (mid, base):
+            name, ro = by_file[str(layer)]
+            assert name.startswith("ov-vda-") and ro, (layer, name, ro)
+        rec = dom.runtime.peek()
+        assert rec is not None
+        held = fds_of(rec.pid)
+        assert {str(top), str(mid), str(base)} <= held and "/etc/shadow" not in held
+    finally:
+        await dom.destroy()

@@ -221,6 +221,15 @@ async def test_qemu_killed_during_block_commit(make_domain, state_dir: Path, tmp
         await follow(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(delete_exec, "_wait_job", kill_qemu_then_follow)
+    execute = qmp.Monitor.execute
+
+    async def slow_commit(self: qmp.Monitor, command: str, arguments: object = None,
+                          *rest: object) -> object:
+        if command == "block-commit":  # a crawling job: the kill comes before it ends
+            arguments = {**arguments, "speed": 1}  # type: ignore[dict-item]
+        return await execute(self, command, arguments, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(qmp.Monitor, "execute", slow_commit)
     with pytest.raises(qdriver.QDriverError, match="block commit failed while deleting "
                                                    "disk 'vda'"):
         await dom.delete_snapshot("s3")

@@ -18,6 +18,7 @@ import anyio
 
 from .. import agent, domstate, process, qemuimg, qmp
 from ..journal import Action, ActionKind
+from .blocknodes import image_file
 from ..opcontext import OpContext
 from ..runtime import pid_from_file
 from ..statestore import atomic_write, fsync_dir
@@ -89,7 +90,7 @@ async def _follow_overlays(env: ActionEnv, args: dict[str, Any]) -> None:
     mon = await env.monitor()
     if mon is None:
         return
-    active = {_qdev_id(b.get("qdev", "")): b.get("inserted", {}).get("file")
+    active = {_qdev_id(b.get("qdev", "")): image_file(b.get("inserted", {}))
               for b in await mon.execute("query-block")}
     wanted: dict[str, str] | None = args.get("overlays")
     if wanted is None:  # whatever QEMU writes to now (after a block-commit's pivot)

@@ -1,27 +1,28 @@
 """Block-node naming and discovery: each disk's active layer, every image QEMU has open.
 
-Disks start as ``fmt-<target>`` over ``file-<target>`` (see ``cmdline``);
-an external snapshot adds an overlay whose node names derive from its path,
-so the same overlay always gets the same names.
+Disks start as ``fmt-<target>`` over ``file-<target>`` (see ``cmdline``), each
+image below as ``ov-<target>-<tag>``; an external snapshot adds an overlay
+named the same way, from its path, so the same image always gets the same names.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import anyio
 
 from .. import qmp
-from ..cmdline import aio_option
+from ..qemuimg import header
+from ..cmdline import aio_option, layer_nodes
 from ..errors import OperationFailedError
 
 
 def overlay_nodes(target: str, path: str) -> tuple[str, str]:
-    """Stable (format, file) node names for an overlay image."""
-    tag = hashlib.sha256(path.encode()).hexdigest()[:8]
-    return f"ov-{target}-{tag}", f"ovf-{target}-{tag}"
+    """Stable (format, file) node names for an overlay image (those of a backing
+    layer QEMU started with, `cmdline.layer_nodes`)."""
+    return layer_nodes(target, path)
 
 
 async def top_nodes(mon: qmp.Monitor) -> dict[str, str]:
@@ -74,7 +75,7 @@ async def open_images(mon: qmp.Monitor) -> OpenImages:
     for n in await mon.execute("query-named-block-nodes", {"flat": True}):
         if n.get("drv") in PROTOCOL_DRIVERS:
             continue
-        nodes.setdefault(str(n.get("file")), str(n["node-name"]))
+        nodes.setdefault(image_file(n), str(n["node-name"]))
         held[str(n["node-name"])] = frozenset(
             str(s.get("name")) for s in n.get("image", {}).get("snapshots", ()))
     return OpenImages(nodes, held)
@@ -102,16 +103,16 @@ async def writable(mon: qmp.Monitor, node: str) -> AsyncIterator[None]:
 
 def _reopen_options(entry: dict[str, Any], listing: list[dict[str, Any]]) -> dict[str, Any]:
     """A format node's options as qdriver opened it (``blockdev-reopen`` resets
-    what it is not given): its file node, its backing node if it has one (a
-    backing attached by ``blockdev-snapshot`` must be named), and the discard
-    mode ``cmdline`` gives a disk's first node."""
-    path = entry.get("file")
+    what it is not given): its file node, its backing node if it has one (an
+    explicit backing must be named: the one its header names, as qdriver opened
+    it), and the discard mode ``cmdline`` gives a disk's first node."""
+    path = image_file(entry)
     file_node = next(n["node-name"] for n in listing
                      if n.get("drv") in PROTOCOL_DRIVERS and n.get("file") == path)
-    backing = entry.get("backing_file")
+    backing = header.read(path).backing
     backing_node = next((n["node-name"] for n in listing if backing
-                         and n.get("drv") not in PROTOCOL_DRIVERS and n.get("file") == backing),
-                        None)
+                         and n.get("drv") not in PROTOCOL_DRIVERS
+                         and image_file(n) == backing), None)
     options: dict[str, Any] = {"driver": entry["drv"], "node-name": entry["node-name"],
                                "file": file_node}
     if backing_node is not None:
@@ -121,5 +122,23 @@ def _reopen_options(entry: dict[str, Any], listing: list[dict[str, Any]]) -> dic
     return options
 
 
+def image_file(entry: Mapping[str, Any]) -> str:
+    """The image a block node (or ``query-block``'s inserted medium) has open.
+
+    QEMU reports a ``json:`` description instead of the file name when a node's
+    backing is not the one its header names verbatim (qdriver names every
+    backing node itself); the image is that description's ``file.filename``."""
+    name = str(entry.get("file", ""))
+    if not name.startswith("json:"):
+        return name
+    try:
+        spec = json.loads(name[len("json:"):])
+    except ValueError:
+        return name
+    inner = spec.get("file") if isinstance(spec, dict) else None
+    filename = inner.get("filename") if isinstance(inner, dict) else None
+    return filename if isinstance(filename, str) else name
+
+
 __all__ = ["overlay_nodes", "top_nodes", "add_overlay", "OpenImages", "open_images",
-           "writable"]
+           "writable", "image_file"]
