@@ -33,9 +33,10 @@ CONTROLLER_DEVICES = {
 VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga"}
 USB_INPUTS = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
-"""QEMU's drop to its user is a setuid() the seccomp filter would kill it for; once it
-has dropped from root, setuid cannot raise it again."""
+CONSOLE_LOG_FD = 3
+"""Where QEMU started as its user finds the console log, which its supervisor opened
+(the domain's directory is private to qdriver's user)."""
+CONSOLE_LOG_FDSET = 1
 
 
 def opt(value: object) -> str:
@@ -88,6 +89,11 @@ class _Builder:
     argv: list[str] = field(default_factory=list)
     chains: Mapping[str, tuple[Layer, ...]] = field(default_factory=dict)
     """Each disk's images below its top, as qdriver read them (`qemuimg.chain`)."""
+    log_fd: bool = False
+
+    @property
+    def console_log(self) -> str:
+        return f"/dev/fdset/{CONSOLE_LOG_FDSET}" if self.log_fd else str(self.paths.console_log)
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
@@ -105,24 +111,25 @@ class _Builder:
 
 
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
-          run_as: tuple[str, str] | None = None,
-          chains: Mapping[str, tuple[Layer, ...]] | None = None) -> list[str]:
+          log_fd: bool = False, chains: Mapping[str, tuple[Layer, ...]] | None = None,
+          emulator: str | None = None) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
-    QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  ``run_as``
-    is the option that drops QEMU to its user (``-runas`` or ``-run-with``).
+    QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  With
+    ``log_fd`` QEMU writes the console log to the descriptor `CONSOLE_LOG_FD` it
+    inherits (it starts as a user that cannot open the file).  ``emulator``: the
+    checked program (default: `emulator_for`).
     ``chains``: each disk's backing images (by target), every one its own node; a
     qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
-    b = _Builder(d, paths, chains=chains or {})
-    b.add(emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
+    b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd)
+    b.add(emulator or emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
-          "-msg", "timestamp=on", "-sandbox", SANDBOX_RUNAS if run_as else SANDBOX,
-          "-pidfile", str(paths.pidfile))
-    if run_as:
-        b.add(run_as[0], opt(run_as[1]))
+          "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
+    if log_fd:
+        b.add("-add-fd", f"fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FDSET}")
     _machine(b, accel)
     b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
     _boot(b)
@@ -286,7 +293,7 @@ def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list,
 
 def _serial(b: _Builder, i: int, c: CharDef) -> None:
     cid = f"charserial{i}"
-    log = f",logfile={opt(b.paths.console_log)},logappend=on" if i == 0 else ""
+    log = f",logfile={opt(b.console_log)},logappend=on" if i == 0 else ""
     if c.type == "pty":
         b.add("-chardev", f"pty,id={cid}{log}")
     elif c.type == "file":

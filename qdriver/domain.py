@@ -358,6 +358,10 @@ class Domain:
         if saved.uuid != ctx.definition.uuid:
             raise OperationInvalidError(f"save file '{path}' holds domain '{saved.name}' with "
                                         f"uuid {saved.uuid}, not '{self.name}'")
+        if saved.emulator != ctx.inactive.emulator:  # a file must not choose what runs
+            raise OperationInvalidError(
+                f"save file '{path}' names emulator '{saved.emulator or 'the default'}', but "
+                f"domain '{self.name}' uses '{ctx.inactive.emulator or 'the default'}'")
         plan = plan_restore(saved, path, was_running, flags, managed)
         # QEMU runs what was saved; the persistent definition stays
         ctx.persistent, ctx.definition = ctx.inactive, saved

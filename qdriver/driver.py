@@ -6,13 +6,14 @@ may open the same state dir; per-domain locks keep their operations apart.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
 import anyio
 
-from . import accel, cmdline, launch, qemucaps, runas
+from . import accel, cmdline, emulator, launch, qemucaps, runas
 from .domain import Domain
 from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
                      XMLError)
@@ -20,6 +21,7 @@ from .ops import memfile
 from .ops.progress import ProgressFn
 from .opcontext import storable_definition, write_definition
 from .paths import DomainPaths, default_state_dir, make_private_dir
+from .runas import QemuUser
 from .statestore import locked, next_counter
 from .xml import layout
 from .xml.domain import DomainDef
@@ -28,13 +30,19 @@ from .xml.domain import DomainDef
 log = logging.getLogger(__name__)
 
 
-def pin_machine(definition: DomainDef) -> DomainDef:
+def pin_machine(definition: DomainDef, user: QemuUser | None = None) -> DomainDef:
     """The definition on the versioned machine type its alias stands for today, as
     libvirt stores it (``q35`` -> ``pc-q35-7.2``): a later QEMU's ``q35`` is another
     machine, on which this guest's memory files and internal snapshots would not load.
-    Without an emulator to ask, the alias stays (start names the missing QEMU)."""
+    Without an emulator to ask, the alias stays (start names the missing QEMU); an
+    emulator qdriver will not run is refused (`emulator.EmulatorRefused`)."""
     try:
-        aliases = qemucaps.machine_aliases(cmdline.emulator_for(definition))
+        aliases = qemucaps.machine_aliases(cmdline.emulator_for(definition), user)
+    except emulator.EmulatorRefused as e:
+        if definition.emulator is not None and os.path.lexists(definition.emulator):
+            raise
+        log.warning("machine type '%s' kept as given: %s", definition.machine, e)
+        return definition
     except (QDriverError, OSError, subprocess.SubprocessError) as e:
         log.warning("machine type '%s' kept as given: %s", definition.machine, e)
         return definition
@@ -106,7 +114,7 @@ class Driver:
         address on every device (`layout.assign`): they are the guest's ABI, fixed
         from now on, so memory files and internal snapshots keep loading."""
         definition = await anyio.to_thread.run_sync(
-            pin_machine, layout.assign(DomainDef.parse(xml)))
+            pin_machine, layout.assign(DomainDef.parse(xml)), self.policy.qemu_user)
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -145,6 +153,13 @@ class Driver:
             dom = self.lookup(saved.name)
         except NoDomainError:
             dom = await self.define_xml(header.domain_xml)
+            try:
+                await dom.restore_from(path, running, paused, progress)
+            except BaseException:
+                with anyio.CancelScope(shield=True):  # defined for the restore: not kept
+                    await self.undefine(dom)
+                raise
+            return dom
         await dom.restore_from(path, running, paused, progress)  # checks the uuid, locked
         return dom
 
@@ -175,7 +190,8 @@ class Driver:
         file) starts with here (``virsh domxml-to-native qemu-argv``)."""
         path = Path(domain)
         if path.is_file():
-            definition = pin_machine(layout.assign(DomainDef.parse(path.read_bytes())))
+            definition = pin_machine(layout.assign(DomainDef.parse(path.read_bytes())),
+                                     self.policy.qemu_user)
         else:
             definition = self.lookup(domain).inactive_definition
         paths = DomainPaths.of(self.state_dir, definition.name)

@@ -10,12 +10,13 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable
 
-from . import accel, cmdline, qmp, runas
+from . import accel, cmdline, emulator, qmp, runas
 from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
 from .opcontext import OpContext, storable_definition
 from .paths import DomainPaths
 from .qemuimg.chain import Layer, backing_layers
 from .runas import LaunchPolicy
+from .runtime import QemuCommand
 from .xml.domain import DomainDef
 
 
@@ -27,29 +28,37 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
     With ``incoming`` QEMU waits for an incoming migration (it stays paused).
     With ``keep`` the launch's monitor stays open in that stack and is returned.
     """
-    argv, accelerator = native_argv(ctx.definition, ctx.paths, ctx.policy, incoming)
+    command = qemu_command(ctx.definition, ctx.paths, ctx.policy, incoming)
     persistent = ctx.inactive
-    ctx.record, mon = await ctx.runtime.launch(argv, accelerator, next_id(),
-                                               paused or incoming, keep,
+    ctx.record, mon = await ctx.runtime.launch(command, next_id(), paused or incoming, keep,
                                                storable_definition(ctx.definition))
     ctx.persistent = persistent
     return mon
 
 
-def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
-                incoming: bool = False) -> tuple[list[str], str]:
-    """The QEMU command line a start would run (``domxml-to-native``), and the
-    accelerator it uses, once every file it opens is checked (`check_files`);
-    `ConfigUnsupportedError` if KVM is asked and unusable."""
+def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
+                 incoming: bool = False) -> QemuCommand:
+    """What a start runs, once the emulator and every file it opens are checked
+    (`check_files`); `ConfigUnsupportedError` if KVM is asked and unusable."""
     chains = check_files(definition, policy)
     status = accel.probe(definition.type)
     if not status.usable:
         raise ConfigUnsupportedError(
             f"Domain requires KVM, but it is not usable here: {status.reason}")
     user = policy.qemu_user
-    run_as = runas.runas_option(cmdline.emulator_for(definition), user) if user else None
-    return cmdline.build(definition, paths, status.name, incoming, run_as, chains), \
-        status.name
+    program = emulator.check(cmdline.emulator_for(definition), user)
+    drop = emulator.drop_prefix(user)
+    argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
+                         chains=chains, emulator=program.path)
+    return QemuCommand(argv, status.name, program.env, drop, user if drop else None)
+
+
+def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
+                incoming: bool = False) -> tuple[list[str], str]:
+    """The QEMU command line a start would run (``domxml-to-native``), and its
+    accelerator."""
+    command = qemu_command(definition, paths, policy, incoming)
+    return command.argv, command.accel
 
 
 def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
@@ -100,4 +109,4 @@ def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
                            "that user can open)")
 
 
-__all__ = ["start_qemu", "check_files", "native_argv"]
+__all__ = ["start_qemu", "check_files", "native_argv", "qemu_command", "QemuCommand"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SystemError_
+from .runas import QemuUser
 
 ENV_STATE_DIR = "QDRIVER_STATE_DIR"
 SOCKET_PATH_MAX = 107
@@ -57,7 +58,8 @@ def socket_root(state_dir: Path) -> Path:
 SOCKETS = "QEMU's sockets"
 
 
-def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS) -> None:
+def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS,
+                      user: QemuUser | None = None) -> None:
     """Create ``path`` and the directories between it and ``root`` (default
     `runtime_base`), each checked to be private: a real directory (no
     symlink), owned by this user, with no access for group or others.
@@ -65,6 +67,11 @@ def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS)
     ``/tmp/qdriver-UID`` may have been made by someone else before us, or be
     a symlink to their directory; sockets created there could be renamed and
     replaced by fake ones.  Such a directory is refused, never used.
+
+    With ``user`` (QEMU starts as that user and makes its sockets itself) ``path``
+    is handed to that user, and the directories above may be entered, not
+    listed, by others (mode 0711, accepted above ``path`` in any case); nobody
+    else can write anywhere on the way.
     """
     base = runtime_base() if root is None else root
     chain = [base, *[base / Path(*path.relative_to(base).parts[:i + 1])
@@ -77,7 +84,32 @@ def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS)
         except OSError as e:
             raise SystemError_(f"cannot create directory '{directory}' for {what}: "
                                f"{e.strerror}") from e
-        _check_private(directory, what)
+        last = directory == chain[-1]
+        if user is not None:
+            _share(directory, user if last else None)
+        _check_private(directory, what, user.uid if user is not None and last else None,
+                       traversable=not last)
+    if user is not None:
+        _check_reachable(path, user)
+
+
+def _share(directory: Path, owner: QemuUser | None) -> None:
+    """Hand the last directory to QEMU's user; let it enter the ones above."""
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return  # refused by the check that follows
+    if owner is not None:
+        os.chown(directory, owner.uid, owner.gid)
+    elif stat.S_IMODE(st.st_mode) == 0o700:
+        os.chmod(directory, 0o711)
+
+
+def _check_reachable(path: Path, user: QemuUser) -> None:
+    for directory in reversed(path.parents):
+        if not user.may(os.stat(directory), 1):
+            raise SystemError_(f"QEMU user '{user.name}' cannot enter directory "
+                               f"'{directory}' to reach its sockets (unset XDG_RUNTIME_DIR "
+                               "to use /tmp/qdriver-UID)")
 
 
 def make_private_dir(directory: Path) -> None:
@@ -99,13 +131,16 @@ def open_private_log(path: Path) -> None:
         os.close(fd)
 
 
-def _check_private(directory: Path, what: str) -> None:
+def _check_private(directory: Path, what: str, owner: int | None = None,
+                   traversable: bool = False) -> None:
     st = os.lstat(directory)
+    uid = os.geteuid() if owner is None else owner
+    shared = 0o066 if traversable else 0o077
     problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
                "is not a directory" if not stat.S_ISDIR(st.st_mode) else
-               f"is owned by uid {st.st_uid}, not {os.geteuid()}" if st.st_uid != os.geteuid()
+               f"is owned by uid {st.st_uid}, not {uid}" if st.st_uid != uid
                else f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users"
-               if st.st_mode & 0o077 else None)
+               if st.st_mode & shared else None)
     if problem:
         hint = "remove it, or set XDG_RUNTIME_DIR" if what == SOCKETS else "remove it"
         raise SystemError_(f"directory '{directory}' {problem}: refusing to put "
@@ -183,7 +218,8 @@ class DomainPaths:
 
     @property
     def pidfile(self) -> Path:
-        return self.dir / "qemu.pid"
+        """Written by QEMU itself: with the sockets, where QEMU's user may write."""
+        return self.sockets / "qemu.pid"
 
     @property
     def exitfile(self) -> Path:

@@ -21,11 +21,13 @@ import anyio
 
 from .errors import InternalError, OperationTimeoutError
 
-# $1 exit file, $2 log file, then QEMU's argv.  Arguments are passed as
-# positional parameters, never interpolated into the script.
-SUPERVISOR = ('exitfile=$1; log=$2; shift 2; '
-              '( "$@" </dev/null >>"$log" 2>&1; echo $? >"$exitfile.tmp"; '
-              'mv -f "$exitfile.tmp" "$exitfile" ) &')
+# $1 exit file, $2 log file, $3 console log to hand over as fd 3 (or empty), then
+# QEMU's argv.  Arguments are passed as positional parameters, never interpolated
+# into the script.
+SUPERVISOR = ('exitfile=$1; log=$2; console=$3; shift 3; '
+              '( if [ -n "$console" ]; then exec 3>>"$console"; fi; '
+              '"$@" </dev/null >>"$log" 2>&1; status=$?; exec 3>&-; '
+              'echo $status >"$exitfile.tmp"; mv -f "$exitfile.tmp" "$exitfile" ) &')
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,17 @@ def is_alive(proc: ProcessId, marker: str) -> bool:
     return marker.encode() in cmdline
 
 
-def spawn(argv: list[str], exitfile: Path, logfile: Path) -> None:
-    """Launch ``argv`` under the supervisor, detached from this process."""
+def spawn(argv: list[str], exitfile: Path, logfile: Path, env: dict[str, str] | None = None,
+          console: Path | None = None) -> None:
+    """Launch ``argv`` under the supervisor, detached from this process; with
+    ``console`` the supervisor opens that file and hands it to ``argv`` as fd 3."""
     for stale in (exitfile, exitfile.with_name(exitfile.name + ".tmp")):
         stale.unlink(missing_ok=True)
     subprocess.run(["/bin/sh", "-c", SUPERVISOR, "qdriver-supervise", str(exitfile),
-                    str(logfile), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, start_new_session=True, check=True)
+                    str(logfile), str(console or ""), *argv], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   start_new_session=True, check=True,
+                   env={**os.environ, **env} if env else None)
 
 
 def exit_status(exitfile: Path) -> int | None:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import qmp
+from .emulator import Emulator, check as checked_emulator, run as run_emulator
 from .errors import OperationFailedError
+from .runas import QemuUser
 
 QEMU_BINARY = "qemu-system-x86_64"
 
@@ -96,13 +98,15 @@ def binary() -> str:
 
 
 async def probe_binary(timeout: float = 10.0) -> QemuCaps:
-    """Start the QEMU on PATH with no machine, probe it fully, and stop it."""
+    """Start the QEMU on PATH (once checked) with no machine, probe it fully, and stop it."""
+    program = checked_emulator(binary())
     with tempfile.TemporaryDirectory(prefix="qdriver-probe-") as tmp:
         sock = Path(tmp) / "qmp.sock"
         proc = subprocess.Popen(
-            [binary(), "-machine", "none", "-nodefaults", "-display", "none", "-S",
+            [program.path, "-machine", "none", "-nodefaults", "-display", "none", "-S",
              "-qmp", f"unix:{sock},server=on,wait=off"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, **program.env})
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
@@ -125,19 +129,21 @@ async def probe_binary(timeout: float = 10.0) -> QemuCaps:
 MACHINE_ALIAS = re.compile(r"^(\S+)\s.*\(alias of (\S+)\)\s*$", re.M)
 
 
-def machine_aliases(emulator: str) -> dict[str, str]:
+def machine_aliases(emulator: str, user: QemuUser | None = None) -> dict[str, str]:
     """``{alias: machine type}`` of an emulator (``q35`` -> ``pc-q35-7.2``), from its
-    ``-machine help``; remembered per binary and modification time."""
-    st = os.stat(emulator)
-    return _machine_aliases(emulator, st.st_mtime_ns, st.st_ino)
+    ``-machine help`` once it is checked (`qdriver.emulator`, run as ``user``);
+    remembered per binary and modification time."""
+    program = checked_emulator(emulator, user)
+    st = os.stat(program.path)
+    return _machine_aliases(program, st.st_mtime_ns, st.st_ino, user)
 
 
 @functools.lru_cache(maxsize=8)
-def _machine_aliases(emulator: str, mtime: int, inode: int) -> dict[str, str]:
-    out = subprocess.run([emulator, "-machine", "help"], capture_output=True, text=True,
-                         timeout=30, stdin=subprocess.DEVNULL)
+def _machine_aliases(program: Emulator, mtime: int, inode: int,
+                     user: QemuUser | None) -> dict[str, str]:
+    out = run_emulator(program, ["-machine", "help"], user)
     if out.returncode != 0:
-        raise OperationFailedError(f"cannot list the machine types of {emulator}: "
+        raise OperationFailedError(f"cannot list the machine types of {program.path}: "
                                    f"{out.stderr.strip()}")
     return dict(MACHINE_ALIAS.findall(out.stdout))
 

@@ -16,13 +16,11 @@ unless explicitly allowed (`secret_problem`).
 from __future__ import annotations
 
 import fnmatch
-import functools
 import glob
 import grp
 import os
 import pwd
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,25 +142,5 @@ def hand_over(user: QemuUser | None, path: str | os.PathLike[str]) -> None:
         os.chown(path, user.uid, user.gid)
 
 
-@functools.lru_cache(maxsize=8)
-def _help_text(emulator: str, mtime: float) -> str:
-    return subprocess.run([emulator, "-help"], capture_output=True, text=True,
-                          timeout=30).stdout
-
-
-def runas_option(emulator: str, user: QemuUser) -> tuple[str, str]:
-    """``-run-with user=NAME`` where QEMU has it (9.1+), else ``-runas NAME``."""
-    path = emulator if os.path.isabs(emulator) else \
-        next((str(Path(d) / emulator) for d in os.environ.get("PATH", "").split(os.pathsep)
-              if (Path(d) / emulator).is_file()), emulator)
-    try:
-        text = _help_text(path, os.stat(path).st_mtime)
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    if "-run-with" in text and "user=" in text:
-        return "-run-with", f"user={user.name}"
-    return "-runas", user.name
-
-
 __all__ = ["QemuUser", "LaunchPolicy", "policy", "access_problem", "secret_problem",
-           "hand_over", "runas_option", "HOST_SECRETS", "ENV_QEMU_USER"]
+           "hand_over", "HOST_SECRETS", "ENV_QEMU_USER"]

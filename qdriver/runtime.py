@@ -22,6 +22,7 @@ from . import faults, process, qmp
 from .domstate import DomainState
 from .errors import InternalError, OperationFailedError
 from .paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
+from .runas import QemuUser
 from .statestore import atomic_write, read_record, write_record
 
 START_TIMEOUT = 30.0
@@ -66,6 +67,21 @@ class RunRecord:
     @property
     def state(self) -> tuple[DomainState, str]:
         return (DomainState.PAUSED if self.paused else DomainState.RUNNING), self.reason
+
+
+@dataclass(frozen=True)
+class QemuCommand:
+    """How to start one QEMU: its command line and what goes around it."""
+
+    argv: list[str]
+    """QEMU's own command line (what ``domxml-to-native`` prints)."""
+    accel: str
+    env: dict[str, str]
+    """Extra environment (a prefix QEMU's module directory)."""
+    drop: list[str]
+    """What goes before ``argv`` so that QEMU starts as its user (`emulator.drop_prefix`)."""
+    user: QemuUser | None = None
+    """The user QEMU starts as, when it is not qdriver's own."""
 
 
 @dataclass
@@ -182,7 +198,7 @@ class Runtime:
             raise OperationFailedError(f"QEMU process {rec.pid} did not exit within "
                                        f"{KILL_WAIT:g} s of SIGKILL")
 
-    async def launch(self, argv: list[str], accel: str, domain_id: int,
+    async def launch(self, command: QemuCommand, domain_id: int,
                      paused: bool, keep: AsyncExitStack | None = None,
                      live_xml: str | None = None) -> tuple[RunRecord, qmp.Monitor | None]:
         """Spawn QEMU (started with ``-S``), connect, and run the guest unless ``paused``.
@@ -194,7 +210,7 @@ class Runtime:
         propagates.  ``live_xml`` is the definition QEMU runs, kept as long as it does.
         """
         self.cleanup()  # leftovers of a QEMU that died unseen
-        make_private_dirs(self.paths.sockets)
+        make_private_dirs(self.paths.sockets, user=command.user)
         make_private_dir(self.paths.dir)
         for log_file in (self.paths.qemu_log, self.paths.console_log):
             open_private_log(log_file)
@@ -202,7 +218,8 @@ class Runtime:
         if live_xml is not None:
             atomic_write(self.paths.live_definition, live_xml, durable=False)
         log_since = process.log_size(self.paths.qemu_log)
-        process.spawn(argv, self.paths.exitfile, self.paths.qemu_log)
+        process.spawn([*command.drop, *command.argv], self.paths.exitfile, self.paths.qemu_log,
+                      command.env, self.paths.console_log if command.user else None)
         faults.point("launch:spawned")
         rec: RunRecord | None = None
         try:
@@ -210,7 +227,7 @@ class Runtime:
                                                 self.paths.exitfile, self.paths.qemu_log,
                                                 START_TIMEOUT, log_since)
             sup = process.parent(proc.pid)
-            rec = RunRecord(proc.pid, proc.start_time, domain_id, accel,
+            rec = RunRecord(proc.pid, proc.start_time, domain_id, command.accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None)
             write_record(self.paths.runtime, rec, durable=False)
             try:
@@ -306,4 +323,4 @@ async def _console_pty(mon: qmp.Monitor) -> str | None:
     return None
 
 
-__all__ = ["Runtime", "RunRecord", "StatusRecord", "START_TIMEOUT", "pid_from_file"]
+__all__ = ["Runtime", "RunRecord", "StatusRecord", "QemuCommand", "START_TIMEOUT", "pid_from_file"]

@@ -142,6 +142,6 @@ async def test_state_dir_and_name_with_commas_run(driver: qdriver.Driver,
     await dom.start(paused=True)
     try:
         assert dom.state is qdriver.DomainState.PAUSED
-        assert (dom.paths.dir / "qemu.pid").exists()
+        assert dom.paths.pidfile.exists() and dom.paths.console_log.exists()
     finally:
         await dom.destroy()

@@ -184,3 +184,64 @@ async def test_a_backing_chain_is_opened_layer_by_layer(
         assert {str(top), str(mid), str(base)} <= held and "/etc/shadow" not in held
     finally:
         await dom.destroy()
+
+
+@pytest.fixture
+def script_emulator(shared_dir: Path) -> tuple[Path, Path]:
+    """A wrapper emulator that records who runs it, then runs the real QEMU."""
+    log = shared_dir / "runs.log"
+    log.write_text("")
+    log.chmod(0o666)
+    script = shared_dir / "qemu-wrapper"
+    script.write_text(f"#!/bin/sh\nid -u >> {log}\nexec {shutil.which('qemu-system-x86_64')} "
+                      '"$@"\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def with_emulator(xml: str, program: Path) -> str:
+    return xml.replace("<devices>", f"<devices><emulator>{program}</emulator>", 1)
+
+
+async def test_a_script_emulator_never_runs_as_root_with_a_qemu_user(
+        guest_image: GuestImage, shared_dir: Path, state_dir: Path,
+        script_emulator: tuple[Path, Path]) -> None:
+    """Every run of the emulator, the probes at define and the QEMU itself, starts
+    as the QEMU user: the ids change before the exec."""
+    script, log = script_emulator
+    nobody = pwd.getpwnam(USER)
+    disk = shared_dir / "vda.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    os.chown(disk, nobody.pw_uid, nobody.pw_gid)
+    drv = qdriver.Driver(state_dir, qemu_user=USER)
+    dom = await drv.define_xml(with_emulator(domain_xml(guest_image, "emu", disk), script))
+    assert drv.native_argv("emu")[0] == str(script)
+    await dom.start()
+    try:
+        assert qemu_uid(dom) == nobody.pw_uid
+        await wait_console(dom, "COUNTER 2")
+    finally:
+        await dom.destroy()
+    runs = log.read_text().split()
+    assert len(runs) >= 2 and set(runs) == {str(nobody.pw_uid)}, runs
+
+
+@pytest.mark.parametrize("change, why", [
+    ("mode", "may be changed by other users"), ("owner", "owned by uid"),
+    ("answer", "does not answer as QEMU")])
+async def test_an_emulator_qdriver_will_not_run_is_refused_at_define(
+        guest_image: GuestImage, state_dir: Path, script_emulator: tuple[Path, Path],
+        change: str, why: str) -> None:
+    script, log = script_emulator
+    if change == "mode":
+        script.chmod(0o777)
+    elif change == "owner":
+        os.chown(script, pwd.getpwnam(USER).pw_uid, 0)
+    else:
+        script.write_text(f"#!/bin/sh\nid -u >> {log}\necho hello\n")
+    drv = qdriver.Driver(state_dir)
+    with pytest.raises(qdriver.QDriverError, match=why):
+        await drv.define_xml(with_emulator(domain_xml(guest_image, "bad", None), script))
+    assert drv.list_domains() == []
+    if change != "answer":
+        assert log.read_text() == "", "the emulator ran before it was checked"

@@ -138,3 +138,34 @@ def test_the_file_transport_is_read_from_the_schema() -> None:
     assert qemucaps.has_file_transport(schema)
     assert not qemucaps.has_file_transport(
         [{"meta-type": "enum", "name": "2", "values": ["file", "socket", "pty"]}])
+
+
+def test_a_prefix_qemu_is_pointed_at_its_own_modules(tmp_path: Path) -> None:
+    from qdriver.emulator import module_env
+    modules = tmp_path / "usr" / "lib" / "x86_64-linux-gnu" / "qemu"
+    modules.mkdir(parents=True)
+    assert module_env(str(tmp_path / "usr" / "bin" / "qemu-system-x86_64")) == \
+        {"QEMU_MODULE_DIR": str(modules)}
+    assert module_env("/usr/bin/qemu-system-x86_64") == {}
+
+
+async def test_the_running_qemu_has_its_own_module_directory(make_domain) -> None:
+    """On the QEMU 10 run (a private prefix first on PATH) QEMU must not try the
+    system QEMU's modules ("Only modules from the same build can be loaded")."""
+    import os
+    import shutil
+    from qdriver.emulator import module_env
+    dom = await make_domain(with_disk=False)
+    await dom.start(paused=True)
+    try:
+        rec = dom.runtime.peek()
+        assert rec is not None
+        environ = Path(f"/proc/{rec.pid}/environ").read_bytes().split(b"\0")
+        expected = module_env(os.path.realpath(shutil.which("qemu-system-x86_64") or ""))
+        for key, value in expected.items():
+            assert f"{key}={value}".encode() in environ
+        if not expected:
+            assert not any(e.startswith(b"QEMU_MODULE_DIR=") for e in environ)
+        assert "Only modules from the same build" not in dom.paths.qemu_log.read_text()
+    finally:
+        await dom.destroy()

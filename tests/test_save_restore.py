@@ -9,7 +9,7 @@ import qdriver
 from qdriver import DomainState
 from qdriver.saveimage import read_header
 
-from .conftest import disk_counter, last_counter, run_cli, wait_console
+from .conftest import disk_counter, last_counter, qemu_pids_for, run_cli, wait_console
 from .test_snapshot_create import assert_save_image, booted
 from .test_snapshot_revert import assert_resumes_from, console_offset, counters_after
 
@@ -129,3 +129,43 @@ async def test_bad_restores_change_nothing(make_domain, state_dir: Path, tmp_pat
         await dom.save(tmp_path / "x.save", running=True, paused=True)
     assert not (tmp_path / "x.save").exists()
     await dom.destroy()
+
+
+async def test_a_save_file_cannot_choose_the_emulator(make_domain, driver, state_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """The XML in a save file is data: for a domain defined here, a restore never
+    runs another emulator than the domain's, and leaves nothing behind."""
+    import shutil
+    from qdriver.saveimage import rewrite_xml
+    dom = await make_domain()
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    path = tmp_path / "g.save"
+    await dom.save(path)
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil-qemu"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\nexec {shutil.which('qemu-system-x86_64')} "
+                      '"$@"\n')
+    script.chmod(0o755)
+    xml = read_header(path).domain_xml
+    rewrite_xml(path, xml.replace("<devices>", f"<devices><emulator>{script}</emulator>", 1))
+    r = run_cli(state_dir, "restore", str(path), check=False)
+    assert r.returncode == 1 and "names emulator" in r.stderr.decode(), r.stderr.decode()
+    assert not marker.exists() and not dom.is_active and qemu_pids_for(state_dir) == []
+    assert dom.inactive_definition.emulator is None
+
+
+async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
+        make_domain, driver, state_dir: Path, tmp_path: Path) -> None:
+    dom = await make_domain(name="gone")
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    path = tmp_path / "g.save"
+    await dom.save(path)
+    disk = dom.definition.disks[0].source or ""
+    await driver.undefine(dom)
+    Path(disk).unlink()  # the restore fails: its disk is missing
+    r = run_cli(state_dir, "restore", str(path), check=False)
+    assert r.returncode == 1 and "No such file" in r.stderr.decode(), r.stderr.decode()
+    assert run_cli(state_dir, "list", "--all", "--name").stdout.split() == []
+    assert qemu_pids_for(state_dir) == []

@@ -83,12 +83,18 @@ class Monitor:
 
 def _check_private_parent(path: Path) -> None:
     """A socket in a directory others can write to may be a fake QEMU's (a
-    symlinked directory is checked as its link, and refused)."""
+    symlinked directory is checked as its link, and refused).  The directory is
+    this user's, or one this user made and handed to QEMU's user: then the
+    directory above is this user's, so no one else can have put it there."""
     try:
         st = os.lstat(path.parent)
+        above = os.lstat(path.parent.parent)
     except OSError as e:
         raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from e
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    mine = st.st_uid == os.geteuid() or (
+        stat.S_ISDIR(above.st_mode) and above.st_uid == os.geteuid()
+        and not above.st_mode & 0o022)
+    if not stat.S_ISDIR(st.st_mode) or not mine or st.st_mode & 0o022:
         raise MonitorConnectError(f"refusing QEMU monitor '{path}': its directory is not "
                                   "this user's, or others may write to it")
 
