@@ -15,8 +15,8 @@ import anyio
 
 from . import accel, cmdline, emulator, launch, qemucaps, runas
 from .domain import Domain
-from .errors import (NoDomainError, OperationFailedError, OperationInvalidError, QDriverError,
-                     XMLError)
+from .errors import (ConfigUnsupportedError, NoDomainError, OperationFailedError,
+                     OperationInvalidError, QDriverError, XMLError)
 from .ops import memfile
 from .ops.progress import ProgressFn
 from .opcontext import storable_definition, write_definition
@@ -37,7 +37,8 @@ def pin_machine(definition: DomainDef, user: QemuUser | None = None) -> DomainDe
     Without an emulator to ask, the alias stays (start names the missing QEMU); an
     emulator qdriver will not run is refused (`emulator.EmulatorRefused`)."""
     try:
-        aliases = qemucaps.machine_aliases(cmdline.emulator_for(definition), user)
+        program = cmdline.emulator_for(definition)
+        types = qemucaps.machine_types(program, user)
     except emulator.EmulatorRefused as e:
         if definition.emulator is not None and os.path.lexists(definition.emulator):
             raise
@@ -46,8 +47,22 @@ def pin_machine(definition: DomainDef, user: QemuUser | None = None) -> DomainDe
     except (QDriverError, OSError, subprocess.SubprocessError) as e:
         log.warning("machine type '%s' kept as given: %s", definition.machine, e)
         return definition
-    machine = aliases.get(definition.machine)
-    return definition.with_machine(machine) if machine else definition
+    machine = types.get(definition.machine)
+    if machine is None:
+        raise ConfigUnsupportedError(f"Emulator '{program}' does not support machine type "
+                                     f"'{definition.machine}'")
+    return definition.with_machine(machine) if machine != definition.machine else definition
+
+
+def checked_definition(xml: str | bytes) -> DomainDef:
+    """Parse a domain XML for ``define``; `ConfigUnsupportedError` names the first
+    thing in it qdriver cannot honour, so nothing is stored that cannot start."""
+    definition = DomainDef.parse(xml)
+    problems = definition.unsupported + layout.machine_problems(definition)
+    if problems:
+        raise ConfigUnsupportedError(
+            f"qdriver cannot honour {problems[0]} in domain '{definition.name}'")
+    return definition
 
 
 class Driver:
@@ -114,7 +129,7 @@ class Driver:
         address on every device (`layout.assign`): they are the guest's ABI, fixed
         from now on, so memory files and internal snapshots keep loading."""
         definition = await anyio.to_thread.run_sync(
-            pin_machine, layout.assign(DomainDef.parse(xml)), self.policy.qemu_user)
+            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user)
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -190,7 +205,7 @@ class Driver:
         file) starts with here (``virsh domxml-to-native qemu-argv``)."""
         path = Path(domain)
         if path.is_file():
-            definition = pin_machine(layout.assign(DomainDef.parse(path.read_bytes())),
+            definition = pin_machine(layout.assign(checked_definition(path.read_bytes())),
                                      self.policy.qemu_user)
         else:
             definition = self.lookup(domain).inactive_definition

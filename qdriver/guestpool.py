@@ -71,18 +71,24 @@ class Guest:
     linked_pid: int | None = None
     snapshot: str = READY_SNAPSHOT
     kept: list[str] = field(default_factory=list)
+    serial_file: Path | None = None
+    """A ``<serial type='file'>``'s file: the console's text is there, and it takes no input."""
+
+    @property
+    def console_log(self) -> Path:
+        return self.serial_file or self.domain.paths.console_log
 
     def console_offset(self) -> int:
         """Where the console log ends now (text after it is new)."""
         try:
-            return self.domain.paths.console_log.stat().st_size
+            return self.console_log.stat().st_size
         except FileNotFoundError:
             return 0
 
     def console_text(self, since: int = 0) -> str:
         """The serial console's text from byte offset ``since``."""
         try:
-            with self.domain.paths.console_log.open("rb") as f:
+            with self.console_log.open("rb") as f:
                 f.seek(since)
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
@@ -91,7 +97,8 @@ class Guest:
     def write_console(self, data: str | bytes) -> None:
         """Type ``data`` on the guest's serial console."""
         if self.link is None:
-            raise GuestSetupError(f"domain '{self.domain.name}' has no serial console")
+            kind = "writes to a file and takes no input" if self.serial_file else "is missing"
+            raise GuestSetupError(f"domain '{self.domain.name}': its serial console {kind}")
         self.link.write(data.encode() if isinstance(data, str) else data)
 
     def console(self) -> Console:
@@ -242,7 +249,9 @@ class GuestPool:
                     sources[disk.target] = (str(overlay), "qcow2")
             dom = await self.driver.define_xml(
                 definition.with_disk_sources(sources).renamed(name).to_xml())
-            guest = Guest(spec, dom, overlays)
+            first = definition.serials[0] if definition.serials else None
+            guest = Guest(spec, dom, overlays, serial_file=Path(first.path) if first and
+                          first.type == "file" and first.path else None)
             await dom.start()
             await _relink(guest)
             await _wait_ready(guest)
@@ -296,12 +305,12 @@ async def _wait_ready(guest: Guest) -> None:
         if polls % 10 == 0 and (await dom.get_state())[0] == DomainState.SHUTOFF:
             raise GuestSetupError(f"QEMU of '{dom.name}' exited before the guest was ready"
                                   f"{_tail('its log', dom.paths.qemu_log)}"
-                                  f"{_tail('console', dom.paths.console_log)}")
+                                  f"{_tail('console', guest.console_log)}")
         await anyio.sleep(0.05)
     what = f"no match for /{spec.ready}/ on the serial console" if pattern is not None \
         else "the guest agent did not answer"
     raise GuestSetupError(f"guest '{dom.name}' not ready within {spec.boot_timeout:g} s: "
-                          f"{what}{_tail('console', dom.paths.console_log)}")
+                          f"{what}{_tail('console', guest.console_log)}")
 
 
 async def _call_prepare(guest: Guest) -> None:
@@ -318,7 +327,7 @@ async def _relink(guest: Guest) -> None:
     if guest.link is not None and pid == guest.linked_pid:
         return
     _unlink(guest)
-    if pid is not None and guest.domain.definition.serials:
+    if pid is not None and guest.domain.definition.serials and guest.serial_file is None:
         guest.link = SerialLink(guest.domain.console_path())
         guest.linked_pid = pid
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import tempfile
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Generator, Iterator, TypeVar
@@ -79,6 +81,24 @@ def _setting(config: pytest.Config, name: str) -> Any:
     return value if value is not None else config.getini(dest)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) ends the run as Ctrl-C does, so that teardown
+    stops the guests instead of the process dying with them running."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class PluginSession:
     """The plugin's per-process state: an event loop thread and a `GuestPool`."""
 
@@ -91,6 +111,7 @@ class PluginSession:
         self.pool = GuestPool(self.base.absolute(), worker)
         self.keep_failed = bool(_setting(config, "keep-failed"))
         self._stack = ExitStack()
+        self._stack.enter_context(_sigterm_interrupts())
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self.closed = False

@@ -126,27 +126,34 @@ async def probe_binary(timeout: float = 10.0) -> QemuCaps:
                 os.unlink(sock)
 
 
-MACHINE_ALIAS = re.compile(r"^(\S+)\s.*\(alias of (\S+)\)\s*$", re.M)
+MACHINE_LINE = re.compile(r"^(\S+)\s+.*?(?:\(alias of (\S+)\))?\s*$", re.M)
+
+
+def machine_types(emulator: str, user: QemuUser | None = None) -> dict[str, str]:
+    """Every machine type an emulator has, each with the type it stands for (an
+    alias: ``q35`` -> ``pc-q35-7.2``; a type: itself), from its ``-machine help``
+    once it is checked (`qdriver.emulator`, run as ``user``); remembered per
+    binary and modification time."""
+    program = checked_emulator(emulator, user)
+    st = os.stat(program.path)
+    return _machine_types(program, st.st_mtime_ns, st.st_ino, user)
 
 
 def machine_aliases(emulator: str, user: QemuUser | None = None) -> dict[str, str]:
-    """``{alias: machine type}`` of an emulator (``q35`` -> ``pc-q35-7.2``), from its
-    ``-machine help`` once it is checked (`qdriver.emulator`, run as ``user``);
-    remembered per binary and modification time."""
-    program = checked_emulator(emulator, user)
-    st = os.stat(program.path)
-    return _machine_aliases(program, st.st_mtime_ns, st.st_ino, user)
+    """``{alias: machine type}`` of an emulator (`machine_types`' aliases)."""
+    return {name: real for name, real in machine_types(emulator, user).items() if name != real}
 
 
 @functools.lru_cache(maxsize=8)
-def _machine_aliases(program: Emulator, mtime: int, inode: int,
-                     user: QemuUser | None) -> dict[str, str]:
+def _machine_types(program: Emulator, mtime: int, inode: int,
+                   user: QemuUser | None) -> dict[str, str]:
     out = run_emulator(program, ["-machine", "help"], user)
     if out.returncode != 0:
         raise OperationFailedError(f"cannot list the machine types of {program.path}: "
                                    f"{out.stderr.strip()}")
-    return dict(MACHINE_ALIAS.findall(out.stdout))
+    body = out.stdout.split("\n", 1)[1] if out.stdout.startswith("Supported") else out.stdout
+    return {name: alias or name for name, alias in MACHINE_LINE.findall(body)}
 
 
 __all__ = ["QemuCaps", "probe", "probe_schema", "probe_binary", "has_file_transport", "binary",
-           "machine_aliases"]
+           "machine_aliases", "machine_types"]

@@ -125,3 +125,63 @@ def test_console_aliases_first_serial_and_channels() -> None:
                     "</channel>")
     assert len(d.serials) == 1 and d.serials[0].type == "pty"
     assert d.channels[0].target_name == "org.qemu.guest_agent.0"
+
+
+@pytest.mark.parametrize("change, message", [
+    (("<memory unit='MiB'>128</memory>", "<memory unit='KiB'>-5</memory>"),
+     "invalid value '-5' for <memory>"),
+    (("<memory unit='MiB'>128</memory>", f"<memory unit='KiB'>{10 ** 20}</memory>"),
+     f"invalid value '{10 ** 20}' for <memory>"),
+    (("<devices>", "<cpu mode='custom'><model> </model></cpu><devices>"),
+     "Missing CPU model name"),
+], ids=["negative-memory", "huge-memory", "blank-cpu-model"])
+def test_values_qemu_would_refuse_are_refused_when_parsed(change: tuple[str, str],
+                                                          message: str) -> None:
+    with pytest.raises(XMLError, match=message):
+        DomainDef.parse(BASE.format(devices="", extra="").replace(*change))
+
+
+def test_host_model_cpu_may_leave_the_model_out() -> None:
+    xml = BASE.format(devices="", extra="").replace(
+        "<devices>", "<cpu mode='host-model'><model fallback='allow'/></cpu><devices>")
+    assert DomainDef.parse(xml).cpu_model is None
+
+
+def test_one_pci_address_for_two_devices_is_refused() -> None:
+    from qdriver.xml import layout
+    at = "<address type='pci' domain='0' bus='0' slot='3' function='0'/>"
+    d = dom(devices=f"<memballoon model='virtio'>{at}</memballoon>"
+                    f"<rng model='virtio'><backend model='random'>/dev/urandom</backend>{at}</rng>")
+    with pytest.raises(XMLError, match="Attempted double use of PCI Address 0000:00:03.0"):
+        layout.assign(d)
+
+
+@pytest.mark.parametrize("machine, ok", [("q35", True), ("pc-q35-7.2", True), ("pc", True),
+                                         ("pc-i440fx-7.2", True), ("pc-1.0", True),
+                                         ("microvm", True), ("isapc", False), ("none", False)])
+def test_machines_qdriver_can_lay_out(machine: str, ok: bool) -> None:
+    from qdriver.xml import layout
+    d = DomainDef.parse(BASE.format(devices="", extra="").replace("'q35'", f"'{machine}'"))
+    assert (layout.machine_problems(d) == []) == ok
+
+
+@pytest.mark.parametrize("change, message", [
+    (("'q35'", "'pc-q35-99.0'"), "does not support machine type 'pc-q35-99.0'"),
+    (("'q35'", "'isapc'"), "machine type 'isapc'"),
+    (("<devices>", "<devices><watchdog model='i6300esb'/>"), "<devices><watchdog>"),
+    (("<devices>", "<devices><interface type='bridge'><source bridge='br0'/></interface>"),
+     "interface type='bridge'"),
+], ids=["unknown-machine", "isapc", "watchdog", "bridge"])
+async def test_define_refuses_what_cannot_start_and_stores_nothing(
+        tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    import qdriver
+    drv = qdriver.Driver(tmp_path / "state")
+    with pytest.raises(ConfigUnsupportedError, match=message):
+        await drv.define_xml(BASE.format(devices="", extra="").replace(*change))
+    assert drv.list_domains() == []
+
+
+def test_a_namespaced_element_is_named_as_written() -> None:
+    d = dom(extra="<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+                  "<qemu:arg value='-foo'/></qemu:commandline>")
+    assert d.unsupported == ["<qemu:commandline>"]

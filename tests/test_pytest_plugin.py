@@ -211,10 +211,12 @@ def cleanup_base(plugin_env: Path) -> Iterator[None]:
         os.kill(pid, 9)
 
 
-def test_ctrl_c_leaves_nothing(pytester: pytest.Pytester, plugin_env: Path,
-                               cleanup_base: None) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_leaves_nothing(pytester: pytest.Pytester, plugin_env: Path,
+                                          cleanup_base: None, signum: int) -> None:
+    """Ctrl-C, or SIGTERM as a cancelled CI job sends, stops every guest it started."""
     proc = start_sleeper(pytester, plugin_env)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert b"KeyboardInterrupt" in out, out
     assert_nothing_left(plugin_env)
@@ -356,4 +358,27 @@ def test_ini_options_and_readiness_by_guest_agent(pytester: pytest.Pytester, plu
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     assert "cannot tell when the guest is ready" in result.stdout.str()
+    assert_nothing_left(plugin_env)
+
+
+def test_a_guest_whose_serial_console_is_a_file(pytester: pytest.Pytester, plugin_env: Path,
+                                                guest_image: GuestImage) -> None:
+    """The plugin runs any XML qdriver runs: a file console is read, not attached to."""
+    log = plugin_env / "serial.log"
+    xml = (plugin_env / "guest.xml").read_text().replace(
+        "<serial type='pty'/>", f"<serial type='file'><source path='{log}'/></serial>")
+    (plugin_env / "guest.xml").write_text(xml)
+    pytester.makepyfile(test_file_console='''
+import pytest
+
+def test_reads_the_file(qdriver_console):
+    qdriver_console.wait(r"COUNTER \\d+", timeout=60)
+
+def test_typing_is_refused_by_name(qdriver_console):
+    with pytest.raises(Exception, match="writes to a file and takes no input"):
+        qdriver_console.write("echo hi\\n")
+''')
+    result = run(pytester, "-v")
+    result.assert_outcomes(passed=2)
+    assert "GUEST-READY" in log.read_text()
     assert_nothing_left(plugin_env)

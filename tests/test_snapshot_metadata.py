@@ -337,3 +337,18 @@ async def test_cli_create_as_print_xml(dom: qdriver.Domain, state_dir: Path) -> 
         "    <disk name='vda' snapshot='external'>\n      <driver type='qcow2'/>\n"
         "      <source file='/img/vda.s1'/>\n    </disk>\n  </disks>\n</domainsnapshot>\n")
     assert dom.list_snapshots() == []
+
+
+async def test_redefine_imports_metadata_whose_files_are_elsewhere(
+        dom: qdriver.Domain) -> None:
+    """Redefine moves metadata between hosts: the overlay and memory paths it names
+    need not exist here (libvirt imports them the same way)."""
+    xml = ("<domainsnapshot><name>moved</name><state>running</state>"
+           "<creationTime>5</creationTime>"
+           "<memory snapshot='external' file='/path/to/moved.mem'/>"
+           "<disks><disk name='hdd' snapshot='external' type='file'>"
+           "<driver type='qcow2'/><source file='/path/to/hdd.moved'/></disk></disks>"
+           f"<domain type='qemu'><name>meta</name><uuid>{UUID}</uuid></domain>"
+           "</domainsnapshot>")
+    snap = await dom.snapshot_create_xml(xml, redefine=True)
+    assert snap.name == "moved" and "/path/to/hdd.moved" in snap.xml_desc()

@@ -137,6 +137,8 @@ class CreateExecution:
         if not self.plan.flags.no_metadata:
             record = self.record()
             meta.storable(replace(record, parent=record.parent or tree.current, active=True))
+        if self.plan.flags.redefine:
+            return  # metadata only: its files may be elsewhere (moved between hosts)
         for d in self.external():
             self._check_not_owned(d.file or "", f"overlay of disk '{d.target}'")
             _check_overlay_target(d, self.plan.flags.reuse_ext)

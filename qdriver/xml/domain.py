@@ -320,6 +320,10 @@ def replace_disk_source(root: safe.Element, old: str, new: str, fmt: str) -> saf
     return copy
 
 
+MAX_MEMORY_KIB = 1 << 44
+"""16 PiB: far above what any QEMU can give a guest, far below an overflow."""
+
+
 def parse_size(el: safe.Element | None, default_unit: str = "KiB") -> int | None:
     """A libvirt scaled integer (``<memory unit='MiB'>256</memory>``) in KiB."""
     if el is None:
@@ -370,6 +374,9 @@ def _parse(root: safe.Element) -> DomainDef:
     memory = parse_size(root.find("memory"))
     if not memory:
         raise XMLError("missing or zero <memory> in domain XML")
+    if not 0 < memory <= MAX_MEMORY_KIB:
+        raise XMLError(f"invalid value '{(root.findtext('memory') or '').strip()}' for "
+                       f"<memory>: the size must be above 0 and at most {MAX_MEMORY_KIB} KiB")
     d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory)
     d.vcpus = _int(_text(root, "vcpu") or "1", "<vcpu>", 1, 4096)
     vcpu = root.find("vcpu")
@@ -384,7 +391,8 @@ def _parse(root: safe.Element) -> DomainDef:
         if value not in allowed:
             d.unsupported.append(f"<{el_name}>{value}</{el_name}>")
         setattr(d, el_name, value)
-    d.unsupported += [f"<{c.tag}>" for c in safe.children(root) if c.tag not in TOP_LEVEL]
+    d.unsupported += [f"<{safe.written_name(c)}>" for c in safe.children(root)
+                      if c.tag not in TOP_LEVEL]
     clock = root.find("clock")
     if clock is not None and clock.get("offset", "utc") != "utc":
         d.unsupported.append(f"<clock offset='{clock.get('offset')}'>")
@@ -426,7 +434,8 @@ def _parse_os(root: safe.Element, d: DomainDef) -> None:
     d.cmdline = _text(os_el, "cmdline")
     d.boot_devs = [b.get("dev", "hd") for b in os_el.findall("boot")]
     known = {"type", "kernel", "initrd", "cmdline", "boot"}
-    d.unsupported += [f"<os><{c.tag}>" for c in safe.children(os_el) if c.tag not in known]
+    d.unsupported += [f"<os><{safe.written_name(c)}>" for c in safe.children(os_el)
+                      if c.tag not in known]
 
 
 def _parse_features(root: safe.Element, d: DomainDef) -> None:
@@ -466,8 +475,11 @@ def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
     if d.cpu_mode not in ("host-passthrough", "host-model", "maximum", "custom"):
         raise XMLError(f"Invalid CPU mode '{d.cpu_mode}'")
     model = _text(cpu, "model")
+    if not model and d.cpu_mode == "custom" and cpu.find("model") is not None:
+        raise XMLError("Missing CPU model name")
     d.cpu_model = _token(model, "CPU model") if model else None
-    d.unsupported += [f"<cpu><{c.tag}>" for c in safe.children(cpu) if c.tag != "model"]
+    d.unsupported += [f"<cpu><{safe.written_name(c)}>" for c in safe.children(cpu)
+                      if c.tag != "model"]
 
 
 def _parse_devices(root: safe.Element, d: DomainDef) -> None:
@@ -477,7 +489,7 @@ def _parse_devices(root: safe.Element, d: DomainDef) -> None:
     for el in safe.children(devs):
         handler = DEVICE_PARSERS.get(el.tag)
         if handler is None and el.tag not in DEVICES:
-            d.unsupported.append(f"<devices><{el.tag}>")
+            d.unsupported.append(f"<devices><{safe.written_name(el)}>")
         elif handler is not None:
             handler(el, d)
     targets = [disk.target for disk in d.disks]

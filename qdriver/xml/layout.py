@@ -16,7 +16,7 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 
-from ..errors import ConfigUnsupportedError
+from ..errors import ConfigUnsupportedError, XMLError
 from . import address, safe
 from .address import DriveAddress, PciAddress, PortAddress
 from .domain import DomainDef
@@ -40,6 +40,15 @@ class _Slots:
 
     def slot_free(self, bus: int, slot: int) -> bool:
         return not any((bus, slot, f) in self.used for f in range(address.PCI_FUNCTIONS))
+
+
+def machine_problems(d: DomainDef) -> list[str]:
+    """What in ``d``'s machine type qdriver cannot lay out (``isapc``, ``none``, ...)."""
+    m = d.machine
+    if m in ("q35", "pc", "microvm") or m.startswith(("pc-q35-", "pc-i440fx-")) or \
+            (m.startswith("pc-") and m[3:4].isdigit()):  # pc-1.0 ...: old i440fx types
+        return []
+    return [f"machine type '{m}' (qdriver lays out q35, pc and microvm machines)"]
 
 
 def assign(d: DomainDef) -> DomainDef:
@@ -183,6 +192,9 @@ def _pci_addresses(devices: safe.Element, d: DomainDef) -> None:
     for el in devices.iter():
         addr = address.parse(el) if el.tag != "address" else None
         if isinstance(addr, PciAddress):
+            if (addr.bus, addr.slot, addr.function) in slots.used:
+                raise XMLError(f"Attempted double use of PCI Address 0000:{addr.bus:02x}:"
+                               f"{addr.slot:02x}.{addr.function}")
             slots.take(addr)
     for el, addr in _fixed_addresses(devices, d):
         if el.find("address") is None:

@@ -137,6 +137,12 @@ def _qname(nsmap: dict, name: str) -> str:
     return f"{prefix}:{local}" if prefix else local
 
 
+def written_name(el: Element) -> str:
+    """An element's name as the document writes it (``qemu:commandline``), for
+    messages: never the ``{namespace-uri}name`` form."""
+    return _qname(dict(el.nsmap), el.tag) if isinstance(el.tag, str) else str(el.tag)
+
+
 def new(tag: str, attrib: dict[str, str] | None = None, text: str | None = None) -> Element:
     """A fresh element; `XMLError` names a value XML cannot hold (a control character)."""
     with _xml_values(tag, attrib, text):
