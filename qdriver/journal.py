@@ -44,6 +44,7 @@ class ActionKind(enum.StrEnum):
     QEMU_IMG_SNAPSHOT_DELETE = "qemu-img-snapshot-delete"
     THAW = "thaw"
     STOP_QEMU = "stop-qemu"
+    COMPLETE_MEMORY_FILE = "complete-memory-file"
 
 
 @dataclass(frozen=True)

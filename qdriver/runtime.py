@@ -299,6 +299,8 @@ def _tolerant(write: Callable[[], object], what: str) -> None:
 
 
 def _reason(rec: RunRecord, exit_status: int | None) -> str:
+    if rec.stop_requested == "shutdown" and exit_status not in (None, 0):
+        return "crashed"  # asked to power off, but killed (a guest's own power-off exits 0)
     if rec.stop_requested:
         return rec.stop_requested
     if exit_status is None:

@@ -131,6 +131,34 @@ async def test_shutdown_escalates_when_guest_ignores_acpi(make_domain) -> None:
     assert "GUEST-POWEROFF" not in dom.paths.console_log.read_text()
 
 
+async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain,
+                                                                   state_dir: Path) -> None:
+    """Asked to power off, the guest ignored it, and then QEMU was killed: that is a
+    crash, not a shutdown."""
+    dom = await make_domain(cmdline="qd.noacpi=1")
+    await dom.start()
+    await wait_console(dom, "GUEST-READY")
+    proc = subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
+                             "shutdown", "guest", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(500):
+            rec = dom.runtime.peek()
+            if rec is not None and rec.stop_requested == "shutdown":
+                break
+            await anyio.sleep(0.02)
+        else:
+            raise AssertionError("the shutdown was never asked")
+        os.kill(rec.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert await dom.get_state() == (DomainState.SHUTOFF, "crashed")
+    out = run_cli(state_dir, "domstate", "guest", "--reason").stdout.decode().strip()
+    assert out == "shut off (crashed)"
+
+
 async def test_lock_makes_second_operation_wait_then_fail(make_domain, state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start(paused=True)

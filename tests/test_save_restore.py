@@ -169,3 +169,13 @@ async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
     assert r.returncode == 1 and "No such file" in r.stderr.decode(), r.stderr.decode()
     assert run_cli(state_dir, "list", "--all", "--name").stdout.split() == []
     assert qemu_pids_for(state_dir) == []
+
+
+def test_restore_from_a_fifo_is_refused_at_once(state_dir: Path, tmp_path: Path) -> None:
+    """A FIFO nobody writes to would block the restore forever: only files are read."""
+    import os
+    fifo = tmp_path / "pipe.save"
+    os.mkfifo(fifo)
+    r = run_cli(state_dir, "restore", str(fifo), check=False, timeout=30)
+    assert r.returncode == 1 and f"memory file '{fifo}' is not a regular file" in \
+        r.stderr.decode(), r.stderr.decode()

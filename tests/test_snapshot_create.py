@@ -419,6 +419,43 @@ async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
         [d.source for d in fresh.definition.disks] == sources
 
 
+async def test_qemu_killed_during_a_live_memory_snapshot(make_domain, state_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """LIVE: the disks switch first, then the RAM is copied while the guest runs. QEMU
+    killed during the copy wrote into the new overlay until it died: the definition
+    names it, and no file is left that nothing names."""
+    dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2", timeout=90)
+    mem = tmp_path / "l.mem"
+    overlay = tmp_path / "l-vda.qcow2"
+    pid = int(dom.paths.pidfile.read_text())
+
+    async def kill_when_saving() -> None:
+        while not mem.exists() or mem.stat().st_size < (8 << 20):
+            await anyio.sleep(0.002)
+        os.kill(pid, 9)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_when_saving)
+        with pytest.raises(qdriver.QDriverError):
+            await dom.snapshot_create_xml(
+                f"<domainsnapshot><name>l1</name><memory file='{mem}'/><disks>"
+                f"<disk name='vda' snapshot='external'><source file='{overlay}'/></disk>"
+                "</disks></domainsnapshot>", live=True)
+    assert not mem.exists() and dom.list_snapshots() == []
+    assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
+    assert [d.source for d in dom.definition.disks] == [str(overlay)], \
+        "the overlay QEMU wrote into is named by nothing"
+    wrote = disk_counter(overlay)
+    assert wrote >= 2, "the guest's writes since the switch are not in the overlay"
+    offset = len(dom.paths.console_log.read_text(errors="replace"))
+    await dom.start()
+    text = await wait_console(dom, "GUEST-READY", after=offset)
+    assert f"GUEST-READY disk=vda start={wrote}" in text, text[:200]
+    await dom.destroy()
+
+
 async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> None:
     dom = await make_domain(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)

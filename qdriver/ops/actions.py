@@ -21,6 +21,7 @@ from ..journal import Action, ActionKind
 from .blocknodes import image_file
 from ..opcontext import OpContext
 from ..runtime import pid_from_file
+from ..saveimage import mark_complete
 from ..statestore import atomic_write, fsync_dir
 from ..xml.domain import DomainDef
 
@@ -88,11 +89,18 @@ async def _follow_overlays(env: ActionEnv, args: dict[str, Any]) -> None:
     transaction that went through cannot be taken back; one QEMU refused
     changed nothing)."""
     mon = await env.monitor()
-    if mon is None:
+    wanted: dict[str, str] | None = args.get("overlays")
+    try:
+        blocks = await mon.execute("query-block") if mon is not None else None
+    except (qmp.MonitorClosedError, qmp.MonitorConnectError):
+        blocks = None  # QEMU died during the operation
+    if blocks is None:
+        if wanted and args.get("switched"):  # QEMU wrote into them until it died
+            env.ctx.save_definition(env.ctx.definition.with_disk_sources(
+                {t: (f, "qcow2") for t, f in wanted.items() if os.path.exists(f)}))
         return
     active = {_qdev_id(b.get("qdev", "")): image_file(b.get("inserted", {}))
-              for b in await mon.execute("query-block")}
-    wanted: dict[str, str] | None = args.get("overlays")
+              for b in blocks}
     if wanted is None:  # whatever QEMU writes to now (after a block-commit's pivot)
         wanted = {d.target: active[d.target] for d in env.ctx.definition.disks
                   if active.get(d.target) and active[d.target] != d.source}
@@ -188,6 +196,18 @@ async def _stop_qemu(env: ActionEnv, args: dict[str, Any]) -> None:
     ctx.runtime.cleanup()
 
 
+async def _complete_memory_file(env: ActionEnv, args: dict[str, Any]) -> None:
+    """Mark a memory file whose migration completed as complete (a roll-forward)."""
+    path = args["path"]
+    if not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mark_complete(fd)
+    finally:
+        os.close(fd)
+
+
 ACTIONS: dict[ActionKind, Callable[[ActionEnv, dict[str, Any]], Awaitable[None]]] = {
     ActionKind.REMOVE_FILE: _remove_file,
     ActionKind.RESTORE_DIR: _restore_dir,
@@ -202,6 +222,7 @@ ACTIONS: dict[ActionKind, Callable[[ActionEnv, dict[str, Any]], Awaitable[None]]
     ActionKind.QEMU_IMG_SNAPSHOT_DELETE: _qemu_img_snapshot_delete,
     ActionKind.THAW: _thaw,
     ActionKind.STOP_QEMU: _stop_qemu,
+    ActionKind.COMPLETE_MEMORY_FILE: _complete_memory_file,
 }
 
 
@@ -231,9 +252,22 @@ def write_definition(definition: DomainDef, what: str = "the domain definition")
     return Action(ActionKind.WRITE_DEFINITION, what, {"xml": definition.to_xml()})
 
 
-def follow_overlays(overlays: dict[str, str]) -> Action:
+def follow_overlays(overlays: dict[str, str], switched: bool = False) -> Action:
+    """The definition names the overlays QEMU writes; ``switched``: QEMU took them (a
+    QEMU that died since wrote into them, so they stay named even without it)."""
     return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's switch to the new overlays",
-                  {"overlays": overlays})
+                  {"overlays": overlays, "switched": switched})
+
+
+def complete_memory_file(path: str) -> Action:
+    return Action(ActionKind.COMPLETE_MEMORY_FILE, f"the completion of memory file {path}",
+                  {"path": path})
+
+
+def write_metadata_files(directory: Path, files: dict[str, str], what: str) -> Action:
+    """Write these metadata files (``NAME.xml``: text) as given (a roll-forward)."""
+    return Action(ActionKind.RESTORE_DIR, what,
+                  {"path": str(directory), "files": files, "exact": False})
 
 
 def follow_disks() -> Action:

@@ -318,16 +318,41 @@ class CreateExecution:
                 todo.append({"type": "blockdev-snapshot-internal-sync", "data": {
                     "device": self.nodes[d.target], "name": self.plan.name}})
         switching = [d for d in self.external() if external]
+        overlays = {d.target: d.file or "" for d in switching}
         if switching:
             # Once the overlays are the active layers the guest writes into them, so
             # the external part is never undone (that would need a block-commit):
             # whatever happens next, the definition must name them.
-            self.txn.on_undo(actions.follow_overlays({d.target: d.file or "" for d in switching}))
+            follow = self.txn.on_undo(actions.follow_overlays(overlays))
         await self.monitor.execute("transaction", {"actions": todo})
         for d in switching:
             self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
             self.switched.add(d.target)
             self.txn.discard(*self.overlay_undos.pop(d.target, []))
+        if switching:
+            self.txn.discard(follow)
+            self.txn.on_undo(actions.follow_overlays(overlays, switched=True))
+            self._roll_forward_if_complete(overlays)
+
+    def _roll_forward_if_complete(self, overlays: dict[str, str]) -> None:
+        """The disks switched after the memory was saved: everything the snapshot
+        needs exists, so from here a failure (or a dead process) finishes it."""
+        steps = self.plan.steps
+        if self.plan.flags.no_metadata or Step.MIGRATE_TO_FILE not in steps or \
+                steps.index(Step.MIGRATE_TO_FILE) > steps.index(Step.TRANSACTION):
+            return
+        store = self.ctx.snapshot_store()
+        tree = store.load()
+        new = replace(self.record(), parent=tree.current)
+        files = {f"{self.plan.name}.xml": meta.storable(replace(new, active=True))}
+        if tree.current:
+            files[f"{tree.current}.xml"] = meta.storable(
+                replace(tree.snaps[tree.current], active=False))
+        self.txn.commit([
+            actions.follow_overlays(overlays, switched=True),
+            actions.complete_memory_file(self.plan.memory_file or ""),
+            actions.write_metadata_files(store.dir, files, f"the metadata of {self.plan.name}"),
+            *([actions.resume_guest()] if Step.RESUME in steps else [])])
 
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
@@ -391,8 +416,9 @@ class CreateExecution:
         store = self.ctx.snapshot_store()
         tree = store.load()
         touched = [self.plan.name, *([tree.current] if tree.current else [])]
-        self.txn.on_undo(actions.restore_files(store.dir, touched,
-                                               f"the metadata of {self.plan.name}"))
+        if not self.txn.committed:  # past the point of no return, failure finishes it
+            self.txn.on_undo(actions.restore_files(store.dir, touched,
+                                                   f"the metadata of {self.plan.name}"))
         meta.add(store, tree, self.record())
 
     async def redefine_metadata(self) -> None:

@@ -9,6 +9,7 @@ caller (the plan says whether the guest resumes).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -128,8 +129,11 @@ INCOMING_FD = "qdriver-incoming"
 
 
 def check(path: str) -> SaveHeader:
-    """The header of a memory file to load; refuses a missing, foreign or partial one."""
+    """The header of a memory file to load; refuses a missing, foreign or partial one,
+    and anything but a regular file (a FIFO nobody writes to would block forever)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OperationFailedError(f"memory file '{path}' is not a regular file")
         header = read_header(path)
     except FileNotFoundError as e:
         raise OperationFailedError(f"memory file '{path}' does not exist") from e
