@@ -37,10 +37,12 @@ async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
 
 
 def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
-                 incoming: bool = False) -> QemuCommand:
+                 incoming: bool = False, launching: bool = True) -> QemuCommand:
     """What a start runs, once the emulator and every file it opens are checked
-    (`check_files`); `ConfigUnsupportedError` if KVM is asked and unusable."""
-    chains = check_files(definition, policy)
+    (`check_files`); `ConfigUnsupportedError` if KVM is asked and unusable.  Not
+    ``launching`` (``domxml-to-native``), images that are missing are left out of
+    the chains instead of refused."""
+    chains = check_files(definition, policy) if launching else readable_chains(definition)
     status = accel.probe(definition.type)
     if not status.usable:
         raise ConfigUnsupportedError(
@@ -56,9 +58,22 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
                 incoming: bool = False) -> tuple[list[str], str]:
     """The QEMU command line a start would run (``domxml-to-native``), and its
-    accelerator."""
-    command = qemu_command(definition, paths, policy, incoming)
+    accelerator; its images need not exist yet."""
+    command = qemu_command(definition, paths, policy, incoming, launching=False)
     return command.argv, command.accel
+
+
+def readable_chains(definition: DomainDef) -> dict[str, tuple[Layer, ...]]:
+    """The backing layers of the disks whose images can be read now."""
+    chains: dict[str, tuple[Layer, ...]] = {}
+    for disk in definition.disks:
+        if disk.source and Path(disk.source).exists():
+            try:
+                chains[disk.target] = backing_layers(disk.source, disk.format,
+                                                     f"disk '{disk.target}'")
+            except OSError:
+                continue
+    return chains
 
 
 def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
