@@ -179,3 +179,21 @@ def test_restore_from_a_fifo_is_refused_at_once(state_dir: Path, tmp_path: Path)
     r = run_cli(state_dir, "restore", str(fifo), check=False, timeout=30)
     assert r.returncode == 1 and f"memory file '{fifo}' is not a regular file" in \
         r.stderr.decode(), r.stderr.decode()
+
+
+async def test_long_operations_show_progress_and_a_final_line(make_domain, state_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """virsh's --verbose is accepted; an internal snapshot and its revert, silent
+    before, say how long they took; a save ends with its 100 % line."""
+    await booted(make_domain)
+    r = run_cli(state_dir, "snapshot-create-as", "guest", "i1")
+    assert "snapshot guest: snapshot-save done in " in r.stderr.decode(), r.stderr.decode()
+    r = run_cli(state_dir, "snapshot-revert", "guest", "i1")
+    assert "snapshot-load done in " in r.stderr.decode(), r.stderr.decode()
+    save = tmp_path / "v.save"
+    r = run_cli(state_dir, "save", "guest", str(save), "--verbose")
+    lines = r.stderr.decode().splitlines()
+    assert lines and "memory 100%" in lines[-1], lines
+    r = run_cli(state_dir, "restore", str(save), "--verbose")
+    assert "load 100%" in r.stderr.decode().splitlines()[-1], r.stderr.decode()
+    run_cli(state_dir, "destroy", "guest")

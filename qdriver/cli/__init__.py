@@ -15,7 +15,7 @@ import anyio
 from ..driver import Driver
 from ..errors import QDriverError
 from . import domain_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
-from .registry import COMMANDS
+from .registry import COMMANDS, progress_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,8 @@ async def run(argv: list[str]) -> int:
         async with Driver(state_dir, qemu_user=getattr(args, "qemu_user", None),
                           allow_host_secrets=getattr(args, "allow_host_secrets", False)
                           ) as drv:
-            return await COMMANDS[args.command].handler(drv, args)
+            with progress_lines():
+                return await COMMANDS[args.command].handler(drv, args)
     except (QDriverError, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -210,6 +210,8 @@ def _save_state_flags(p: argparse.ArgumentParser) -> None:
     state = p.add_mutually_exclusive_group()
     state.add_argument("--running", action="store_true", help="restore to running")
     state.add_argument("--paused", action="store_true", help="restore to paused")
+    p.add_argument("--verbose", action="store_true",
+                   help="show progress (virsh's flag; qdriver always shows it)")
 
 
 def _setup_save(p: argparse.ArgumentParser) -> None:

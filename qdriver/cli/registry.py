@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Iterator, Sequence, TextIO
 
 from ..driver import Driver
 from ..ops.progress import Progress
@@ -69,19 +70,78 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 class ProgressPrinter:
-    """Progress of a memory save or load on stderr, at most a few lines a second:
-    ``<what>: <phase> <percent>% (<done> of <total> MiB, <rate> MiB/s)``."""
+    """Progress of a long phase on stderr: ``<what>: <phase> <percent>% (<done> of
+    <total> MiB, <rate> MiB/s)``, or the time so far where QEMU tells no total (an
+    internal snapshot's job).  On a terminal it is one line, updated in place; elsewhere
+    a plain line every few seconds.  Each phase ends with a final line (`finish`)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, stream: TextIO | None = None) -> None:
         self.name = name
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.last = 0.0
+        self.width = 0
+        self.open: Progress | None = None
+        """The phase whose line is not finished yet."""
+        self.started = time.monotonic()
+        OPEN_PRINTERS.append(self)
 
     def __call__(self, p: Progress) -> None:
+        if self.open is not None and p.phase != self.open.phase:
+            self.finish()
+        if self.open is None:
+            self.started = time.monotonic()
+        self.open = p
         now = time.monotonic()
-        if now - self.last < 0.5 and p.done < p.total:
+        if now - self.last < (0.1 if self.tty else 2.0):
             return
         self.last = now
-        pct = 100 * p.done // p.total if p.total else 0
-        print(f"{self.name}: {p.phase} {pct:3d}% ({p.done / 2**20:.1f} of "
-              f"{p.total / 2**20:.1f} MiB, {p.rate / 2**20:.0f} MiB/s)", file=sys.stderr,
-              flush=True)
+        self._write(self._line(p, now - self.started), end=False)
+
+    def finish(self, ok: bool = True) -> None:
+        """End the open phase: its final line (100 %), or on failure just the line."""
+        p, self.open = self.open, None
+        if p is None:
+            return
+        elapsed = time.monotonic() - self.started
+        if ok:
+            self._write(self._line(Progress(p.phase, max(p.total, p.done), p.total, p.rate),
+                                   elapsed, final=True), end=True)
+        elif self.tty and self.width:
+            self.stream.write("\n")
+        self.width = 0
+
+    def _line(self, p: Progress, elapsed: float, final: bool = False) -> str:
+        if p.total <= 1:  # QEMU tells no amount for this phase
+            return f"{self.name}: {p.phase} {'done in' if final else 'for'} {elapsed:.1f} s"
+        pct = 100 * p.done // p.total
+        rate = p.total / elapsed if final and elapsed else p.rate
+        return (f"{self.name}: {p.phase} {pct:3d}% ({p.done / 2**20:.1f} of "
+                f"{p.total / 2**20:.1f} MiB, {rate / 2**20:.0f} MiB/s"
+                f"{f', {elapsed:.1f} s' if final else ''})")
+
+    def _write(self, line: str, end: bool) -> None:
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.width) + ("\n" if end else ""))
+            self.width = 0 if end else len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+OPEN_PRINTERS: list[ProgressPrinter] = []
+"""The progress printers of the command that runs, finished when it ends."""
+
+
+@contextmanager
+def progress_lines() -> Iterator[None]:
+    """Around one command: every progress line it opened gets its end."""
+    OPEN_PRINTERS.clear()
+    try:
+        yield
+    except BaseException:
+        for printer in OPEN_PRINTERS:
+            printer.finish(ok=False)
+        raise
+    for printer in OPEN_PRINTERS:
+        printer.finish()

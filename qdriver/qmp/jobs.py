@@ -37,6 +37,7 @@ async def run_job(mon: Monitor, command: str, arguments: Mapping[str, object], j
 
 
 async def _report_progress(mon: Monitor, job_id: str, progress: ProgressFn) -> None:
+    progress(0, 0)  # the job has begun: a phase that ends quickly is still shown
     while True:
         await anyio.sleep(0.25)
         for job in await mon.execute("query-jobs"):
