@@ -81,6 +81,7 @@ class OpContext:
     definition: DomainDef
     runtime: Runtime
     record: RunRecord | None
+    """The live QEMU's run record; None while the domain is shut off."""
     policy: LaunchPolicy = LaunchPolicy()
     """Who QEMU runs as and which files it may be given (`qdriver.runas`)."""
     persistent: DomainDef | None = None

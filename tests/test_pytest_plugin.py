@@ -124,6 +124,7 @@ def test_failed_test_reports_console_and_keeps_a_revertible_snapshot(
                 f.write(json.dumps({"dir": str(qdriver_driver.state_dir), "pid": 0}) + "\\n")
             qdriver_console.write("echo broken-state > /mnt/marker; sync; echo SAVED$((6*7))\\n")
             qdriver_console.wait(r"^SAVED42", 20)
+            qdriver_console.wait(r"^COUNTER", 20)  # the report must show it: wait, not guess
             assert False, "the guest misbehaved"
 
         def test_next_is_fresh(qdriver_console):

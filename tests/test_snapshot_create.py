@@ -392,6 +392,13 @@ async def test_memory_file_path_that_is_a_dangling_link(make_domain, state_dir: 
     await dom.destroy()
 
 
+async def kill_when_saving(mem: Path, pid: int) -> None:
+    """SIGKILL QEMU once 8 MiB of its memory are in the file."""
+    while not mem.exists() or mem.stat().st_size < (8 << 20):
+        await anyio.sleep(0.002)
+    os.kill(pid, 9)
+
+
 async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
                                             tmp_path: Path) -> None:
     dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
@@ -399,15 +406,8 @@ async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
     await wait_console(dom, "COUNTER 2", timeout=90)
     sources = [d.source for d in dom.definition.disks]
     mem = tmp_path / "k.mem"
-    pid = int(dom.paths.pidfile.read_text())
-
-    async def kill_when_saving() -> None:
-        while not mem.exists() or mem.stat().st_size < (8 << 20):
-            await anyio.sleep(0.002)
-        os.kill(pid, 9)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(kill_when_saving)
+        tg.start_soon(kill_when_saving, mem, int(dom.paths.pidfile.read_text()))
         with pytest.raises(qdriver.QDriverError):
             await dom.snapshot_create_xml(
                 f"<domainsnapshot><name>k1</name><memory file='{mem}'/></domainsnapshot>")
@@ -429,15 +429,8 @@ async def test_qemu_killed_during_a_live_memory_snapshot(make_domain, state_dir:
     await wait_console(dom, "COUNTER 2", timeout=90)
     mem = tmp_path / "l.mem"
     overlay = tmp_path / "l-vda.qcow2"
-    pid = int(dom.paths.pidfile.read_text())
-
-    async def kill_when_saving() -> None:
-        while not mem.exists() or mem.stat().st_size < (8 << 20):
-            await anyio.sleep(0.002)
-        os.kill(pid, 9)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(kill_when_saving)
+        tg.start_soon(kill_when_saving, mem, int(dom.paths.pidfile.read_text()))
         with pytest.raises(qdriver.QDriverError):
             await dom.snapshot_create_xml(
                 f"<domainsnapshot><name>l1</name><memory file='{mem}'/><disks>"

@@ -63,10 +63,22 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
                         "saving the memory state")
         if background and resume:
             await domstate.ensure_running(mon)
+        elif not background:
+            await _finalized(mon)
     finally:
         if background:
             await mon.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "background-snapshot", "state": False}]})
+
+
+async def _finalized(mon: qmp.Monitor, timeout: float = 10.0) -> None:
+    """Wait until QEMU has left ``finish-migrate``: it reports the migration
+    completed a moment before its run state moves on, and refuses ``cont``
+    ("Migration is not finalized yet") until then, which a loaded host shows."""
+    deadline = time.monotonic() + timeout
+    while (await mon.execute("query-status")).get("status") == "finish-migrate" and \
+            time.monotonic() < deadline:
+        await anyio.sleep(0.002)
 
 
 async def _set_capabilities(mon: qmp.Monitor, background: bool) -> None:
