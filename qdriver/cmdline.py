@@ -129,7 +129,9 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
     if log_fd:
-        b.add("-add-fd", f"fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FDSET}")
+        # opaque: the file's name, so the command line still says which domain this is
+        b.add("-add-fd", f"fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FDSET},"
+                         f"opaque={opt(paths.console_log)}")
     _machine(b, accel)
     b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
     _boot(b)

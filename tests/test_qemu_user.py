@@ -220,6 +220,7 @@ async def test_a_script_emulator_never_runs_as_root_with_a_qemu_user(
     try:
         assert qemu_uid(dom) == nobody.pw_uid
         await wait_console(dom, "COUNTER 2")
+        assert qemu_pids_for(state_dir), "the command line no longer names the domain's files"
     finally:
         await dom.destroy()
     runs = log.read_text().split()
