@@ -54,8 +54,7 @@ def check(path: str, user: QemuUser | None = None) -> Emulator:
     problem = _file_problem(real, st)
     if problem:
         raise EmulatorRefused(f"refusing emulator '{path}': {problem}")
-    uid = user.uid if user is not None and os.geteuid() == 0 else os.geteuid()
-    return _answers(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, uid, user)
+    return _answers(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, user)
 
 
 def _file_problem(real: str, st: os.stat_result) -> str | None:
@@ -74,7 +73,7 @@ def _file_problem(real: str, st: os.stat_result) -> str | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _answers(real: str, dev: int, ino: int, mtime: int, size: int, uid: int,
+def _answers(real: str, dev: int, ino: int, mtime: int, size: int,
              user: QemuUser | None) -> Emulator:
     """Ask the file once per version of it (and user) whether it is QEMU."""
     env = module_env(real)

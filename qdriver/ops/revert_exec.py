@@ -27,6 +27,8 @@ from ..xml.snapshot import SnapshotDisk
 from . import memfile
 from .blocknodes import top_nodes
 from .create_exec import JOB_TIMEOUT, hmp_word
+from .delete_exec import image_graph
+from .delete_plan import ImageGraph
 from .progress import ProgressFn, ProgressMeter
 from .revert_plan import RevertPlan, RevertStep
 from . import actions
@@ -89,11 +91,11 @@ class RevertExecution:
         await self.ctx.stop("from snapshot")
 
     async def qemu_img_apply(self) -> None:
-        self.mark_stale()
+        await self.mark_stale()
         for target in self.plan.internal_disks:
             await qemuimg.snapshot_apply(self.sources[target], self.plan.name)
 
-    def mark_stale(self) -> None:
+    async def mark_stale(self) -> None:
         """Before an internal snapshot is applied to an image that others build on
         (a forced revert), say so in every snapshot whose disk state lies in or
         above that image: its images no longer hold it.  A delete of such a
@@ -103,7 +105,7 @@ class RevertExecution:
             return
         store = self.ctx.snapshot_store()
         tree = store.load()
-        hit = stale_snapshots(tree, changed, self.plan.name)
+        hit = stale_snapshots(tree, await image_graph(self.ctx, tree), changed, self.plan.name)
         why = (f"reverting to '{self.plan.name}' rewrote "
                f"{', '.join(sorted(changed))}, which its disk state builds on")
         for name in hit:
@@ -197,7 +199,7 @@ class RevertExecution:
         await (await self.monitor()).execute("stop")
 
     async def snapshot_load(self) -> None:
-        self.mark_stale()
+        await self.mark_stale()
         mon = await self.monitor()
         nodes = await top_nodes(mon)
         devices = [nodes[t] for t in self.plan.internal_disks]
@@ -225,7 +227,7 @@ class RevertExecution:
         return nodes[holders[0]]
 
     async def hmp_loadvm(self) -> None:
-        self.mark_stale()
+        await self.mark_stale()
         out = await (await self.monitor()).hmp(f"loadvm {hmp_word(self.plan.name)}",
                                                JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
@@ -255,7 +257,8 @@ def _free_name(image: str, stamp: int) -> str:
     return path
 
 
-def stale_snapshots(tree: meta.SnapshotTree, changed: set[str], reverted: str) -> list[str]:
+def stale_snapshots(tree: meta.SnapshotTree, graph: ImageGraph, changed: set[str],
+                    reverted: str) -> list[str]:
     """The snapshots whose disk state an internal revert rewriting ``changed`` spoils:
     an external one whose frozen image is, or is backed by, a changed image; an
     internal one that lives in an image backed by one (its own image's internal
@@ -269,26 +272,12 @@ def stale_snapshots(tree: meta.SnapshotTree, changed: set[str], reverted: str) -
             image = then.get(d.name)
             if image is None or d.snapshot not in ("internal", "external"):
                 continue
-            chain = _chain(image)
+            chain = graph.chain(image)
             below = chain if d.snapshot == "external" else chain[1:]
             if changed.intersection(below):
                 hit.append(name)
                 break
     return hit
-
-
-def _chain(image: str) -> list[str]:
-    """``image`` and its backing files, from the qcow2 headers."""
-    out = [image]
-    while len(out) < 256:
-        try:
-            nxt = qemuimg.header.read(out[-1]).backing
-        except OSError:
-            break
-        if nxt is None or nxt in out:
-            break
-        out.append(nxt)
-    return out
 
 
 def _named_files(tree: meta.SnapshotTree) -> set[str]:
