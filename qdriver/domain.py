@@ -60,6 +60,11 @@ class Host(Protocol):
 
     def next_id(self) -> int: ...
 
+    async def same_hardware(self, saved: DomainDef, xml: str | bytes) -> DomainDef:
+        """``xml`` as stored, if it gives the guest saved from ``saved`` the same
+        hardware; else `ConfigUnsupportedError`."""
+        ...
+
 
 class Domain:
     """One defined domain (``virDomain``)."""
@@ -342,13 +347,22 @@ class Domain:
             self.paths.managed_save.unlink(missing_ok=True)
 
     async def restore_from(self, path: str | Path, running: bool = False,
-                           paused: bool = False, progress: ProgressFn | None = None) -> None:
-        """Start this shut-off domain from a save file (``virsh restore``)."""
+                           paused: bool = False, progress: ProgressFn | None = None,
+                           xml: str | bytes | None = None) -> None:
+        """Start this shut-off domain from a save file (``virsh restore``); ``xml``
+        replaces the file's definition with one of the same hardware.
+
+        :raise ConfigUnsupportedError: ``xml`` describes other hardware.
+        """
         header = memfile.check(str(path))
+        domain_xml = header.domain_xml
+        if xml is not None:
+            saved = DomainDef.parse(header.domain_xml)
+            domain_xml = (await self.driver.same_hardware(saved, xml)).to_xml()
         async with self.operation() as ctx:
             if ctx.record is not None:
                 raise OperationInvalidError(f"domain '{self.name}' is already active")
-            await self._restore(ctx, str(path), header.domain_xml, header.was_running,
+            await self._restore(ctx, str(path), domain_xml, header.was_running,
                                 RevertFlags(running, paused), progress)
 
     async def _restore(self, ctx: OpContext, path: str, xml: str, was_running: bool,

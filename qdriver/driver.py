@@ -23,7 +23,7 @@ from .opcontext import storable_definition, write_definition
 from .paths import DomainPaths, default_state_dir, make_private_dir
 from .runas import QemuUser
 from .statestore import locked, next_counter
-from .xml import layout
+from .xml import abi, layout
 from .xml.domain import DomainDef
 
 
@@ -156,27 +156,48 @@ class Driver:
             return Domain(self, definition.name, definition.uuid)
 
     async def restore(self, path: str | Path, running: bool = False, paused: bool = False,
-                      progress: ProgressFn | None = None) -> Domain:
+                      progress: ProgressFn | None = None, xml: str | bytes | None = None
+                      ) -> Domain:
         """``virsh restore``: start the domain a save file holds.
 
         A domain not defined here is defined from the file's XML first (libvirt
-        makes it transient; qdriver has only persistent domains).
+        makes it transient; qdriver has only persistent domains).  ``xml``
+        (``virsh restore --xml``) runs the saved guest with another definition
+        of the same hardware: other images behind its disks, for one.
+
+        :raise ConfigUnsupportedError: ``xml`` describes other hardware.
         """
         header = memfile.check(str(path))
         saved = DomainDef.parse(header.domain_xml)
+        if xml is not None:
+            saved = await self.same_hardware(saved, xml)
         try:
             dom = self.lookup(saved.name)
         except NoDomainError:
-            dom = await self.define_xml(header.domain_xml)
+            dom = await self.define_xml(saved.to_xml())
             try:
-                await dom.restore_from(path, running, paused, progress)
+                await dom.restore_from(path, running, paused, progress, xml)
             except BaseException:
                 with anyio.CancelScope(shield=True):  # defined for the restore: not kept
                     await self.undefine(dom)
                 raise
             return dom
-        await dom.restore_from(path, running, paused, progress)  # checks the uuid, locked
+        await dom.restore_from(path, running, paused, progress, xml)  # checks the uuid
         return dom
+
+    async def same_hardware(self, saved: DomainDef, xml: str | bytes) -> DomainDef:
+        """``xml`` as define would store it, if it gives the saved guest the same
+        hardware (`abi.differences`); `ConfigUnsupportedError` names what differs."""
+        replacement = await anyio.to_thread.run_sync(
+            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user)
+        problems = abi.differences(saved, replacement)
+        if problems:
+            raise ConfigUnsupportedError(problems[0])
+        if replacement.emulator != saved.emulator:
+            raise ConfigUnsupportedError(
+                f"Target domain emulator '{replacement.emulator or 'the default'}' does not "
+                f"match source '{saved.emulator or 'the default'}'")
+        return replacement
 
     async def undefine(self, dom: Domain, snapshots_metadata: bool = False,
                        managed_save: bool = False) -> None:

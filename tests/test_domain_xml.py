@@ -9,6 +9,7 @@ import pytest
 from qdriver import cmdline
 from qdriver.errors import ConfigUnsupportedError, XMLError
 from qdriver.paths import DomainPaths
+from qdriver.xml import abi
 from qdriver.xml.domain import DomainDef
 
 BASE = """<domain type='qemu'>
@@ -185,3 +186,46 @@ def test_a_namespaced_element_is_named_as_written() -> None:
     d = dom(extra="<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
                   "<qemu:arg value='-foo'/></qemu:commandline>")
     assert d.unsupported == ["<qemu:commandline>"]
+
+
+# -- the same hardware (``virsh restore --xml``): libvirt's ABI stability check ------
+
+SAVED = """<domain type='qemu'>
+  <name>g</name><uuid>0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0</uuid>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><kernel>/k</kernel></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <interface type='user'><mac address='52:54:00:00:00:01'/><model type='virtio'/></interface>
+    <serial type='pty'/>
+  </devices>
+</domain>"""
+
+
+@pytest.mark.parametrize("old,new,problem", [
+    ("/a.qcow2", "/b.qcow2", None),  # another image behind the same disk
+    ("type='qcow2'", "type='raw'", None),
+    ("<kernel>/k</kernel>", "<kernel>/other</kernel>", None),  # loaded at boot only
+    ("<serial type='pty'/>", "<serial type='unix'><source mode='bind' path='/s'/></serial>",
+     None),  # where the serial port goes is the host's side
+    ("128", "256", "Target domain max memory (KiB) 262144 does not match source 131072"),
+    ("<name>g</name>", "<name>h</name>", "Target domain name 'h' does not match source 'g'"),
+    ("0f1e2d3c", "1f1e2d3c", "Target domain uuid '1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0' "
+                             "does not match source '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0'"),
+    ("pc-q35-7.2", "pc-q35-10.0", "Target domain machine 'pc-q35-10.0' does not match "
+                                  "source 'pc-q35-7.2'"),
+    ("bus='virtio'", "bus='sata'", "Target disk bus 'sata' does not match source 'virtio'"),
+    ("<target dev='vda' bus='virtio'/></disk>",
+     "<target dev='vda' bus='virtio'/></disk><disk type='file' device='disk'>"
+     "<source file='/c.qcow2'/><target dev='vdb' bus='virtio'/></disk>",
+     "Target domain disk count 2 does not match source 1"),
+    ("type='virtio'", "type='e1000'", "Target net card model 'e1000' does not match source "
+                                      "'virtio'"),
+])
+def test_same_hardware_allows_the_host_side_only(old: str, new: str,
+                                                 problem: str | None) -> None:
+    assert old in SAVED
+    differences = abi.differences(DomainDef.parse(SAVED), DomainDef.parse(SAVED.replace(old,
+                                                                                         new)))
+    assert differences == ([problem] if problem else [])

@@ -230,12 +230,15 @@ async def cmd_save(drv: Driver, a: argparse.Namespace) -> int:
 
 def _setup_restore(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a file written by save")
+    p.add_argument("--xml", help="a domain XML file of the same hardware to restore with "
+                                 "(other disk images, for one)")
     _save_state_flags(p)
 
 
 @command("restore", "restore a domain from a saved state file", _setup_restore)
 async def cmd_restore(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.restore(a.file, a.running, a.paused, ProgressPrinter("restore"))
+    xml = Path(a.xml).read_bytes() if a.xml else None
+    await drv.restore(a.file, a.running, a.paused, ProgressPrinter("restore"), xml)
     out(f"Domain restored from {a.file}")
     return 0
 
