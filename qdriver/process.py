@@ -90,6 +90,37 @@ def spawn(argv: list[str], exitfile: Path, logfile: Path, env: dict[str, str] | 
                    env={**os.environ, **env} if env else None)
 
 
+def supervisors_of(exitfile: Path) -> list[ProcessId]:
+    """Live supervisors that will write ``exitfile`` (their QEMU's, or one's that
+    just exited): a new QEMU's supervisor must not share the file with them."""
+    marker = b"\0qdriver-supervise\0" + bytes(exitfile) + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        st = start_time(int(entry.name)) if marker in cmdline else None
+        if st is not None:
+            found.append(ProcessId(int(entry.name), st))
+    return found
+
+
+async def wait_supervisors_gone(exitfile: Path, timeout: float) -> None:
+    """Wait until no earlier supervisor can still write ``exitfile`` (one whose QEMU
+    was just killed records the exit a moment later, and would make the next QEMU
+    look dead at once).
+
+    :raise OperationTimeoutError: one still runs after ``timeout`` (its QEMU lives).
+    """
+    for sup in supervisors_of(exitfile):
+        if not await wait_exit(sup, timeout):
+            raise OperationTimeoutError(
+                f"a QEMU supervisor (process {sup.pid}) of this domain still runs")
+
+
 def exit_status(exitfile: Path) -> int | None:
     """QEMU's exit status as the supervisor recorded it, if it has exited."""
     try:

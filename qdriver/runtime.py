@@ -209,6 +209,7 @@ class Runtime:
         failure QEMU is killed and its files removed before the error
         propagates.  ``live_xml`` is the definition QEMU runs, kept as long as it does.
         """
+        await process.wait_supervisors_gone(self.paths.exitfile, KILL_WAIT)
         self.cleanup()  # leftovers of a QEMU that died unseen
         make_private_dirs(self.paths.sockets, user=command.user)
         make_private_dir(self.paths.dir)
