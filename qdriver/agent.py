@@ -2,7 +2,9 @@
 
 The agent speaks JSON lines over the virtio-serial channel's UNIX socket.
 A ``guest-sync`` with a random id first drains stale replies; an agent that
-does not answer within the timeout is `AgentUnresponsiveError`.
+does not answer within the timeout is `AgentUnresponsiveError`.  The sync has
+a timeout of its own (libvirt's five seconds): an agent that does not answer
+it never got the command, so the caller need not take the command back.
 """
 from __future__ import annotations
 
@@ -18,6 +20,12 @@ from .xml.domain import DomainDef
 
 CHANNEL = "org.qemu.guest_agent.0"
 """The virtio-serial port name qemu-guest-agent listens on."""
+SYNC_TIMEOUT = 5.0
+"""Seconds an agent has to answer ``guest-sync`` before a command (libvirt's wait)."""
+
+
+class AgentNotReachedError(AgentUnresponsiveError):
+    """The agent did not answer the sync: the command was never sent to it."""
 
 
 def socket_path(definition: DomainDef, paths: DomainPaths) -> Path | None:
@@ -51,21 +59,34 @@ async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,
 
 
 async def execute(path: Path, command: str | None, timeout: float = 10.0) -> object:
-    """Sync with the agent on ``path``, then run ``command`` (None: the sync is all)."""
+    """Sync with the agent on ``path``, then run ``command`` (None: the sync is all).
+
+    :raise AgentNotReachedError: no answer to the sync; ``command`` was not sent.
+    :raise AgentUnresponsiveError: no answer to ``command`` within ``timeout``.
+    """
     try:
-        with anyio.fail_after(timeout):
-            stream = await anyio.connect_unix(str(path))
-            async with stream:
-                buf = bytearray()
-                sync_id = random.randrange(1, 2**31)
+        stream = await anyio.connect_unix(str(path))
+    except OSError as e:
+        raise AgentNotReachedError(f"cannot reach the guest agent at {path}: {e}") from e
+    async with stream:
+        buf = bytearray()
+        sync_id = random.randrange(1, 2**31)
+        sync_timeout = min(timeout, SYNC_TIMEOUT)
+        try:
+            with anyio.fail_after(sync_timeout):
                 while await _call(stream, buf, "guest-sync", {"id": sync_id}) != sync_id:
                     pass
-                return None if command is None else await _call(stream, buf, command)
-    except TimeoutError as e:
-        raise AgentUnresponsiveError(f"the guest agent did not answer within {timeout:g} s") \
-            from e
-    except OSError as e:
-        raise AgentUnresponsiveError(f"cannot reach the guest agent at {path}: {e}") from e
+        except TimeoutError as e:
+            raise AgentNotReachedError(
+                f"the guest agent did not answer within {sync_timeout:g} s") from e
+        if command is None:
+            return None
+        try:
+            with anyio.fail_after(timeout):
+                return await _call(stream, buf, command)
+        except TimeoutError as e:
+            raise AgentUnresponsiveError(
+                f"the guest agent did not answer '{command}' within {timeout:g} s") from e
 
 
 async def ping(path: Path, timeout: float = 1.0) -> None:

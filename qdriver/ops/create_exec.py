@@ -386,8 +386,12 @@ class CreateExecution:
                            ProgressMeter("memory", self.progress), resume=self.plan.resume)
 
     async def agent_freeze(self) -> None:
-        self.txn.on_undo(actions.thaw(self._agent_path()))
-        await agent.fsfreeze(self._agent_path())
+        undo = self.txn.on_undo(actions.thaw(self._agent_path()))
+        try:
+            await agent.fsfreeze(self._agent_path())
+        except agent.AgentNotReachedError:
+            self.txn.discard(undo)  # the freeze never reached the guest: nothing to thaw
+            raise
         self.frozen = True
 
     async def agent_thaw(self) -> None:
