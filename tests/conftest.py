@@ -1,99 +1,103 @@
-"""Shared fixtures: the real test guest, a driver per test, cleanup checks."""
+"""Shared fixtures: the real test guest, a driver per test, guests restored
+instead of booted, cleanup checks; and the ``no_qemu`` marker.
+
+A test marked ``no_qemu`` runs no QEMU program (neither ``qemu-system-*`` nor
+``qemu-img``): `.ci/test` runs it once, not once per QEMU.  While it runs, every
+QEMU program on PATH is one that fails the test, so that a wrong mark shows.
+A test marked ``system_qemu`` runs the QEMU libvirt runs (``/usr/bin``) whatever
+PATH says: once is enough too.
+"""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
-import anyio
 import pytest
 
 import qdriver
-from qdriver.guestpool import qemu_pids
 from qdriver.paths import socket_root
+
+from .helpers import GuestImage, SavedGuests, domain_xml, qemu_pids_for
 
 pytest_plugins = ["pytester"]  # the pytest plugin's tests run pytest
 
 HERE = Path(__file__).parent
 IMAGES = HERE / "vm-images"
+QEMU_PROGRAMS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd",
+                 "qemu-storage-daemon", "virtiofsd")
 
 
-@dataclass(frozen=True)
-class GuestImage:
-    """The built test guest."""
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "no_qemu: the test runs no QEMU program; it runs once, not per QEMU")
+    config.addinivalue_line(
+        "markers", "system_qemu: the test runs the system QEMU (libvirt's) whatever PATH "
+                   "says; it runs once, not per QEMU")
 
-    dir: Path
 
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinux"
+NO_QEMU_LOG = "QDRIVER_TEST_NO_QEMU_LOG"
+"""Where the stand-in QEMU programs note that a ``no_qemu`` test ran them."""
 
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
 
-    @property
-    def disk(self) -> Path:
-        return self.dir / "disk.qcow2"
+@pytest.fixture(scope="session")
+def no_qemu_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of stand-ins for the QEMU programs: each notes who ran it and fails."""
+    where = tmp_path_factory.mktemp("no-qemu")
+    for name in QEMU_PROGRAMS:
+        program = where / name
+        program.write_text(f"#!/bin/sh\necho \"{name} $*\" >>\"${{{NO_QEMU_LOG}:-/dev/null}}\"\n"
+                           f"echo 'a no_qemu test ran {name}' >&2\nexit 97\n")
+        program.chmod(0o755)
+    return where
+
+
+@pytest.fixture(autouse=True)
+def _no_qemu_guard(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For a ``no_qemu`` test: QEMU programs on PATH are stand-ins, and the test fails
+    if it (or a process it started) ran one, even where it went on without.  (Its
+    own patching, not the test's ``monkeypatch``: that one is undone after this.)"""
+    if request.node.get_closest_marker("no_qemu") is None:
+        yield
+        return
+    shims = request.getfixturevalue("no_qemu_path")
+    log = tmp_path_factory.mktemp("no-qemu-log") / "ran"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{shims}{os.pathsep}{os.environ.get('PATH', '')}")
+        patch.setenv(NO_QEMU_LOG, str(log))
+        yield
+    ran = log.read_text() if log.exists() else ""
+    assert ran == "", f"a test marked no_qemu ran QEMU programs: {ran}"
 
 
 @pytest.fixture(scope="session")
 def guest_image() -> GuestImage:
-    """Build (or reuse) the tiny Debian guest once per session."""
+    """Build (or reuse) the tiny Debian guest once per session; xdist workers take
+    turns, so that one builds and the others find it built."""
     out = Path(os.environ.get("QDRIVER_GUEST_DIR", IMAGES / "out"))
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(IMAGES / "build.py"), str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+    with open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, str(IMAGES / "build.py"), str(out)], check=True,
+                       stdout=subprocess.DEVNULL)
     return GuestImage(out)
 
 
-def domain_xml(image: GuestImage, name: str, disk: Path | None, *, cmdline: str = "",
-               memory_mib: int = 256, dtype: str = "qemu", serial: str = "pty",
-               extra_devices: str = "", disk_format: str = "qcow2",
-               extra_disks: tuple[Path, ...] = ()) -> str:
-    """A libvirt domain XML for the test guest (vda, then vdb, vdc, ...)."""
-    disks = ([disk] if disk is not None else []) + list(extra_disks)
-    disk_xml = "".join(f"""
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='{disk_format}'/>
-      <source file='{path}'/>
-      <target dev='vd{chr(ord("a") + i)}' bus='virtio'/>
-    </disk>""" for i, path in enumerate(disks))
-    args = "console=ttyS0 quiet panic=-1 " + ("qd.disk=none " if disk is None else "") + cmdline
-    return f"""<domain type='{dtype}'>
-  <name>{name}</name>
-  <memory unit='MiB'>{memory_mib}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{image.kernel}</kernel>
-    <initrd>{image.initrd}</initrd>
-    <cmdline>{args.strip()}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>{disk_xml}
-    <serial type='{serial}'/>
-    <memballoon model='none'/>{extra_devices}
-  </devices>
-</domain>
-"""
+@pytest.fixture(scope="session")
+def saved_guests(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory
+                 ) -> SavedGuests:
+    """Guests booted once in this session (this xdist worker) and saved."""
+    return SavedGuests(tmp_path_factory.mktemp("saved-guests"), guest_image)
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
-
-
-def qemu_pids_for(state_dir: Path) -> list[int]:
-    """QEMU processes whose command line mentions this state dir."""
-    return qemu_pids(state_dir)
 
 
 @pytest.fixture
@@ -136,54 +140,17 @@ def make_domain(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
     return make
 
 
-async def wait_console(dom: qdriver.Domain, marker: str, timeout: float = 60.0,
-                       after: int = 0) -> str:
-    """Wait until ``marker`` appears in the console log (past offset ``after``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            text = dom.paths.console_log.read_text(errors="replace")[after:]
-        except FileNotFoundError:
-            text = ""
-        if marker in text:
-            return text
-        await anyio.sleep(0.05)
-    raise AssertionError(f"'{marker}' not on the console of {dom.name} within {timeout} s")
-
-
-def last_counter(dom: qdriver.Domain) -> int:
-    """The last COUNTER value the guest printed."""
-    lines = [ln for ln in dom.paths.console_log.read_text(errors="replace").splitlines()
-             if ln.startswith("COUNTER ")]
-    return int(lines[-1].split()[1]) if lines else 0
-
-
-def run_cli(state_dir: Path, *args: str, check: bool = True,
-            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the ``qdriver`` CLI in a separate process."""
-    result = subprocess.run([sys.executable, "-m", "qdriver", "--state-dir",
-                             str(state_dir), *args], capture_output=True, input=input,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"qdriver {' '.join(args)} failed: {result.stderr.decode()}")
-    assert b"Traceback (most recent call last)" not in result.stderr, \
-        f"qdriver {' '.join(args)} printed a traceback: {result.stderr.decode()}"
-    return result
-
-
-def disk_counter(image: str | Path, snapshot: str | None = None) -> int:
-    """The last counter value the guest wrote to an image (or to an internal
-    snapshot in it), read without mounting: qemu-img convert + debugfs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "disk.raw"
-        args = ["qemu-img", "convert", "-U", "-O", "raw"]
-        if snapshot:
-            args += ["-l", f"snapshot.name={snapshot}"]
-        subprocess.run(args + [str(image), str(raw)], check=True, capture_output=True)
-        out = subprocess.run(["debugfs", "-R", "cat /counter", str(raw)], check=True,
-                             capture_output=True, text=True).stdout
-    values = [int(x) for x in out.split() if x.isdigit()]
-    return values[-1] if values else 0
+@pytest.fixture
+def booted(driver: qdriver.Driver, saved_guests: SavedGuests, tmp_path: Path
+           ) -> Callable[..., Awaitable[qdriver.Domain]]:
+    """A running, counting test guest with private copies of its disks, restored from
+    a guest saved once (`SavedGuests`): ``await booted(name="guest", disks=1, **xml)``
+    with `make_domain`'s arguments."""
+    async def boot(name: str = "guest", with_disk: bool = True, disks: int = 1,
+                   **kw: object) -> qdriver.Domain:
+        return await saved_guests.restore(driver, tmp_path, name, disks if with_disk else 0,
+                                          **kw)
+    return boot
 
 
 @pytest.fixture

@@ -1,9 +1,13 @@
 """Detecting an unusable KVM (missing, inaccessible, PVM, no VMX/SVM)."""
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from qdriver.accel import probe, probe_kvm
+
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
 
 
 def fake_host(tmp_path: Path, pvm: bool = False, flags: str = "fpu vmx sse") -> dict:

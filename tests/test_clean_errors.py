@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 DOMAIN = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
 <vcpu>{vcpu}</vcpu><os><type machine='q35'>hvm</type></os>
@@ -50,11 +50,13 @@ def test_control_characters_in_snapshot_values(state_dir: Path, tmp_path: Path,
     ({"vcpu": "two"}, "invalid value 'two' for <vcpu>"),
     ({"port": "59x1"}, "invalid value '59x1' for <graphics port>"),
 ])
+@pytest.mark.no_qemu
 def test_bad_numbers_in_domain_xml(state_dir: Path, tmp_path: Path, kw: dict[str, str],
                                    named: str) -> None:
     assert named in refused(state_dir, "define", str(domain(tmp_path, **kw)))
 
 
+@pytest.mark.no_qemu
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
 def test_entities_are_refused_in_every_encoding(state_dir: Path, tmp_path: Path,
                                                 encoding: str) -> None:

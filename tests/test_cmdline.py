@@ -11,6 +11,8 @@ from qdriver.errors import ConfigUnsupportedError
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 XML = """<domain type='{t}'>
   <name>c</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
   <memory unit='MiB'>256</memory><vcpu>2</vcpu>

@@ -10,6 +10,8 @@ from qdriver.snapshot_tree import SnapshotTree
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef, SnapshotDisk
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 W = "/w"
 
 

@@ -11,31 +11,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-import qdriver
 from qdriver.domstate import DomainState
+from qdriver import process
 from qdriver.guestpool import qemu_pids
 
-from .conftest import run_cli, wait_console
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-async def booted(make_domain, **kw) -> qdriver.Domain:
-    dom = await make_domain(**kw)
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
-    return dom
+from .helpers import alive, run_cli, wait_console
 
 
 async def test_destroy_preempts_an_operation_waiting_on_a_frozen_qemu(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+        booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     rec = dom.runtime.peek()
     assert rec is not None
     definition = dom.xml_desc(inactive=True)
@@ -74,7 +59,9 @@ async def test_destroy_preempts_an_operation_waiting_on_a_frozen_qemu(
 
 async def test_define_during_a_memory_snapshot_is_never_lost(make_domain,
                                                              tmp_path: Path) -> None:
-    dom = await booted(make_domain, memory_mib=512, cmdline="qd.fill=300 qd.fillmode=repeat")
+    dom = await make_domain(memory_mib=512, cmdline="qd.fill=300 qd.fillmode=repeat")
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
     await wait_console(dom, "GUEST-READY")
     edited = dom.xml_desc(inactive=True).replace("<name>guest</name>",
                                                  "<name>guest</name><description>edited"
@@ -133,8 +120,8 @@ def fill(directory: Path) -> Path:
 
 
 async def test_full_state_disk_does_not_stop_destroy_suspend_or_shutdown(
-        make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+        booted, state_dir: Path) -> None:
+    dom = await booted()
     filler = fill(state_dir.parent)
     for cmd, state in (("suspend", DomainState.PAUSED), ("resume", DomainState.RUNNING)):
         result = await anyio.to_thread.run_sync(lambda: run_cli(state_dir, cmd, "guest"))
@@ -174,3 +161,17 @@ async def test_define_after_a_killed_snapshot_is_not_undone_by_its_recovery(
     assert not dom.paths.journal.exists()
     assert "<description>edited</description>" in dom.xml_desc(inactive=True)
     assert not (tmp_path / "s1.qcow2").exists() and dom.list_snapshots() == []
+
+
+@pytest.mark.no_qemu
+async def test_a_new_qemu_waits_for_the_last_word_of_the_old_supervisor(tmp_path: Path
+                                                                       ) -> None:
+    """The supervisor of a QEMU just killed writes its exit status a moment later;
+    a start must wait for that, or the new QEMU's start reads it and fails."""
+    exitfile = tmp_path / "qemu.exit"
+    process.spawn(["sleep", "0.5"], exitfile, tmp_path / "qemu.log")
+    assert process.exit_status(exitfile) is None
+    assert process.supervisors_of(exitfile) != []
+    await process.wait_supervisors_gone(exitfile, 5.0)
+    assert process.exit_status(exitfile) == 0, "the old supervisor had not written yet"
+    assert process.supervisors_of(exitfile) == []

@@ -25,6 +25,7 @@ def dom(devices: str = "", extra: str = "") -> DomainDef:
     return DomainDef.parse(BASE.format(devices=devices, extra=extra))
 
 
+@pytest.mark.no_qemu
 def test_basic_fields_and_generated_uuid() -> None:
     d = dom()
     assert (d.name, d.type, d.memory_kib, d.vcpus, d.machine) == ("g", "qemu", 131072, 1, "q35")
@@ -34,6 +35,7 @@ def test_basic_fields_and_generated_uuid() -> None:
     assert DomainDef.parse(d.to_xml()).uuid == d.uuid
 
 
+@pytest.mark.no_qemu
 @pytest.mark.parametrize("unit,value,kib", [("KiB", 1024, 1024), ("M", 2, 2048),
                                             ("GiB", 1, 1 << 20), ("MB", 1, 976),
                                             ("bytes", 1 << 20, 1024)])
@@ -43,6 +45,7 @@ def test_memory_units(unit: str, value: int, kib: int) -> None:
     assert DomainDef.parse(xml).memory_kib == kib
 
 
+@pytest.mark.no_qemu
 def test_unknown_elements_are_kept_by_dumpxml() -> None:
     d = dom(devices="<watchdog model='i6300esb'/>",
             extra="<metadata><app:x xmlns:app='urn:a'>keep me</app:x></metadata>")
@@ -53,6 +56,7 @@ def test_unknown_elements_are_kept_by_dumpxml() -> None:
     assert again.to_xml() == out
 
 
+@pytest.mark.no_qemu
 def test_unsupported_element_is_named_at_start(tmp_path: Path) -> None:
     d = dom(devices="<watchdog model='i6300esb'/>")
     with pytest.raises(ConfigUnsupportedError, match=r"<devices><watchdog>.*domain 'g'"):
@@ -65,16 +69,19 @@ def test_unsupported_element_is_named_at_start(tmp_path: Path) -> None:
      "disk type='block'"),
     ("<graphics type='spice'/>", "graphics type='spice'"),
 ])
+@pytest.mark.no_qemu
 def test_unsupported_devices(tmp_path: Path, devices: str, message: str) -> None:
     with pytest.raises(ConfigUnsupportedError, match=message):
         cmdline.build(dom(devices=devices), DomainPaths.of(tmp_path, "g"), "tcg")
 
 
+@pytest.mark.no_qemu
 def test_malformed_xml() -> None:
     with pytest.raises(XMLError, match="malformed domain XML"):
         DomainDef.parse("<domain type='qemu'><name>x</name>")
 
 
+@pytest.mark.no_qemu
 def test_external_entity_refused(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("TOPSECRET")
@@ -84,6 +91,7 @@ def test_external_entity_refused(tmp_path: Path) -> None:
         DomainDef.parse(xml)
 
 
+@pytest.mark.no_qemu
 def test_billion_laughs_refused_quickly() -> None:
     ents = "".join(f"<!ENTITY l{i} '&l{i-1};&l{i-1};&l{i-1};&l{i-1};'>" for i in range(1, 20))
     xml = f"<!DOCTYPE d [<!ENTITY l0 'lol'>{ents}]><domain><name>&l19;</name></domain>"
@@ -93,6 +101,7 @@ def test_billion_laughs_refused_quickly() -> None:
     assert time.monotonic() - t < 1.0
 
 
+@pytest.mark.no_qemu
 def test_huge_and_deep_documents_refused() -> None:
     with pytest.raises(XMLError, match="too large"):
         DomainDef.parse("<domain>" + "x" * (5 << 20) + "</domain>")
@@ -115,11 +124,13 @@ def test_huge_and_deep_documents_refused() -> None:
     (BASE.replace("<memory unit='MiB'>128</memory>", "<memory unit='parsec'>1</memory>"),
      XMLError, "unknown suffix"),
 ])
+@pytest.mark.no_qemu
 def test_invalid_definitions(xml: str, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         DomainDef.parse(xml)
 
 
+@pytest.mark.no_qemu
 def test_console_aliases_first_serial_and_channels() -> None:
     d = dom(devices="<serial type='pty'/><console type='pty'/>"
                     "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
@@ -136,18 +147,21 @@ def test_console_aliases_first_serial_and_channels() -> None:
     (("<devices>", "<cpu mode='custom'><model> </model></cpu><devices>"),
      "Missing CPU model name"),
 ], ids=["negative-memory", "huge-memory", "blank-cpu-model"])
+@pytest.mark.no_qemu
 def test_values_qemu_would_refuse_are_refused_when_parsed(change: tuple[str, str],
                                                           message: str) -> None:
     with pytest.raises(XMLError, match=message):
         DomainDef.parse(BASE.format(devices="", extra="").replace(*change))
 
 
+@pytest.mark.no_qemu
 def test_host_model_cpu_may_leave_the_model_out() -> None:
     xml = BASE.format(devices="", extra="").replace(
         "<devices>", "<cpu mode='host-model'><model fallback='allow'/></cpu><devices>")
     assert DomainDef.parse(xml).cpu_model is None
 
 
+@pytest.mark.no_qemu
 def test_one_pci_address_for_two_devices_is_refused() -> None:
     from qdriver.xml import layout
     at = "<address type='pci' domain='0' bus='0' slot='3' function='0'/>"
@@ -157,6 +171,7 @@ def test_one_pci_address_for_two_devices_is_refused() -> None:
         layout.assign(d)
 
 
+@pytest.mark.no_qemu
 @pytest.mark.parametrize("machine, ok", [("q35", True), ("pc-q35-7.2", True), ("pc", True),
                                          ("pc-i440fx-7.2", True), ("pc-1.0", True),
                                          ("microvm", True), ("isapc", False), ("none", False)])
@@ -182,6 +197,7 @@ async def test_define_refuses_what_cannot_start_and_stores_nothing(
     assert drv.list_domains() == []
 
 
+@pytest.mark.no_qemu
 def test_a_namespaced_element_is_named_as_written() -> None:
     d = dom(extra="<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
                   "<qemu:arg value='-foo'/></qemu:commandline>")
@@ -223,6 +239,7 @@ SAVED = """<domain type='qemu'>
     ("type='virtio'", "type='e1000'", "Target net card model 'e1000' does not match source "
                                       "'virtio'"),
 ])
+@pytest.mark.no_qemu
 def test_same_hardware_allows_the_host_side_only(old: str, new: str,
                                                  problem: str | None) -> None:
     assert old in SAVED

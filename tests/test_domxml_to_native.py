@@ -6,7 +6,7 @@ from pathlib import Path
 
 import qdriver
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 async def test_native_argv_is_what_start_runs(make_domain, state_dir: Path,

@@ -11,7 +11,7 @@ from qdriver.errors import XMLError
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef
 
-from .conftest import GuestImage, domain_xml
+from .helpers import GuestImage, domain_xml
 
 HOSTILE = "/x/a,logfile=/x/INJECTED,'\"\n-b=c,,d"
 """Comma (single and doubled), ``=``, quotes, a newline and a leading ``-`` option."""
@@ -66,6 +66,7 @@ def hostile_xml() -> str:
 </domain>"""
 
 
+@pytest.mark.no_qemu
 def test_every_xml_value_stays_one_value(tmp_path: Path) -> None:
     # the state dir itself carries a comma: sockets and logs are escaped too
     paths = DomainPaths.of(tmp_path / "st,ate=x", NAME)
@@ -112,6 +113,7 @@ def test_every_xml_value_stays_one_value(tmp_path: Path) -> None:
     ("<devices><disk type='file'><source file='/d'/><target dev='vda,x=y'/></disk>"
      "</devices>", "disk name", "vda,x=y"),
 ])
+@pytest.mark.no_qemu
 def test_structured_values_are_checked(fragment: str, element: str, value: str) -> None:
     xml = f"<domain type='qemu'><name>v</name><memory>65536</memory>{fragment}</domain>"
     with pytest.raises(XMLError) as err:

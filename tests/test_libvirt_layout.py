@@ -26,8 +26,10 @@ from qdriver.saveimage import read_header
 from qdriver.xml import layout as qlayout
 from qdriver.xml.domain import DomainDef
 
-from .conftest import GuestImage, disk_counter, domain_xml, run_cli
-from .libvirt_oracle import LIBVIRT_QEMU, Libvirt, layout, needs_libvirt, pci_tree
+from .helpers import GuestImage, disk_counter, domain_xml, run_cli
+from .helpers.libvirt_oracle import LIBVIRT_QEMU, Libvirt, layout, needs_libvirt, pci_tree
+
+pytestmark = pytest.mark.system_qemu  # every domain here names libvirt's QEMU
 
 
 def disk(target: str, bus: str = "virtio", device: str = "disk") -> str:

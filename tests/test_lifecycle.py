@@ -15,7 +15,7 @@ import qdriver
 from qdriver import DomainState
 from qdriver.paths import socket_root
 
-from .conftest import last_counter, qemu_pids_for, run_cli, wait_console
+from .helpers import last_counter, qemu_pids_for, run_cli, wait_console
 
 
 async def test_define_start_suspend_resume_shutdown(make_domain) -> None:
@@ -172,21 +172,25 @@ async def test_lock_makes_second_operation_wait_then_fail(make_domain, state_dir
     assert (await dom.get_state())[0] == DomainState.RUNNING
 
 
-async def test_console_attach_and_detach(make_domain, state_dir: Path) -> None:
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
+async def test_console_attach_and_detach(booted, state_dir: Path) -> None:
+    dom = await booted()
     proc = subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
                              "console", "guest"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    await anyio.sleep(1.5)  # the guest prints a COUNTER line every 100 ms meanwhile
-    assert proc.poll() is None, "console exited before Ctrl-]"
-    assert proc.stdin is not None
+    assert proc.stdin is not None and proc.stdout is not None
+    stdout = proc.stdout.fileno()
+    seen = b""
+    with anyio.fail_after(60):  # the guest prints a COUNTER line every 100 ms
+        while seen.count(b"COUNTER ") < 5:
+            chunk = await anyio.to_thread.run_sync(os.read, stdout, 4096,
+                                                   abandon_on_cancel=True)
+            assert chunk, f"console exited before Ctrl-]: {seen!r}"
+            seen += chunk
     proc.stdin.write(b"\x1d")  # Ctrl-] detaches
     proc.stdin.flush()
     out, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
     assert proc.returncode == 0, err.decode()
-    text = out.decode(errors="replace")
+    text = (seen + out).decode(errors="replace")
     assert "Connected to domain 'guest'" in text and "Escape character is ^]" in text
     assert text.count("COUNTER ") >= 5, "guest output did not come through the console"
     assert dom.state == DomainState.RUNNING, "detaching must not stop the guest"
@@ -257,6 +261,7 @@ async def test_duplicate_name_and_running_start(make_domain, driver) -> None:
     await dom.destroy()
 
 
+@pytest.mark.no_qemu
 async def test_unknown_domain(driver, state_dir: Path) -> None:
     with pytest.raises(qdriver.NoDomainError,
                        match="Domain not found: no domain with matching name 'nope'"):
@@ -268,6 +273,7 @@ async def test_unknown_domain(driver, state_dir: Path) -> None:
             "error: Domain not found: no domain with matching name 'nope'"
 
 
+@pytest.mark.no_qemu
 async def test_cli_rejects_bad_xml_and_defines_nothing(state_dir: Path, tmp_path: Path,
                                                        driver) -> None:
     bad = tmp_path / "bad.xml"

@@ -7,7 +7,6 @@ lookup, and CLI processes read the definition before holding the lock.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import signal
 import subprocess
@@ -23,16 +22,9 @@ from qdriver import DomainState
 from qdriver.ops.create_exec import STEPS
 from qdriver.ops.create_plan import Step
 
-from .conftest import run_cli, wait_console
+from .helpers import backing_chain, run_cli, wait_console
 
 PACKAGE = Path(qdriver.__file__).parent
-
-
-def backing_chain(image: str) -> list[str]:
-    """The image and its backing files, top first (qemu-img's own view)."""
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", image],
-                         check=True, capture_output=True, text=True).stdout
-    return [entry["filename"] for entry in json.loads(out)]
 
 
 def assert_one_linear_chain(dom: qdriver.Domain, base: str, count: int) -> None:
@@ -66,13 +58,11 @@ async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain, state_dir:
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["offline", "running"])
-async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain, state_dir: Path,
+async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain, booted,
+                                                              state_dir: Path,
                                                               running: bool) -> None:
-    dom = await make_domain(name="w")
+    dom = await (booted if running else make_domain)(name="w")
     base = dom.definition.disks[0].source or ""
-    if running:
-        await dom.start()
-        await wait_console(dom, "GUEST-READY")
     procs = [subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
                                "snapshot-create-as", "w", f"c{i}", "--disk-only"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -142,10 +132,8 @@ async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain, drive
 
 
 async def test_state_queries_neither_reap_without_the_lock_nor_block(
-        make_domain, monkeypatch: pytest.MonkeyPatch) -> None:
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "GUEST-READY")
+        booted, monkeypatch: pytest.MonkeyPatch) -> None:
+    dom = await booted()
 
     def no_blocking_sleep(seconds: float) -> None:
         raise AssertionError("time.sleep on a state query blocks the event loop")
@@ -165,6 +153,7 @@ async def test_state_queries_neither_reap_without_the_lock_nor_block(
     assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
 
 
+@pytest.mark.no_qemu
 def test_every_plan_step_has_an_executor_step() -> None:
     assert set(STEPS) == set(Step)
 
@@ -187,6 +176,7 @@ def _imports(path: Path, module: str) -> set[str]:
     return found
 
 
+@pytest.mark.no_qemu
 def test_the_import_graph_has_no_cycle() -> None:
     modules = {}
     for path in PACKAGE.rglob("*.py"):
@@ -219,16 +209,14 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 
 async def test_define_on_a_running_domain_leaves_the_live_chain_alone(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
+        booted, state_dir: Path, tmp_path: Path) -> None:
     """libvirt's live and persistent definitions: ``define`` of an older XML while
     the guest runs changes only what the next start uses; snapshots of the running
     guest go on from the images QEMU really writes."""
-    dom = await make_domain(name="w")
+    dom = await booted(name="w")
     base = dom.definition.disks[0].source or ""
     old = tmp_path / "old.xml"
     old.write_text(dom.xml_desc(inactive=True))
-    await dom.start()
-    await wait_console(dom, "GUEST-READY")
     await dom.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>",
                                   disk_only=True)
     s1 = dom.definition.disks[0].source or ""

@@ -1,6 +1,8 @@
 """qdriver's own directories are never a target for user files (memory, overlays, saves)."""
 from __future__ import annotations
 
+import pytest
+
 import os
 from pathlib import Path
 
@@ -9,18 +11,16 @@ import anyio
 from qdriver.domstate import DomainState
 from qdriver.paths import owner_dir, runtime_base
 
-from .conftest import run_cli, wait_console
+from .helpers import run_cli
 
 
 def files_under(path: Path) -> set[Path]:
     return {p for p in path.rglob("*") if p.is_file()}
 
 
-async def test_state_and_runtime_dirs_are_refused_as_targets(make_domain, state_dir: Path,
+async def test_state_and_runtime_dirs_are_refused_as_targets(booted, state_dir: Path,
                                                              tmp_path: Path) -> None:
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "COUNTER 3")
+    dom = await booted()
     domain_dir = dom.paths.dir
     link = tmp_path / "innocent"
     link.symlink_to(domain_dir)  # a link into the state dir is inside it too
@@ -57,6 +57,7 @@ async def test_state_and_runtime_dirs_are_refused_as_targets(make_domain, state_
     await dom.destroy()
 
 
+@pytest.mark.no_qemu
 def test_owner_dir_resolves_links_and_knows_both_roots(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "domains" / "d").mkdir(parents=True)

@@ -7,6 +7,8 @@ import pytest
 from qdriver.errors import OperationFailedError
 from qdriver.ops.parallel import side_by_side
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 
 async def test_steps_overlap_and_all_end_before_the_first_failure_is_raised() -> None:
     log: list[str] = []

@@ -13,6 +13,8 @@ from qdriver.errors import ErrorCode, QDriverError
 from qdriver.ops.create_plan import TABLE, Refuse, Row
 from qdriver.xml.domain import DomainDef
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 ONE_DISK = """<domain type='qemu'><name>g</name><memory>262144</memory><devices>
   <disk type='file'><driver type='qcow2'/><source file='/img/vda.qcow2'/><target dev='vda'/></disk>
   {extra}</devices></domain>"""

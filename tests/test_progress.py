@@ -8,6 +8,8 @@ import pytest
 from qdriver.cli.registry import ProgressPrinter, progress_lines
 from qdriver.ops.progress import Progress
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 MiB = 1 << 20
 
 

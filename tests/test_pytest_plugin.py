@@ -1,7 +1,6 @@
 """The pytest plugin, run by pytester in a separate pytest against the real guest."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import GuestImage, domain_xml
+from .helpers import GuestImage, domain_xml, sha256
 from qdriver.guestpool import qemu_pids
 from qdriver.paths import socket_root
 
@@ -86,10 +85,6 @@ def assert_nothing_left(path: Path, keep: tuple[Path, ...] = ()) -> None:
         pool = Path(str(entry["dir"]))
         if pool not in keep:
             assert not socket_root(pool).exists(), f"sockets of {pool} left behind"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_every_test_gets_a_fresh_guest(pytester: pytest.Pytester, plugin_env: Path,
@@ -237,6 +232,7 @@ def test_a_killed_session_is_cleaned_by_the_next(pytester: pytest.Pytester,
     assert_nothing_left(plugin_env)
 
 
+@pytest.mark.no_qemu
 def test_broken_xml_is_a_clear_setup_error(pytester: pytest.Pytester,
                                            plugin_env: Path) -> None:
     (plugin_env / "guest.xml").write_text("<domain type='qemu'><name>x</name>")
@@ -299,6 +295,7 @@ def test_marker_and_parametrisation_choose_start_state_and_xml(pytester: pytest.
     assert_nothing_left(plugin_env)
 
 
+@pytest.mark.no_qemu
 def test_no_qdriver_turns_the_plugin_off(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_off="def test_a(): pass")
     on = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
@@ -321,6 +318,7 @@ def test_the_readme_example_runs(pytester: pytest.Pytester, plugin_env: Path) ->
     assert_nothing_left(plugin_env)
 
 
+@pytest.mark.no_qemu
 def test_a_state_dir_open_to_others_is_refused(pytester: pytest.Pytester,
                                                plugin_env: Path) -> None:
     base = base_dir(plugin_env)

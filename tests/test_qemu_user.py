@@ -16,7 +16,7 @@ from qdriver.launch import check_files
 from qdriver.ops.blocknodes import image_file
 from qdriver.runas import LaunchPolicy, QemuUser, access_problem, secret_problem
 
-from .conftest import GuestImage, domain_xml, qemu_pids_for, run_cli, wait_console
+from .helpers import GuestImage, domain_xml, qemu_pids_for, run_cli, wait_console
 
 USER = "nobody"
 
@@ -64,6 +64,7 @@ async def test_qemu_runs_as_the_configured_user(guest_image: GuestImage, shared_
         await dom.destroy()
 
 
+@pytest.mark.no_qemu
 async def test_an_image_the_user_cannot_open_is_refused(guest_image: GuestImage,
                                                         shared_dir: Path,
                                                         state_dir: Path) -> None:
@@ -101,6 +102,7 @@ def test_host_secrets_are_refused_unless_allowed(guest_image: GuestImage, state_
         check_files(definition, LaunchPolicy())
 
 
+@pytest.mark.no_qemu
 def test_access_rules_follow_owner_group_and_other_bits(shared_dir: Path) -> None:
     user = QemuUser("q", 4242, 4343, frozenset({4343}))
     f = shared_dir / "img"
@@ -227,6 +229,7 @@ async def test_a_script_emulator_never_runs_as_root_with_a_qemu_user(
     assert len(runs) >= 2 and set(runs) == {str(nobody.pw_uid)}, runs
 
 
+@pytest.mark.no_qemu
 @pytest.mark.parametrize("change, why", [
     ("mode", "may be changed by other users"), ("owner", "owned by uid"),
     ("answer", "does not answer as QEMU")])

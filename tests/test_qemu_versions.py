@@ -16,8 +16,7 @@ from qdriver import DomainState, qemucaps
 from qdriver.ops.create_plan import HostCaps, Step, plan_snapshot
 from qdriver.xml.domain import DomainDef
 
-from .conftest import last_counter, run_cli, wait_console
-from .test_snapshot_create import assert_save_image, booted, keeps_counting
+from .helpers import assert_save_image, keeps_counting, last_counter, run_cli, wait_console
 
 
 def qemu_version() -> str:
@@ -27,7 +26,7 @@ def qemu_version() -> str:
     return out.split()[3]
 
 
-async def test_the_probe_reads_this_qemu_and_is_recorded_once(make_domain,
+async def test_the_probe_reads_this_qemu_and_is_recorded_once(booted,
                                                               tmp_path: Path) -> None:
     caps = await qemucaps.probe_binary()
     assert caps.version == qemu_version()
@@ -35,7 +34,7 @@ async def test_the_probe_reads_this_qemu_and_is_recorded_once(make_domain,
     major = int(caps.version.split(".")[0])
     assert caps.file_transport == ((major, int(caps.version.split(".")[1])) >= (8, 2))
     assert caps.mapped_ram == (major >= 9)
-    dom = await booted(make_domain)
+    dom = await booted()
     await dom.snapshot_create_xml(f"<domainsnapshot><name>m1</name><memory snapshot='external' "
                                   f"file='{tmp_path / 'm1.mem'}'/></domainsnapshot>")
     record = json.loads(dom.paths.runtime.read_text())
@@ -54,12 +53,12 @@ async def test_domcapabilities_names_the_qemu_and_its_mechanisms(state_dir: Path
         assert f"<mechanism name='{name}' supported='{'yes' if supported else 'no'}'/>" in out
 
 
-async def test_a_live_snapshot_leaves_the_running_guest_running(make_domain, state_dir: Path,
+async def test_a_live_snapshot_leaves_the_running_guest_running(booted, state_dir: Path,
                                                                 tmp_path: Path) -> None:
     """QEMU 9.0+ ends a background snapshot in the run state it started from: paused,
     because the disks were switched first. The guest must run again all the same, and
     during the save, not only after it."""
-    dom = await booted(make_domain)
+    dom = await booted()
     mem = tmp_path / "live.mem"
     snap = await dom.snapshot_create_xml(
         f"<domainsnapshot><name>l1</name><memory file='{mem}'/></domainsnapshot>", live=True)
@@ -72,12 +71,12 @@ async def test_a_live_snapshot_leaves_the_running_guest_running(make_domain, sta
     await dom.destroy()
 
 
-async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(make_domain, state_dir: Path,
+async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted, state_dir: Path,
                                                                  tmp_path: Path) -> None:
     """A memory save leaves a paused guest's QEMU in postmigrate, from which every QEMU
     here refuses the next migration (7.2 and 10 alike) and internal snapshots (its
     images are inactive). The second snapshot must work all the same."""
-    dom = await booted(make_domain)
+    dom = await booted()
     await dom.suspend()
     frozen = last_counter(dom)
 
@@ -114,6 +113,7 @@ DOMAIN = """<domain type='qemu'><name>p</name><memory unit='MiB'>256</memory>
     ("<domainsnapshot/>", {}, True),  # internal: inactive images refuse it
     ("<domainsnapshot/>", {"disk_only": True}, False),  # overlays work on inactive images
 ])
+@pytest.mark.no_qemu
 def test_plan_leaves_postmigrate_only_when_the_snapshot_needs_it(xml: str, flags: dict,
                                                                  leaves: bool) -> None:
     plan = plan_snapshot(DomainDef.parse(DOMAIN), "paused", xml,
@@ -124,6 +124,7 @@ def test_plan_leaves_postmigrate_only_when_the_snapshot_needs_it(xml: str, flags
         DomainDef.parse(DOMAIN), "paused", xml, qdriver.CreateFlags(**flags)).steps
 
 
+@pytest.mark.no_qemu
 def test_recorded_caps_survive_a_round_trip() -> None:
     caps = qemucaps.QemuCaps(version="10.0.2", snapshot_save=True, background_snapshot=True,
                              mapped_ram=True, multifd=True)
@@ -133,6 +134,7 @@ def test_recorded_caps_survive_a_round_trip() -> None:
                                  ).background_keeps_run_state
 
 
+@pytest.mark.no_qemu
 def test_the_file_transport_is_read_from_the_schema() -> None:
     schema = [{"meta-type": "enum", "name": "1", "values": ["socket", "exec", "rdma", "file"]}]
     assert qemucaps.has_file_transport(schema)
@@ -140,6 +142,7 @@ def test_the_file_transport_is_read_from_the_schema() -> None:
         [{"meta-type": "enum", "name": "2", "values": ["file", "socket", "pty"]}])
 
 
+@pytest.mark.no_qemu
 def test_a_prefix_qemu_is_pointed_at_its_own_modules(tmp_path: Path) -> None:
     from qdriver.emulator import module_env
     modules = tmp_path / "usr" / "lib" / "x86_64-linux-gnu" / "qemu"

@@ -50,6 +50,7 @@ async def test_command_errors_and_fd_passing(make_domain, tmp_path: Path) -> Non
     await dom.destroy()
 
 
+@pytest.mark.no_qemu
 async def test_connect_to_missing_socket_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(qmp.MonitorConnectError, match="cannot connect to QEMU monitor"):
         await qmp.connect(tmp_path / "none.sock", timeout=1)

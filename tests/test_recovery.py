@@ -9,10 +9,14 @@ each of them in turn (``QDRIVER_FAULT``), and checks that:
 - nothing is left half-done: no journal, the guest is not left paused, every
   file the definition or metadata names exists, every file in the work
   directory is named (or backs a named image), memory files named are complete.
+
+The killed operation is always a CLI process of its own, killed with SIGKILL.
+The setup between kills and the checks after them run in this process, through
+the API (`Crashed`); the CLI's own report of an interrupted operation is read
+at the first point of every test.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,7 +29,7 @@ import pytest
 import qdriver
 from qdriver.faults import ENV, TRACE_ENV
 
-from .conftest import GuestImage, domain_xml, wait_console
+from .helpers import SavedGuests, assert_consistent
 
 
 def cli(state_dir: Path, *args: str, fault: str | None = None, trace: Path | None = None,
@@ -60,69 +64,70 @@ def points_of(state_dir: Path, tmp: Path, *args: str) -> list[str]:
     return seen
 
 
-def kill_and_recover(state_dir: Path, point: str, *args: str) -> str:
-    """Kill the operation at ``point``; check it shows; recover; return the report."""
-    r = cli(state_dir, *args, fault=point)
-    assert r.returncode == -9, f"{point}: not killed (rc {r.returncode}): {r.stderr}"
-    info = ok(state_dir, "dominfo", "guest")
-    assert re.search(r"Interrupted:\s+\S+ by process \d+ \(gone\)", info), (point, info)
-    assert "interrupted" in ok(state_dir, "domstate", "guest", "--reason")
-    r = cli(state_dir, "recover", "guest")
-    assert r.returncode == 0 and "recovered the interrupted" in r.stdout, (point, r)
-    assert "Traceback" not in r.stderr
-    assert "Interrupted" not in ok(state_dir, "dominfo", "guest")
-    return r.stdout
+INTERRUPTED = re.compile(r"\S+ by process \d+ \(gone\)")
 
 
-def named_files(state_dir: Path) -> set[str]:
-    """Every file the definition or the snapshot metadata names (read as text, so
-    that a bug in qdriver's own parsing cannot hide one)."""
-    dom = state_dir / "domains" / "guest"
-    texts = [(dom / "domain.xml").read_text()]
-    texts += [f.read_text() for f in (dom / "snapshots").glob("*.xml")] \
-        if (dom / "snapshots").is_dir() else []
-    return {m for t in texts for m in re.findall(r"(?:file|path)='([^']+)'", t)}
+class Crashed:
+    """The guest whose operations get killed, set up and checked in this process."""
 
+    def __init__(self, state_dir: Path, work: Path) -> None:
+        self.state_dir = state_dir
+        self.work = work
+        self.dom = qdriver.Driver(state_dir).lookup("guest")
 
-def backing_chain(image: str) -> set[str]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", image],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return set()
-    return {i["filename"] for i in json.loads(out.stdout)}
+    async def kill_and_recover(self, point: str, *args: str, via_cli: bool = False) -> str:
+        """Kill the operation at ``point``; check it shows; recover; return the report
+        (read through the CLI, as the user reads it, with ``via_cli``)."""
+        r = cli(self.state_dir, *args, fault=point)
+        assert r.returncode == -9, f"{point}: not killed (rc {r.returncode}): {r.stderr}"
+        if via_cli:
+            return self._recover_with_the_cli(point)
+        interrupted = self.dom.interrupted_operation()
+        assert interrupted and INTERRUPTED.search(interrupted), (point, interrupted)
+        report = await self.dom.recover()
+        assert report is not None and "recovered the interrupted" in str(report), (point,
+                                                                                  report)
+        assert self.dom.interrupted_operation() is None, point
+        return str(report)
 
+    def _recover_with_the_cli(self, point: str) -> str:
+        info = ok(self.state_dir, "dominfo", "guest")
+        assert re.search(r"Interrupted:\s+" + INTERRUPTED.pattern, info), (point, info)
+        assert "interrupted" in ok(self.state_dir, "domstate", "guest", "--reason")
+        r = cli(self.state_dir, "recover", "guest")
+        assert r.returncode == 0 and "recovered the interrupted" in r.stdout, (point, r)
+        assert "Traceback" not in r.stderr
+        assert "Interrupted" not in ok(self.state_dir, "dominfo", "guest")
+        return r.stdout
 
-def assert_consistent(state_dir: Path, work: Path, point: str) -> None:
-    dom = state_dir / "domains" / "guest"
-    assert not (dom / "journal.json").exists(), point
-    named = {n for n in named_files(state_dir) if n.startswith(str(work))}
-    missing = [n for n in named if not Path(n).exists()]
-    assert missing == [], f"{point}: metadata names missing files {missing}"
-    kept = set().union(*(backing_chain(n) for n in named)) | named
-    stray = [str(f) for f in work.iterdir() if f.is_file() and str(f) not in kept]
-    assert stray == [], f"{point}: files nothing names: {stray}"
-    for n in named:
-        if n.endswith(".mem"):
-            assert Path(n).read_bytes()[:16] == b"LibvirtQemudSave", f"{point}: {n} partial"
+    async def state(self) -> str:
+        state, reason = await self.dom.get_state()
+        return f"{state.label} ({reason})"
 
+    async def assert_running(self, point: str) -> None:
+        state = await self.state()
+        assert state.startswith("running"), f"{point}: the guest was left {state}"
 
-def assert_running(state_dir: Path, point: str) -> None:
-    state = ok(state_dir, "domstate", "guest", "--reason").strip()
-    assert state.startswith("running"), f"{point}: the guest was left {state}"
+    async def start_if_off(self) -> None:
+        """Start the guest a rollback left shut off."""
+        if (await self.state()).startswith("shut off"):
+            await self.dom.start()
+
+    def snapshots(self) -> list[str]:
+        return [s.name for s in self.dom.list_snapshots()]
+
+    def consistent(self, point: str) -> None:
+        assert_consistent(self.state_dir, self.work, point)
 
 
 @pytest.fixture
-async def running_guest(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
-                        ) -> tuple[Path, Path]:
+async def running_guest(driver: qdriver.Driver, saved_guests: SavedGuests, tmp_path: Path
+                        ) -> Crashed:
     """The test guest, running and counting, its disk in its own work dir."""
     work = tmp_path / "work"
     work.mkdir()
-    disk = work / "vda.qcow2"
-    subprocess.run(["cp", str(guest_image.disk), str(disk)], check=True)
-    dom = await driver.define_xml(domain_xml(guest_image, "guest", disk))
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
-    return driver.state_dir, work
+    await saved_guests.restore(driver, work)
+    return Crashed(driver.state_dir, work)
 
 
 CREATE_KINDS = {
@@ -131,14 +136,32 @@ CREATE_KINDS = {
     "internal": lambda w, n: [],
     "disk-only": lambda w, n: ["--disk-only", "--diskspec", f"vda,file={w}/vda.{n}"],
 }
+"""Each kind of snapshot as the CLI takes it (what gets killed)..."""
+
+SNAPSHOT_XML = {
+    "external memory and disk": lambda w, n: (
+        f"<domainsnapshot><name>{n}</name><memory snapshot='external' file='{w}/{n}.mem'/>"
+        f"<disks><disk name='vda' snapshot='external'><source file='{w}/vda.{n}'/></disk>"
+        "</disks></domainsnapshot>", {}),
+    "internal": lambda w, n: (f"<domainsnapshot><name>{n}</name></domainsnapshot>", {}),
+    "disk-only": lambda w, n: (
+        f"<domainsnapshot><name>{n}</name><disks><disk name='vda' snapshot='external'>"
+        f"<source file='{w}/vda.{n}'/></disk></disks></domainsnapshot>", {"disk_only": True}),
+}
+"""...and as the API takes it (the setup around the kills)."""
+
+
+async def snapshot(guest: Crashed, kind: str, name: str) -> None:
+    xml, flags = SNAPSHOT_XML[kind](guest.work, name)
+    await guest.dom.snapshot_create_xml(xml, **flags)
 
 
 @pytest.mark.parametrize("kind", CREATE_KINDS)
-async def test_snapshot_create_killed_at_every_point(running_guest: tuple[Path, Path],
+async def test_snapshot_create_killed_at_every_point(running_guest: Crashed,
                                                      tmp_path: Path, kind: str) -> None:
-    state_dir, work = running_guest
+    guest, work = running_guest, running_guest.work
     args = CREATE_KINDS[kind]
-    points = points_of(state_dir, tmp_path, "snapshot-create-as", "guest", "t0",
+    points = points_of(guest.state_dir, tmp_path, "snapshot-create-as", "guest", "t0",
                        *args(work, "t0"))
     assert any(p.endswith(":end") for p in points)
     if kind.startswith("external"):
@@ -146,148 +169,146 @@ async def test_snapshot_create_killed_at_every_point(running_guest: tuple[Path, 
     finished = []
     for i, point in enumerate(points):
         name = f"k{i}"
-        report = kill_and_recover(state_dir, point, "snapshot-create-as", "guest", name,
-                                  *args(work, name))
-        assert_consistent(state_dir, work, point)
-        assert_running(state_dir, point)
-        listed = ok(state_dir, "snapshot-list", "guest", "--name").split()
+        report = await guest.kill_and_recover(point, "snapshot-create-as", "guest", name,
+                                              *args(work, name), via_cli=i == 0)
+        guest.consistent(point)
+        await guest.assert_running(point)
         if "rolled forward" in report:  # killed once the disks switched after the memory
-            assert name in listed, f"{point}: rolled forward, but not listed ({report})"
-            assert ok(state_dir, "snapshot-current", "guest", "--name").strip() == name
+            assert name in guest.snapshots(), f"{point}: rolled forward, not listed ({report})"
+            assert guest.dom.current_snapshot().name == name
             finished.append(point)
         else:
-            assert name not in listed, f"{point}: a rolled-back snapshot is listed ({report})"
+            assert name not in guest.snapshots(), \
+                f"{point}: a rolled-back snapshot is listed ({report})"
     # everything a memory snapshot needs exists once its disks switched: it finishes
     assert bool(finished) == (kind == "external memory and disk"), finished
     # the guest still works: another snapshot goes through
-    ok(state_dir, "snapshot-create-as", "guest", "after", *args(work, "after"))
-    assert_consistent(state_dir, work, "after")
+    ok(guest.state_dir, "snapshot-create-as", "guest", "after", *args(work, "after"))
+    guest.consistent("after")
 
 
-async def test_snapshot_delete_killed_at_every_point(running_guest: tuple[Path, Path],
+async def test_snapshot_delete_killed_at_every_point(running_guest: Crashed,
                                                      tmp_path: Path) -> None:
     """A running delete with data (an active block-commit and pivot), killed before
     the marks are recorded, after them, after the commit, after the rename and
     during the metadata removal: it rolls back or finishes, the guest runs on."""
-    state_dir, work = running_guest
-    disk_only = CREATE_KINDS["disk-only"]
-    ok(state_dir, "snapshot-create-as", "guest", "d0", *disk_only(work, "d0"))
-    points = points_of(state_dir, tmp_path, "snapshot-delete", "guest", "d0")
+    guest, work = running_guest, running_guest.work
+    await snapshot(guest, "disk-only", "d0")
+    points = points_of(guest.state_dir, tmp_path, "snapshot-delete", "guest", "d0")
     for point in ("snapshot-delete:committed", "snapshot-delete:renamed",
                   "snapshot-delete:metadata", "snapshot-delete:end"):
         assert point in points, points
     for i, point in enumerate(points):
         name = f"d{i + 1}"
-        ok(state_dir, "snapshot-create-as", "guest", name, *disk_only(work, name))
-        kill_and_recover(state_dir, point, "snapshot-delete", "guest", name)
-        assert_consistent(state_dir, work, point)
-        assert_running(state_dir, point)
-        if name in ok(state_dir, "snapshot-list", "guest", "--name").split():
+        await snapshot(guest, "disk-only", name)
+        await guest.kill_and_recover(point, "snapshot-delete", "guest", name, via_cli=i == 0)
+        guest.consistent(point)
+        await guest.assert_running(point)
+        if name in guest.snapshots():
             assert point.endswith(":recorded:restore-dir"), f"{point}: {name} not finished"
-            ok(state_dir, "snapshot-delete", "guest", name)  # rolled back: still deletable
+            await guest.dom.delete_snapshot(name)  # rolled back: still deletable
         assert not (work / f"vda.{name}").exists(), point
-        defined = ok(state_dir, "dumpxml", "guest")  # the guest writes its base again
-        assert f"file='{work / 'vda.qcow2'}'" in defined, f"{point}: {defined}"
-    ok(state_dir, "snapshot-create-as", "guest", "after", *disk_only(work, "after"))
-    ok(state_dir, "snapshot-delete", "guest", "after")
-    assert_consistent(state_dir, work, "after")
+        defined = guest.dom.xml_desc()  # the guest writes its base again
+        assert f"file='{work / 'guest-vda.qcow2'}'" in defined, f"{point}: {defined}"
+    ok(guest.state_dir, "snapshot-create-as", "guest", "after",
+       *CREATE_KINDS["disk-only"](work, "after"))
+    ok(guest.state_dir, "snapshot-delete", "guest", "after")
+    guest.consistent("after")
 
 
-async def test_save_killed_at_every_point(running_guest: tuple[Path, Path],
-                                          tmp_path: Path) -> None:
-    state_dir, work = running_guest
-    points = points_of(state_dir, tmp_path, "managedsave", "guest")
-    ok(state_dir, "start", "guest")
-    for point in points:
-        kill_and_recover(state_dir, point, "managedsave", "guest")
-        assert_consistent(state_dir, work, point)
-        info = ok(state_dir, "dominfo", "guest")
-        if re.search(r"Managed save:\s+yes", info):
+async def test_save_killed_at_every_point(running_guest: Crashed, tmp_path: Path) -> None:
+    guest = running_guest
+    points = points_of(guest.state_dir, tmp_path, "managedsave", "guest")
+    await guest.dom.start()
+    for i, point in enumerate(points):
+        await guest.kill_and_recover(point, "managedsave", "guest", via_cli=i == 0)
+        guest.consistent(point)
+        if guest.dom.has_managed_save():
             # past the point of no return: a complete save, the domain off
-            assert ok(state_dir, "domstate", "guest").strip() == "shut off", point
-            ok(state_dir, "start", "guest")
-        assert_running(state_dir, point)
+            assert (await guest.state()).startswith("shut off"), point
+            await guest.dom.start()
+        await guest.assert_running(point)
 
 
-async def test_start_from_managed_save_killed_at_every_point(
-        running_guest: tuple[Path, Path], tmp_path: Path) -> None:
-    state_dir, work = running_guest
-    ok(state_dir, "managedsave", "guest")
-    points = points_of(state_dir, tmp_path, "start", "guest")
-    for point in points:
-        ok(state_dir, "managedsave", "guest")
-        kill_and_recover(state_dir, point, "start", "guest")
-        assert_consistent(state_dir, work, point)
-        state = ok(state_dir, "domstate", "guest").strip()
-        has_save = re.search(r"Managed save:\s+yes", ok(state_dir, "dominfo", "guest"))
+async def test_start_from_managed_save_killed_at_every_point(running_guest: Crashed,
+                                                             tmp_path: Path) -> None:
+    guest = running_guest
+    await guest.dom.managed_save()
+    points = points_of(guest.state_dir, tmp_path, "start", "guest")
+    for i, point in enumerate(points):
+        await guest.dom.managed_save()
+        await guest.kill_and_recover(point, "start", "guest", via_cli=i == 0)
+        guest.consistent(point)
+        state = (await guest.dom.get_state())[0].label
         # rolled back: off with the save kept; forward: running, the save gone
-        assert (state, bool(has_save)) in {("shut off", True), ("running", False)}, point
-        if state == "shut off":
-            ok(state_dir, "start", "guest")
-        assert_running(state_dir, point)
+        assert (state, guest.dom.has_managed_save()) in {("shut off", True),
+                                                         ("running", False)}, point
+        await guest.start_if_off()
+        await guest.assert_running(point)
 
 
 @pytest.mark.parametrize("kind", ["external", "internal"])
-async def test_revert_killed_at_every_point(running_guest: tuple[Path, Path],
-                                            tmp_path: Path, kind: str) -> None:
-    state_dir, work = running_guest
-    extra = CREATE_KINDS["external memory and disk" if kind == "external" else "internal"]
-    ok(state_dir, "snapshot-create-as", "guest", "base", *extra(work, "base"))
-    points = points_of(state_dir, tmp_path, "snapshot-revert", "guest", "base")
-    for point in points:
-        kill_and_recover(state_dir, point, "snapshot-revert", "guest", "base")
-        assert_consistent(state_dir, work, point)
-        if ok(state_dir, "domstate", "guest").strip() == "shut off":
-            ok(state_dir, "start", "guest")  # rolled back after the old QEMU was stopped
-        assert_running(state_dir, point)
-        ok(state_dir, "snapshot-revert", "guest", "base")  # still revertible
-        assert_consistent(state_dir, work, point + " (reverted again)")
+async def test_revert_killed_at_every_point(running_guest: Crashed, tmp_path: Path,
+                                            kind: str) -> None:
+    guest = running_guest
+    await snapshot(guest, "external memory and disk" if kind == "external" else "internal",
+                   "base")
+    points = points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest", "base")
+    for i, point in enumerate(points):
+        await guest.kill_and_recover(point, "snapshot-revert", "guest", "base", via_cli=i == 0)
+        guest.consistent(point)
+        await guest.start_if_off()  # rolled back after the old QEMU was stopped
+        await guest.assert_running(point)
+        await guest.dom.revert_to_snapshot("base")  # still revertible
+        guest.consistent(point + " (reverted again)")
 
 
-async def test_start_killed_at_every_point(running_guest: tuple[Path, Path],
-                                           tmp_path: Path) -> None:
-    state_dir, _ = running_guest
-    ok(state_dir, "destroy", "guest")
-    points = points_of(state_dir, tmp_path, "start", "guest")
+async def test_start_killed_at_every_point(running_guest: Crashed, tmp_path: Path) -> None:
+    guest = running_guest
+    await guest.dom.destroy()
+    points = points_of(guest.state_dir, tmp_path, "start", "guest")
     assert "launch:spawned" in points
-    ok(state_dir, "destroy", "guest")
-    for point in points:
-        kill_and_recover(state_dir, point, "start", "guest")
-        assert ok(state_dir, "domstate", "guest").strip() == "shut off", point
-    ok(state_dir, "start", "guest")
+    await guest.dom.destroy()
+    for i, point in enumerate(points):
+        await guest.kill_and_recover(point, "start", "guest", via_cli=i == 0)
+        assert (await guest.state()).startswith("shut off"), point
+    await guest.dom.start()
 
 
-async def test_shutdown_killed_while_waiting(running_guest: tuple[Path, Path]) -> None:
-    state_dir, work = running_guest
-    report = kill_and_recover(state_dir, "shutdown:waiting", "shutdown", "guest")
+async def test_shutdown_killed_while_waiting(running_guest: Crashed) -> None:
+    guest = running_guest
+    report = await guest.kill_and_recover("shutdown:waiting", "shutdown", "guest",
+                                          via_cli=True)
     assert "shutdown" in report
-    assert_consistent(state_dir, work, "shutdown")
+    guest.consistent("shutdown")
 
 
-async def test_metadata_change_killed_half_way(running_guest: tuple[Path, Path],
+async def test_metadata_change_killed_half_way(running_guest: Crashed,
                                                tmp_path: Path) -> None:
-    state_dir, _ = running_guest
+    guest = running_guest
     for name in ("a", "b", "c"):
-        ok(state_dir, "snapshot-create-as", "guest", name)
-    points = points_of(state_dir, tmp_path, "snapshot-current", "guest", "a")
-    before = {f.name: f.read_text() for f in (state_dir / "domains/guest/snapshots").iterdir()}
-    for point in points:
-        kill_and_recover(state_dir, point, "snapshot-current", "guest", "b")
-    kill_and_recover(state_dir, "snapshot-delete:metadata", "snapshot-delete", "guest", "b",
-                     "--children", "--metadata")  # killed after the first of two removals
-    after = {f.name: f.read_text() for f in (state_dir / "domains/guest/snapshots").iterdir()}
+        await snapshot(guest, "internal", name)
+    points = points_of(guest.state_dir, tmp_path, "snapshot-current", "guest", "a")
+    snapshots = guest.state_dir / "domains/guest/snapshots"
+    before = {f.name: f.read_text() for f in snapshots.iterdir()}
+    for i, point in enumerate(points):
+        await guest.kill_and_recover(point, "snapshot-current", "guest", "b", via_cli=i == 0)
+    await guest.kill_and_recover(  # killed after the first of two removals
+        "snapshot-delete:metadata", "snapshot-delete", "guest", "b", "--children",
+        "--metadata")
+    after = {f.name: f.read_text() for f in snapshots.iterdir()}
     assert after == before  # every half-made change was put back
-    assert ok(state_dir, "snapshot-current", "guest", "--name").strip() == "a"
+    assert guest.dom.current_snapshot().name == "a"
 
 
 SOAK_ROUNDS = int(os.environ.get("QDRIVER_SOAK_ROUNDS", "16"))
 
 
-async def test_soak_random_kills(running_guest: tuple[Path, Path]) -> None:
+async def test_soak_random_kills(running_guest: Crashed) -> None:
     """Kills at random moments (not only at fault points) of random operations."""
-    state_dir, work = running_guest
+    guest, work = running_guest, running_guest.work
     rng = random.Random(int(os.environ.get("QDRIVER_SOAK_SEED", "1")))
-    ok(state_dir, "snapshot-create-as", "guest", "base", *CREATE_KINDS["internal"](work, ""))
+    await snapshot(guest, "internal", "base")
     ops = [
         lambda n: ["snapshot-create-as", "guest", n,
                    *CREATE_KINDS["external memory and disk"](work, n)],
@@ -302,7 +323,7 @@ async def test_soak_random_kills(running_guest: tuple[Path, Path]) -> None:
         delay = rng.uniform(0.3, 1.2)  # the CLI's start-up takes ~0.3 s
         env = {k: v for k, v in os.environ.items() if k not in (ENV, TRACE_ENV)}
         proc = subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir",
-                                 str(state_dir), *args], env=env,
+                                 str(guest.state_dir), *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             proc.wait(delay)
@@ -311,8 +332,7 @@ async def test_soak_random_kills(running_guest: tuple[Path, Path]) -> None:
         _, err = proc.communicate()
         assert "Traceback" not in err, err
         where = f"round {i}: {' '.join(args)} killed after {delay:.2f} s"
-        cli(state_dir, "recover", "guest")
-        assert_consistent(state_dir, work, where)
-        if ok(state_dir, "domstate", "guest").strip() == "shut off":
-            ok(state_dir, "start", "guest")
-        assert_running(state_dir, where)
+        await guest.dom.recover()
+        guest.consistent(where)
+        await guest.start_if_off()
+        await guest.assert_running(where)

@@ -11,7 +11,7 @@ from qdriver import qmp
 from qdriver.qmp import MonitorConnectError
 from qdriver.paths import runtime_base
 
-from .conftest import GuestImage, domain_xml
+from .helpers import GuestImage, domain_xml
 
 NOBODY = 65534
 
@@ -81,12 +81,14 @@ async def test_private_dirs_are_made_private(xdg: Path, driver: qdriver.Driver,
         await dom.destroy()
 
 
+@pytest.mark.no_qemu
 async def test_monitor_in_a_writable_directory_is_refused(tmp_path: Path) -> None:
     shared = attacker_dir(tmp_path)
     with pytest.raises(MonitorConnectError, match="others may write to it|not this user's"):
         await qmp.connect(shared / "qmp.sock")
 
 
+@pytest.mark.no_qemu
 @pytest.mark.skipif(os.geteuid() != 0, reason="a directory of another user needs root")
 def test_a_runtime_dir_others_may_write_is_not_used(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,6 +100,7 @@ def test_a_runtime_dir_others_may_write_is_not_used(tmp_path: Path,
     assert runtime_base() == Path(f"/tmp/qdriver-{os.getuid()}")
 
 
+@pytest.mark.no_qemu
 def test_a_runtime_path_through_a_file_is_refused_by_name(tmp_path: Path) -> None:
     from qdriver.paths import make_private_dirs
     (tmp_path / "base").mkdir(mode=0o700)

@@ -1,6 +1,7 @@
 """save / restore / managedsave on the real guest: the guest goes on from the save point."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,13 @@ import qdriver
 from qdriver import DomainState
 from qdriver.saveimage import read_header
 
-from .conftest import disk_counter, last_counter, qemu_pids_for, run_cli, wait_console
-from .test_snapshot_create import assert_save_image, booted
-from .test_snapshot_revert import assert_resumes_from, console_offset, counters_after
+from .helpers import (assert_resumes_from, assert_save_image, console_offset, counters_after,
+                      disk_counter, last_counter, qemu_pids_for, run_cli, sha256, wait_console)
 
 
-async def test_save_then_restore_goes_on_from_the_save_point(make_domain, state_dir: Path,
+async def test_save_then_restore_goes_on_from_the_save_point(booted, state_dir: Path,
                                                              tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     vda = dom.definition.disks[0].source or ""
     save = tmp_path / "g.save"
     r = run_cli(state_dir, "save", "guest", str(save))
@@ -35,8 +35,8 @@ async def test_save_then_restore_goes_on_from_the_save_point(make_domain, state_
     await dom.destroy()
 
 
-async def test_save_paused_restores_paused(make_domain, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_save_paused_restores_paused(booted, tmp_path: Path) -> None:
+    dom = await booted()
     save = tmp_path / "p.save"
     await dom.save(save, paused=True)
     assert not read_header(save).was_running
@@ -48,8 +48,8 @@ async def test_save_paused_restores_paused(make_domain, tmp_path: Path) -> None:
     await dom.destroy()
 
 
-async def test_managed_save_and_start(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+async def test_managed_save_and_start(booted, state_dir: Path) -> None:
+    dom = await booted()
     run_cli(state_dir, "managedsave", "guest")
     assert "Managed save:   yes" in run_cli(state_dir, "dominfo", "guest").stdout.decode()
     r = run_cli(state_dir, "undefine", "guest", check=False)
@@ -73,9 +73,9 @@ async def test_managed_save_and_start(make_domain, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_restore_defines_a_domain_it_does_not_know(make_domain, driver, state_dir: Path,
+async def test_restore_defines_a_domain_it_does_not_know(booted, driver, state_dir: Path,
                                                          tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     save = tmp_path / "u.save"
     await dom.save(save)
     xml = run_cli(state_dir, "save-image-dumpxml", str(save)).stdout.decode()
@@ -86,9 +86,9 @@ async def test_restore_defines_a_domain_it_does_not_know(make_domain, driver, st
     await restored.destroy()
 
 
-async def test_save_image_define_replaces_the_xml(make_domain, state_dir: Path,
+async def test_save_image_define_replaces_the_xml(booted, state_dir: Path,
                                                   tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     save = tmp_path / "d.save"
     await dom.save(save)
     xml = read_header(save).domain_xml
@@ -111,8 +111,8 @@ async def test_save_image_define_replaces_the_xml(make_domain, state_dir: Path,
     await dom.destroy()
 
 
-async def test_bad_restores_change_nothing(make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_bad_restores_change_nothing(booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     save = tmp_path / "b.save"
     await dom.save(save)
     with open(save, "r+b") as f:
@@ -131,15 +131,13 @@ async def test_bad_restores_change_nothing(make_domain, state_dir: Path, tmp_pat
     await dom.destroy()
 
 
-async def test_a_save_file_cannot_choose_the_emulator(make_domain, driver, state_dir: Path,
+async def test_a_save_file_cannot_choose_the_emulator(booted, driver, state_dir: Path,
                                                       tmp_path: Path) -> None:
     """The XML in a save file is data: for a domain defined here, a restore never
     runs another emulator than the domain's, and leaves nothing behind."""
     import shutil
     from qdriver.saveimage import rewrite_xml
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
+    dom = await booted()
     path = tmp_path / "g.save"
     await dom.save(path)
     marker = tmp_path / "ran"
@@ -156,10 +154,8 @@ async def test_a_save_file_cannot_choose_the_emulator(make_domain, driver, state
 
 
 async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
-        make_domain, driver, state_dir: Path, tmp_path: Path) -> None:
-    dom = await make_domain(name="gone")
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
+        booted, driver, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(name="gone")
     path = tmp_path / "g.save"
     await dom.save(path)
     disk = dom.definition.disks[0].source or ""
@@ -171,6 +167,7 @@ async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
     assert qemu_pids_for(state_dir) == []
 
 
+@pytest.mark.no_qemu
 def test_restore_from_a_fifo_is_refused_at_once(state_dir: Path, tmp_path: Path) -> None:
     """A FIFO nobody writes to would block the restore forever: only files are read."""
     import os
@@ -181,11 +178,11 @@ def test_restore_from_a_fifo_is_refused_at_once(state_dir: Path, tmp_path: Path)
         r.stderr.decode(), r.stderr.decode()
 
 
-async def test_long_operations_show_progress_and_a_final_line(make_domain, state_dir: Path,
+async def test_long_operations_show_progress_and_a_final_line(booted, state_dir: Path,
                                                              tmp_path: Path) -> None:
     """virsh's --verbose is accepted; an internal snapshot and its revert, silent
     before, say how long they took; a save ends with its 100 % line."""
-    await booted(make_domain)
+    await booted()
     r = run_cli(state_dir, "snapshot-create-as", "guest", "i1")
     assert "snapshot guest: snapshot-save done in " in r.stderr.decode(), r.stderr.decode()
     r = run_cli(state_dir, "snapshot-revert", "guest", "i1")
@@ -197,3 +194,38 @@ async def test_long_operations_show_progress_and_a_final_line(make_domain, state
     r = run_cli(state_dir, "restore", str(save), "--verbose")
     assert "load 100%" in r.stderr.decode().splitlines()[-1], r.stderr.decode()
     run_cli(state_dir, "destroy", "guest")
+
+
+async def test_restore_with_another_xml_runs_on_other_disks(booted, state_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """``restore --xml``: the saved guest on a copy of its disk, the original untouched;
+    XML for other hardware is refused in libvirt's words and nothing is defined."""
+    dom = await booted()
+    vda = Path(dom.definition.disks[0].source or "")
+    save = tmp_path / "g.save"
+    await dom.save(save)
+    at = disk_counter(vda)
+    copy = tmp_path / "copy.qcow2"
+    shutil.copyfile(vda, copy)
+    original = sha256(vda)
+    xml = tmp_path / "copy.xml"
+    xml.write_text(dom.xml_desc(inactive=True).replace(f"file='{vda}'", f"file='{copy}'"))
+    bigger = tmp_path / "bigger.xml"
+    bigger.write_text(xml.read_text().replace("<memory unit='MiB'>256</memory>",
+                                              "<memory unit='MiB'>512</memory>"))
+    assert bigger.read_text() != xml.read_text()
+
+    other = tmp_path / "other-state"  # where the domain is not defined yet
+    r = run_cli(other, "restore", str(save), "--xml", str(bigger), check=False)
+    assert r.returncode == 1
+    assert "Target domain max memory (KiB) 524288 does not match source 262144" in \
+        r.stderr.decode()
+    assert run_cli(other, "list", "--all", "--name").stdout.decode().strip() == ""
+
+    offset = console_offset(dom)
+    run_cli(state_dir, "restore", str(save), "--xml", str(xml))
+    assert dom.definition.disks[0].source == str(copy)
+    assert_resumes_from(await counters_after(dom, offset, 4), at, at + 10)
+    await dom.destroy()
+    assert sha256(vda) == original, "the image the file's XML names was written"
+    assert disk_counter(copy) > at

@@ -7,7 +7,6 @@ afterwards.  Artefacts are checked with qemu-img itself.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -19,16 +18,9 @@ import pytest
 
 import qdriver
 from qdriver import DomainState, qemuimg, qmp
-from qdriver.saveimage import read_header
 
-from .conftest import disk_counter, last_counter, run_cli, wait_console
-
-
-async def booted(make_domain, **kw) -> qdriver.Domain:
-    dom = await make_domain(**kw)
-    await dom.start()
-    await wait_console(dom, "COUNTER 5")
-    return dom
+from .helpers import (assert_save_image, backing_of, disk_counter, internal_snapshots,
+                      keeps_counting, last_counter, run_cli, wait_console, within)
 
 
 async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tuple[int, int]:
@@ -38,41 +30,17 @@ async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tupl
     return before, last_counter(dom)
 
 
-async def keeps_counting(dom: qdriver.Domain, after: int) -> None:
-    await wait_console(dom, f"COUNTER {after + 3}", timeout=30)
-
-
-def _info(path: str | Path) -> dict:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
-
-
-def _list(path: str | Path) -> list[str]:
-    """``qemu-img snapshot -l``: the internal snapshots in an image."""
-    return [s["name"] for s in _info(path).get("snapshots", [])]
-
-
-def backing_of(path: str | Path) -> str | None:
-    return _info(path).get("backing-filename")
-
-
-def within(value: int, before: int, after: int) -> bool:
-    """The guest syncs after each append; allow one value of lag either way."""
-    return before - 1 <= value <= after + 1
-
-
 # -- offline (seed rows 1, 2, 4, 5 and the mixed row) ------------------------------
 
 async def test_offline_internal_external_and_mixed(make_domain, state_dir: Path) -> None:
     dom = await make_domain(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     run_cli(state_dir, "snapshot-create-as", "guest", "off-int")
-    assert _list(vda) == ["off-int"] and _list(vdb) == ["off-int"]
+    assert internal_snapshots(vda) == ["off-int"] and internal_snapshots(vdb) == ["off-int"]
 
     run_cli(state_dir, "snapshot-create-as", "guest", "off-mix",
             "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
-    assert _list(vda) == ["off-int", "off-mix"] and _list(vdb) == ["off-int"]
+    assert internal_snapshots(vda) == ["off-int", "off-mix"] and internal_snapshots(vdb) == ["off-int"]
     vdb_overlay = str(vdb).rsplit(".", 1)[0] + ".off-mix"
     assert backing_of(vdb_overlay) == vdb
     assert (os.stat(vdb_overlay).st_mode & 0o777) == 0o600
@@ -94,15 +62,15 @@ async def test_offline_internal_external_and_mixed(make_domain, state_dir: Path)
 
 # -- online internal (seed rows 7, 12, 19, 21) ---------------------------------------
 
-async def test_online_internal_full_system(make_domain, state_dir: Path,
+async def test_online_internal_full_system(booted, state_dir: Path,
                                            tmp_path: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+    dom = await booted(disks=2)
     xml = tmp_path / "s.xml"
     xml.write_text("<domainsnapshot><name>int1</name><description>full</description>"
                    "</domainsnapshot>")
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create", "guest", str(xml))
     vda, vdb = (d.source for d in dom.definition.disks)
-    assert _list(vda) == ["int1"] and _list(vdb) == ["int1"]
+    assert internal_snapshots(vda) == ["int1"] and internal_snapshots(vdb) == ["int1"]
     sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
     assert sizes["int1"] > 0, "the vmstate went into vda"
     assert dom.state == DomainState.RUNNING
@@ -114,9 +82,9 @@ async def test_online_internal_full_system(make_domain, state_dir: Path,
     assert "<memory snapshot='internal'/>" in snap.xml_desc()
 
 
-async def test_internal_snapshot_of_paused_guest_stays_paused(make_domain,
+async def test_internal_snapshot_of_paused_guest_stays_paused(booted,
                                                               state_dir: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     await dom.suspend()
     run_cli(state_dir, "snapshot-create-as", "guest", "p1")
     assert (await dom.get_state())[0] == DomainState.PAUSED
@@ -127,8 +95,8 @@ async def test_internal_snapshot_of_paused_guest_stays_paused(make_domain,
 # -- online disk-only (seed rows 8, 11, 14, 17; 13 and 16 beyond libvirt) -------------
 
 async def test_external_disk_only_switches_both_disks_in_one_transaction(
-        make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+        booted, state_dir: Path) -> None:
+    dom = await booted(disks=2)
     old = [d.source for d in dom.definition.disks]
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "d1",
                                        "--disk-only", "--atomic")
@@ -147,23 +115,23 @@ async def test_external_disk_only_switches_both_disks_in_one_transaction(
     await dom.destroy()
 
 
-async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(make_domain,
+async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(booted,
                                                                   state_dir: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     run_cli(state_dir, "snapshot-create-as", "guest", "m0", "--memspec", "snapshot=no")
     dom = qdriver.Driver(state_dir).lookup("guest")
     assert dom.definition.disks[0].source.endswith(".m0")
     await dom.destroy()
 
 
-async def test_internal_disk_only_of_running_guest_beyond_libvirt(make_domain,
+async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted,
                                                                   state_dir: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+    dom = await booted(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     before, after = await cli_snapshot(
         dom, state_dir, "snapshot-create-as", "guest", "i1", "--disk-only",
         "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
-    assert _list(vda) == ["i1"]
+    assert internal_snapshots(vda) == ["i1"]
     sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
     assert sizes["i1"] == 0, "a disk-only snapshot holds no memory"
     assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
@@ -176,19 +144,8 @@ async def test_internal_disk_only_of_running_guest_beyond_libvirt(make_domain,
 
 # -- online external memory (seed rows 22, 23, 25; 24 beyond libvirt) ------------------
 
-def assert_save_image(path: Path) -> None:
-    header = read_header(path)
-    assert header.complete
-    with open(path, "rb") as f:
-        assert f.read(16) == b"LibvirtQemudSave"
-        f.seek(header.stream_offset)
-        assert f.read(4) == b"QEVM", "a QEMU migration stream follows the header"
-    assert "<domain" in header.domain_xml
-    assert (path.stat().st_mode & 0o777) == 0o600
-
-
-async def test_external_memory_and_disks(make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_external_memory_and_disks(booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     mem = tmp_path / "e1.mem"
     vda = dom.definition.disks[0].source
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "e1",
@@ -204,28 +161,28 @@ async def test_external_memory_and_disks(make_domain, state_dir: Path, tmp_path:
     await dom.destroy()
 
 
-async def test_external_memory_only(make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_external_memory_only(booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     mem = tmp_path / "m.mem"
     vda = dom.definition.disks[0].source
     run_cli(state_dir, "snapshot-create-as", "guest", "m1", "--memspec", str(mem),
             "--diskspec", "vda,snapshot=no")
     assert_save_image(mem)
     assert qdriver.Driver(state_dir).lookup("guest").definition.disks[0].source == vda
-    assert _list(vda) == []
+    assert internal_snapshots(vda) == []
     await dom.destroy()
 
 
 async def test_external_memory_with_internal_disk_beyond_libvirt(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+        booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted(disks=2)
     mem = tmp_path / "x.mem"
     vda, vdb = (d.source for d in dom.definition.disks)
     before, after = await cli_snapshot(
         dom, state_dir, "snapshot-create-as", "guest", "x1", "--memspec", str(mem),
         "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
     assert_save_image(mem)
-    assert _list(vda) == ["x1"]
+    assert internal_snapshots(vda) == ["x1"]
     assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
         == vdb
     await keeps_counting(dom, after)
@@ -234,12 +191,12 @@ async def test_external_memory_with_internal_disk_beyond_libvirt(
 
 
 async def test_internal_memory_with_external_disk_beyond_libvirt(
-        make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+        booted, state_dir: Path) -> None:
+    dom = await booted(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     run_cli(state_dir, "snapshot-create-as", "guest", "y1", "--memspec", "snapshot=internal",
             "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
-    assert _list(vda) == ["y1"] and _list(vdb) == []
+    assert internal_snapshots(vda) == ["y1"] and internal_snapshots(vdb) == []
     assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["y1"] > 0
     assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
         == vdb
@@ -247,8 +204,8 @@ async def test_internal_memory_with_external_disk_beyond_libvirt(
     await dom.destroy()
 
 
-async def test_live_background_snapshot(make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_live_background_snapshot(booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     mem = tmp_path / "live.mem"
     plan = await dom.plan_snapshot(f"<domainsnapshot><memory file='{mem}'/></domainsnapshot>",
                                    qdriver.CreateFlags(live=True))
@@ -265,19 +222,19 @@ async def test_live_background_snapshot(make_domain, state_dir: Path, tmp_path: 
 
 # -- flags --------------------------------------------------------------------------
 
-async def test_halt_and_no_metadata(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+async def test_halt_and_no_metadata(booted, state_dir: Path) -> None:
+    dom = await booted()
     vda = dom.definition.disks[0].source
     run_cli(state_dir, "snapshot-create-as", "guest", "nm", "--no-metadata")
-    assert _list(vda) == ["nm"] and dom.list_snapshots() == []
+    assert internal_snapshots(vda) == ["nm"] and dom.list_snapshots() == []
     run_cli(state_dir, "snapshot-create-as", "guest", "h1", "--halt")
     assert dom.state_reason() == (DomainState.SHUTOFF, "from snapshot")
-    assert _list(vda) == ["nm", "h1"]
+    assert internal_snapshots(vda) == ["nm", "h1"]
     assert [s.name for s in dom.list_snapshots()] == ["h1"]
 
 
-async def test_manual_disk_leaves_guest_paused(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain, disks=2)
+async def test_manual_disk_leaves_guest_paused(booted, state_dir: Path) -> None:
+    dom = await booted(disks=2)
     run_cli(state_dir, "snapshot-create-as", "guest", "man", "--disk-only",
             "--diskspec", "vda,snapshot=external", "--diskspec", "vdb,snapshot=manual")
     assert (await dom.get_state())[0] == DomainState.PAUSED
@@ -286,9 +243,9 @@ async def test_manual_disk_leaves_guest_paused(make_domain, state_dir: Path) -> 
     await dom.destroy()
 
 
-async def test_reuse_external_checks_backing(make_domain, state_dir: Path,
+async def test_reuse_external_checks_backing(booted, state_dir: Path,
                                              tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     vda = dom.definition.disks[0].source
     wrong = tmp_path / "wrong.qcow2"
     await qemuimg.create(wrong, "qcow2", size=64 << 20)
@@ -304,8 +261,8 @@ async def test_reuse_external_checks_backing(make_domain, state_dir: Path,
     await dom.destroy()
 
 
-async def test_progress_is_reported(make_domain, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_progress_is_reported(booted, tmp_path: Path) -> None:
+    dom = await booted()
     seen: list[qdriver.Progress] = []
     await dom.snapshot_create_xml(
         f"<domainsnapshot><memory file='{tmp_path / 'p.mem'}'/></domainsnapshot>",
@@ -329,12 +286,12 @@ async def assert_untouched(dom: qdriver.Domain, state_dir: Path, sources: list[s
     assert fresh.list_snapshots() == [], "metadata was written"
     assert (await fresh.get_state())[0] == state
     for src in sources:
-        assert _list(src) == []
+        assert internal_snapshots(src) == []
 
 
-async def test_overlay_on_readonly_filesystem(make_domain, state_dir: Path,
+async def test_overlay_on_readonly_filesystem(booted, state_dir: Path,
                                               small_tmpfs) -> None:
-    dom = await booted(make_domain, disks=2)
+    dom = await booted(disks=2)
     sources = [d.source for d in dom.definition.disks]
     ro = small_tmpfs(readonly=True)
     r = run_cli(state_dir, "snapshot-create-as", "guest", "f1", "--disk-only",
@@ -347,8 +304,8 @@ async def test_overlay_on_readonly_filesystem(make_domain, state_dir: Path,
     await dom.destroy()
 
 
-async def test_overlay_on_full_filesystem(make_domain, state_dir: Path, small_tmpfs) -> None:
-    dom = await booted(make_domain)
+async def test_overlay_on_full_filesystem(booted, state_dir: Path, small_tmpfs) -> None:
+    dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     full = small_tmpfs(size="64k", fill=True)
     r = run_cli(state_dir, "snapshot-create-as", "guest", "f2", "--disk-only",
@@ -359,9 +316,9 @@ async def test_overlay_on_full_filesystem(make_domain, state_dir: Path, small_tm
     await dom.destroy()
 
 
-async def test_memory_file_on_full_filesystem(make_domain, state_dir: Path,
+async def test_memory_file_on_full_filesystem(booted, state_dir: Path,
                                               small_tmpfs) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     full = small_tmpfs(size="2m")
     overlay = str(sources[0]).rsplit(".", 1)[0] + ".f3"
@@ -374,11 +331,11 @@ async def test_memory_file_on_full_filesystem(make_domain, state_dir: Path,
     await dom.destroy()
 
 
-async def test_memory_file_path_that_is_a_dangling_link(make_domain, state_dir: Path,
+async def test_memory_file_path_that_is_a_dangling_link(booted, state_dir: Path,
                                                         tmp_path: Path) -> None:
     """A --memspec path that is a symbolic link (dangling) is refused by name, and
     the user's link stays: an undo removes only what the operation made."""
-    dom = await booted(make_domain)
+    dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     link = tmp_path / "link.mem"
     link.symlink_to(tmp_path / "nowhere" / "target.mem")
@@ -466,15 +423,15 @@ async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> Non
     assert not any(n.startswith("ov-") for n in nodes), "the overlay node was not deleted"
     fresh = qdriver.Driver(state_dir).lookup("guest")
     assert [d.source for d in fresh.definition.disks] == [vda, vdb]
-    assert fresh.list_snapshots() == [] and _list(vda) == ["t1"] and _list(vdb) == []
+    assert fresh.list_snapshots() == [] and internal_snapshots(vda) == ["t1"] and internal_snapshots(vdb) == []
     assert (await fresh.get_state())[0] == DomainState.RUNNING
     await dom.destroy()
 
 
-async def test_quiesce_without_a_responding_agent(make_domain, state_dir: Path) -> None:
+async def test_quiesce_without_a_responding_agent(booted, state_dir: Path) -> None:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
-    dom = await booted(make_domain, extra_devices=channel, cmdline="qd.noagent=1")
+    dom = await booted(extra_devices=channel, cmdline="qd.noagent=1")
     sources = [d.source for d in dom.definition.disks]
     with pytest.raises(qdriver.AgentUnresponsiveError):
         await dom.snapshot_create_xml("<domainsnapshot><name>q1</name></domainsnapshot>",
@@ -495,11 +452,11 @@ def needs_recovery(image: str | Path) -> bool:
     return "needs_recovery" in out
 
 
-async def test_quiesce_freezes_guest_filesystems_around_the_switch(make_domain,
+async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted,
                                                                    state_dir: Path) -> None:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
-    dom = await booted(make_domain, extra_devices=channel)
+    dom = await booted(extra_devices=channel)
     base = dom.definition.disks[0].source
     log_start = len(dom.paths.console_log.read_text())
     run_cli(state_dir, "snapshot-create-as", "guest", "q1", "--disk-only", "--quiesce")
@@ -515,8 +472,8 @@ async def test_quiesce_freezes_guest_filesystems_around_the_switch(make_domain,
 
 
 async def test_existing_files_are_refused_before_anything_happens(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+        booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     mem = tmp_path / "exists.mem"
     mem.write_text("precious")
@@ -528,8 +485,8 @@ async def test_existing_files_are_refused_before_anything_happens(
     await dom.destroy()
 
 
-async def test_report_measures_the_guest_pause(make_domain, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_report_measures_the_guest_pause(booted, tmp_path: Path) -> None:
+    dom = await booted()
     internal = await dom.snapshot_create_xml("<domainsnapshot><name>r1</name></domainsnapshot>")
     assert internal.report is not None
     assert 0 < internal.report.pause <= internal.report.seconds
@@ -543,11 +500,11 @@ async def test_report_measures_the_guest_pause(make_domain, tmp_path: Path) -> N
     await dom.destroy()
 
 
-async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(make_domain) -> None:
+async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted) -> None:
     """QEMU before 6.0 has no snapshot-save: the plan uses HMP savevm instead."""
     from qdriver.ops.create_exec import CreateExecution
     from qdriver.ops.create_plan import HostCaps, plan_snapshot
-    dom = await booted(make_domain)
+    dom = await booted()
     plan = plan_snapshot(dom.definition, "running", "<domainsnapshot><name>h1</name>"
                          "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
     assert plan.steps == ("pause", "hmp-savevm", "resume", "write-metadata")
@@ -577,11 +534,11 @@ async def test_hmp_savevm_errors_are_read_from_its_text(make_domain) -> None:
     await diskless.destroy()
 
 
-async def test_planning_without_the_lock_changes_nothing(make_domain, state_dir: Path,
+async def test_planning_without_the_lock_changes_nothing(booted, state_dir: Path,
                                                          tmp_path: Path) -> None:
     """snapshot-plan takes no lock, so it must only read: no run.json write, and no
     toggling of a migration capability another process's live snapshot may be using."""
-    dom = await booted(make_domain)
+    dom = await booted()
     xml = f"<domainsnapshot><memory file='{tmp_path / 'x.mem'}'/></domainsnapshot>"
     async with dom.monitor() as mon:  # another operation holds the lock
         await mon.execute("migrate-set-capabilities", {"capabilities": [

@@ -1,7 +1,6 @@
 """Deleting snapshots with their data, on the real guest and with qemu-img alone."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,39 +16,9 @@ from qdriver import DomainState, qmp
 from qdriver.ops import delete_exec
 from qdriver.ops.delete_plan import plan_delete
 
-from .conftest import disk_counter, last_counter, run_cli, wait_console
-from .test_recovery import assert_consistent
-
-
-def chain(image: str | Path) -> list[str]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
-                          str(image)], capture_output=True, text=True, check=True).stdout
-    return [i["filename"] for i in json.loads(out)]
-
-
-def internal_names(image: str | Path) -> list[str]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(image)],
-                         capture_output=True, text=True, check=True).stdout
-    return [s["name"] for s in json.loads(out).get("snapshots", [])]
-
-
-def sha(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def guest_view(image: str | Path, tmp: Path) -> str:
-    """A checksum of what the guest sees through a whole chain."""
-    raw = tmp / "view.raw"
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(image), str(raw)], check=True)
-    try:
-        return sha(raw)
-    finally:
-        raw.unlink()
-
-
-def qemu_img_check(image: str | Path) -> None:
-    r = subprocess.run(["qemu-img", "check", "-U", str(image)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+from .helpers import (assert_consistent, backing_chain, disk_counter, guest_view,
+                      internal_snapshots, last_counter, qemu_img_check, run_cli, sha256,
+                      wait_console)
 
 
 def source(dom: qdriver.Domain) -> str:
@@ -82,23 +51,21 @@ async def disk_snapshots(dom: qdriver.Domain, state_dir: Path, work: Path,
     return frozen
 
 
-async def running_chain(make_domain, state_dir: Path, work: Path
+async def running_chain(booted, state_dir: Path, work: Path
                         ) -> tuple[qdriver.Domain, str, dict[str, int]]:
     """The running guest on orig <- s2 <- s3 <- s4 (disk-only snapshots); what each froze."""
-    dom = await make_domain()
+    dom = await booted()
     orig = source(dom)
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
     return dom, orig, await disk_snapshots(dom, state_dir, work, ("s2", "s3", "s4"))
 
 
-async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_dir: Path,
+async def test_running_chain_delete_middle_internal_and_leaf(booted, state_dir: Path,
                                                              tmp_path: Path) -> None:
-    dom, orig, frozen = await running_chain(make_domain, state_dir, tmp_path)
-    orig_sum = sha(orig)
+    dom, orig, frozen = await running_chain(booted, state_dir, tmp_path)
+    orig_sum = sha256(orig)
     run_cli(state_dir, "snapshot-create-as", "guest", "i1")  # internal, in s4.qcow2
     s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
-    assert chain(s4) == [s4, s3, s2, orig] and internal_names(s4) == ["i1"]
+    assert backing_chain(s4) == [s4, s3, s2, orig] and internal_snapshots(s4) == ["i1"]
 
     plan = json.loads(run_cli(state_dir, "snapshot-delete", "guest", "s3", "--plan",
                               "--json").stdout)
@@ -106,7 +73,7 @@ async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_
                                 "rebase": []}]
     assert Path(s3).exists()  # --plan changed nothing
     run_cli(state_dir, "snapshot-delete", "guest", "s3")
-    assert chain(s4) == [s4, s2, orig] and not Path(s3).exists()
+    assert backing_chain(s4) == [s4, s2, orig] and not Path(s3).exists()
     assert f"file='{s2}'" in snap_xml(state_dir, "s4")  # s4's disk state is s2.qcow2 now
     assert "<name>s2</name>" in snap_xml(state_dir, "s4").split("<parent>")[1]
 
@@ -116,9 +83,9 @@ async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_
     assert plan["commits"] == [] and "internal snapshot 'i1'" in plan["kept"][0]["why"]
 
     run_cli(state_dir, "snapshot-delete", "guest", "i1")
-    assert internal_names(s4) == []
+    assert internal_snapshots(s4) == []
     run_cli(state_dir, "snapshot-delete", "guest", "s4")  # the active layer: pivot
-    assert source(dom) == s2 and not Path(s4).exists() and chain(s2) == [s2, orig]
+    assert source(dom) == s2 and not Path(s4).exists() and backing_chain(s2) == [s2, orig]
     assert listed(state_dir) == ["s2"]
     assert "<active>1</active>" in snap_xml(state_dir, "s2")
 
@@ -130,7 +97,7 @@ async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_
         files = [b["inserted"]["file"] for b in await mon.execute("query-block")
                  if b.get("inserted")]
     assert files == [s2]
-    assert sha(orig) == orig_sum and disk_counter(orig) == frozen["s2"]
+    assert sha256(orig) == orig_sum and disk_counter(orig) == frozen["s2"]
     await dom.destroy()
     qemu_img_check(s2)
     assert_consistent(state_dir, tmp_path, "after the deletes")
@@ -138,9 +105,9 @@ async def test_running_chain_delete_middle_internal_and_leaf(make_domain, state_
         [Path(orig).name, "s2.qcow2"])
 
 
-async def test_branches_after_revert_stay_revertible(make_domain, state_dir: Path,
+async def test_branches_after_revert_stay_revertible(booted, state_dir: Path,
                                                     tmp_path: Path) -> None:
-    dom, orig, frozen = await running_chain(make_domain, state_dir, tmp_path)
+    dom, orig, frozen = await running_chain(booted, state_dir, tmp_path)
     await dom.destroy()
     run_cli(state_dir, "snapshot-revert", "guest", "s2")  # a branch off orig
 
@@ -156,8 +123,8 @@ async def test_branches_after_revert_stay_revertible(make_domain, state_dir: Pat
     run_cli(state_dir, "snapshot-delete", "guest", "s2")  # the branch point
     assert listed(state_dir) == []
     assert disk_counter(source(dom)) == frozen["s2"]
-    assert [Path(p).name for p in chain(source(dom))][-1] == Path(orig).name
-    leftovers = {p for p in tmp_path.glob("*.qcow2")} - {Path(p) for p in chain(source(dom))}
+    assert [Path(p).name for p in backing_chain(source(dom))][-1] == Path(orig).name
+    leftovers = {p for p in tmp_path.glob("*.qcow2")} - {Path(p) for p in backing_chain(source(dom))}
     assert leftovers == set()
     await dom.start()
     await wait_console(dom, "COUNTER")
@@ -171,7 +138,7 @@ async def test_shut_off_deletes_use_qemu_img_only(make_domain, state_dir: Path,
     view = guest_view(source(dom), tmp_path)
     s2, s3, s4, s5 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4", "s5"))
     run_cli(state_dir, "snapshot-delete", "guest", "s3", "--metadata")
-    assert Path(s3).exists() and chain(s5) == [s5, s4, s3, s2, orig]  # metadata only
+    assert Path(s3).exists() and backing_chain(s5) == [s5, s4, s3, s2, orig]  # metadata only
     run_cli(state_dir, "snapshot-delete", "guest", "s4", "--children-only")
     assert listed(state_dir) == ["s2", "s4"]
     assert source(dom) == s4 and not Path(s5).exists()  # the child's overlay went into s4
@@ -179,7 +146,7 @@ async def test_shut_off_deletes_use_qemu_img_only(make_domain, state_dir: Path,
     assert listed(state_dir) == []
     # s3's metadata was forgotten with --metadata, so nothing says its boundary
     # (s2.qcow2 | s3.qcow2) may go: that one stays, every recorded one went
-    assert chain(source(dom)) == [s3, orig] and not Path(s2).exists()
+    assert backing_chain(source(dom)) == [s3, orig] and not Path(s2).exists()
     assert guest_view(source(dom), tmp_path) == view  # nothing the guest wrote was lost
     assert not dom.paths.qemu_log.exists()  # no QEMU was started for any of it
     qemu_img_check(source(dom))
@@ -205,12 +172,10 @@ def leak_a_cluster(path: str) -> None:
     assert leaked.returncode == 3 and "leaked clusters were found" in leaked.stdout
 
 
-async def test_qemu_killed_during_block_commit(make_domain, state_dir: Path, tmp_path: Path,
+async def test_qemu_killed_during_block_commit(booted, state_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    dom = await make_domain()
+    dom = await booted()
     orig = source(dom)
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
     await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
     pid = dom.runtime.peek().pid  # type: ignore[union-attr]
     s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
@@ -241,7 +206,7 @@ async def test_qemu_killed_during_block_commit(make_domain, state_dir: Path, tmp
     report = await dom.recover()  # QEMU is gone: the commit is finished with qemu-img
     assert report is not None and "finished deleting snapshots s3" in str(report)
     assert listed(state_dir) == ["s2", "s4"]
-    assert chain(s4) == [s4, s2, orig] and not Path(s3).exists()
+    assert backing_chain(s4) == [s4, s2, orig] and not Path(s3).exists()
     qemu_img_check(s4)
     qemu_img_check(s2)
 
@@ -292,24 +257,22 @@ async def test_recovery_adopts_a_commit_that_finished(make_domain, state_dir: Pa
     report = await dom.recover()
     assert report is not None and "finished deleting snapshots s3" in str(report)
     assert listed(state_dir) == ["s2", "s4"] and not Path(s3).exists()
-    assert chain(s4) == [s4, s2, orig] and f"file='{s2}'" in snap_xml(state_dir, "s4")
+    assert backing_chain(s4) == [s4, s2, orig] and f"file='{s2}'" in snap_xml(state_dir, "s4")
     assert guest_view(s4, tmp_path) == view
 
 
-async def test_internal_delete_through_hmp_delvm(make_domain, state_dir: Path) -> None:
+async def test_internal_delete_through_hmp_delvm(booted, state_dir: Path) -> None:
     """The fallback for a QEMU without the snapshot-delete job, on a real QEMU."""
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
+    dom = await booted()
     run_cli(state_dir, "snapshot-create-as", "guest", "i1")
-    assert internal_names(source(dom)) == ["i1"]
+    assert internal_snapshots(source(dom)) == ["i1"]
     async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
         tree = ctx.snapshot_tree()
         plan = plan_delete(tree, ctx.definition, True, ["i1"],
                            await delete_exec.image_graph(ctx, tree), snapshot_job=False)
         assert plan.internal[0].hmp
         await delete_exec.DeleteExecution(ctx, plan, mon).run()
-    assert internal_names(source(dom)) == [] and listed(state_dir) == []
+    assert internal_snapshots(source(dom)) == [] and listed(state_dir) == []
     assert (await dom.get_state())[0] is DomainState.RUNNING
 
 
@@ -317,15 +280,13 @@ def sources(dom: qdriver.Domain) -> dict[str, str]:
     return {d.target: d.source or "" for d in dom.definition.disks}
 
 
-async def test_running_two_disks_commit_side_by_side(make_domain, state_dir: Path,
+async def test_running_two_disks_commit_side_by_side(booted, state_dir: Path,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Each disk's active commit is its own QEMU job: both run at once, both pivot,
     and the definition, the files and the guest end as after one commit each."""
-    dom = await make_domain(disks=2)
+    dom = await booted(disks=2)
     bases = sources(dom)
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
     run_cli(state_dir, "snapshot-create-as", "guest", "both", "--disk-only",
             "--diskspec", f"vda,file={tmp_path}/both-vda.qcow2",
             "--diskspec", f"vdb,file={tmp_path}/both-vdb.qcow2")
@@ -397,14 +358,12 @@ async def test_one_disk_failing_lets_the_other_commit(make_domain, state_dir: Pa
 
 
 async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
+        booted, state_dir: Path, tmp_path: Path) -> None:
     """A forced revert to an internal snapshot under later overlays rewrites their
     base: the snapshots above it become stale, and deleting one only removes
     metadata and files; it never commits old data into the disk the guest writes."""
-    dom = await make_domain(name="d")
+    dom = await booted(name="d")
     base = source(dom)
-    await dom.start()
-    await wait_console(dom, "COUNTER 5")
     run_cli(state_dir, "snapshot-create-as", "d", "t1")
     run_cli(state_dir, "snapshot-create-as", "d", "t2", "--disk-only")
     await wait_console(dom, f"COUNTER {last_counter(dom) + 3}")
@@ -423,7 +382,7 @@ async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
     assert dom.interrupted_operation() is None
     run_cli(state_dir, "snapshot-delete", "d", "t3")
     assert dom.interrupted_operation() is None and not (tmp_path / "t3.mem").exists()
-    assert source(dom) == base and chain(base) == [base]
+    assert source(dom) == base and backing_chain(base) == [base]
     await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
     wrote = last_counter(dom)
     run_cli(state_dir, "destroy", "d")
@@ -443,7 +402,7 @@ async def test_internal_snapshot_in_a_backing_layer_of_a_running_guest(
     image read-only as a backing layer; the delete reopens it for the job and the
     domain is never left interrupted, while another guest's QEMU holds the shared
     base image (which recovery never repairs: it is not this domain's)."""
-    from .conftest import domain_xml
+    from .helpers import domain_xml
     shared = tmp_path / "shared-base.qcow2"
     subprocess.run(["cp", str(guest_image.disk), str(shared)], check=True)
     mine, theirs = tmp_path / "mine.qcow2", tmp_path / "theirs.qcow2"
@@ -457,10 +416,10 @@ async def test_internal_snapshot_in_a_backing_layer_of_a_running_guest(
     await wait_console(dom, "COUNTER 3")
     run_cli(state_dir, "snapshot-create-as", "d", "s1")
     run_cli(state_dir, "snapshot-create-as", "d", "s2", "--disk-only")
-    assert internal_names(mine) == ["s1"] and chain(source(dom))[1] == str(mine)
+    assert internal_snapshots(mine) == ["s1"] and backing_chain(source(dom))[1] == str(mine)
     run_cli(state_dir, "snapshot-delete", "d", "s1")
     assert dom.interrupted_operation() is None and listed(state_dir, "d") == ["s2"]
-    assert internal_names(mine) == []
+    assert internal_snapshots(mine) == []
     async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
         ro = {n["file"]: n["ro"] for n in await mon.execute("query-named-block-nodes",
                                                             {"flat": True})

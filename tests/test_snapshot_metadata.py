@@ -11,7 +11,7 @@ import qdriver
 from qdriver.errors import (InvalidArgError, NoSnapshotError,
                             OperationInvalidError, QDriverError)
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 DOMAIN = """<domain type='qemu'><name>meta</name><uuid>{uuid}</uuid><memory>65536</memory>
 <devices>

@@ -22,8 +22,8 @@ from qdriver.ops.revert_plan import RevertFlags, RevertStep, plan_revert
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef
 
-from .conftest import disk_counter, last_counter, run_cli, wait_console
-from .test_snapshot_create import booted, within
+from .helpers import (assert_resumes_from, backing_of, console_offset, counters_after,
+                      disk_counter, last_counter, run_cli, sha256, wait_console, within)
 
 # -- the planner ------------------------------------------------------------------
 
@@ -66,6 +66,7 @@ END = (S.SET_CURRENT, S.DROP_DISCARDED)
     ("shutoff", "shutoff", "no", {"paused": True}, "qemu-img-apply", "paused",
      (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, *END)),
 ])
+@pytest.mark.no_qemu
 def test_revert_plan_rows(dom_state: str, snap_state: str, memory: str, flags: dict,
                           mechanism: str, final: str, steps: tuple) -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory),
@@ -95,6 +96,7 @@ EXT_END = (S.RECORD_REVERT_DISKS, S.SET_CURRENT, S.DROP_DISCARDED)
      (S.STOP, S.CREATE_OVERLAYS, S.SWITCH_DEFINITION, S.START_PAUSED, S.SNAPSHOT_LOAD,
       S.RESUME, *EXT_END)),
 ])
+@pytest.mark.no_qemu
 def test_external_revert_plan_rows(dom_state: str, snap_state: str, memory: str, disk: str,
                                    flags: dict, mechanism: str, final: str,
                                    steps: tuple) -> None:
@@ -106,6 +108,7 @@ def test_external_revert_plan_rows(dom_state: str, snap_state: str, memory: str,
     assert plan.memory_file == ("/images/r.mem" if memory == "external" else None)
 
 
+@pytest.mark.no_qemu
 def test_an_internal_snapshot_under_a_later_overlay_needs_force() -> None:
     moved = DomainDef.parse(DOMAIN.replace("/images/r.qcow2", "/images/r.later"))
     with pytest.raises(SnapshotRevertRiskyError, match="disk vda has moved"):
@@ -114,6 +117,7 @@ def test_an_internal_snapshot_under_a_later_overlay_needs_force() -> None:
     assert plan.definition.disks[0].source == "/images/r.qcow2"
 
 
+@pytest.mark.no_qemu
 def test_a_changed_definition_restarts_qemu() -> None:
     other = DOMAIN.replace("262144", "524288")
     plan = plan_revert(DomainDef.parse(DOMAIN), "running", snapshot("running", "internal",
@@ -122,12 +126,14 @@ def test_a_changed_definition_restarts_qemu() -> None:
     assert plan.definition.memory_kib == 524288
 
 
+@pytest.mark.no_qemu
 def test_hmp_loadvm_where_snapshot_load_is_missing() -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), "running", snapshot("running", "internal"),
                        caps=HostCaps(snapshot_save=False))
     assert S.HMP_LOADVM in plan.steps and S.SNAPSHOT_LOAD not in plan.steps
 
 
+@pytest.mark.no_qemu
 def test_revert_refusals() -> None:
     dom = DomainDef.parse(DOMAIN)
     with pytest.raises(qdriver.InvalidArgError, match="mutually exclusive"):
@@ -141,6 +147,7 @@ def test_revert_refusals() -> None:
         plan_revert(dom, "running", snapshot("pmsuspended", "internal"))
 
 
+@pytest.mark.no_qemu
 def test_every_revert_step_has_an_executor_step() -> None:
     assert set(STEPS) == set(RevertStep)
 
@@ -164,23 +171,8 @@ async def ready_line(dom: qdriver.Domain, offset: int) -> str:
     return text.split("GUEST-READY", 1)[1].split("\n", 1)[0].rstrip("\r") + " "
 
 
-def console_offset(dom: qdriver.Domain) -> int:
-    """Where the console text ends now (in characters, as `wait_console` counts)."""
-    log = dom.paths.console_log
-    return len(log.read_text(errors="replace")) if log.exists() else 0
-
-
-async def counters_after(dom: qdriver.Domain, offset: int, count: int = 2) -> list[int]:
-    """The next ``count`` COUNTER values printed after console offset ``offset``."""
-    text = await wait_console(dom, "COUNTER", after=offset)
-    while len([ln for ln in text.splitlines() if ln.startswith("COUNTER ")]) < count:
-        await anyio.sleep(0.05)
-        text = dom.paths.console_log.read_text(errors="replace")[offset:]
-    return [int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("COUNTER ")][:count]
-
-
-async def test_internal_revert_in_the_same_qemu(make_domain) -> None:
-    dom = await booted(make_domain)
+async def test_internal_revert_in_the_same_qemu(booted) -> None:
+    dom = await booted()
     vda = dom.definition.disks[0].source
     at = await snap_here(dom, "s1")
     snap_disk = disk_counter(vda, "s1")
@@ -197,8 +189,8 @@ async def test_internal_revert_in_the_same_qemu(make_domain) -> None:
     await dom.destroy()
 
 
-async def test_internal_revert_paused_puts_the_disk_back(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+async def test_internal_revert_paused_puts_the_disk_back(booted, state_dir: Path) -> None:
+    dom = await booted()
     vda = dom.definition.disks[0].source
     at = await snap_here(dom, "s1")
     await wait_console(dom, f"COUNTER {at + 10}")
@@ -213,9 +205,9 @@ async def test_internal_revert_paused_puts_the_disk_back(make_domain, state_dir:
     await dom.destroy()
 
 
-async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(make_domain,
+async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted,
                                                                       state_dir: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     vda = dom.definition.disks[0].source
     at = await snap_here(dom, "s1")
     snap_disk = disk_counter(vda, "s1")
@@ -246,8 +238,8 @@ async def test_offline_internal_revert(make_domain, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_disk_only_internal_revert_stops_the_guest(make_domain) -> None:
-    dom = await booted(make_domain)
+async def test_disk_only_internal_revert_stops_the_guest(booted) -> None:
+    dom = await booted()
     vda = dom.definition.disks[0].source
     await dom.snapshot_create_xml("<domainsnapshot><name>d1</name><memory snapshot='no'/>"
                                   "<disks><disk name='vda' snapshot='internal'/></disks>"
@@ -259,8 +251,8 @@ async def test_disk_only_internal_revert_stops_the_guest(make_domain) -> None:
     assert disk_counter(vda) == at
 
 
-async def test_a_failed_revert_leaves_the_guest_as_it_was(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+async def test_a_failed_revert_leaves_the_guest_as_it_was(booted, state_dir: Path) -> None:
+    dom = await booted()
     vda = dom.definition.disks[0].source
     await snap_here(dom, "s1")
     async with dom.monitor() as mon:  # the image loses the snapshot behind qdriver's back
@@ -278,14 +270,6 @@ async def test_a_failed_revert_leaves_the_guest_as_it_was(make_domain, state_dir
     await dom.destroy()
 
 
-def assert_resumes_from(counters: list[int], snap_disk: int, before_revert: int) -> None:
-    """The guest counts on from its disk's value at the snapshot. The serial console
-    lags the guest a little, so lines the guest had queued at the snapshot may come
-    first; the last of the first few counters tells."""
-    assert counters[-1] < before_revert, (counters, before_revert)
-    assert snap_disk <= counters[-1] <= snap_disk + len(counters) + 2, (counters, snap_disk)
-
-
 async def keeps_counting_after(dom: qdriver.Domain) -> None:
     await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
 
@@ -294,20 +278,15 @@ async def keeps_counting_after(dom: qdriver.Domain) -> None:
 
 # -- external snapshots ----------------------------------------------------------------
 
-def checksum(path: str | Path) -> str:
-    import hashlib
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-async def test_external_memory_revert_starts_from_the_memory_file(make_domain, state_dir: Path,
+async def test_external_memory_revert_starts_from_the_memory_file(booted, state_dir: Path,
                                                                  tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+    dom = await booted()
     base = dom.definition.disks[0].source or ""
     mem = tmp_path / "e1.mem"
     run_cli(state_dir, "snapshot-create-as", "guest", "e1", "--memspec", str(mem))
     at = last_counter(dom)
     overlay = dom.definition.disks[0].source or ""
-    sums = {base: checksum(base), str(mem): checksum(mem)}
+    sums = {base: sha256(base), str(mem): sha256(mem)}
     snap_disk = disk_counter(base)
     await wait_console(dom, f"COUNTER {at + 10}")
     before_revert = last_counter(dom)
@@ -316,8 +295,8 @@ async def test_external_memory_revert_starts_from_the_memory_file(make_domain, s
     assert dom.state == DomainState.RUNNING
     assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, before_revert)
     new = dom.definition.disks[0].source or ""
-    assert new not in (base, overlay) and qemuimg_backing(new) == base
-    assert {p: checksum(p) for p in sums} == sums, "an image the snapshot needs changed"
+    assert new not in (base, overlay) and backing_of(new) == base
+    assert {p: sha256(p) for p in sums} == sums, "an image the snapshot needs changed"
     assert Path(overlay).exists(), "the state after the snapshot stays as a branch"
     snap = dom.snapshot_tree().get("e1")
     assert [d.source for d in snap.revert_disks or ()] == [new]
@@ -328,16 +307,8 @@ async def test_external_memory_revert_starts_from_the_memory_file(make_domain, s
     await dom.destroy()
 
 
-def qemuimg_backing(path: str) -> str | None:
-    import json
-    import subprocess
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out).get("backing-filename")
-
-
-async def test_live_snapshot_revert(make_domain, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_live_snapshot_revert(booted, tmp_path: Path) -> None:
+    dom = await booted()
     base = dom.definition.disks[0].source or ""
     await dom.snapshot_create_xml(f"<domainsnapshot><name>l1</name><memory file='"
                                   f"{tmp_path / 'l1.mem'}'/></domainsnapshot>", live=True)
@@ -350,28 +321,28 @@ async def test_live_snapshot_revert(make_domain, tmp_path: Path) -> None:
     await dom.destroy()
 
 
-async def test_disk_only_external_revert(make_domain, state_dir: Path) -> None:
-    dom = await booted(make_domain)
+async def test_disk_only_external_revert(booted, state_dir: Path) -> None:
+    dom = await booted()
     base = dom.definition.disks[0].source or ""
     run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--disk-only")
     snap_disk = disk_counter(base)
-    base_sum = checksum(base)
+    base_sum = sha256(base)
     await wait_console(dom, f"COUNTER {last_counter(dom) + 5}")
     run_cli(state_dir, "snapshot-revert", "guest", "d1")
     assert dom.state_reason() == (DomainState.SHUTOFF, "from snapshot")
-    assert qemuimg_backing(dom.definition.disks[0].source or "") == base
+    assert backing_of(dom.definition.disks[0].source or "") == base
     assert disk_counter(dom.definition.disks[0].source or "") == snap_disk
-    assert checksum(base) == base_sum
+    assert sha256(base) == base_sum
     offset = console_offset(dom)
     run_cli(state_dir, "snapshot-revert", "guest", "d1", "--running")
     assert f"start={snap_disk} " in await ready_line(dom, offset)
     await dom.destroy()
 
 
-async def test_mixed_internal_memory_external_disk_revert(make_domain, tmp_path: Path) -> None:
+async def test_mixed_internal_memory_external_disk_revert(booted, tmp_path: Path) -> None:
     """Beyond libvirt: memory inside vda, an overlay for vdb; revert loads vda's snapshot
     in a new QEMU on a fresh overlay over vdb's snapshot-time image."""
-    dom = await booted(make_domain, disks=2)
+    dom = await booted(disks=2)
     vdb = dom.definition.disks[1].source or ""
     await dom.snapshot_create_xml(
         "<domainsnapshot><name>m1</name><memory snapshot='internal'/><disks>"
@@ -385,7 +356,7 @@ async def test_mixed_internal_memory_external_disk_revert(make_domain, tmp_path:
     await dom.revert_to_snapshot("m1")
     offset = console_offset(dom)
     assert_resumes_from(await counters_after(dom, offset, 4), vda_at, at + 10)
-    assert qemuimg_backing(dom.definition.disks[1].source or "") == vdb
+    assert backing_of(dom.definition.disks[1].source or "") == vdb
     await dom.destroy()
 
 
@@ -395,8 +366,8 @@ async def test_mixed_internal_memory_external_disk_revert(make_domain, tmp_path:
     ("foreign", "'{mem}' is not a readable memory file"),
 ])
 async def test_a_bad_memory_file_is_refused_before_anything_changes(
-        make_domain, state_dir: Path, tmp_path: Path, damage: str, message: str) -> None:
-    dom = await booted(make_domain)
+        booted, state_dir: Path, tmp_path: Path, damage: str, message: str) -> None:
+    dom = await booted()
     mem = tmp_path / "b1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>b1</name><memory file='{mem}'/>"
                                   "</domainsnapshot>")
@@ -417,8 +388,8 @@ async def test_a_bad_memory_file_is_refused_before_anything_changes(
 
 
 async def test_a_truncated_memory_file_leaves_the_domain_shut_off_and_true(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+        booted, state_dir: Path, tmp_path: Path) -> None:
+    dom = await booted()
     mem = tmp_path / "t1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>t1</name><memory file='{mem}'/>"
                                   "</domainsnapshot>")
@@ -451,7 +422,7 @@ async def test_offline_external_revert(make_domain, state_dir: Path) -> None:
     dom = await make_domain()
     base = dom.definition.disks[0].source or ""
     run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
-    base_sum = checksum(base)
+    base_sum = sha256(base)
     await dom.start()
     await wait_console(dom, "COUNTER 6")
     await dom.destroy()
@@ -459,13 +430,13 @@ async def test_offline_external_revert(make_domain, state_dir: Path) -> None:
     run_cli(state_dir, "snapshot-revert", "guest", "x1")
     assert dom.state == DomainState.SHUTOFF
     top = dom.definition.disks[0].source or ""
-    assert qemuimg_backing(top) == base and disk_counter(top) == 0
-    assert checksum(base) == base_sum
+    assert backing_of(top) == base and disk_counter(top) == 0
+    assert sha256(base) == base_sum
 
 
-async def test_external_memory_with_internal_disk_revert(make_domain, tmp_path: Path) -> None:
+async def test_external_memory_with_internal_disk_revert(booted, tmp_path: Path) -> None:
     """Beyond libvirt: memory to a file, vda snapshotted inside its image."""
-    dom = await booted(make_domain)
+    dom = await booted()
     vda = dom.definition.disks[0].source or ""
     mem = tmp_path / "x2.mem"
     await dom.snapshot_create_xml(
@@ -483,6 +454,7 @@ async def test_external_memory_with_internal_disk_revert(make_domain, tmp_path: 
     await dom.destroy()
 
 
+@pytest.mark.no_qemu
 def test_a_managed_save_is_removed_and_needs_force_without_memory() -> None:
     dom = DomainDef.parse(DOMAIN)
     with pytest.raises(SnapshotRevertRiskyError, match="removal of existing managed saved"):
@@ -495,8 +467,8 @@ def test_a_managed_save_is_removed_and_needs_force_without_memory() -> None:
     assert with_memory.steps[-1] == S.REMOVE_MANAGED_SAVE
 
 
-async def test_load_progress_and_qemu_killed_during_the_load(make_domain, tmp_path: Path) -> None:
-    dom = await booted(make_domain)
+async def test_load_progress_and_qemu_killed_during_the_load(booted, tmp_path: Path) -> None:
+    dom = await booted()
     mem = tmp_path / "k1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>k1</name><memory file='{mem}'/>"
                                   "</domainsnapshot>")

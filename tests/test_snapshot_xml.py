@@ -11,6 +11,8 @@ from qdriver.errors import QDriverError, XMLError
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef, validate_schema
 
+pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
+
 REF = Path(__file__).resolve().parents[2] / "shared" / "ref" / "libvirt" / "tests"
 
 FULL = """<domainsnapshot>

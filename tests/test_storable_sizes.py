@@ -13,7 +13,7 @@ from qdriver.xml import layout
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.safe import MAX_XML_BYTES
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 DOMAIN = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
 <description>{description}</description>
