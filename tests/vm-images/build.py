@@ -25,6 +25,7 @@ Guest kernel command-line options read by ``/init``:
   qd.halt=1          power off right after GUEST-READY
   qd.noagent=1       leave the guest agent port unanswered
   qd.shell=1         run each line typed on the serial console as a shell command
+  qd.busy=1          spin a busy loop beside the counter (a neighbour that loads the host)
 
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
@@ -107,6 +108,7 @@ agent() {
 }
 [ "$DISK" = none ] || [ "$(arg qd.noagent 0)" = 1 ] || agent &
 [ "$(arg qd.shell 0)" = 1 ] && (while read -r line; do eval "$line"; done) </dev/console >/dev/console 2>&1 &
+[ "$(arg qd.busy 0)" = 1 ] && (while :; do :; done) &
 echo "GUEST-READY disk=$DISK start=$n"
 [ "$HALT" = 1 ] && { sync; poweroff -f; }
 while true; do
