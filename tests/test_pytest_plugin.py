@@ -19,21 +19,25 @@ from qdriver.guestpool import qemu_pids
 from qdriver.paths import socket_root
 
 FRESH_TESTS = r'''
-import json, os, time
+import json, os
 import pytest
 
 def record(driver):
     with open(os.environ["QD_RECORD"], "a") as f:
         f.write(json.dumps({"dir": str(driver.state_dir), "pid": os.getpid()}) + "\n")
 
+LAST_SEEN = []  # the last counter each earlier test of this process saw
+
 def check_fresh_and_dirty_it(console):
-    first = int(console.wait(r"^COUNTER (\d+)", 20).group(1))
+    first = int(console.wait(r"^COUNTER (\d+)\r?\n", 20).group(1))  # a whole line
+    assert all(first < last for last in LAST_SEEN), \
+        f"the counter started at {first}, past {LAST_SEEN}: the guest was not reset"
     console.write("cat /mnt/marker 2>/dev/null || echo NO-MARKER$((6*7))\n")
     console.wait(r"^NO-MARKER42", 20)
     console.write("echo dirty > /mnt/marker; sync; echo WROTE$((6*7))\n")
     console.wait(r"^WROTE42", 20)
-    time.sleep(1.2)  # the counter runs on: a later test that is not reset sees it high
-    assert first <= 8, f"the counter started at {first}: the guest was not reset"
+    console.wait(rf"^COUNTER {first + 5}\r?\n", 20)  # the counter runs on past the reset point
+    LAST_SEEN.append(first + 5)
 
 @pytest.mark.parametrize("i", range(3))
 def test_sync(qdriver_driver, qdriver_console, i):
@@ -265,8 +269,9 @@ def test_marker_and_parametrisation_choose_start_state_and_xml(pytester: pytest.
         import pytest
 
         def install(guest):
-            guest.write_console("echo prepared > /mnt/marker; sync\\n")
-            import time; time.sleep(1)
+            console = guest.console()
+            console.write("echo prepared > /mnt/marker; sync; echo PREPARED$((6*7))\\n")
+            console.wait(r"^PREPARED42", 20)
 
         pytestmark = pytest.mark.qdriver(prepare=install)
 
