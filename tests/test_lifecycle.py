@@ -41,10 +41,8 @@ async def test_define_start_suspend_resume_shutdown(make_domain) -> None:
     assert dom.id is None
 
 
-async def test_destroy_running_guest(make_domain, state_dir: Path) -> None:
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "GUEST-READY")
+async def test_destroy_running_guest(booted, state_dir: Path) -> None:
+    dom = await booted()
     t = time.monotonic()
     await dom.destroy()
     assert time.monotonic() - t < 5
@@ -79,16 +77,13 @@ async def test_second_process_sees_and_controls_domain(make_domain, state_dir: P
     assert dom.state == DomainState.SHUTOFF
 
 
-async def test_kill_9_is_noticed_as_crash(make_domain, state_dir: Path) -> None:
-    dom = await make_domain()
-    await dom.start()
-    await wait_console(dom, "GUEST-READY")
+async def test_kill_9_is_noticed_as_crash(booted, state_dir: Path) -> None:
+    dom = await booted()
     pid = int(dom.paths.pidfile.read_text())
     os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
-        if dom.state == DomainState.SHUTOFF:
-            break
-        await anyio.sleep(0.01)
+    with anyio.fail_after(30):  # until the supervisor recorded the exit
+        while dom.state != DomainState.SHUTOFF:
+            await anyio.sleep(0.01)
     assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
     assert await dom.get_state() == (DomainState.SHUTOFF, "crashed")
     assert not dom.paths.runtime.exists() and not dom.paths.qmp.exists()
@@ -142,13 +137,11 @@ async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain,
                              "shutdown", "guest", "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(500):
+        with anyio.fail_after(60):  # until the shutdown was asked
             rec = dom.runtime.peek()
-            if rec is not None and rec.stop_requested == "shutdown":
-                break
-            await anyio.sleep(0.02)
-        else:
-            raise AssertionError("the shutdown was never asked")
+            while rec is None or rec.stop_requested != "shutdown":
+                await anyio.sleep(0.02)
+                rec = dom.runtime.peek()
         os.kill(rec.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

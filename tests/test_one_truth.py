@@ -141,10 +141,9 @@ async def test_state_queries_neither_reap_without_the_lock_nor_block(
 
     async with dom.operation():  # another operation holds the lock
         os.kill(int(dom.paths.pidfile.read_text()), signal.SIGKILL)
-        for _ in range(300):
-            if dom.state == DomainState.SHUTOFF:
-                break
-            await anyio.sleep(0.01)
+        with anyio.fail_after(30):  # until the supervisor recorded the exit
+            while dom.state != DomainState.SHUTOFF:
+                await anyio.sleep(0.01)
         assert dom.state_reason() == (DomainState.SHUTOFF, "crashed")
         assert await dom.get_state() == (DomainState.SHUTOFF, "crashed")
         assert dom.paths.runtime.exists(), "cleaned up without holding the lock"
