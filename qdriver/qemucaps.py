@@ -115,8 +115,11 @@ async def probe_binary(timeout: float = 10.0) -> QemuCaps:
                     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                     raise OperationFailedError(f"cannot probe {binary()}: {err.strip()}")
                 await asyncio.sleep(0.005)
-            async with qmp.open_monitor(sock, timeout) as mon:
+            mon = await qmp.connect_new(sock, lambda: proc.poll() is None, timeout)
+            try:
                 return await probe_schema(mon)
+            finally:
+                await qmp.close(mon)
         finally:
             proc.kill()
             proc.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from .statestore import atomic_write, read_record, write_record
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
 """How long the supervisor may take to record QEMU's exit status."""
-CONNECT_RETRY = 2.0
-"""How long a fresh QEMU's refused monitor connection is retried."""
 KILL_WAIT = 5.0
 """How long a SIGKILLed QEMU may take to be gone (a stopped one goes at once)."""
 
@@ -232,7 +229,8 @@ class Runtime:
                             supervisor=(sup.pid, sup.start_time) if sup else None)
             write_record(self.paths.runtime, rec, durable=False)
             try:
-                mon = await _connect_new(self.paths.qmp, proc)
+                mon = await qmp.connect_new(self.paths.qmp,
+                                            lambda: process.is_alive(proc, str(self.paths.qmp)))
                 try:
                     rec.console_pty = await _console_pty(mon)
                     if not paused:
@@ -273,22 +271,6 @@ class Runtime:
         self.update(rec, stop_requested=reason)
         await process.terminate(rec.proc, grace)
         await self.reap(rec)
-
-
-async def _connect_new(path: Path, proc: process.ProcessId) -> qmp.Monitor:
-    """Connect to a QEMU that just made its socket: between its bind() and its
-    listen() a connect is refused, so that is retried briefly while QEMU lives."""
-    deadline = time.monotonic() + CONNECT_RETRY
-    while True:
-        try:
-            return await qmp.connect(path)
-        except qmp.MonitorConnectError as e:
-            refused = isinstance(e.__cause__, ConnectionRefusedError) or \
-                "Connection refused" in str(e)
-            if not refused or time.monotonic() > deadline or \
-                    not process.is_alive(proc, str(path)):
-                raise
-        await anyio.sleep(0.005)
 
 
 def _tolerant(write: Callable[[], object], what: str) -> None:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -17,13 +20,15 @@ NOBODY = 65534
 
 
 @pytest.fixture
-def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A runtime dir of our own, so the attack setups never touch /tmp."""
-    run = tmp_path / "xdg"
-    run.mkdir(mode=0o700)
+def xdg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime dir of our own, so the attack setups never touch /tmp's shared
+    directories; short, as a real one is (a socket's path has 107 bytes at most, and
+    an xdist worker's tmp_path is long)."""
+    run = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     assert runtime_base() == run / "qdriver"
-    return run
+    yield run
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def attacker_dir(tmp_path: Path) -> Path:

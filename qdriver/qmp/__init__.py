@@ -1,10 +1,11 @@
 """qdriver's QMP layer over ``qemu.qmp``: connect, execute, events, fds, jobs."""
-from .connection import DEFAULT_TIMEOUT, Monitor, close, connect, open_monitor
+from .connection import DEFAULT_TIMEOUT, Monitor, close, connect, connect_new, open_monitor
 from .errors import (CommandError, JobError, MonitorClosedError, MonitorConnectError,
                      MonitorTimeoutError)
 from .events import data, wait_event
 from .jobs import run_job
 
-__all__ = ["DEFAULT_TIMEOUT", "Monitor", "close", "connect", "open_monitor", "CommandError",
+__all__ = ["DEFAULT_TIMEOUT", "Monitor", "close", "connect", "connect_new",
+           "open_monitor", "CommandError",
            "JobError", "MonitorClosedError", "MonitorConnectError", "MonitorTimeoutError",
            "data", "wait_event", "run_job"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, ContextManager, Mapping
+from typing import Any, AsyncIterator, Callable, ContextManager, Mapping
 
 import anyio
 from qemu.qmp import (ConnectError, EventListener, ExecInterruptedError, ExecuteError, Message,
@@ -117,6 +118,30 @@ async def connect(path: Path, timeout: float = 5.0) -> Monitor:
         await _quiet_disconnect(client)
         raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from e
     return Monitor(client, path)
+
+
+CONNECT_RETRY = 2.0
+"""Seconds a just-started QEMU's refused connections are retried."""
+
+
+async def connect_new(path: Path, alive: Callable[[], bool], timeout: float = 5.0,
+                      retry: float = CONNECT_RETRY) -> Monitor:
+    """`connect` to a QEMU that just made its socket.  Between its bind() and its
+    listen() a connect is refused: that is retried while ``alive()`` says QEMU
+    still runs, for at most ``retry`` seconds.
+
+    :raise MonitorConnectError: refused for longer, QEMU gone, or another failure.
+    """
+    deadline = time.monotonic() + retry
+    while True:
+        try:
+            return await connect(path, timeout)
+        except MonitorConnectError as e:
+            refused = isinstance(e.__cause__, ConnectionRefusedError) or \
+                "Connection refused" in str(e)
+            if not refused or time.monotonic() > deadline or not alive():
+                raise
+        await anyio.sleep(0.005)
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:

@@ -58,13 +58,16 @@ def qemu_img_check(image: str | Path) -> None:
 
 def disk_counter(image: str | Path, snapshot: str | None = None) -> int:
     """The last counter value the guest wrote to an image (or to an internal
-    snapshot in it), read without mounting: qemu-img convert + debugfs."""
+    snapshot in it), as the guest's next mount sees it, read without mounting:
+    qemu-img convert, e2fsck replays the ext4 journal (writes the guest synced
+    may still be only there, as after a crash), debugfs reads the file."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "disk.raw"
         args = ["qemu-img", "convert", "-U", "-O", "raw"]
         if snapshot:
             args += ["-l", f"snapshot.name={snapshot}"]
         subprocess.run(args + [str(image), str(raw)], check=True, capture_output=True)
+        subprocess.run(["e2fsck", "-E", "journal_only", "-y", str(raw)], capture_output=True)
         out = subprocess.run(["debugfs", "-R", "cat /counter", str(raw)], check=True,
                              capture_output=True, text=True).stdout
     values = [int(x) for x in out.split() if x.isdigit()]
