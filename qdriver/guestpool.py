@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Union
 
 import anyio
 
-from . import agent, qemuimg, runas
+from . import agent, process, qemuimg, runas
 from .console import SerialLink
 from .domain import Domain
 from .domstate import DomainState
@@ -391,18 +391,9 @@ async def _stop_all(pool_dir: Path) -> None:
 def qemu_pids(directory: Path) -> list[int]:
     """Live QEMU processes whose command line names ``directory``."""
     marker = str(directory).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if b"qemu-system" in cmd and marker in cmd and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid, cmdline in process.processes()
+            if b"qemu-system" in cmdline and marker in cmdline
+            and process.start_time(pid) is not None]
 
 
 def _remove_dir(directory: Path) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import anyio
 
@@ -90,21 +91,26 @@ def spawn(argv: list[str], exitfile: Path, logfile: Path, env: dict[str, str] | 
                    env={**os.environ, **env} if env else None)
 
 
+def processes() -> Iterator[tuple[int, bytes]]:
+    """Every process's pid and raw command line (one that vanishes is skipped)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            yield int(entry.name), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+
+
 def supervisors_of(exitfile: Path) -> list[ProcessId]:
     """Live supervisors that will write ``exitfile`` (their QEMU's, or one's that
     just exited): a new QEMU's supervisor must not share the file with them."""
     marker = b"\0qdriver-supervise\0" + bytes(exitfile) + b"\0"
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        st = start_time(int(entry.name)) if marker in cmdline else None
+    for pid, cmdline in processes():
+        st = start_time(pid) if marker in cmdline else None
         if st is not None:
-            found.append(ProcessId(int(entry.name), st))
+            found.append(ProcessId(pid, st))
     return found
 
 
