@@ -3,9 +3,10 @@ instead of booted, cleanup checks; and the ``no_qemu`` marker.
 
 A test marked ``no_qemu`` runs no QEMU program (neither ``qemu-system-*`` nor
 ``qemu-img``): `.ci/test` runs it once, not once per QEMU.  While it runs, every
-QEMU program on PATH is one that fails the test, so that a wrong mark shows.
-A test marked ``system_qemu`` runs the QEMU libvirt runs (``/usr/bin``) whatever
-PATH says: once is enough too.
+QEMU program on PATH is one that fails the test, so that a wrong mark shows
+(a QEMU named by its absolute path escapes that check: such a test is not
+``no_qemu``).  A test marked ``system_qemu`` runs the QEMU libvirt runs
+(``/usr/bin``) whatever PATH says: once is enough too.
 """
 from __future__ import annotations
 
