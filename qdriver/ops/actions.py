@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from .. import agent, domstate, process, qemuimg, qmp
+from ..errors import OperationFailedError
 from ..journal import Action, ActionKind
 from .blocknodes import image_file
 from ..opcontext import OpContext
@@ -59,7 +60,25 @@ def dir_snapshot(directory: Path) -> dict[str, str]:
 
 
 async def _remove_file(env: ActionEnv, args: dict[str, Any]) -> None:
-    Path(args["path"]).unlink(missing_ok=True)
+    """Remove a file the operation made, unless the domain uses it by now: an
+    overlay becomes QEMU's active layer the moment its transaction goes through,
+    before the process can record that (and the definition follows it, see
+    `_follow_overlays`, which a rollback runs first)."""
+    path = args["path"]
+    if path in await _images_in_use(env):
+        raise OperationFailedError(f"'{path}' is in use by domain '{env.ctx.name}': kept")
+    Path(path).unlink(missing_ok=True)
+
+
+async def _images_in_use(env: ActionEnv) -> set[str]:
+    """The images the definition names and the running QEMU's active layers."""
+    used = {d.source for d in env.ctx.definition.disks if d.source}
+    mon = await env.monitor()
+    try:
+        blocks = await mon.execute("query-block") if mon is not None else []
+    except (qmp.MonitorClosedError, qmp.MonitorConnectError):
+        blocks = []  # QEMU died during the operation
+    return used | {image_file(b["inserted"]) for b in blocks if b.get("inserted")}
 
 
 async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 
-from .. import agent, qemuimg, qmp, runas
+from .. import agent, faults, qemuimg, qmp, runas
 from .. import snapshot_tree as meta
 from ..errors import (ConfigUnsupportedError, InvalidArgError, OperationFailedError,
                       OperationInvalidError, SystemError_)
@@ -325,6 +325,7 @@ class CreateExecution:
             # whatever happens next, the definition must name them.
             follow = self.txn.on_undo(actions.follow_overlays(overlays))
         await self.monitor.execute("transaction", {"actions": todo})
+        faults.point(f"{self.txn.op}:switched")  # QEMU writes the overlays; not recorded yet
         for d in switching:
             self.nodes[d.target] = overlay_nodes(d.target, d.file or "")[0]
             self.switched.add(d.target)
