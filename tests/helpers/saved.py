@@ -70,12 +70,16 @@ class SavedGuests:
         state_dir = where / "state"
         driver = qdriver.Driver(state_dir)
         dom = await driver.define_xml(guest_xml(self.image, name, paths, **kw))
-        await dom.start()
-        await wait_console(dom, SAVED_AT)
         save_file = where / "guest.sav"
-        await dom.save(save_file)
-        await driver.undefine(dom)
-        shutil.rmtree(socket_root(state_dir), ignore_errors=True)
+        try:
+            await dom.start()
+            await wait_console(dom, SAVED_AT)
+            await dom.save(save_file)
+        finally:  # a guest that failed to come up is not left running
+            if dom.is_active:
+                await dom.destroy()
+            await driver.undefine(dom)
+            shutil.rmtree(socket_root(state_dir), ignore_errors=True)
         return SavedGuest(save_file, tuple(paths), dom.uuid)
 
     async def restore(self, driver: qdriver.Driver, where: Path, name: str = "guest",
