@@ -19,7 +19,7 @@ import anyio
 from .. import agent, domstate, process, qemuimg, qmp
 from ..errors import OperationFailedError
 from ..journal import Action, ActionKind
-from .blocknodes import image_file
+from .blocknodes import image_file, open_images
 from ..opcontext import OpContext
 from ..runtime import pid_from_file
 from ..saveimage import mark_complete
@@ -71,14 +71,13 @@ async def _remove_file(env: ActionEnv, args: dict[str, Any]) -> None:
 
 
 async def _images_in_use(env: ActionEnv) -> set[str]:
-    """The images the definition names and the running QEMU's active layers."""
+    """The images the definition names and every image the running QEMU has open."""
     used = {d.source for d in env.ctx.definition.disks if d.source}
     mon = await env.monitor()
     try:
-        blocks = await mon.execute("query-block") if mon is not None else []
+        return used | (set((await open_images(mon)).nodes) if mon is not None else set())
     except (qmp.MonitorClosedError, qmp.MonitorConnectError):
-        blocks = []  # QEMU died during the operation
-    return used | {image_file(b["inserted"]) for b in blocks if b.get("inserted")}
+        return used  # QEMU died during the operation
 
 
 async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:
