@@ -23,7 +23,8 @@ import pytest
 import qdriver
 from qdriver.paths import socket_root
 
-from .helpers import GuestImage, SavedGuests, domain_xml, qemu_pids_for
+from .helpers import GuestImage, SavedGuests, qemu_pids
+from .helpers.saved import disk_paths, guest_xml
 
 pytest_plugins = ["pytester"]  # the pytest plugin's tests run pytest
 
@@ -110,7 +111,7 @@ async def driver(state_dir: Path) -> AsyncIterator[qdriver.Driver]:
         if dom.is_active:
             await dom.destroy()
         await dom.get_state()  # reaps a QEMU that died on its own, as `qdriver list` does
-    for pid in qemu_pids_for(state_dir):
+    for pid in qemu_pids(state_dir):
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:400]
         os.kill(pid, 9)
         pytest.fail(f"QEMU {pid} survived the test: {cmd!r}")
@@ -131,13 +132,10 @@ def make_domain(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
     """Define a test-guest domain with a private copy of the disk."""
     async def make(name: str = "guest", with_disk: bool = True, disks: int = 1,
                    **kw: object) -> qdriver.Domain:
-        paths = []
-        for i in range(disks if with_disk else 0):
-            path = tmp_path / f"{name}-vd{chr(ord('a') + i)}.qcow2"
+        paths = disk_paths(tmp_path, name, disks if with_disk else 0)
+        for path in paths:
             shutil.copyfile(guest_image.disk, path)
-            paths.append(path)
-        return await driver.define_xml(domain_xml(  # type: ignore[arg-type]
-            guest_image, name, paths[0] if paths else None, extra_disks=tuple(paths[1:]), **kw))
+        return await driver.define_xml(guest_xml(guest_image, name, paths, **kw))
     return make
 
 

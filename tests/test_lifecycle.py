@@ -15,7 +15,7 @@ import qdriver
 from qdriver import DomainState
 from qdriver.paths import socket_root
 
-from .helpers import last_counter, qemu_pids_for, run_cli, wait_console
+from .helpers import last_counter, qemu_pids, run_cli, wait_console
 
 
 async def test_define_start_suspend_resume_shutdown(make_domain) -> None:
@@ -47,7 +47,7 @@ async def test_destroy_running_guest(booted, state_dir: Path) -> None:
     await dom.destroy()
     assert time.monotonic() - t < 5
     assert dom.state_reason() == (DomainState.SHUTOFF, "destroyed")
-    assert qemu_pids_for(state_dir) == []
+    assert qemu_pids(state_dir) == []
     assert not dom.paths.runtime.exists() and not dom.paths.qmp.exists()
     with pytest.raises(qdriver.OperationInvalidError, match="domain is not running"):
         await dom.destroy()
@@ -202,7 +202,7 @@ async def test_dumpxml_live_has_id_and_keeps_definition(make_domain, state_dir: 
 # -- bad input: a clear error and nothing left behind ---------------------------
 
 def assert_nothing_left(dom: qdriver.Domain, state_dir: Path) -> None:
-    assert qemu_pids_for(state_dir) == []
+    assert qemu_pids(state_dir) == []
     assert not dom.paths.runtime.exists()
     assert not dom.paths.pidfile.exists()
     assert not dom.paths.qmp.exists() and not dom.paths.sockets.exists()

@@ -16,7 +16,7 @@ from qdriver.launch import check_files
 from qdriver.ops.blocknodes import image_file
 from qdriver.runas import LaunchPolicy, QemuUser, access_problem, secret_problem
 
-from .helpers import GuestImage, domain_xml, qemu_pids_for, run_cli, wait_console
+from .helpers import GuestImage, domain_xml, qemu_pids, run_cli, wait_console
 
 USER = "nobody"
 
@@ -142,7 +142,7 @@ async def test_a_backing_name_that_is_not_a_plain_file_is_refused(
     dom = await driver.define_xml(domain_xml(guest_image, "evil", disk))
     with pytest.raises(qdriver.InvalidArgError, match="which is not a plain file"):
         await dom.start(paused=True)
-    assert not dom.is_active and qemu_pids_for(state_dir) == []
+    assert not dom.is_active and qemu_pids(state_dir) == []
 
 
 async def test_a_hard_link_to_a_host_secret_is_refused(
@@ -156,7 +156,7 @@ async def test_a_hard_link_to_a_host_secret_is_refused(
     dom = await driver.define_xml(domain_xml(guest_image, "hl", link, disk_format="raw"))
     with pytest.raises(qdriver.InvalidArgError, match="same file as '/etc/shadow'"):
         await dom.start(paused=True)
-    assert not dom.is_active and qemu_pids_for(state_dir) == []
+    assert not dom.is_active and qemu_pids(state_dir) == []
 
 
 async def test_a_backing_chain_is_opened_layer_by_layer(
@@ -222,7 +222,7 @@ async def test_a_script_emulator_never_runs_as_root_with_a_qemu_user(
     try:
         assert qemu_uid(dom) == nobody.pw_uid
         await wait_console(dom, "COUNTER 2")
-        assert qemu_pids_for(state_dir), "the command line no longer names the domain's files"
+        assert qemu_pids(state_dir), "the command line no longer names the domain's files"
     finally:
         await dom.destroy()
     runs = log.read_text().split()

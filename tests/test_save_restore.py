@@ -11,7 +11,7 @@ from qdriver import DomainState
 from qdriver.saveimage import read_header
 
 from .helpers import (assert_resumes_from, assert_save_image, console_offset, counters_after,
-                      disk_counter, last_counter, qemu_pids_for, run_cli, sha256, wait_console)
+                      disk_counter, last_counter, qemu_pids, run_cli, sha256, wait_console)
 
 
 async def test_save_then_restore_goes_on_from_the_save_point(booted, state_dir: Path,
@@ -149,7 +149,7 @@ async def test_a_save_file_cannot_choose_the_emulator(booted, driver, state_dir:
     rewrite_xml(path, xml.replace("<devices>", f"<devices><emulator>{script}</emulator>", 1))
     r = run_cli(state_dir, "restore", str(path), check=False)
     assert r.returncode == 1 and "names emulator" in r.stderr.decode(), r.stderr.decode()
-    assert not marker.exists() and not dom.is_active and qemu_pids_for(state_dir) == []
+    assert not marker.exists() and not dom.is_active and qemu_pids(state_dir) == []
     assert dom.inactive_definition.emulator is None
 
 
@@ -164,7 +164,7 @@ async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
     r = run_cli(state_dir, "restore", str(path), check=False)
     assert r.returncode == 1 and "No such file" in r.stderr.decode(), r.stderr.decode()
     assert run_cli(state_dir, "list", "--all", "--name").stdout.split() == []
-    assert qemu_pids_for(state_dir) == []
+    assert qemu_pids(state_dir) == []
 
 
 @pytest.mark.no_qemu

@@ -11,7 +11,7 @@ from .guest import (GuestImage, console_offset, console_text, counters, counters
                     domain_xml, keeps_counting, last_counter, wait_console)
 from .images import (backing_chain, backing_of, disk_counter, guest_view, image_info,
                      internal_snapshots, qemu_img_check, sha256)
-from .processes import alive, qemu_pids_for
+from .processes import alive, qemu_pids
 from .saved import SavedGuests
 
 __all__ = [
@@ -19,6 +19,6 @@ __all__ = [
     "assert_save_image", "within", "backing_chain", "backing_of",
     "console_offset", "console_text", "counters", "counters_after", "disk_counter",
     "domain_xml", "guest_view", "image_info", "internal_snapshots", "keeps_counting",
-    "last_counter", "named_files", "qemu_img_check", "qemu_pids_for", "run_cli", "sha256",
+    "last_counter", "named_files", "qemu_img_check", "qemu_pids", "run_cli", "sha256",
     "wait_console",
 ]
