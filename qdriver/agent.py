@@ -96,9 +96,9 @@ async def ping(path: Path, timeout: float = 1.0) -> None:
 
 async def fsfreeze(path: Path, timeout: float = 10.0) -> int:
     """Freeze the guest's filesystems; returns how many were frozen."""
-    return int(await execute(path, "guest-fsfreeze-freeze", timeout))  # type: ignore[call-overload]
+    return int(await execute(path, "guest-fsfreeze-freeze", timeout))  # type: ignore[call-overload,no-any-return]
 
 
 async def fsthaw(path: Path, timeout: float = 10.0) -> int:
     """Thaw the guest's filesystems."""
-    return int(await execute(path, "guest-fsfreeze-thaw", timeout))  # type: ignore[call-overload]
+    return int(await execute(path, "guest-fsfreeze-thaw", timeout))  # type: ignore[call-overload,no-any-return]

@@ -19,7 +19,7 @@ from .paths import DomainPaths
 from .qemuimg.chain import Layer
 from .xml import layout
 from .xml.address import Address, DriveAddress, PciAddress, PortAddress
-from .xml.domain import CharDef, ControllerDef, DiskDef, DomainDef
+from .xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, PortForward
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
@@ -277,7 +277,7 @@ def _controller(b: _Builder, c: ControllerDef) -> None:
     b.add("-device", f"{device}{extra},id={c.bus_name}{b.place(c.address)}")
 
 
-def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list,
+def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list[PortForward],
                address: Address | None) -> None:
     if model not in NIC_MODELS:
         raise ConfigUnsupportedError(f"interface model '{model}' is not supported")

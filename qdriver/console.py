@@ -46,7 +46,7 @@ def _open(target: Path | str) -> tuple[int, socket.socket | None]:
 
 async def _pump(src: int, dst: int, stop_on_escape: bool, done: anyio.Event) -> None:
     while not done.is_set():
-        await anyio.wait_readable(src)  # type: ignore[arg-type]
+        await anyio.wait_readable(src)
         try:
             data = os.read(src, 4096)
         except BlockingIOError:

@@ -55,6 +55,11 @@ class InternalError(QDriverError):
     """Something qdriver or QEMU did not expect."""
 
 
+class FormatError(InternalError):
+    """A persisted record (journal, run record, delete marks) this release cannot
+    read: another format version, or a kind of entry it does not know."""
+
+
 class NoSupportError(QDriverError):
     """This qdriver or QEMU build cannot do what was asked."""
 

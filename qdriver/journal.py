@@ -11,57 +11,166 @@ its actions newest first (`qdriver.recovery`): that rolls the operation back,
 or, past its point of no return, forward (an operation then replaces its undo
 list by the actions that finish it, see `Transaction.commit`).
 
+The file carries a format version (`FORMAT`) and every action is a typed
+record of one known kind; a journal of another version or with a kind this
+release does not know raises `FormatError` naming it, so recovery can
+report it and leave the domain usable instead of failing every operation.
+
 The journal is written atomically but without fsync: it must survive the
 death of the writing process, which the page cache guarantees; after a host
 crash the QEMU it talks about is gone too.
 """
 from __future__ import annotations
 
-import enum
+import dataclasses
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import process
+from .errors import FormatError
 from .statestore import atomic_write
 
+FORMAT = 1
+"""The journal file's format version; bump it when a record changes shape."""
+READABLE = (0, FORMAT)
+"""Versions this release runs: 0 is the unversioned file of the first releases,
+whose actions have the same fields."""
 
-class ActionKind(enum.StrEnum):
-    """Everything an undo (or a roll-forward) can do; `qdriver.ops.actions` runs them."""
 
-    REMOVE_FILE = "remove-file"
-    RESTORE_DIR = "restore-dir"
-    WRITE_DEFINITION = "write-definition"
-    FOLLOW_OVERLAYS = "follow-overlays"
-    RESUME_GUEST = "resume-guest"
-    CANCEL_MIGRATION = "cancel-migration"
-    WAIT_JOBS = "wait-jobs"
-    QMP = "qmp"
-    QMP_JOB = "qmp-job"
-    HMP = "hmp"
-    QEMU_IMG_SNAPSHOT_DELETE = "qemu-img-snapshot-delete"
-    THAW = "thaw"
-    STOP_QEMU = "stop-qemu"
-    COMPLETE_MEMORY_FILE = "complete-memory-file"
+# -- the action kinds: one typed record each -------------------------------------
+
+@dataclass(frozen=True)
+class RemoveFile:
+    """Remove a file the operation made (unless the domain uses it by now)."""
+    KIND: ClassVar[str] = "remove-file"
+    path: str
+
+
+@dataclass(frozen=True)
+class RestoreDir:
+    """Put metadata files back: all of the directory's (``exact``) or the named ones
+    (None: the file did not exist)."""
+    KIND: ClassVar[str] = "restore-dir"
+    path: str
+    files: dict[str, str | None]
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class WriteDefinition:
+    KIND: ClassVar[str] = "write-definition"
+    xml: str
+
+
+@dataclass(frozen=True)
+class FollowOverlays:
+    """Make the definition name the overlays QEMU writes (None: whatever it writes)."""
+    KIND: ClassVar[str] = "follow-overlays"
+    overlays: dict[str, str] | None = None
+    switched: bool = False
+
+
+@dataclass(frozen=True)
+class ResumeGuest:
+    KIND: ClassVar[str] = "resume-guest"
+
+
+@dataclass(frozen=True)
+class CancelMigration:
+    KIND: ClassVar[str] = "cancel-migration"
+
+
+@dataclass(frozen=True)
+class WaitJobs:
+    KIND: ClassVar[str] = "wait-jobs"
+
+
+@dataclass(frozen=True)
+class Qmp:
+    KIND: ClassVar[str] = "qmp"
+    command: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QmpJob:
+    KIND: ClassVar[str] = "qmp-job"
+    command: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hmp:
+    KIND: ClassVar[str] = "hmp"
+    command: str
+
+
+@dataclass(frozen=True)
+class QemuImgSnapshotDelete:
+    KIND: ClassVar[str] = "qemu-img-snapshot-delete"
+    image: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Thaw:
+    KIND: ClassVar[str] = "thaw"
+    path: str
+
+
+@dataclass(frozen=True)
+class StopQemu:
+    KIND: ClassVar[str] = "stop-qemu"
+    reason: str = "destroyed"
+
+
+@dataclass(frozen=True)
+class CompleteMemoryFile:
+    KIND: ClassVar[str] = "complete-memory-file"
+    path: str
+
+
+Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest
+        | CancelMigration | WaitJobs | Qmp | QmpJob | Hmp | QemuImgSnapshotDelete | Thaw
+        | StopQemu | CompleteMemoryFile)
+"""What one action does, as data another process can run."""
+
+KINDS: dict[str, type[Step]] = {cls.KIND: cls for cls in (
+    RemoveFile, RestoreDir, WriteDefinition, FollowOverlays, ResumeGuest, CancelMigration,
+    WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile)}
 
 
 @dataclass(frozen=True)
 class Action:
-    """One recorded step back (or forward): plain data, so another process can run it."""
+    """One recorded step back (or forward): a typed record and what it is for."""
 
-    kind: ActionKind
+    step: Step
     what: str
     """For people: what this takes back (``memory file /x/m``)."""
-    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.step.KIND
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": str(self.kind), "what": self.what, "args": self.args}
+        return {"kind": self.kind, "what": self.what, "args": dataclasses.asdict(self.step)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Action:
-        return cls(ActionKind(raw["kind"]), str(raw["what"]), dict(raw.get("args", {})))
+        """:raise FormatError: an unknown kind or fields that do not fit it."""
+        kind = str(raw.get("kind"))
+        what = str(raw.get("what", ""))
+        step_cls = KINDS.get(kind)
+        if step_cls is None:
+            raise FormatError(f"unknown journal action '{kind}' ({what})")
+        try:
+            return cls(step_cls(**dict(raw.get("args") or {})), what)
+        except TypeError as e:
+            raise FormatError(f"journal action '{kind}' ({what}) does not fit this "
+                                     f"release: {e}") from e
 
 
 @dataclass
@@ -74,6 +183,7 @@ class JournalRecord:
     actions: list[dict[str, Any]] = field(default_factory=list)
     committed: bool = False
     """True past the point of no return: the actions finish the operation."""
+    format: int = FORMAT
 
     @property
     def owner(self) -> process.ProcessId:
@@ -84,6 +194,14 @@ class JournalRecord:
         return process.is_running(self.owner)
 
     def steps(self) -> list[Action]:
+        """The recorded actions, oldest first.
+
+        :raise FormatError: the file is of another format, or holds an
+            action this release does not know (each is named).
+        """
+        if self.format not in READABLE:
+            raise FormatError(f"journal format {self.format} is not one this release "
+                                     f"reads ({', '.join(map(str, READABLE))})")
         return [Action.from_json(a) for a in self.actions]
 
     def describe(self) -> str:
@@ -122,6 +240,7 @@ class Journal:
         """The journal on disk, if any (None if absent or unreadable)."""
         try:
             raw = json.loads(self.path.read_text())
+            raw.setdefault("format", 0)  # written before journals carried a version
             return JournalRecord(**raw)
         except FileNotFoundError:
             return None
@@ -130,7 +249,8 @@ class Journal:
 
     def _write(self) -> None:
         assert self.record is not None
-        atomic_write(self.path, json.dumps(asdict(self.record), indent=1), durable=False)
+        atomic_write(self.path, json.dumps(dataclasses.asdict(self.record), indent=1),
+                     durable=False)
 
 
-__all__ = ["Action", "ActionKind", "Journal", "JournalRecord"]
+__all__ = ["Action", "Step", "KINDS", "FORMAT", "Journal", "JournalRecord"]

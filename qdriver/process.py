@@ -193,7 +193,7 @@ async def wait_exit(proc: ProcessId, timeout: float) -> bool:
             while start_time(proc.pid) == proc.start_time:
                 if pidfd >= 0:
                     with anyio.move_on_after(0.05):
-                        await anyio.wait_readable(pidfd)  # type: ignore[arg-type]
+                        await anyio.wait_readable(pidfd)
                 else:
                     await anyio.sleep(0.005)
             return True

@@ -14,8 +14,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from . import qmp
-from .errors import QDriverError
-from .journal import Journal
+from .errors import FormatError, QDriverError
+from .journal import Action, Journal, JournalRecord
 from .ops import actions, delete_exec
 from .opcontext import OpContext, read_definition
 from .paths import DomainPaths
@@ -47,10 +47,12 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
                   ) -> RecoveryReport | None:
     """Run a dead operation's journal (the caller holds the domain lock)."""
     found = Journal(paths.journal).load()
-    if found is None and not _has_marks(paths):
+    store = SnapshotStore(paths.snapshots, name)
+    if found is None and not store.marks_path.exists():
         return None
-    unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
+    unfinished = _unfinished(store)
     if found is None and not unfinished:
+        store.clear_marks()
         return None
     record = await runtime.reconcile()
     persistent = read_definition(paths, name, uuid)
@@ -69,7 +71,7 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
             return mon[0]
 
         env = actions.ActionEnv(ctx, monitor)
-        for action in reversed(found.steps() if found else []):
+        for action in reversed(_steps(found, report)):
             try:
                 await actions.run(env, action)
                 report.done.append(f"{action.kind} ({action.what})")
@@ -88,6 +90,16 @@ async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
     return report
 
 
+def _steps(found: JournalRecord | None, report: RecoveryReport) -> list[Action]:
+    """The journal's actions; none (reported by name) from a journal of another
+    format or with a kind this release does not know, so the domain stays usable."""
+    try:
+        return found.steps() if found else []
+    except FormatError as e:
+        report.failed.append(f"{e.detail}: none of its actions was run")
+        return []
+
+
 async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
     if ctx.record is None:
         return None
@@ -97,13 +109,16 @@ async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
         return None
 
 
-def _has_marks(paths: DomainPaths) -> bool:
-    """Whether any snapshot may carry a delete mark (a byte search: this runs
-    before every operation, and parsing every snapshot would cost more)."""
-    if not paths.snapshots.is_dir():
-        return False
-    return any(b"snapshotDeleteInProgress" in f.read_bytes()
-               for f in paths.snapshots.glob("*.xml"))
+def _unfinished(store: SnapshotStore) -> list[str]:
+    """The snapshots a dead delete marked; none (said in the log) from an index of
+    marks this release cannot read, which is then removed so the domain stays usable."""
+    try:
+        return store.read_marks()
+    except FormatError as e:
+        log.warning("domain '%s': %s: the delete it lists is not finished",
+                    store.domain_name, e.detail)
+        store.clear_marks()
+        return []
 
 
 def interrupted(paths: DomainPaths, name: str) -> str | None:
@@ -111,9 +126,10 @@ def interrupted(paths: DomainPaths, name: str) -> str | None:
     found = Journal(paths.journal).load()
     if found is not None:
         return None if found.owner_alive else found.describe()
-    if not _has_marks(paths):
-        return None
-    unfinished = delete_exec.marked(SnapshotStore(paths.snapshots, name).load())
+    try:
+        unfinished = SnapshotStore(paths.snapshots, name).read_marks()
+    except FormatError as e:
+        return f"a delete whose marks cannot be read ({e.detail})"
     return f"snapshot-delete of {', '.join(unfinished)}" if unfinished else None
 
 

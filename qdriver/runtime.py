@@ -13,7 +13,7 @@ import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import anyio
 
@@ -37,6 +37,8 @@ log = logging.getLogger("qdriver")
 class RunRecord:
     """What a later process needs to find and control a running QEMU."""
 
+    FORMAT: ClassVar[int] = 1
+    """The stored file's format version (`statestore.write_record`)."""
     pid: int
     start_time: int
     id: int
@@ -84,6 +86,8 @@ class QemuCommand:
 @dataclass
 class StatusRecord:
     """How the domain last stopped (kept while it is shut off)."""
+
+    FORMAT: ClassVar[int] = 1
 
     reason: str = "unknown"
 

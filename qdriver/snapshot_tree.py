@@ -8,15 +8,19 @@ the others down.  `SnapshotTree` answers the tree questions; it is pure.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import InvalidArgError, NoSnapshotError, OperationInvalidError, QDriverError
+from .errors import (FormatError, InvalidArgError, NoSnapshotError, OperationInvalidError,
+                     QDriverError)
 from .statestore import atomic_write, fsync_dir
 from .xml.safe import check_storable
 from .xml.snapshot import SnapshotDef, validate_name
 
 ACTIVE_EXCLUDED = ("shutoff", "disk-snapshot")
+MARKS_FILE = "delete-in-progress.json"
+MARKS_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class SnapshotTree:
         return out
 
     def _sorted(self, names: object) -> list[str]:
-        return sorted(names, key=lambda n: (self.snaps[n].creation_time or 0, n))  # type: ignore[call-overload]
+        return sorted(names, key=lambda n: (self.snaps[n].creation_time or 0, n))  # type: ignore[call-overload,no-any-return]
 
     def names(self, f: ListFilter = ListFilter(), start: str | None = None,
               descendants: bool = False) -> list[str]:
@@ -155,6 +159,38 @@ class SnapshotStore:
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+
+    # -- the delete marks' index ------------------------------------------------------
+
+    @property
+    def marks_path(self) -> Path:
+        """Which snapshots a delete in progress marked (``<snapshotDeleteInProgress/>``
+        in their files): one small file, so that no operation has to read every
+        snapshot to learn whether a dead process left a delete to finish."""
+        return self.dir / MARKS_FILE
+
+    def write_marks(self, names: list[str]) -> None:
+        atomic_write(self.marks_path, json.dumps({"format": MARKS_FORMAT, "snapshots": names}))
+
+    def read_marks(self) -> list[str]:
+        """The snapshots a delete marked and did not finish ([] if none).
+
+        :raise FormatError: the index is of another format (a newer release's).
+        """
+        try:
+            raw = json.loads(self.marks_path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            raise FormatError(f"'{self.marks_path}' cannot be read: {e}") from e
+        if not isinstance(raw, dict) or raw.get("format") != MARKS_FORMAT:
+            raise FormatError(f"'{self.marks_path}' is of format "
+                              f"{raw.get('format') if isinstance(raw, dict) else None!r}; "
+                              f"this release reads format {MARKS_FORMAT}")
+        return [str(n) for n in raw.get("snapshots", [])]
+
+    def clear_marks(self) -> None:
+        self.marks_path.unlink(missing_ok=True)
 
 
 def storable(snap: SnapshotDef) -> str:

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, TypeVar
 
 import anyio
 
-from .errors import DomainBusyError
+from .errors import DomainBusyError, FormatError
 
 T = TypeVar("T")
 
@@ -64,17 +64,27 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_record(path: Path, record: object, durable: bool = True) -> None:
-    """Store a dataclass as JSON, atomically (see `atomic_write` for ``durable``)."""
-    atomic_write(path, json.dumps(dataclasses.asdict(record), indent=1),  # type: ignore[call-overload]
-                 durable=durable)
+    """Store a dataclass as JSON with its class's format version (``FORMAT``),
+    atomically (see `atomic_write` for ``durable``)."""
+    raw = dataclasses.asdict(record)  # type: ignore[call-overload]
+    raw["format"] = getattr(record, "FORMAT", 1)
+    atomic_write(path, json.dumps(raw, indent=1), durable=durable)
 
 
 def read_record(path: Path, cls: type[T]) -> T | None:
-    """Load a dataclass stored by `write_record`; None if absent or unreadable."""
+    """Load a dataclass stored by `write_record`; None if absent or unreadable.
+
+    :raise FormatError: the file is of a format version this release does not read
+        (a newer release wrote it): guessing at it could lose track of a QEMU.
+    """
     try:
         raw: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    readable = (0, getattr(cls, "FORMAT", 1))  # 0: written before records had a version
+    if raw.get("format", 0) not in readable:
+        raise FormatError(f"'{path}' is of format {raw.get('format')!r}; this release "
+                          f"reads formats {', '.join(map(str, readable))}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in raw.items() if k in names})
 

@@ -18,7 +18,8 @@ import anyio
 
 from .. import agent, domstate, process, qemuimg, qmp
 from ..errors import OperationFailedError
-from ..journal import Action, ActionKind
+from .. import journal as j
+from ..journal import Action
 from .blocknodes import image_file, open_images
 from ..opcontext import OpContext
 from ..runtime import pid_from_file
@@ -49,7 +50,7 @@ class ActionEnv:
 
 async def run(env: ActionEnv, action: Action) -> None:
     """Run one action."""
-    await ACTIONS[action.kind](env, action.args)
+    await ACTIONS[type(action.step)](env, action.step)
 
 
 def dir_snapshot(directory: Path) -> dict[str, str]:
@@ -59,12 +60,12 @@ def dir_snapshot(directory: Path) -> dict[str, str]:
     return {f.name: f.read_text() for f in sorted(directory.glob("*.xml"))}
 
 
-async def _remove_file(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _remove_file(env: ActionEnv, args: j.RemoveFile) -> None:
     """Remove a file the operation made, unless the domain uses it by now: an
     overlay becomes QEMU's active layer the moment its transaction goes through,
     before the process can record that (and the definition follows it, see
     `_follow_overlays`, which a rollback runs first)."""
-    path = args["path"]
+    path = args.path
     if path in await _images_in_use(env):
         raise OperationFailedError(f"'{path}' is in use by domain '{env.ctx.name}': kept")
     Path(path).unlink(missing_ok=True)
@@ -80,12 +81,12 @@ async def _images_in_use(env: ActionEnv) -> set[str]:
         return used  # QEMU died during the operation
 
 
-async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _restore_dir(env: ActionEnv, args: j.RestoreDir) -> None:
     """Put metadata files back: all of the directory's (``exact``), or the named
     ones (None: the file did not exist)."""
-    directory = Path(args["path"])
-    files: dict[str, str | None] = args["files"]
-    if directory.is_dir() and args.get("exact", True):
+    directory = Path(args.path)
+    files = args.files
+    if directory.is_dir() and args.exact:
         for f in directory.glob("*.xml"):
             if f.name not in files:
                 f.unlink()
@@ -98,22 +99,22 @@ async def _restore_dir(env: ActionEnv, args: dict[str, Any]) -> None:
         fsync_dir(directory)
 
 
-async def _write_definition(env: ActionEnv, args: dict[str, Any]) -> None:
-    env.ctx.save_definition(DomainDef.parse(args["xml"]))
+async def _write_definition(env: ActionEnv, args: j.WriteDefinition) -> None:
+    env.ctx.save_definition(DomainDef.parse(args.xml))
 
 
-async def _follow_overlays(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _follow_overlays(env: ActionEnv, args: j.FollowOverlays) -> None:
     """Point the definition at each new overlay QEMU already writes to (a
     transaction that went through cannot be taken back; one QEMU refused
     changed nothing)."""
     mon = await env.monitor()
-    wanted: dict[str, str] | None = args.get("overlays")
+    wanted = args.overlays
     try:
         blocks = await mon.execute("query-block") if mon is not None else None
     except (qmp.MonitorClosedError, qmp.MonitorConnectError):
         blocks = None  # QEMU died during the operation
     if blocks is None:
-        if wanted and args.get("switched"):  # QEMU wrote into them until it died
+        if wanted and args.switched:  # QEMU wrote into them until it died
             env.ctx.save_definition(env.ctx.definition.with_disk_sources(
                 {t: (f, "qcow2") for t, f in wanted.items() if os.path.exists(f)}))
         return
@@ -134,13 +135,13 @@ def _qdev_id(qdev: str) -> str:
     return parts[3] if len(parts) > 3 and parts[2] == "peripheral" else qdev
 
 
-async def _resume_guest(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _resume_guest(env: ActionEnv, args: j.ResumeGuest) -> None:
     mon = await env.monitor()
     if mon is not None:
         await domstate.ensure_running(mon)
 
 
-async def _cancel_migration(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _cancel_migration(env: ActionEnv, args: j.CancelMigration) -> None:
     """Stop a migration to a file that its process no longer follows."""
     mon = await env.monitor()
     if mon is None:
@@ -155,7 +156,7 @@ async def _cancel_migration(env: ActionEnv, args: dict[str, Any]) -> None:
         await anyio.sleep(0.02)
 
 
-async def _wait_jobs(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _wait_jobs(env: ActionEnv, args: j.WaitJobs) -> None:
     """Let qdriver's QEMU jobs a dead process started conclude, and dismiss them."""
     mon = await env.monitor()
     if mon is None:
@@ -172,40 +173,40 @@ async def _wait_jobs(env: ActionEnv, args: dict[str, Any]) -> None:
         await anyio.sleep(0.05)
 
 
-async def _qmp(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _qmp(env: ActionEnv, args: j.Qmp) -> None:
     mon = await env.monitor()
     if mon is not None:
-        await mon.execute(args["command"], args.get("arguments") or None)
+        await mon.execute(args.command, args.arguments or None)
 
 
-async def _qmp_job(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _qmp_job(env: ActionEnv, args: j.QmpJob) -> None:
     mon = await env.monitor()
     if mon is not None:
-        await qmp.run_job(mon, args["command"], args.get("arguments", {}),
+        await qmp.run_job(mon, args.command, args.arguments,
                           f"qdriver-undo-{int(time.time() * 1000)}", 60)
 
 
-async def _hmp(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _hmp(env: ActionEnv, args: j.Hmp) -> None:
     mon = await env.monitor()
     if mon is not None:
-        await mon.hmp(args["command"])
+        await mon.hmp(args.command)
 
 
-async def _qemu_img_snapshot_delete(env: ActionEnv, args: dict[str, Any]) -> None:
-    if Path(args["image"]).exists():
-        await qemuimg.snapshot_delete(args["image"], args["name"])
+async def _qemu_img_snapshot_delete(env: ActionEnv, args: j.QemuImgSnapshotDelete) -> None:
+    if Path(args.image).exists():
+        await qemuimg.snapshot_delete(args.image, args.name)
 
 
-async def _thaw(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _thaw(env: ActionEnv, args: j.Thaw) -> None:
     if await env.monitor() is not None:
-        await agent.fsthaw(Path(args["path"]))
+        await agent.fsthaw(Path(args.path))
 
 
-async def _stop_qemu(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _stop_qemu(env: ActionEnv, args: j.StopQemu) -> None:
     """Stop the QEMU the operation started, recorded or not yet."""
     ctx = env.ctx
     if ctx.record is not None:
-        await ctx.stop(args.get("reason", "destroyed"))
+        await ctx.stop(args.reason)
         return
     pid = pid_from_file(ctx.paths.pidfile)
     if pid is not None and pid.pid != os.getpid() and \
@@ -214,9 +215,9 @@ async def _stop_qemu(env: ActionEnv, args: dict[str, Any]) -> None:
     ctx.runtime.cleanup()
 
 
-async def _complete_memory_file(env: ActionEnv, args: dict[str, Any]) -> None:
+async def _complete_memory_file(env: ActionEnv, args: j.CompleteMemoryFile) -> None:
     """Mark a memory file whose migration completed as complete (a roll-forward)."""
-    path = args["path"]
+    path = args.path
     if not os.path.exists(path):
         return
     fd = os.open(path, os.O_RDWR)
@@ -226,108 +227,106 @@ async def _complete_memory_file(env: ActionEnv, args: dict[str, Any]) -> None:
         os.close(fd)
 
 
-ACTIONS: dict[ActionKind, Callable[[ActionEnv, dict[str, Any]], Awaitable[None]]] = {
-    ActionKind.REMOVE_FILE: _remove_file,
-    ActionKind.RESTORE_DIR: _restore_dir,
-    ActionKind.WRITE_DEFINITION: _write_definition,
-    ActionKind.FOLLOW_OVERLAYS: _follow_overlays,
-    ActionKind.RESUME_GUEST: _resume_guest,
-    ActionKind.CANCEL_MIGRATION: _cancel_migration,
-    ActionKind.WAIT_JOBS: _wait_jobs,
-    ActionKind.QMP: _qmp,
-    ActionKind.QMP_JOB: _qmp_job,
-    ActionKind.HMP: _hmp,
-    ActionKind.QEMU_IMG_SNAPSHOT_DELETE: _qemu_img_snapshot_delete,
-    ActionKind.THAW: _thaw,
-    ActionKind.STOP_QEMU: _stop_qemu,
-    ActionKind.COMPLETE_MEMORY_FILE: _complete_memory_file,
+ACTIONS: dict[type, Callable[[ActionEnv, Any], Awaitable[None]]] = {
+    j.RemoveFile: _remove_file,
+    j.RestoreDir: _restore_dir,
+    j.WriteDefinition: _write_definition,
+    j.FollowOverlays: _follow_overlays,
+    j.ResumeGuest: _resume_guest,
+    j.CancelMigration: _cancel_migration,
+    j.WaitJobs: _wait_jobs,
+    j.Qmp: _qmp,
+    j.QmpJob: _qmp_job,
+    j.Hmp: _hmp,
+    j.QemuImgSnapshotDelete: _qemu_img_snapshot_delete,
+    j.Thaw: _thaw,
+    j.StopQemu: _stop_qemu,
+    j.CompleteMemoryFile: _complete_memory_file,
 }
+"""The code that runs each kind of journal record (every kind in `journal.KINDS`)."""
 
 
 # -- constructors, so executions name what they record ----------------------------
 
 def remove_file(path: str, what: str = "file") -> Action:
-    return Action(ActionKind.REMOVE_FILE, f"{what} {path}", {"path": path})
+    return Action(j.RemoveFile(path), f"{what} {path}")
 
 
 def restore_dir(directory: Path, what: str) -> Action:
-    return Action(ActionKind.RESTORE_DIR, what,
-                  {"path": str(directory), "files": dir_snapshot(directory), "exact": True})
+    return Action(j.RestoreDir(str(directory), dict(dir_snapshot(directory)), True), what)
 
 
-def restore_files(directory: Path, names: list[str], what: str) -> Action:
-    """Only these metadata files (``NAME.xml``) as they are now: a change that
-    touches two files need not copy every snapshot into the journal."""
+def restore_files(directory: Path, names: list[str], what: str,
+                  new: list[str] | None = None) -> Action:
+    """Only these metadata files (``NAME.xml``) as they are now, and the files
+    ``new`` (which must not exist after an undo): a change that touches two files
+    need not copy every snapshot into the journal."""
     files: dict[str, str | None] = {}
     for name in dict.fromkeys(names):
         path = directory / f"{name}.xml"
         files[path.name] = path.read_text() if path.exists() else None
-    return Action(ActionKind.RESTORE_DIR, what,
-                  {"path": str(directory), "files": files, "exact": False})
+    files.update(dict.fromkeys(new or ()))
+    return Action(j.RestoreDir(str(directory), files, False), what)
 
 
 def write_definition(definition: DomainDef, what: str = "the domain definition") -> Action:
-    return Action(ActionKind.WRITE_DEFINITION, what, {"xml": definition.to_xml()})
+    return Action(j.WriteDefinition(definition.to_xml()), what)
 
 
 def follow_overlays(overlays: dict[str, str], switched: bool = False) -> Action:
     """The definition names the overlays QEMU writes; ``switched``: QEMU took them (a
     QEMU that died since wrote into them, so they stay named even without it)."""
-    return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's switch to the new overlays",
-                  {"overlays": overlays, "switched": switched})
+    return Action(j.FollowOverlays(overlays, switched),
+                  "the definition's switch to the new overlays")
 
 
 def complete_memory_file(path: str) -> Action:
-    return Action(ActionKind.COMPLETE_MEMORY_FILE, f"the completion of memory file {path}",
-                  {"path": path})
+    return Action(j.CompleteMemoryFile(path), f"the completion of memory file {path}")
 
 
 def write_metadata_files(directory: Path, files: dict[str, str], what: str) -> Action:
     """Write these metadata files (``NAME.xml``: text) as given (a roll-forward)."""
-    return Action(ActionKind.RESTORE_DIR, what,
-                  {"path": str(directory), "files": files, "exact": False})
+    return Action(j.RestoreDir(str(directory), dict(files), False), what)
 
 
 def follow_disks() -> Action:
-    return Action(ActionKind.FOLLOW_OVERLAYS, "the definition's disks, as QEMU uses them",
-                  {"overlays": None})
+    return Action(j.FollowOverlays(None), "the definition's disks, as QEMU uses them")
 
 
 def resume_guest() -> Action:
-    return Action(ActionKind.RESUME_GUEST, "the guest pause")
+    return Action(j.ResumeGuest(), "the guest pause")
 
 
 def cancel_migration() -> Action:
-    return Action(ActionKind.CANCEL_MIGRATION, "the migration to the memory file")
+    return Action(j.CancelMigration(), "the migration to the memory file")
 
 
 def wait_jobs() -> Action:
-    return Action(ActionKind.WAIT_JOBS, "QEMU jobs in progress")
+    return Action(j.WaitJobs(), "QEMU jobs in progress")
 
 
 def qmp_command(what: str, command: str, arguments: dict[str, Any]) -> Action:
-    return Action(ActionKind.QMP, what, {"command": command, "arguments": arguments})
+    return Action(j.Qmp(command, arguments), what)
 
 
 def qmp_job(what: str, command: str, arguments: dict[str, Any]) -> Action:
-    return Action(ActionKind.QMP_JOB, what, {"command": command, "arguments": arguments})
+    return Action(j.QmpJob(command, arguments), what)
 
 
 def hmp(what: str, command: str) -> Action:
-    return Action(ActionKind.HMP, what, {"command": command})
+    return Action(j.Hmp(command), what)
 
 
 def qemu_img_snapshot_delete(image: str, name: str) -> Action:
-    return Action(ActionKind.QEMU_IMG_SNAPSHOT_DELETE, f"internal snapshot in {image}",
-                  {"image": image, "name": name})
+    return Action(j.QemuImgSnapshotDelete(image, name), f"internal snapshot in {image}")
 
 
 def thaw(path: Path) -> Action:
-    return Action(ActionKind.THAW, "the guest filesystem freeze", {"path": str(path)})
+    return Action(j.Thaw(str(path)), "the guest filesystem freeze")
 
 
 def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Action:
-    return Action(ActionKind.STOP_QEMU, what, {"reason": reason})
+    return Action(j.StopQemu(reason), what)
 
 
-__all__ = ["ActionEnv", "run", "ACTIONS", "dir_snapshot"]
+__all__ = ["Action", "ActionEnv", "run", "ACTIONS", "dir_snapshot"]

@@ -70,11 +70,6 @@ async def image_graph(ctx: OpContext, tree: meta.SnapshotTree) -> ImageGraph:
     return ImageGraph(backing, formats, writable)
 
 
-def marked(tree: meta.SnapshotTree) -> list[str]:
-    """Snapshots a delete started on and did not finish."""
-    return [n for n, s in tree.snaps.items() if any(d.delete_in_progress for d in s.disks)]
-
-
 class DeleteExecution:
     """One snapshot delete in progress."""
 
@@ -100,8 +95,9 @@ class DeleteExecution:
         if self.plan.metadata_only:  # children re-parented, current moved: any file
             self.txn.on_undo(actions.restore_dir(self.store.dir, "the snapshot metadata"))
         else:  # only the marks come before the point of no return
-            self.txn.on_undo(actions.restore_files(self.store.dir, self.plan.names,
-                                                   "the marked snapshots' metadata"))
+            self.txn.on_undo(actions.restore_files(
+                self.store.dir, self.plan.names, "the marked snapshots' metadata",
+                new=[meta.MARKS_FILE]))
             await self._mark_and_ask()
             self.txn.commit([])  # from here on the marks say what to finish
         await self.carry_out()
@@ -133,6 +129,7 @@ class DeleteExecution:
             if name in self.tree.snaps:
                 meta.remove_metadata(self.store, self.tree, name)
                 faults.point("snapshot-delete:metadata")
+        self.store.clear_marks()
 
     # -- internal snapshots ------------------------------------------------------------
 
@@ -286,7 +283,9 @@ class DeleteExecution:
 
 
 def mark(store: meta.SnapshotStore, tree: meta.SnapshotTree, names: list[str]) -> None:
-    """Give each snapshot libvirt's ``<snapshotDeleteInProgress/>`` (file and ``tree``)."""
+    """Give each snapshot libvirt's ``<snapshotDeleteInProgress/>`` (file and ``tree``),
+    after listing them in the store's index of marks (what recovery looks for)."""
+    store.write_marks(names)
     for name in names:
         snap = tree.get(name)
         marked = replace(snap, disks=[replace(d, delete_in_progress=True) for d in snap.disks])
@@ -352,9 +351,11 @@ async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str |
 async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
     """Finish the deletes a dead process left marked: plan again from the images
     as they are now and carry that out.  Returns the snapshots deleted."""
-    tree = ctx.snapshot_tree()
-    names = marked(tree)
+    store = ctx.snapshot_store()
+    tree = store.load()
+    names = [n for n in store.read_marks() if n in tree.snaps]
     if not names:
+        store.clear_marks()
         return []
     if mon is not None:
         await _settle_jobs(mon)
@@ -410,4 +411,4 @@ async def _settle_jobs(mon: qmp.Monitor) -> None:
                 await _wait_job(mon, events, job["id"], ProgressMeter("commit", None))
 
 
-__all__ = ["DeleteExecution", "image_graph", "mark", "marked", "finish"]
+__all__ = ["DeleteExecution", "image_graph", "mark", "finish"]

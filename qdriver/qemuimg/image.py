@@ -96,7 +96,8 @@ async def create(path: StrPath, fmt: str = "qcow2", size: int | None = None,
 
 async def check(path: StrPath, fmt: str = "qcow2") -> dict[str, Any]:
     """``qemu-img check`` result as a dict."""
-    return json.loads(await run("check", "--output=json", "-f", fmt, path))
+    result: dict[str, Any] = json.loads(await run("check", "--output=json", "-f", fmt, path))
+    return result
 
 
 async def repair_leaks(path: StrPath, fmt: str = "qcow2") -> None:

@@ -102,7 +102,7 @@ def _default_cpu(root: safe.Element, d: DomainDef) -> None:
 def disk_index(target: str) -> int:
     """libvirt's index of a disk name: ``sda`` 0, ``sdz`` 25, ``sdaa`` 26."""
     letters = target[2:]
-    return sum((ord(c) - ord("a") + 1) * 26 ** i for i, c in enumerate(reversed(letters))) - 1
+    return int(sum((ord(c) - ord("a") + 1) * 26 ** i for i, c in enumerate(reversed(letters)))) - 1
 
 
 def _drive_address(bus: str, index: int, scsi_model: str) -> DriveAddress:

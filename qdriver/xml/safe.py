@@ -98,7 +98,7 @@ def _escape(text: str, quote: bool = False) -> str:
     return text.replace("'", "&apos;") if quote and "'" in text else text
 
 
-def _format(el: Element, depth: int, lines: list[str], inherited: dict,
+def _format(el: Element, depth: int, lines: list[str], inherited: dict[str | None, str],
             namespaced: bool) -> None:
     pad = "  " * depth
     if not isinstance(el.tag, str):
@@ -128,7 +128,7 @@ def _format(el: Element, depth: int, lines: list[str], inherited: dict,
         lines.append(f"{pad}</{tag}>")
 
 
-def _qname(nsmap: dict, name: str) -> str:
+def _qname(nsmap: dict[str | None, str], name: str) -> str:
     """``{uri}local`` written with the prefix in scope for ``uri``."""
     if not name.startswith("{"):
         return name
