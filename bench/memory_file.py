@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
 from common import guest_xml, wait_booted  # noqa: E402
-from qdriver import qemucaps, qmp  # noqa: E402
-from qdriver.ops.memfile import MAX_BANDWIDTH  # noqa: E402
+from qdriver.caps import qemucaps
+from qdriver import qmp
+from qdriver.memory.memfile import MAX_BANDWIDTH
 
 Raw = Callable[[qmp.Monitor, Path], Awaitable[None]]
 

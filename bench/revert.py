@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
 from common import IMAGES, fill_cmdline, guest_xml, wait_booted  # noqa: E402
-from qdriver import cmdline, qemuimg, qmp  # noqa: E402
-from qdriver.ops.blocknodes import top_nodes  # noqa: E402
+from qdriver.launch import cmdline
+from qdriver import qemuimg, qmp
+from qdriver.blockdev.nodes import top_nodes
 from qdriver.paths import DomainPaths  # noqa: E402
-from qdriver.saveimage import read_header  # noqa: E402
+from qdriver.memory.header import read_header
 from qdriver.xml.domain import DomainDef  # noqa: E402
 
 

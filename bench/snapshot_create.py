@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 import qdriver  # noqa: E402
 from common import fill_cmdline, guest_xml, wait_booted  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
-from qdriver.opcontext import write_definition  # noqa: E402
-from qdriver.ops.blocknodes import top_nodes  # noqa: E402
-from qdriver.ops.memfile import MAX_BANDWIDTH  # noqa: E402
-from qdriver.ops.progress import guest_pause  # noqa: E402
+from qdriver.job import write_definition  # noqa: E402
+from qdriver.blockdev.nodes import top_nodes
+from qdriver.memory.memfile import MAX_BANDWIDTH
+from qdriver.progress import guest_pause
 
 Result = tuple[float, float, int, float]  # seconds, pause, memory bytes, flush seconds
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import qdriver  # noqa: E402
 from common import guest_xml, wait_booted  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
-from qdriver.ops.blocknodes import top_nodes  # noqa: E402
+from qdriver.blockdev.nodes import top_nodes
 
 
 def fill(image: Path) -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
-from qdriver import cmdline  # noqa: E402
+from qdriver.launch import cmdline
 from conftest import GuestImage, domain_xml  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 ``async with Driver(state_dir) as drv: dom = await drv.define_xml(xml)``
 """
 from .domain import Domain
-from .domstate import DomainState
+from .runstatus import DomainState
 from .driver import Driver
 from .errors import (AgentUnresponsiveError, ArgumentUnsupportedError, ConfigUnsupportedError,
                      DomainBusyError, ErrorCode, InternalError, InvalidArgError,
@@ -11,14 +11,15 @@ from .errors import (AgentUnresponsiveError, ArgumentUnsupportedError, ConfigUns
                      OperationFailedError, OperationInvalidError, OperationTimeoutError,
                      OperationUnsupportedError, QDriverError, ShutdownTimeoutError,
                      SnapshotRevertRiskyError, SystemError_, XMLError)
-from .ops.create_plan import CreateFlags, HostCaps, Plan, plan_snapshot
-from .ops.progress import CreateReport, Progress
+from .caps.running import RunningCaps
+from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
+from .progress import CreateReport, Progress
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
-from .snapshot_handle import Snapshot
-from .snapshot_tree import ListFilter
+from .snapshots.handle import Snapshot
+from .snapshots.tree import ListFilter
 
 __all__ = [
-    "Domain", "DomainState", "Driver", "CreateFlags", "HostCaps", "Plan", "plan_snapshot",
+    "Domain", "DomainState", "Driver", "CreateFlags", "RunningCaps", "CreatePlan", "plan_snapshot",
     "RevertFlags", "RevertPlan", "plan_revert", "Snapshot", "ListFilter", "CreateReport",
     "Progress", "AgentUnresponsiveError", "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",

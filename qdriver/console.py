@@ -18,7 +18,28 @@ from typing import Iterator
 
 import anyio
 
+from .errors import OperationInvalidError
+from .launch.runtime import RunRecord
+from .paths import DomainPaths
+from .xml.domain import DomainDef
+
 ESCAPE = b"\x1d"
+
+
+def console_path(definition: DomainDef, record: RunRecord | None,
+                 paths: DomainPaths) -> Path | str:
+    """The pty or UNIX socket of a domain's first serial port."""
+    if record is None:
+        raise OperationInvalidError("domain is not running")
+    if not definition.serials:
+        raise OperationInvalidError(f"domain '{definition.name}' has no console device")
+    serial = definition.serials[0]
+    if serial.type == "pty" and record.console_pty:
+        return record.console_pty
+    if serial.type == "unix":
+        return Path(serial.path) if serial.path else paths.console
+    raise OperationInvalidError(f"character device serial0 of type '{serial.type}' "
+                                "cannot be attached to")
 
 
 @contextmanager

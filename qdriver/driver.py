@@ -13,16 +13,18 @@ from types import TracebackType
 
 import anyio
 
-from . import accel, cmdline, emulator, launch, qemucaps, runas
+from .caps import accel, qemucaps
+from .launch import cmdline, start as launch
+from . import emulator, runas
 from .domain import Domain
 from .errors import (ConfigUnsupportedError, NoDomainError, OperationFailedError,
                      OperationInvalidError, QDriverError, XMLError)
-from .ops import memfile
-from .ops.progress import ProgressFn
-from .opcontext import storable_definition, write_definition
+from .memory import memfile
+from .progress import ProgressFn
+from .job import storable_definition, write_definition
 from .paths import DomainPaths, default_state_dir, make_private_dir
 from .runas import QemuUser
-from .statestore import locked, next_counter
+from .durable import locked, next_counter
 from .xml import abi, layout
 from .xml.domain import DomainDef
 
@@ -146,8 +148,8 @@ class Driver:
             if existing is not None:
                 # a redefinition waits for the operation in progress on the domain, and
                 # finishes a dead one first: its rollback must not undo this definition
-                async with existing.operation() as ctx:
-                    ctx.save_persistent(definition)
+                async with existing.job() as job:
+                    job.save_persistent(definition)
                 return existing
             paths = DomainPaths.of(self.state_dir, definition.name)
             make_private_dir(paths.dir)
@@ -202,11 +204,11 @@ class Driver:
     async def undefine(self, dom: Domain, snapshots_metadata: bool = False,
                        managed_save: bool = False) -> None:
         """Remove a shut-off domain's definition and its files."""
-        async with dom.operation() as ctx:
+        async with dom.job() as job:
             if dom.has_managed_save() and not managed_save:
                 raise OperationInvalidError(
                     "Refusing to undefine while domain managed save image exists")
-            if ctx.record is not None:
+            if job.record is not None:
                 raise OperationInvalidError("cannot undefine a running domain; destroy it first")
             snaps = sorted(dom.paths.snapshots.glob("*.xml")) if dom.paths.snapshots.exists() \
                 else []

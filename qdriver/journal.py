@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from . import process
 from .errors import FormatError
-from .statestore import atomic_write
+from .durable import atomic_write
 
 FORMAT = 1
 """The journal file's format version; bump it when a record changes shape."""

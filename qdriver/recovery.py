@@ -1,6 +1,6 @@
 """Finish what a dead process left half-done, from the journal it left behind.
 
-`Domain.operation` calls `recover` right after it takes the domain lock.  A
+`Domain` calls `recover` in every job it opens, right after the state is read.  A
 journal found then belongs to an operation whose process died (holding the
 lock, it would still be in the operation): its actions run newest first,
 which rolls the operation back, or forward once it had passed its point of
@@ -10,17 +10,14 @@ CLI prints it) and returned.
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from . import qmp
 from .errors import FormatError, QDriverError
+from .job import Job
 from .journal import Action, Journal, JournalRecord
 from .ops import actions, delete_exec
-from .opcontext import OpContext, read_definition
 from .paths import DomainPaths
-from .runtime import Runtime
-from .snapshot_tree import SnapshotStore
+from .snapshots.store import SnapshotStore
 
 log = logging.getLogger("qdriver")
 
@@ -43,49 +40,34 @@ class RecoveryReport:
                 f"{self.direction}: {done}{failed}")
 
 
-async def recover(paths: DomainPaths, runtime: Runtime, name: str, uuid: str
-                  ) -> RecoveryReport | None:
-    """Run a dead operation's journal (the caller holds the domain lock)."""
-    found = Journal(paths.journal).load()
-    store = SnapshotStore(paths.snapshots, name)
+async def recover(job: Job) -> RecoveryReport | None:
+    """Run a dead operation's journal, in the job that found it."""
+    found = Journal(job.paths.journal).load()
+    store = job.store
     if found is None and not store.marks_path.exists():
         return None
     unfinished = _unfinished(store)
     if found is None and not unfinished:
         store.clear_marks()
         return None
-    record = await runtime.reconcile()
-    persistent = read_definition(paths, name, uuid)
-    ctx = OpContext(paths, read_definition(paths, name, uuid, live=True)
-                    if record is not None else persistent, runtime, record,
-                    persistent=persistent if record is not None else None)
     op = found.describe() if found else "snapshot-delete (marked in the metadata)"
-    report = RecoveryReport(name, op, "rolled forward" if found is None or found.committed
+    report = RecoveryReport(job.name, op, "rolled forward" if found is None or found.committed
                             else "rolled back")
-    async with AsyncExitStack() as stack:
-        mon: list[qmp.Monitor | None] = []
-
-        async def monitor() -> qmp.Monitor | None:
-            if not mon:
-                mon.append(await _connect(ctx, stack))
-            return mon[0]
-
-        env = actions.ActionEnv(ctx, monitor)
-        for action in reversed(_steps(found, report)):
-            try:
-                await actions.run(env, action)
-                report.done.append(f"{action.kind} ({action.what})")
-            except (QDriverError, OSError) as e:
-                report.failed.append(f"{action.what}: {e}")
+    for action in reversed(_steps(found, report)):
         try:
-            deleted = await delete_exec.finish(ctx, await monitor())
-            if deleted:
-                report.done.append(f"finished deleting snapshots {', '.join(deleted)}")
+            await actions.run(job, action)
+            report.done.append(f"{action.kind} ({action.what})")
         except (QDriverError, OSError) as e:
-            report.failed.append(f"the delete of {', '.join(unfinished)}: {e}")
-        if mon and mon[0] is not None:
-            await ctx.sync_run_state(mon[0])
-    paths.journal.unlink(missing_ok=True)
+            report.failed.append(f"{action.what}: {e}")
+    try:
+        deleted = await delete_exec.finish(job)
+        if deleted:
+            report.done.append(f"finished deleting snapshots {', '.join(deleted)}")
+    except (QDriverError, OSError) as e:
+        report.failed.append(f"the delete of {', '.join(unfinished)}: {e}")
+    if job.monitor_open:
+        await job.sync_run_state()
+    job.paths.journal.unlink(missing_ok=True)
     log.warning("%s", report)
     return report
 
@@ -98,15 +80,6 @@ def _steps(found: JournalRecord | None, report: RecoveryReport) -> list[Action]:
     except FormatError as e:
         report.failed.append(f"{e.detail}: none of its actions was run")
         return []
-
-
-async def _connect(ctx: OpContext, stack: AsyncExitStack) -> qmp.Monitor | None:
-    if ctx.record is None:
-        return None
-    try:
-        return await stack.enter_async_context(qmp.open_monitor(ctx.paths.qmp))
-    except qmp.MonitorConnectError:
-        return None
 
 
 def _unfinished(store: SnapshotStore) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 
 from pathlib import Path
 
-from qdriver.accel import probe, probe_kvm
+from qdriver.caps.accel import probe, probe_kvm
 
 pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
 

@@ -6,7 +6,7 @@ import pytest
 from qdriver.errors import InvalidArgError
 from qdriver.ops.delete_plan import (Commit, DeleteFlags, DeleteStep, ImageGraph,
                                      InternalDelete, plan_delete, victims)
-from qdriver.snapshot_tree import SnapshotTree
+from qdriver.snapshots.tree import SnapshotTree
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef, SnapshotDisk
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from qdriver.domstate import DomainState
+from qdriver.runstatus import DomainState
 from qdriver import process
-from qdriver.guestpool import qemu_pids
+from qdriver.testing.guestpool import qemu_pids
 
-from .helpers import alive, run_cli, wait_console
+from .helpers import MakeDomain, alive, run_cli, wait_console
 
 
 async def test_destroy_preempts_an_operation_waiting_on_a_frozen_qemu(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     rec = dom.runtime.peek()
     assert rec is not None
@@ -57,7 +57,7 @@ async def test_destroy_preempts_an_operation_waiting_on_a_frozen_qemu(
     assert await dom.get_state() == (DomainState.SHUTOFF, "destroyed")
 
 
-async def test_define_during_a_memory_snapshot_is_never_lost(make_domain,
+async def test_define_during_a_memory_snapshot_is_never_lost(make_domain: MakeDomain,
                                                              tmp_path: Path) -> None:
     dom = await make_domain(memory_mib=512, cmdline="qd.fill=300 qd.fillmode=repeat")
     await dom.start()
@@ -79,7 +79,7 @@ async def test_define_during_a_memory_snapshot_is_never_lost(make_domain,
     await dom.destroy()
 
 
-async def test_undefine_racing_start_ends_one_way_or_the_other(make_domain,
+async def test_undefine_racing_start_ends_one_way_or_the_other(make_domain: MakeDomain,
                                                                state_dir: Path) -> None:
     for _ in range(3):
         await make_domain(with_disk=False)
@@ -120,7 +120,7 @@ def fill(directory: Path) -> Path:
 
 
 async def test_full_state_disk_does_not_stop_destroy_suspend_or_shutdown(
-        booted, state_dir: Path) -> None:
+        booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     filler = fill(state_dir.parent)
     for cmd, state in (("suspend", DomainState.PAUSED), ("resume", DomainState.RUNNING)):
@@ -145,7 +145,7 @@ async def test_full_state_disk_does_not_stop_destroy_suspend_or_shutdown(
 
 
 async def test_define_after_a_killed_snapshot_is_not_undone_by_its_recovery(
-        make_domain, state_dir: Path, tmp_path: Path) -> None:
+        make_domain: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await make_domain()
     edited = tmp_path / "edited.xml"
     edited.write_text(dom.xml_desc(inactive=True).replace(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qdriver import cmdline
+from qdriver.launch import cmdline
 from qdriver.errors import ConfigUnsupportedError, XMLError
 from qdriver.paths import DomainPaths
 from qdriver.xml import abi

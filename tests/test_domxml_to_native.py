@@ -6,10 +6,10 @@ from pathlib import Path
 
 import qdriver
 
-from .helpers import run_cli
+from .helpers import MakeDomain, run_cli
 
 
-async def test_native_argv_is_what_start_runs(make_domain, state_dir: Path,
+async def test_native_argv_is_what_start_runs(make_domain: MakeDomain, state_dir: Path,
                                               tmp_path: Path) -> None:
     dom = await make_domain()
     printed = run_cli(state_dir, "domxml-to-native", "guest").stdout.decode()

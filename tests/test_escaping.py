@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import qdriver
-from qdriver import cmdline
+from qdriver.launch import cmdline
 from qdriver.errors import XMLError
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef

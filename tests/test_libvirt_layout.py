@@ -18,11 +18,12 @@ import anyio
 import pytest
 
 import qdriver
-from qdriver import qemucaps
+from qdriver.caps import qemucaps
+from qdriver.launch import cmdline
 from qdriver.driver import pin_machine
 from qdriver.errors import ConfigUnsupportedError
 from qdriver.paths import DomainPaths
-from qdriver.saveimage import read_header
+from qdriver.memory.header import read_header
 from qdriver.xml import layout as qlayout
 from qdriver.xml.domain import DomainDef
 
@@ -84,7 +85,7 @@ def libvirt_layouts(tmp_path_factory: pytest.TempPathFactory
 
 @needs_libvirt
 @pytest.mark.parametrize("case", sorted(DEVICES))
-async def test_define_places_devices_where_libvirt_does(case: str, libvirt_layouts,
+async def test_define_places_devices_where_libvirt_does(case: str, libvirt_layouts: dict[str, dict[tuple[str, ...], dict[str, str]]],
                                                        driver: qdriver.Driver) -> None:
     machine, devices = DEVICES[case]
     dom = await driver.define_xml(domain(case, machine, devices))
@@ -105,7 +106,7 @@ def test_assignment_is_idempotent_and_keeps_given_addresses() -> None:
 def test_every_device_is_placed_on_the_command_line(tmp_path: Path) -> None:
     xml = domain("x", "q35", DEVICES["q35-conventional-pci"][1])
     d = qlayout.assign(DomainDef.parse(xml))
-    argv = qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+    argv = cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
     assert "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,addr=0x2," \
            "multifunction=on" in devices
@@ -137,7 +138,7 @@ def test_what_cannot_be_honoured_is_refused_by_name(tmp_path: Path, devices: str
     d = DomainDef.parse(domain("x", "q35", devices))
     with pytest.raises(ConfigUnsupportedError, match=message.replace("(", r"\(")
                        .replace(")", r"\)")):
-        qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
 
 
 def test_a_device_on_a_missing_bus_is_an_error(tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_a_device_on_a_missing_bus_is_an_error(tmp_path: Path) -> None:
     d = qlayout.assign(DomainDef.parse(xml))
     # the given address is kept: no controller 9 is invented for it
     with pytest.raises(ConfigUnsupportedError, match="no PCI controller with index 9"):
-        qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
 
 
 # -- the same guest under libvirt and under qdriver ---------------------------------------
@@ -229,7 +230,7 @@ async def booted_in_qdriver(driver: qdriver.Driver, guest: MovingGuest) -> qdriv
 
 @needs_libvirt
 async def test_libvirt_domain_runs_under_qdriver_with_the_same_pci_layout(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest) -> None:
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest]) -> None:
     guest = moving_guest("lvguest")
     dumped = await booted_in_libvirt(libvirt, guest)
     theirs = pci_tree(libvirt.monitor("lvguest", "query-pci")[0]["devices"])
@@ -275,7 +276,7 @@ def last_value(console: Path) -> int:
 
 @needs_libvirt
 async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdriver.Driver,
-                                                moving_guest, tmp_path: Path) -> None:
+                                                moving_guest: Callable[[str], MovingGuest], tmp_path: Path) -> None:
     guest = moving_guest("qdguest")
     dom = await booted_in_qdriver(driver, guest)
     save = tmp_path / "qd.save"
@@ -290,7 +291,7 @@ async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdrive
 
 @needs_libvirt
 async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest, tmp_path: Path) -> None:
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest], tmp_path: Path) -> None:
     guest = moving_guest("qdguest")
     dom = await booted_in_qdriver(driver, guest)
     memory = tmp_path / "s1.mem"
@@ -308,7 +309,7 @@ async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
 
 @needs_libvirt
 async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
-                                                moving_guest, state_dir: Path,
+                                                moving_guest: Callable[[str], MovingGuest], state_dir: Path,
                                                 tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
     await booted_in_libvirt(libvirt, guest)
@@ -324,7 +325,7 @@ async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdrive
 
 @needs_libvirt
 async def test_libvirt_internal_snapshot_reverts_in_qdriver(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest, state_dir: Path,
+        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest], state_dir: Path,
         tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
     (tmp_path / "dom.xml").write_text(await booted_in_libvirt(libvirt, guest))
@@ -380,7 +381,7 @@ def test_unhonoured_clock_and_cpu_settings_are_refused(tmp_path: Path, element: 
                                                        message: str) -> None:
     d = DomainDef.parse(domain("x", "q35", "").replace("<devices>", element + "<devices>"))
     with pytest.raises(ConfigUnsupportedError, match=message):
-        qdriver.cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
 
 
 @needs_libvirt
@@ -391,7 +392,7 @@ def test_power_states_and_vmport_reach_qemu_as_libvirt_passes_them(
                                             "</features><pm><suspend-to-mem enabled='no'/>"
                                             "<suspend-to-disk enabled='yes'/></pm>")
     theirs = shlex.split(libvirt.call("to_native", xml))
-    ours = qdriver.cmdline.build(pin_machine(qlayout.assign(DomainDef.parse(xml))),
+    ours = cmdline.build(pin_machine(qlayout.assign(DomainDef.parse(xml))),
                                  DomainPaths.of(tmp_path, "pm"), "tcg")
 
     def settings(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -15,10 +15,10 @@ import qdriver
 from qdriver import DomainState
 from qdriver.paths import socket_root
 
-from .helpers import last_counter, qemu_pids, run_cli, wait_console
+from .helpers import MakeDomain, last_counter, qemu_pids, run_cli, wait_console
 
 
-async def test_define_start_suspend_resume_shutdown(make_domain) -> None:
+async def test_define_start_suspend_resume_shutdown(make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start()
     assert dom.state == DomainState.RUNNING and dom.id is not None
@@ -41,7 +41,7 @@ async def test_define_start_suspend_resume_shutdown(make_domain) -> None:
     assert dom.id is None
 
 
-async def test_destroy_running_guest(booted, state_dir: Path) -> None:
+async def test_destroy_running_guest(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     t = time.monotonic()
     await dom.destroy()
@@ -53,7 +53,7 @@ async def test_destroy_running_guest(booted, state_dir: Path) -> None:
         await dom.destroy()
 
 
-async def test_start_paused(make_domain) -> None:
+async def test_start_paused(make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     assert await dom.get_state() == (DomainState.PAUSED, "user")
@@ -63,7 +63,7 @@ async def test_start_paused(make_domain) -> None:
     await wait_console(dom, "GUEST-READY")
 
 
-async def test_second_process_sees_and_controls_domain(make_domain, state_dir: Path) -> None:
+async def test_second_process_sees_and_controls_domain(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start()
     listing = run_cli(state_dir, "list", "--all").stdout.decode()
@@ -77,7 +77,7 @@ async def test_second_process_sees_and_controls_domain(make_domain, state_dir: P
     assert dom.state == DomainState.SHUTOFF
 
 
-async def test_kill_9_is_noticed_as_crash(booted, state_dir: Path) -> None:
+async def test_kill_9_is_noticed_as_crash(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     pid = int(dom.paths.pidfile.read_text())
     os.kill(pid, signal.SIGKILL)
@@ -92,7 +92,7 @@ async def test_kill_9_is_noticed_as_crash(booted, state_dir: Path) -> None:
 
 
 async def test_new_driver_reconnects_to_qemu_started_by_another_process(
-        make_domain, state_dir: Path) -> None:
+        make_domain: MakeDomain, state_dir: Path) -> None:
     await make_domain()
     run_cli(state_dir, "start", "guest")  # that process has exited; QEMU lives on
     drv = qdriver.Driver(state_dir)
@@ -109,7 +109,7 @@ async def test_new_driver_reconnects_to_qemu_started_by_another_process(
     await dom.destroy()
 
 
-async def test_shutdown_escalates_when_guest_ignores_acpi(make_domain) -> None:
+async def test_shutdown_escalates_when_guest_ignores_acpi(make_domain: MakeDomain) -> None:
     dom = await make_domain(cmdline="qd.noacpi=1")
     await dom.start()
     await wait_console(dom, "GUEST-READY")
@@ -126,7 +126,7 @@ async def test_shutdown_escalates_when_guest_ignores_acpi(make_domain) -> None:
     assert "GUEST-POWEROFF" not in dom.paths.console_log.read_text()
 
 
-async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain,
+async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain: MakeDomain,
                                                                    state_dir: Path) -> None:
     """Asked to power off, the guest ignored it, and then QEMU was killed: that is a
     crash, not a shutdown."""
@@ -152,7 +152,7 @@ async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain,
     assert out == "shut off (crashed)"
 
 
-async def test_lock_makes_second_operation_wait_then_fail(make_domain, state_dir: Path) -> None:
+async def test_lock_makes_second_operation_wait_then_fail(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     impatient = qdriver.Driver(state_dir, lock_timeout=0.3).lookup("guest")
@@ -165,7 +165,7 @@ async def test_lock_makes_second_operation_wait_then_fail(make_domain, state_dir
     assert (await dom.get_state())[0] == DomainState.RUNNING
 
 
-async def test_console_attach_and_detach(booted, state_dir: Path) -> None:
+async def test_console_attach_and_detach(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     proc = subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
                              "console", "guest"], stdin=subprocess.PIPE,
@@ -189,7 +189,7 @@ async def test_console_attach_and_detach(booted, state_dir: Path) -> None:
     assert dom.state == DomainState.RUNNING, "detaching must not stop the guest"
 
 
-async def test_dumpxml_live_has_id_and_keeps_definition(make_domain, state_dir: Path) -> None:
+async def test_dumpxml_live_has_id_and_keeps_definition(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     inactive = dom.xml_desc()
     await dom.start(paused=True)
@@ -209,7 +209,7 @@ def assert_nothing_left(dom: qdriver.Domain, state_dir: Path) -> None:
     assert dom.state == DomainState.SHUTOFF
 
 
-async def test_missing_disk_image(make_domain, state_dir: Path) -> None:
+async def test_missing_disk_image(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     Path(dom.definition.disks[0].source).unlink()
     with pytest.raises(qdriver.SystemError_, match=r"Cannot access storage file '.*guest-vda\.qcow2'"):
@@ -217,7 +217,7 @@ async def test_missing_disk_image(make_domain, state_dir: Path) -> None:
     assert_nothing_left(dom, state_dir)
 
 
-async def test_qemu_refusing_to_start_reports_its_error(make_domain, state_dir: Path,
+async def test_qemu_refusing_to_start_reports_its_error(make_domain: MakeDomain, state_dir: Path,
                                                         tmp_path: Path) -> None:
     dom = await make_domain(name="rawdisk")
     Path(dom.definition.disks[0].source).write_bytes(b"\0" * 65536)  # not a qcow2 image
@@ -227,9 +227,9 @@ async def test_qemu_refusing_to_start_reports_its_error(make_domain, state_dir: 
     assert dom.state_reason() == (DomainState.SHUTOFF, "failed")
 
 
-async def test_kvm_unusable_is_reported(make_domain, state_dir: Path, monkeypatch) -> None:
+async def test_kvm_unusable_is_reported(make_domain: MakeDomain, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dom = await make_domain(dtype="kvm")
-    from qdriver import accel
+    from qdriver.caps import accel
     monkeypatch.setattr(accel, "probe_kvm", lambda: accel.AccelStatus(
         "kvm", False, "/dev/kvm is provided by kvm_pvm (PVM)"))
     with pytest.raises(qdriver.ConfigUnsupportedError,
@@ -238,7 +238,7 @@ async def test_kvm_unusable_is_reported(make_domain, state_dir: Path, monkeypatc
     assert_nothing_left(dom, state_dir)
 
 
-async def test_duplicate_name_and_running_start(make_domain, driver) -> None:
+async def test_duplicate_name_and_running_start(make_domain: MakeDomain, driver: qdriver.Driver) -> None:
     dom = await make_domain()
     again = dom.xml_desc().replace(dom.uuid, "00000000-0000-0000-0000-000000000001")
     with pytest.raises(qdriver.OperationFailedError,
@@ -255,7 +255,7 @@ async def test_duplicate_name_and_running_start(make_domain, driver) -> None:
 
 
 @pytest.mark.no_qemu
-async def test_unknown_domain(driver, state_dir: Path) -> None:
+async def test_unknown_domain(driver: qdriver.Driver, state_dir: Path) -> None:
     with pytest.raises(qdriver.NoDomainError,
                        match="Domain not found: no domain with matching name 'nope'"):
         driver.lookup("nope")
@@ -268,7 +268,7 @@ async def test_unknown_domain(driver, state_dir: Path) -> None:
 
 @pytest.mark.no_qemu
 async def test_cli_rejects_bad_xml_and_defines_nothing(state_dir: Path, tmp_path: Path,
-                                                       driver) -> None:
+                                                       driver: qdriver.Driver) -> None:
     bad = tmp_path / "bad.xml"
     bad.write_text("<domain type='qemu'><name>x</name>")
     r = run_cli(state_dir, "define", str(bad), check=False)
@@ -282,7 +282,7 @@ async def test_cli_rejects_bad_xml_and_defines_nothing(state_dir: Path, tmp_path
     assert driver.list_domains() == []
 
 
-async def test_undefine(make_domain, driver, state_dir: Path) -> None:
+async def test_undefine(make_domain: MakeDomain, driver: qdriver.Driver, state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     with pytest.raises(qdriver.OperationInvalidError, match="running"):

@@ -20,9 +20,9 @@ import pytest
 import qdriver
 from qdriver import DomainState
 from qdriver.ops.create_exec import STEPS
-from qdriver.ops.create_plan import Step
+from qdriver.ops.create_plan import CreateStep
 
-from .helpers import backing_chain, run_cli, wait_console
+from .helpers import MakeDomain, backing_chain, run_cli, wait_console
 
 PACKAGE = Path(qdriver.__file__).parent
 
@@ -43,7 +43,7 @@ def assert_one_linear_chain(dom: qdriver.Domain, base: str, count: int) -> None:
     assert tree.current == by_file[chain[0]]
 
 
-async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain, state_dir: Path) -> None:
+async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain: MakeDomain, state_dir: Path) -> None:
     a = await make_domain(name="w")
     base = a.definition.disks[0].source or ""
     b = qdriver.Driver(state_dir).lookup("w")
@@ -58,7 +58,7 @@ async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain, state_dir:
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["offline", "running"])
-async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain, booted,
+async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain: MakeDomain, booted: MakeDomain,
                                                               state_dir: Path,
                                                               running: bool) -> None:
     dom = await (booted if running else make_domain)(name="w")
@@ -83,7 +83,7 @@ async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain, boote
         await dom.destroy()
 
 
-async def test_a_long_lived_handle_follows_other_processes(make_domain,
+async def test_a_long_lived_handle_follows_other_processes(make_domain: MakeDomain,
                                                            state_dir: Path) -> None:
     dom = await make_domain()  # held across everything the CLI does below
     run_cli(state_dir, "start", "guest")
@@ -115,7 +115,7 @@ async def test_a_long_lived_handle_follows_other_processes(make_domain,
     await dom.destroy()
 
 
-async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain, driver,
+async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain: MakeDomain, driver: qdriver.Driver,
                                                               state_dir: Path) -> None:
     dom = await make_domain()
     xml = dom.xml_desc(inactive=True)
@@ -132,14 +132,14 @@ async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain, drive
 
 
 async def test_state_queries_neither_reap_without_the_lock_nor_block(
-        booted, monkeypatch: pytest.MonkeyPatch) -> None:
+        booted: MakeDomain, monkeypatch: pytest.MonkeyPatch) -> None:
     dom = await booted()
 
     def no_blocking_sleep(seconds: float) -> None:
         raise AssertionError("time.sleep on a state query blocks the event loop")
     monkeypatch.setattr(time, "sleep", no_blocking_sleep)
 
-    async with dom.operation():  # another operation holds the lock
+    async with dom.job():  # another operation holds the lock
         os.kill(int(dom.paths.pidfile.read_text()), signal.SIGKILL)
         with anyio.fail_after(30):  # until the supervisor recorded the exit
             while dom.state != DomainState.SHUTOFF:
@@ -154,7 +154,7 @@ async def test_state_queries_neither_reap_without_the_lock_nor_block(
 
 @pytest.mark.no_qemu
 def test_every_plan_step_has_an_executor_step() -> None:
-    assert set(STEPS) == set(Step)
+    assert set(STEPS) == set(CreateStep)
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -187,8 +187,9 @@ def test_the_import_graph_has_no_cycle() -> None:
     # ``from . import x`` names the root package, whose __init__ only re-exports
     # the public API; the edge that counts is the one to ``x``
     graph = {n: (deps - {"qdriver"} if n != "qdriver" else deps) for n, deps in graph.items()}
-    for core in ("qdriver.domain", "qdriver.runtime", "qdriver.snapshot_handle",
-                 "qdriver.ops.transaction", "qdriver.ops.create_exec"):
+    for core in ("qdriver.domain", "qdriver.job", "qdriver.launch.runtime",
+                 "qdriver.snapshots.handle", "qdriver.ops.transaction",
+                 "qdriver.ops.create_exec"):
         assert core in graph
     visiting: list[str] = []
     done: set[str] = set()
@@ -207,8 +208,20 @@ def test_the_import_graph_has_no_cycle() -> None:
         visit(name)
 
 
+@pytest.mark.no_qemu
+def test_no_execution_imports_another_operations() -> None:
+    """Executions share helpers through lower modules (``ops.shared``, ``ops.memsave``,
+    the packages below ``ops``), never through one another."""
+    executions = {path.stem: path for path in (PACKAGE / "ops").glob("*_exec.py")}
+    assert {"create_exec", "revert_exec", "delete_exec", "save_exec"} <= set(executions)
+    for stem, path in executions.items():
+        others = {f"qdriver.ops.{o}" for o in executions if o != stem}
+        crossing = _imports(path, f"qdriver.ops.{stem}") & others
+        assert not crossing, f"{stem} imports {sorted(crossing)}"
+
+
 async def test_define_on_a_running_domain_leaves_the_live_chain_alone(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     """libvirt's live and persistent definitions: ``define`` of an older XML while
     the guest runs changes only what the next start uses; snapshots of the running
     guest go on from the images QEMU really writes."""

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import anyio
 
-from qdriver.domstate import DomainState
+from qdriver.runstatus import DomainState
 from qdriver.paths import owner_dir, runtime_base
 
-from .helpers import run_cli
+from .helpers import MakeDomain, run_cli
 
 
 def files_under(path: Path) -> set[Path]:
     return {p for p in path.rglob("*") if p.is_file()}
 
 
-async def test_state_and_runtime_dirs_are_refused_as_targets(booted, state_dir: Path,
+async def test_state_and_runtime_dirs_are_refused_as_targets(booted: MakeDomain, state_dir: Path,
                                                              tmp_path: Path) -> None:
     dom = await booted()
     domain_dir = dom.paths.dir

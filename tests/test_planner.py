@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qdriver import CreateFlags, HostCaps, plan_snapshot
+from qdriver import CreateFlags, RunningCaps, plan_snapshot
 from qdriver.errors import ErrorCode, QDriverError
 from qdriver.ops.create_plan import TABLE, Refuse, Row
 from qdriver.xml.domain import DomainDef
@@ -216,7 +216,7 @@ def test_c2_running_external_live_background_and_precopy() -> None:
                           "switch-definition", "write-metadata")
     assert (plan.pause, plan.live, plan.resume) == ("brief", "background", True)
     plan = plan_snapshot(domain(), "running", xml, CreateFlags(live=True),
-                         HostCaps(background_snapshot=False))
+                         RunningCaps(background_snapshot=False))
     assert plan.steps == ("create-overlays", "migrate-live", "transaction",
                           "switch-definition", "resume", "write-metadata")
     assert (plan.pause, plan.live) == ("brief", "precopy")
@@ -241,7 +241,7 @@ def test_c2_running_external_memory_internal_disk_beyond_libvirt() -> None:
     assert live.steps[:4] == ("create-overlays", "pause", "transaction", "migrate-background")
     with pytest.raises(QDriverError, match="needs the background-snapshot"):
         plan_snapshot(domain(), "running", snapshot_xml("external", "internal"),
-                      CreateFlags(live=True), HostCaps(background_snapshot=False))
+                      CreateFlags(live=True), RunningCaps(background_snapshot=False))
 
 
 def test_c2_running_internal_memory_with_external_or_excluded_disk_beyond_libvirt() -> None:
@@ -433,7 +433,7 @@ def test_the_table_has_every_cell_once() -> None:
     assert all(isinstance(v, (Row, Refuse)) for v in TABLE.values())
 
 
-def test_planner_does_no_io(tmp_path, monkeypatch) -> None:
+def test_planner_does_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the images named in the domain do not exist; planning must not care
     import builtins
     import os

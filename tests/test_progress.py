@@ -6,7 +6,7 @@ import io
 import pytest
 
 from qdriver.cli.registry import ProgressPrinter, progress_lines
-from qdriver.ops.progress import Progress
+from qdriver.progress import Progress
 
 pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from .helpers import GuestImage, domain_xml, sha256
-from qdriver.guestpool import qemu_pids
+from qdriver.testing.guestpool import qemu_pids
 from qdriver.paths import socket_root
 
 FRESH_TESTS = r'''
@@ -310,8 +310,8 @@ def test_no_qdriver_turns_the_plugin_off(pytester: pytest.Pytester) -> None:
     assert "qdriver_domain" not in off.stdout.str()
 
 
-def test_the_readme_example_runs(pytester: pytest.Pytester, plugin_env: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_documented_example_runs(pytester: pytest.Pytester, plugin_env: Path) -> None:
+    readme = (Path(__file__).parent.parent / "docs" / "pytest-plugin.md").read_text()
     start = readme.index("```python\n# test_guest.py")
     example = readme[start + len("```python\n"):readme.index("```", start + 10)]
     pytester.makepyfile(test_guest=example)

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 import qdriver
-from qdriver import DomainState, qemucaps
-from qdriver.ops.create_plan import HostCaps, Step, plan_snapshot
+from qdriver import DomainState
+from qdriver.caps import qemucaps
+from qdriver.caps.running import RunningCaps
+from qdriver.ops.create_plan import CreateStep, plan_snapshot
 from qdriver.xml.domain import DomainDef
 
-from .helpers import assert_save_image, keeps_counting, last_counter, run_cli, wait_console
+from .helpers import MakeDomain, assert_save_image, keeps_counting, last_counter, run_cli, wait_console
 
 
 def qemu_version() -> str:
@@ -26,7 +28,7 @@ def qemu_version() -> str:
     return out.split()[3]
 
 
-async def test_the_probe_reads_this_qemu_and_is_recorded_once(booted,
+async def test_the_probe_reads_this_qemu_and_is_recorded_once(booted: MakeDomain,
                                                               tmp_path: Path) -> None:
     caps = await qemucaps.probe_binary()
     assert caps.version == qemu_version()
@@ -53,7 +55,7 @@ async def test_domcapabilities_names_the_qemu_and_its_mechanisms(state_dir: Path
         assert f"<mechanism name='{name}' supported='{'yes' if supported else 'no'}'/>" in out
 
 
-async def test_a_live_snapshot_leaves_the_running_guest_running(booted, state_dir: Path,
+async def test_a_live_snapshot_leaves_the_running_guest_running(booted: MakeDomain, state_dir: Path,
                                                                 tmp_path: Path) -> None:
     """QEMU 9.0+ ends a background snapshot in the run state it started from: paused,
     because the disks were switched first. The guest must run again all the same, and
@@ -71,7 +73,7 @@ async def test_a_live_snapshot_leaves_the_running_guest_running(booted, state_di
     await dom.destroy()
 
 
-async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted, state_dir: Path,
+async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted: MakeDomain, state_dir: Path,
                                                                  tmp_path: Path) -> None:
     """A memory save leaves a paused guest's QEMU in postmigrate, from which every QEMU
     here refuses the next migration (7.2 and 10 alike) and internal snapshots (its
@@ -87,7 +89,7 @@ async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted, state_d
     async with dom.monitor() as mon:
         assert (await mon.execute("query-status"))["status"] == "postmigrate"
     plan = await dom.plan_snapshot(xml("p2"))
-    assert plan.steps[0] == Step.LEAVE_POSTMIGRATE
+    assert plan.steps[0] == CreateStep.LEAVE_POSTMIGRATE
     await dom.snapshot_create_xml(xml("p2"))
     await dom.snapshot_create_xml("<domainsnapshot><name>p3</name></domainsnapshot>")
     for name in ("p1", "p2"):
@@ -117,10 +119,10 @@ DOMAIN = """<domain type='qemu'><name>p</name><memory unit='MiB'>256</memory>
 def test_plan_leaves_postmigrate_only_when_the_snapshot_needs_it(xml: str, flags: dict,
                                                                  leaves: bool) -> None:
     plan = plan_snapshot(DomainDef.parse(DOMAIN), "paused", xml,
-                         qdriver.CreateFlags(**flags), caps=HostCaps(migrated=True))
-    assert (Step.LEAVE_POSTMIGRATE in plan.steps) == leaves
-    assert Step.RESUME not in plan.steps
-    assert Step.LEAVE_POSTMIGRATE not in plan_snapshot(
+                         qdriver.CreateFlags(**flags), caps=RunningCaps(migrated=True))
+    assert (CreateStep.LEAVE_POSTMIGRATE in plan.steps) == leaves
+    assert CreateStep.RESUME not in plan.steps
+    assert CreateStep.LEAVE_POSTMIGRATE not in plan_snapshot(
         DomainDef.parse(DOMAIN), "paused", xml, qdriver.CreateFlags(**flags)).steps
 
 
@@ -152,7 +154,7 @@ def test_a_prefix_qemu_is_pointed_at_its_own_modules(tmp_path: Path) -> None:
     assert module_env("/usr/bin/qemu-system-x86_64") == {}
 
 
-async def test_the_running_qemu_has_its_own_module_directory(make_domain) -> None:
+async def test_the_running_qemu_has_its_own_module_directory(make_domain: MakeDomain) -> None:
     """On the QEMU 10 run (a private prefix first on PATH) QEMU must not try the
     system QEMU's modules ("Only modules from the same build can be loaded")."""
     import os

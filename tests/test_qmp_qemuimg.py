@@ -8,10 +8,10 @@ import pytest
 from qemu.qmp import ExecuteError
 
 from qdriver import qemuimg, qmp
-from qdriver.cmdline import format_node
+from qdriver.launch.cmdline import format_node
 
 
-async def test_job_helper_runs_snapshot_save_and_reports_job_errors(make_domain) -> None:
+async def test_job_helper_runs_snapshot_save_and_reports_job_errors(make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     node = format_node("vda")
@@ -31,7 +31,7 @@ async def test_job_helper_runs_snapshot_save_and_reports_job_errors(make_domain)
     assert [s.name for s in snaps] == ["s1"] and snaps[0].vm_state_size > 0
 
 
-async def test_command_errors_and_fd_passing(make_domain, tmp_path: Path) -> None:
+async def test_command_errors_and_fd_passing(make_domain: MakeDomain, tmp_path: Path) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     async with dom.monitor() as mon:

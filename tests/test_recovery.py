@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import qdriver
-from qdriver.faults import ENV, TRACE_ENV
+from qdriver.testing.faults import ENV, TRACE_ENV
 
 from .helpers import SavedGuests, assert_consistent
 

@@ -8,13 +8,13 @@ import pytest
 
 import qdriver
 from qdriver import DomainState
-from qdriver.saveimage import read_header
+from qdriver.memory.header import read_header
 
-from .helpers import (assert_resumes_from, assert_save_image, console_offset, counters_after,
+from .helpers import (MakeDomain, assert_resumes_from, assert_save_image, console_offset, counters_after,
                       disk_counter, last_counter, qemu_pids, run_cli, sha256, wait_console)
 
 
-async def test_save_then_restore_goes_on_from_the_save_point(booted, state_dir: Path,
+async def test_save_then_restore_goes_on_from_the_save_point(booted: MakeDomain, state_dir: Path,
                                                              tmp_path: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source or ""
@@ -35,7 +35,7 @@ async def test_save_then_restore_goes_on_from_the_save_point(booted, state_dir: 
     await dom.destroy()
 
 
-async def test_save_paused_restores_paused(booted, tmp_path: Path) -> None:
+async def test_save_paused_restores_paused(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "p.save"
     await dom.save(save, paused=True)
@@ -48,7 +48,7 @@ async def test_save_paused_restores_paused(booted, tmp_path: Path) -> None:
     await dom.destroy()
 
 
-async def test_managed_save_and_start(booted, state_dir: Path) -> None:
+async def test_managed_save_and_start(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     run_cli(state_dir, "managedsave", "guest")
     assert "Managed save:   yes" in run_cli(state_dir, "dominfo", "guest").stdout.decode()
@@ -73,7 +73,7 @@ async def test_managed_save_and_start(booted, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_restore_defines_a_domain_it_does_not_know(booted, driver, state_dir: Path,
+async def test_restore_defines_a_domain_it_does_not_know(booted: MakeDomain, driver: qdriver.Driver, state_dir: Path,
                                                          tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "u.save"
@@ -86,7 +86,7 @@ async def test_restore_defines_a_domain_it_does_not_know(booted, driver, state_d
     await restored.destroy()
 
 
-async def test_save_image_define_replaces_the_xml(booted, state_dir: Path,
+async def test_save_image_define_replaces_the_xml(booted: MakeDomain, state_dir: Path,
                                                   tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "d.save"
@@ -111,7 +111,7 @@ async def test_save_image_define_replaces_the_xml(booted, state_dir: Path,
     await dom.destroy()
 
 
-async def test_bad_restores_change_nothing(booted, state_dir: Path, tmp_path: Path) -> None:
+async def test_bad_restores_change_nothing(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "b.save"
     await dom.save(save)
@@ -131,12 +131,12 @@ async def test_bad_restores_change_nothing(booted, state_dir: Path, tmp_path: Pa
     await dom.destroy()
 
 
-async def test_a_save_file_cannot_choose_the_emulator(booted, driver, state_dir: Path,
+async def test_a_save_file_cannot_choose_the_emulator(booted: MakeDomain, driver: qdriver.Driver, state_dir: Path,
                                                       tmp_path: Path) -> None:
     """The XML in a save file is data: for a domain defined here, a restore never
     runs another emulator than the domain's, and leaves nothing behind."""
     import shutil
-    from qdriver.saveimage import rewrite_xml
+    from qdriver.memory.header import rewrite_xml
     dom = await booted()
     path = tmp_path / "g.save"
     await dom.save(path)
@@ -154,7 +154,7 @@ async def test_a_save_file_cannot_choose_the_emulator(booted, driver, state_dir:
 
 
 async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
-        booted, driver, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, driver: qdriver.Driver, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted(name="gone")
     path = tmp_path / "g.save"
     await dom.save(path)
@@ -178,7 +178,7 @@ def test_restore_from_a_fifo_is_refused_at_once(state_dir: Path, tmp_path: Path)
         r.stderr.decode(), r.stderr.decode()
 
 
-async def test_long_operations_show_progress_and_a_final_line(booted, state_dir: Path,
+async def test_long_operations_show_progress_and_a_final_line(booted: MakeDomain, state_dir: Path,
                                                              tmp_path: Path) -> None:
     """virsh's --verbose is accepted; an internal snapshot and its revert, silent
     before, say how long they took; a save ends with its 100 % line."""
@@ -196,7 +196,7 @@ async def test_long_operations_show_progress_and_a_final_line(booted, state_dir:
     run_cli(state_dir, "destroy", "guest")
 
 
-async def test_restore_with_another_xml_runs_on_other_disks(booted, state_dir: Path,
+async def test_restore_with_another_xml_runs_on_other_disks(booted: MakeDomain, state_dir: Path,
                                                             tmp_path: Path) -> None:
     """``restore --xml``: the saved guest on a copy of its disk, the original untouched;
     XML for other hardware is refused in libvirt's words and nothing is defined."""

@@ -17,9 +17,9 @@ import anyio
 import pytest
 
 import qdriver
-from qdriver import DomainState, qemuimg, qmp
+from qdriver import DomainState, qemuimg
 
-from .helpers import (assert_save_image, backing_of, disk_counter, internal_snapshots,
+from .helpers import (MakeDomain, assert_save_image, backing_of, disk_counter, internal_snapshots,
                       keeps_counting, last_counter, run_cli, wait_console, within)
 
 
@@ -32,7 +32,7 @@ async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tupl
 
 # -- offline (seed rows 1, 2, 4, 5 and the mixed row) ------------------------------
 
-async def test_offline_internal_external_and_mixed(make_domain, state_dir: Path) -> None:
+async def test_offline_internal_external_and_mixed(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     run_cli(state_dir, "snapshot-create-as", "guest", "off-int")
@@ -62,7 +62,7 @@ async def test_offline_internal_external_and_mixed(make_domain, state_dir: Path)
 
 # -- online internal (seed rows 7, 12, 19, 21) ---------------------------------------
 
-async def test_online_internal_full_system(booted, state_dir: Path,
+async def test_online_internal_full_system(booted: MakeDomain, state_dir: Path,
                                            tmp_path: Path) -> None:
     dom = await booted(disks=2)
     xml = tmp_path / "s.xml"
@@ -82,7 +82,7 @@ async def test_online_internal_full_system(booted, state_dir: Path,
     assert "<memory snapshot='internal'/>" in snap.xml_desc()
 
 
-async def test_internal_snapshot_of_paused_guest_stays_paused(booted,
+async def test_internal_snapshot_of_paused_guest_stays_paused(booted: MakeDomain,
                                                               state_dir: Path) -> None:
     dom = await booted()
     await dom.suspend()
@@ -95,7 +95,7 @@ async def test_internal_snapshot_of_paused_guest_stays_paused(booted,
 # -- online disk-only (seed rows 8, 11, 14, 17; 13 and 16 beyond libvirt) -------------
 
 async def test_external_disk_only_switches_both_disks_in_one_transaction(
-        booted, state_dir: Path) -> None:
+        booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted(disks=2)
     old = [d.source for d in dom.definition.disks]
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "d1",
@@ -115,7 +115,7 @@ async def test_external_disk_only_switches_both_disks_in_one_transaction(
     await dom.destroy()
 
 
-async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(booted,
+async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(booted: MakeDomain,
                                                                   state_dir: Path) -> None:
     dom = await booted()
     run_cli(state_dir, "snapshot-create-as", "guest", "m0", "--memspec", "snapshot=no")
@@ -124,7 +124,7 @@ async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(booted,
     await dom.destroy()
 
 
-async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted,
+async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted: MakeDomain,
                                                                   state_dir: Path) -> None:
     dom = await booted(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
@@ -144,7 +144,7 @@ async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted,
 
 # -- online external memory (seed rows 22, 23, 25; 24 beyond libvirt) ------------------
 
-async def test_external_memory_and_disks(booted, state_dir: Path, tmp_path: Path) -> None:
+async def test_external_memory_and_disks(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "e1.mem"
     vda = dom.definition.disks[0].source
@@ -161,7 +161,7 @@ async def test_external_memory_and_disks(booted, state_dir: Path, tmp_path: Path
     await dom.destroy()
 
 
-async def test_external_memory_only(booted, state_dir: Path, tmp_path: Path) -> None:
+async def test_external_memory_only(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "m.mem"
     vda = dom.definition.disks[0].source
@@ -174,7 +174,7 @@ async def test_external_memory_only(booted, state_dir: Path, tmp_path: Path) -> 
 
 
 async def test_external_memory_with_internal_disk_beyond_libvirt(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted(disks=2)
     mem = tmp_path / "x.mem"
     vda, vdb = (d.source for d in dom.definition.disks)
@@ -191,7 +191,7 @@ async def test_external_memory_with_internal_disk_beyond_libvirt(
 
 
 async def test_internal_memory_with_external_disk_beyond_libvirt(
-        booted, state_dir: Path) -> None:
+        booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     run_cli(state_dir, "snapshot-create-as", "guest", "y1", "--memspec", "snapshot=internal",
@@ -204,7 +204,7 @@ async def test_internal_memory_with_external_disk_beyond_libvirt(
     await dom.destroy()
 
 
-async def test_live_background_snapshot(booted, state_dir: Path, tmp_path: Path) -> None:
+async def test_live_background_snapshot(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "live.mem"
     plan = await dom.plan_snapshot(f"<domainsnapshot><memory file='{mem}'/></domainsnapshot>",
@@ -222,7 +222,7 @@ async def test_live_background_snapshot(booted, state_dir: Path, tmp_path: Path)
 
 # -- flags --------------------------------------------------------------------------
 
-async def test_halt_and_no_metadata(booted, state_dir: Path) -> None:
+async def test_halt_and_no_metadata(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
     run_cli(state_dir, "snapshot-create-as", "guest", "nm", "--no-metadata")
@@ -233,7 +233,7 @@ async def test_halt_and_no_metadata(booted, state_dir: Path) -> None:
     assert [s.name for s in dom.list_snapshots()] == ["h1"]
 
 
-async def test_manual_disk_leaves_guest_paused(booted, state_dir: Path) -> None:
+async def test_manual_disk_leaves_guest_paused(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted(disks=2)
     run_cli(state_dir, "snapshot-create-as", "guest", "man", "--disk-only",
             "--diskspec", "vda,snapshot=external", "--diskspec", "vdb,snapshot=manual")
@@ -243,7 +243,7 @@ async def test_manual_disk_leaves_guest_paused(booted, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_reuse_external_checks_backing(booted, state_dir: Path,
+async def test_reuse_external_checks_backing(booted: MakeDomain, state_dir: Path,
                                              tmp_path: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
@@ -261,7 +261,7 @@ async def test_reuse_external_checks_backing(booted, state_dir: Path,
     await dom.destroy()
 
 
-async def test_progress_is_reported(booted, tmp_path: Path) -> None:
+async def test_progress_is_reported(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
     seen: list[qdriver.Progress] = []
     await dom.snapshot_create_xml(
@@ -289,8 +289,8 @@ async def assert_untouched(dom: qdriver.Domain, state_dir: Path, sources: list[s
         assert internal_snapshots(src) == []
 
 
-async def test_overlay_on_readonly_filesystem(booted, state_dir: Path,
-                                              small_tmpfs) -> None:
+async def test_overlay_on_readonly_filesystem(booted: MakeDomain, state_dir: Path,
+                                              small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted(disks=2)
     sources = [d.source for d in dom.definition.disks]
     ro = small_tmpfs(readonly=True)
@@ -304,7 +304,7 @@ async def test_overlay_on_readonly_filesystem(booted, state_dir: Path,
     await dom.destroy()
 
 
-async def test_overlay_on_full_filesystem(booted, state_dir: Path, small_tmpfs) -> None:
+async def test_overlay_on_full_filesystem(booted: MakeDomain, state_dir: Path, small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     full = small_tmpfs(size="64k", fill=True)
@@ -316,8 +316,8 @@ async def test_overlay_on_full_filesystem(booted, state_dir: Path, small_tmpfs) 
     await dom.destroy()
 
 
-async def test_memory_file_on_full_filesystem(booted, state_dir: Path,
-                                              small_tmpfs) -> None:
+async def test_memory_file_on_full_filesystem(booted: MakeDomain, state_dir: Path,
+                                              small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     full = small_tmpfs(size="2m")
@@ -331,7 +331,7 @@ async def test_memory_file_on_full_filesystem(booted, state_dir: Path,
     await dom.destroy()
 
 
-async def test_memory_file_path_that_is_a_dangling_link(booted, state_dir: Path,
+async def test_memory_file_path_that_is_a_dangling_link(booted: MakeDomain, state_dir: Path,
                                                         tmp_path: Path) -> None:
     """A --memspec path that is a symbolic link (dangling) is refused by name, and
     the user's link stays: an undo removes only what the operation made."""
@@ -356,7 +356,7 @@ async def kill_when_saving(mem: Path, pid: int) -> None:
     os.kill(pid, 9)
 
 
-async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
+async def test_qemu_killed_during_migration(make_domain: MakeDomain, state_dir: Path,
                                             tmp_path: Path) -> None:
     dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
     await dom.start()
@@ -376,7 +376,7 @@ async def test_qemu_killed_during_migration(make_domain, state_dir: Path,
         [d.source for d in fresh.definition.disks] == sources
 
 
-async def test_qemu_killed_during_a_live_memory_snapshot(make_domain, state_dir: Path,
+async def test_qemu_killed_during_a_live_memory_snapshot(make_domain: MakeDomain, state_dir: Path,
                                                          tmp_path: Path) -> None:
     """LIVE: the disks switch first, then the RAM is copied while the guest runs. QEMU
     killed during the copy wrote into the new overlay until it died: the definition
@@ -406,7 +406,7 @@ async def test_qemu_killed_during_a_live_memory_snapshot(make_domain, state_dir:
     await dom.destroy()
 
 
-async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> None:
+async def test_transaction_rejected_by_qemu(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain(disks=2)
     vda, vdb = (d.source for d in dom.definition.disks)
     await qemuimg.snapshot_create(vda, "t1")  # QEMU will refuse a second 't1' on vda
@@ -428,7 +428,7 @@ async def test_transaction_rejected_by_qemu(make_domain, state_dir: Path) -> Non
     await dom.destroy()
 
 
-async def test_quiesce_without_a_responding_agent(booted, state_dir: Path) -> None:
+async def test_quiesce_without_a_responding_agent(booted: MakeDomain, state_dir: Path) -> None:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
     dom = await booted(extra_devices=channel, cmdline="qd.noagent=1")
@@ -452,7 +452,7 @@ def needs_recovery(image: str | Path) -> bool:
     return "needs_recovery" in out
 
 
-async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted,
+async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted: MakeDomain,
                                                                    state_dir: Path) -> None:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
@@ -472,7 +472,7 @@ async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted,
 
 
 async def test_existing_files_are_refused_before_anything_happens(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     sources = [d.source for d in dom.definition.disks]
     mem = tmp_path / "exists.mem"
@@ -485,7 +485,7 @@ async def test_existing_files_are_refused_before_anything_happens(
     await dom.destroy()
 
 
-async def test_report_measures_the_guest_pause(booted, tmp_path: Path) -> None:
+async def test_report_measures_the_guest_pause(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
     internal = await dom.snapshot_create_xml("<domainsnapshot><name>r1</name></domainsnapshot>")
     assert internal.report is not None
@@ -500,16 +500,16 @@ async def test_report_measures_the_guest_pause(booted, tmp_path: Path) -> None:
     await dom.destroy()
 
 
-async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted) -> None:
+async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted: MakeDomain) -> None:
     """QEMU before 6.0 has no snapshot-save: the plan uses HMP savevm instead."""
     from qdriver.ops.create_exec import CreateExecution
-    from qdriver.ops.create_plan import HostCaps, plan_snapshot
+    from qdriver.ops.create_plan import RunningCaps, plan_snapshot
     dom = await booted()
     plan = plan_snapshot(dom.definition, "running", "<domainsnapshot><name>h1</name>"
-                         "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
+                         "</domainsnapshot>", caps=RunningCaps(snapshot_save=False))
     assert plan.steps == ("pause", "hmp-savevm", "resume", "write-metadata")
-    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
-        record = await CreateExecution(ctx, plan, None, mon).run()
+    async with dom.job() as job:
+        record = await CreateExecution(job, plan, None).run()
     assert record.name == "h1"
     vda = dom.definition.disks[0].source
     assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["h1"] > 0
@@ -518,23 +518,25 @@ async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted) -> Non
     await dom.destroy()
 
 
-async def test_hmp_savevm_errors_are_read_from_its_text(make_domain) -> None:
+async def test_hmp_savevm_errors_are_read_from_its_text(make_domain: MakeDomain) -> None:
     """HMP answers a failed savevm with text, not a QMP error: it must still fail."""
     from qdriver.ops.create_exec import CreateExecution
-    from qdriver.ops.create_plan import HostCaps, plan_snapshot
+    from qdriver.ops.create_plan import RunningCaps, plan_snapshot
     template = await make_domain(name="template")
     plan = plan_snapshot(template.definition, "running", "<domainsnapshot><name>h2</name>"
-                         "</domainsnapshot>", caps=HostCaps(snapshot_save=False))
+                         "</domainsnapshot>", caps=RunningCaps(snapshot_save=False))
     diskless = await make_domain(name="diskless", with_disk=False)
     await diskless.start(paused=True)
-    async with diskless.operation() as ctx, qmp.open_monitor(diskless.paths.qmp) as mon:
+    async with diskless.job() as job:
+        execution = CreateExecution(job, plan, None)
+        execution.mon = await job.monitor()
         with pytest.raises(qdriver.OperationFailedError,
                            match="savevm failed: Error: no block device can store vmstate"):
-            await CreateExecution(ctx, plan, None, mon).hmp_savevm()
+            await execution.hmp_savevm()
     await diskless.destroy()
 
 
-async def test_planning_without_the_lock_changes_nothing(booted, state_dir: Path,
+async def test_planning_without_the_lock_changes_nothing(booted: MakeDomain, state_dir: Path,
                                                          tmp_path: Path) -> None:
     """snapshot-plan takes no lock, so it must only read: no run.json write, and no
     toggling of a migration capability another process's live snapshot may be using."""

@@ -13,10 +13,11 @@ import pytest
 
 import qdriver
 from qdriver import DomainState, qmp
+from qdriver.blockdev import jobs as blockjobs
 from qdriver.ops import delete_exec
 from qdriver.ops.delete_plan import plan_delete
 
-from .helpers import (assert_consistent, backing_chain, disk_counter, guest_view,
+from .helpers import (MakeDomain, assert_consistent, backing_chain, disk_counter, guest_view,
                       internal_snapshots, last_counter, qemu_img_check, run_cli, sha256,
                       wait_console)
 
@@ -51,7 +52,7 @@ async def disk_snapshots(dom: qdriver.Domain, state_dir: Path, work: Path,
     return frozen
 
 
-async def running_chain(booted, state_dir: Path, work: Path
+async def running_chain(booted: MakeDomain, state_dir: Path, work: Path
                         ) -> tuple[qdriver.Domain, str, dict[str, int]]:
     """The running guest on orig <- s2 <- s3 <- s4 (disk-only snapshots); what each froze."""
     dom = await booted()
@@ -59,7 +60,7 @@ async def running_chain(booted, state_dir: Path, work: Path
     return dom, orig, await disk_snapshots(dom, state_dir, work, ("s2", "s3", "s4"))
 
 
-async def test_running_chain_delete_middle_internal_and_leaf(booted, state_dir: Path,
+async def test_running_chain_delete_middle_internal_and_leaf(booted: MakeDomain, state_dir: Path,
                                                              tmp_path: Path) -> None:
     dom, orig, frozen = await running_chain(booted, state_dir, tmp_path)
     orig_sum = sha256(orig)
@@ -105,7 +106,7 @@ async def test_running_chain_delete_middle_internal_and_leaf(booted, state_dir: 
         [Path(orig).name, "s2.qcow2"])
 
 
-async def test_branches_after_revert_stay_revertible(booted, state_dir: Path,
+async def test_branches_after_revert_stay_revertible(booted: MakeDomain, state_dir: Path,
                                                     tmp_path: Path) -> None:
     dom, orig, frozen = await running_chain(booted, state_dir, tmp_path)
     await dom.destroy()
@@ -130,7 +131,7 @@ async def test_branches_after_revert_stay_revertible(booted, state_dir: Path,
     await wait_console(dom, "COUNTER")
 
 
-async def test_shut_off_deletes_use_qemu_img_only(make_domain, state_dir: Path,
+async def test_shut_off_deletes_use_qemu_img_only(make_domain: MakeDomain, state_dir: Path,
                                                   tmp_path: Path) -> None:
     dom = await make_domain()
     orig = source(dom)
@@ -172,20 +173,20 @@ def leak_a_cluster(path: str) -> None:
     assert leaked.returncode == 3 and "leaked clusters were found" in leaked.stdout
 
 
-async def test_qemu_killed_during_block_commit(booted, state_dir: Path, tmp_path: Path,
+async def test_qemu_killed_during_block_commit(booted: MakeDomain, state_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     dom = await booted()
     orig = source(dom)
     await disk_snapshots(dom, state_dir, tmp_path, ("s2", "s3", "s4"))
     pid = dom.runtime.peek().pid  # type: ignore[union-attr]
     s2, s3, s4 = (str(tmp_path / f"{n}.qcow2") for n in ("s2", "s3", "s4"))
-    follow = delete_exec._wait_job
+    follow = blockjobs.follow
 
     async def kill_qemu_then_follow(*args: object) -> None:
         os.kill(pid, 9)  # the block-commit job has just been started
         await follow(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(delete_exec, "_wait_job", kill_qemu_then_follow)
+    monkeypatch.setattr(blockjobs, "follow", kill_qemu_then_follow)
     execute = qmp.Monitor.execute
 
     async def slow_commit(self: qmp.Monitor, command: str, arguments: object = None,
@@ -211,7 +212,7 @@ async def test_qemu_killed_during_block_commit(booted, state_dir: Path, tmp_path
     qemu_img_check(s2)
 
 
-async def test_full_disk_during_qemu_img_commit(make_domain, state_dir: Path, tmp_path: Path,
+async def test_full_disk_during_qemu_img_commit(make_domain: MakeDomain, state_dir: Path, tmp_path: Path,
                                                 small_tmpfs: Callable[..., Path]) -> None:
     dom = await make_domain()
     small = small_tmpfs(size="24m")
@@ -240,7 +241,7 @@ async def test_full_disk_during_qemu_img_commit(make_domain, state_dir: Path, tm
     assert guest_view(source(dom), tmp_path) == view
 
 
-async def test_recovery_adopts_a_commit_that_finished(make_domain, state_dir: Path,
+async def test_recovery_adopts_a_commit_that_finished(make_domain: MakeDomain, state_dir: Path,
                                                       tmp_path: Path) -> None:
     """The process died after QEMU finished an intermediate commit (the top above
     was re-pointed) but before the metadata followed: recovery renames, not re-commits."""
@@ -261,17 +262,16 @@ async def test_recovery_adopts_a_commit_that_finished(make_domain, state_dir: Pa
     assert guest_view(s4, tmp_path) == view
 
 
-async def test_internal_delete_through_hmp_delvm(booted, state_dir: Path) -> None:
+async def test_internal_delete_through_hmp_delvm(booted: MakeDomain, state_dir: Path) -> None:
     """The fallback for a QEMU without the snapshot-delete job, on a real QEMU."""
     dom = await booted()
     run_cli(state_dir, "snapshot-create-as", "guest", "i1")
     assert internal_snapshots(source(dom)) == ["i1"]
-    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
-        tree = ctx.snapshot_tree()
-        plan = plan_delete(tree, ctx.definition, True, ["i1"],
-                           await delete_exec.image_graph(ctx, tree), snapshot_job=False)
+    async with dom.job() as job:
+        plan = plan_delete(job.tree, job.definition, True, ["i1"], job.image_graph(),
+                           snapshot_job=False)
         assert plan.internal[0].hmp
-        await delete_exec.DeleteExecution(ctx, plan, mon).run()
+        await delete_exec.DeleteExecution(job, plan).run()
     assert internal_snapshots(source(dom)) == [] and listed(state_dir) == []
     assert (await dom.get_state())[0] is DomainState.RUNNING
 
@@ -280,7 +280,7 @@ def sources(dom: qdriver.Domain) -> dict[str, str]:
     return {d.target: d.source or "" for d in dom.definition.disks}
 
 
-async def test_running_two_disks_commit_side_by_side(booted, state_dir: Path,
+async def test_running_two_disks_commit_side_by_side(booted: MakeDomain, state_dir: Path,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Each disk's active commit is its own QEMU job: both run at once, both pivot,
@@ -316,7 +316,7 @@ async def test_running_two_disks_commit_side_by_side(booted, state_dir: Path,
         qemu_img_check(image)
 
 
-async def test_one_disk_failing_lets_the_other_commit(make_domain, state_dir: Path,
+async def test_one_disk_failing_lets_the_other_commit(make_domain: MakeDomain, state_dir: Path,
                                                       tmp_path: Path,
                                                       small_tmpfs: Callable[..., Path]
                                                       ) -> None:
@@ -358,7 +358,7 @@ async def test_one_disk_failing_lets_the_other_commit(make_domain, state_dir: Pa
 
 
 async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     """A forced revert to an internal snapshot under later overlays rewrites their
     base: the snapshots above it become stale, and deleting one only removes
     metadata and files; it never commits old data into the disk the guest writes."""
@@ -397,7 +397,7 @@ async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
 
 
 async def test_internal_snapshot_in_a_backing_layer_of_a_running_guest(
-        driver: qdriver.Driver, guest_image, state_dir: Path, tmp_path: Path) -> None:
+        driver: qdriver.Driver, guest_image: GuestImage, state_dir: Path, tmp_path: Path) -> None:
     """Internal s1, disk-only s2, delete s1 on the running guest: QEMU opened s1's
     image read-only as a backing layer; the delete reopens it for the job and the
     domain is never left interrupted, while another guest's QEMU holds the shared
@@ -420,16 +420,16 @@ async def test_internal_snapshot_in_a_backing_layer_of_a_running_guest(
     run_cli(state_dir, "snapshot-delete", "d", "s1")
     assert dom.interrupted_operation() is None and listed(state_dir, "d") == ["s2"]
     assert internal_snapshots(mine) == []
-    async with dom.operation() as ctx, qmp.open_monitor(dom.paths.qmp) as mon:
+    async with dom.job() as job:
+        mon = await job.monitor()
         ro = {n["file"]: n["ro"] for n in await mon.execute("query-named-block-nodes",
                                                             {"flat": True})
               if n["drv"] == "qcow2"}
         assert ro[str(mine)] is True, "the backing layer was left writable"
     await wait_console(dom, f"COUNTER {last_counter(dom) + 2}")
     await dom.destroy()
-    async with dom.operation() as ctx:  # a dead QEMU's leaks: only this domain's images
-        tree = ctx.snapshot_tree()
-        await delete_exec._repair_leaks(ctx, await delete_exec.image_graph(ctx, tree), tree)
+    async with dom.job() as job:  # a dead QEMU's leaks: only this domain's images
+        await delete_exec._repair_leaks(job, job.image_graph())
     qemu_img_check(mine)
     assert (await other.get_state())[0] is DomainState.PAUSED
     await other.destroy()

@@ -140,7 +140,7 @@ async def test_delete_metadata_reparents_and_moves_current(dom: qdriver.Domain) 
 
 
 async def test_atomic_write_keeps_old_file_when_rename_fails(dom: qdriver.Domain,
-                                                             monkeypatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     await build_tree(dom)
     path = dom.paths.snapshots / "c.xml"
     before = path.read_text()

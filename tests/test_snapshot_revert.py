@@ -16,13 +16,13 @@ import pytest
 import qdriver
 from qdriver import DomainState, qemuimg
 from qdriver.errors import SnapshotRevertRiskyError
-from qdriver.ops.create_plan import HostCaps
+from qdriver.ops.create_plan import RunningCaps
 from qdriver.ops.revert_exec import STEPS
 from qdriver.ops.revert_plan import RevertFlags, RevertStep, plan_revert
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef
 
-from .helpers import (assert_resumes_from, backing_of, console_offset, counters_after,
+from .helpers import (MakeDomain, assert_resumes_from, backing_of, console_offset, counters_after,
                       disk_counter, last_counter, run_cli, sha256, wait_console, within)
 
 # -- the planner ------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_a_changed_definition_restarts_qemu() -> None:
 @pytest.mark.no_qemu
 def test_hmp_loadvm_where_snapshot_load_is_missing() -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), "running", snapshot("running", "internal"),
-                       caps=HostCaps(snapshot_save=False))
+                       caps=RunningCaps(snapshot_save=False))
     assert S.HMP_LOADVM in plan.steps and S.SNAPSHOT_LOAD not in plan.steps
 
 
@@ -171,7 +171,7 @@ async def ready_line(dom: qdriver.Domain, offset: int) -> str:
     return text.split("GUEST-READY", 1)[1].split("\n", 1)[0].rstrip("\r") + " "
 
 
-async def test_internal_revert_in_the_same_qemu(booted) -> None:
+async def test_internal_revert_in_the_same_qemu(booted: MakeDomain) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
     at = await snap_here(dom, "s1")
@@ -189,7 +189,7 @@ async def test_internal_revert_in_the_same_qemu(booted) -> None:
     await dom.destroy()
 
 
-async def test_internal_revert_paused_puts_the_disk_back(booted, state_dir: Path) -> None:
+async def test_internal_revert_paused_puts_the_disk_back(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
     at = await snap_here(dom, "s1")
@@ -205,7 +205,7 @@ async def test_internal_revert_paused_puts_the_disk_back(booted, state_dir: Path
     await dom.destroy()
 
 
-async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted,
+async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted: MakeDomain,
                                                                       state_dir: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
@@ -222,7 +222,7 @@ async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted,
     await dom.destroy()
 
 
-async def test_offline_internal_revert(make_domain, state_dir: Path) -> None:
+async def test_offline_internal_revert(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     vda = dom.definition.disks[0].source
     await dom.snapshot_create_xml("<domainsnapshot><name>o1</name></domainsnapshot>")
@@ -238,7 +238,7 @@ async def test_offline_internal_revert(make_domain, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_disk_only_internal_revert_stops_the_guest(booted) -> None:
+async def test_disk_only_internal_revert_stops_the_guest(booted: MakeDomain) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
     await dom.snapshot_create_xml("<domainsnapshot><name>d1</name><memory snapshot='no'/>"
@@ -251,7 +251,7 @@ async def test_disk_only_internal_revert_stops_the_guest(booted) -> None:
     assert disk_counter(vda) == at
 
 
-async def test_a_failed_revert_leaves_the_guest_as_it_was(booted, state_dir: Path) -> None:
+async def test_a_failed_revert_leaves_the_guest_as_it_was(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     vda = dom.definition.disks[0].source
     await snap_here(dom, "s1")
@@ -278,7 +278,7 @@ async def keeps_counting_after(dom: qdriver.Domain) -> None:
 
 # -- external snapshots ----------------------------------------------------------------
 
-async def test_external_memory_revert_starts_from_the_memory_file(booted, state_dir: Path,
+async def test_external_memory_revert_starts_from_the_memory_file(booted: MakeDomain, state_dir: Path,
                                                                  tmp_path: Path) -> None:
     dom = await booted()
     base = dom.definition.disks[0].source or ""
@@ -307,7 +307,7 @@ async def test_external_memory_revert_starts_from_the_memory_file(booted, state_
     await dom.destroy()
 
 
-async def test_live_snapshot_revert(booted, tmp_path: Path) -> None:
+async def test_live_snapshot_revert(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
     base = dom.definition.disks[0].source or ""
     await dom.snapshot_create_xml(f"<domainsnapshot><name>l1</name><memory file='"
@@ -321,7 +321,7 @@ async def test_live_snapshot_revert(booted, tmp_path: Path) -> None:
     await dom.destroy()
 
 
-async def test_disk_only_external_revert(booted, state_dir: Path) -> None:
+async def test_disk_only_external_revert(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
     base = dom.definition.disks[0].source or ""
     run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--disk-only")
@@ -339,7 +339,7 @@ async def test_disk_only_external_revert(booted, state_dir: Path) -> None:
     await dom.destroy()
 
 
-async def test_mixed_internal_memory_external_disk_revert(booted, tmp_path: Path) -> None:
+async def test_mixed_internal_memory_external_disk_revert(booted: MakeDomain, tmp_path: Path) -> None:
     """Beyond libvirt: memory inside vda, an overlay for vdb; revert loads vda's snapshot
     in a new QEMU on a fresh overlay over vdb's snapshot-time image."""
     dom = await booted(disks=2)
@@ -366,7 +366,7 @@ async def test_mixed_internal_memory_external_disk_revert(booted, tmp_path: Path
     ("foreign", "'{mem}' is not a readable memory file"),
 ])
 async def test_a_bad_memory_file_is_refused_before_anything_changes(
-        booted, state_dir: Path, tmp_path: Path, damage: str, message: str) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path, damage: str, message: str) -> None:
     dom = await booted()
     mem = tmp_path / "b1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>b1</name><memory file='{mem}'/>"
@@ -388,7 +388,7 @@ async def test_a_bad_memory_file_is_refused_before_anything_changes(
 
 
 async def test_a_truncated_memory_file_leaves_the_domain_shut_off_and_true(
-        booted, state_dir: Path, tmp_path: Path) -> None:
+        booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "t1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>t1</name><memory file='{mem}'/>"
@@ -406,7 +406,7 @@ async def test_a_truncated_memory_file_leaves_the_domain_shut_off_and_true(
 
 
 async def test_a_missing_backing_image_is_refused_before_anything_changes(
-        make_domain, state_dir: Path) -> None:
+        make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     base = dom.definition.disks[0].source or ""
     run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
@@ -418,7 +418,7 @@ async def test_a_missing_backing_image_is_refused_before_anything_changes(
     os.rename(base + ".moved", base)
 
 
-async def test_offline_external_revert(make_domain, state_dir: Path) -> None:
+async def test_offline_external_revert(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
     base = dom.definition.disks[0].source or ""
     run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
@@ -434,7 +434,7 @@ async def test_offline_external_revert(make_domain, state_dir: Path) -> None:
     assert sha256(base) == base_sum
 
 
-async def test_external_memory_with_internal_disk_revert(booted, tmp_path: Path) -> None:
+async def test_external_memory_with_internal_disk_revert(booted: MakeDomain, tmp_path: Path) -> None:
     """Beyond libvirt: memory to a file, vda snapshotted inside its image."""
     dom = await booted()
     vda = dom.definition.disks[0].source or ""
@@ -467,7 +467,7 @@ def test_a_managed_save_is_removed_and_needs_force_without_memory() -> None:
     assert with_memory.steps[-1] == S.REMOVE_MANAGED_SAVE
 
 
-async def test_load_progress_and_qemu_killed_during_the_load(booted, tmp_path: Path) -> None:
+async def test_load_progress_and_qemu_killed_during_the_load(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "k1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>k1</name><memory file='{mem}'/>"
@@ -489,8 +489,8 @@ async def test_load_progress_and_qemu_killed_during_the_load(booted, tmp_path: P
     assert sorted(tmp_path.iterdir()) == files, "a revert overlay was left behind"
 
 
-async def test_a_full_disk_while_creating_revert_overlays(make_domain, small_tmpfs,
-                                                          guest_image, state_dir: Path) -> None:
+async def test_a_full_disk_while_creating_revert_overlays(make_domain: MakeDomain, small_tmpfs: Callable[..., Path],
+                                                          guest_image: GuestImage, state_dir: Path) -> None:
     where = small_tmpfs(size="4m")
     disk = where / "vda.qcow2"
     disk.write_bytes(guest_image.disk.read_bytes())

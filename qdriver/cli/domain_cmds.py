@@ -7,14 +7,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import accel as accel_mod
-from .. import qemucaps
+from ..caps import accel as accel_mod
+from ..caps import qemucaps
 from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
 from ..errors import OperationFailedError, OperationInvalidError
-from ..ops import memfile
-from ..saveimage import rewrite_xml
+from ..memory import memfile
+from ..memory.header import rewrite_xml
 from ..xml.caps import domcapabilities
 from ..xml.domain import DomainDef
 from .registry import (Handler, ProgressPrinter, command, domain_arg, domain_with, format_fields,

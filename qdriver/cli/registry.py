@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterator, Sequence, TextIO
 
 from ..driver import Driver
-from ..ops.progress import Progress
+from ..progress import Progress
 
 Handler = Callable[[Driver, argparse.Namespace], Awaitable[int]]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from ..domain import Domain
 from ..driver import Driver
 from ..errors import InvalidArgError, QDriverError
-from ..ops.create_plan import CreateFlags, Plan, refusal_json
+from ..ops.create_plan import CreateFlags, CreatePlan, refusal_json
 from ..ops.delete_plan import DeletePlan
-from ..snapshot_handle import Snapshot
-from ..snapshot_tree import SnapshotTree
+from ..snapshots.handle import Snapshot
+from ..snapshots.tree import SnapshotTree
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from .registry import ProgressPrinter, command, domain_arg, format_fields, format_table, out
 
@@ -139,7 +139,7 @@ async def cmd_snapshot_plan(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_plan(plan: CreatePlan) -> str:
     """The plan for a person."""
     disks = ", ".join(f"{d.target} {d.snapshot}" + (f" -> {d.file}" if d.file else "")
                       for d in plan.disks) or "none"

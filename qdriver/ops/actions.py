@@ -10,47 +10,29 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import anyio
 
-from .. import agent, domstate, process, qemuimg, qmp
+from .. import agent, process, qemuimg, qmp
 from ..errors import OperationFailedError
 from .. import journal as j
 from ..journal import Action
-from .blocknodes import image_file, open_images
-from ..opcontext import OpContext
-from ..runtime import pid_from_file
-from ..saveimage import mark_complete
-from ..statestore import atomic_write, fsync_dir
+from ..blockdev.nodes import image_file, open_images
+from ..job import Job
+from ..launch.runtime import pid_from_file
+from ..memory.header import mark_complete
+from ..durable import atomic_write, fsync_dir
 from ..xml.domain import DomainDef
 
-MonitorFn = Callable[[], Awaitable["qmp.Monitor | None"]]
 JOB_WAIT = 600.0
 """How long recovery waits for a QEMU job a dead process started (a snapshot save)."""
 
 
-@dataclass
-class ActionEnv:
-    """What an action works on: the domain's state under the lock, and its QEMU."""
-
-    ctx: OpContext
-    monitor: MonitorFn
-    """The running QEMU's monitor, or None when there is no QEMU."""
-
-    @classmethod
-    def fixed(cls, ctx: OpContext, mon: "qmp.Monitor | None") -> ActionEnv:
-        """An environment whose monitor does not change during the operation."""
-        async def get() -> qmp.Monitor | None:
-            return mon
-        return cls(ctx, get)
-
-
-async def run(env: ActionEnv, action: Action) -> None:
-    """Run one action."""
-    await ACTIONS[type(action.step)](env, action.step)
+async def run(job: Job, action: Action) -> None:
+    """Run one action on the job (its state, its QEMU if one runs)."""
+    await ACTIONS[type(action.step)](job, action.step)
 
 
 def dir_snapshot(directory: Path) -> dict[str, str]:
@@ -60,28 +42,28 @@ def dir_snapshot(directory: Path) -> dict[str, str]:
     return {f.name: f.read_text() for f in sorted(directory.glob("*.xml"))}
 
 
-async def _remove_file(env: ActionEnv, args: j.RemoveFile) -> None:
+async def _remove_file(job: Job, args: j.RemoveFile) -> None:
     """Remove a file the operation made, unless the domain uses it by now: an
     overlay becomes QEMU's active layer the moment its transaction goes through,
     before the process can record that (and the definition follows it, see
     `_follow_overlays`, which a rollback runs first)."""
     path = args.path
-    if path in await _images_in_use(env):
-        raise OperationFailedError(f"'{path}' is in use by domain '{env.ctx.name}': kept")
+    if path in await _images_in_use(job):
+        raise OperationFailedError(f"'{path}' is in use by domain '{job.name}': kept")
     Path(path).unlink(missing_ok=True)
 
 
-async def _images_in_use(env: ActionEnv) -> set[str]:
+async def _images_in_use(job: Job) -> set[str]:
     """The images the definition names and every image the running QEMU has open."""
-    used = {d.source for d in env.ctx.definition.disks if d.source}
-    mon = await env.monitor()
+    used = {d.source for d in job.definition.disks if d.source}
+    mon = await job.qemu()
     try:
         return used | (set((await open_images(mon)).nodes) if mon is not None else set())
     except (qmp.MonitorClosedError, qmp.MonitorConnectError):
         return used  # QEMU died during the operation
 
 
-async def _restore_dir(env: ActionEnv, args: j.RestoreDir) -> None:
+async def _restore_dir(job: Job, args: j.RestoreDir) -> None:
     """Put metadata files back: all of the directory's (``exact``), or the named
     ones (None: the file did not exist)."""
     directory = Path(args.path)
@@ -97,17 +79,19 @@ async def _restore_dir(env: ActionEnv, args: j.RestoreDir) -> None:
             atomic_write(directory / name, content, sync_dir=False)
     if directory.is_dir():
         fsync_dir(directory)
+    if directory == job.store.dir:
+        job.forget_tree()
 
 
-async def _write_definition(env: ActionEnv, args: j.WriteDefinition) -> None:
-    env.ctx.save_definition(DomainDef.parse(args.xml))
+async def _write_definition(job: Job, args: j.WriteDefinition) -> None:
+    job.save_definition(DomainDef.parse(args.xml))
 
 
-async def _follow_overlays(env: ActionEnv, args: j.FollowOverlays) -> None:
+async def _follow_overlays(job: Job, args: j.FollowOverlays) -> None:
     """Point the definition at each new overlay QEMU already writes to (a
     transaction that went through cannot be taken back; one QEMU refused
     changed nothing)."""
-    mon = await env.monitor()
+    mon = await job.qemu()
     wanted = args.overlays
     try:
         blocks = await mon.execute("query-block") if mon is not None else None
@@ -115,18 +99,18 @@ async def _follow_overlays(env: ActionEnv, args: j.FollowOverlays) -> None:
         blocks = None  # QEMU died during the operation
     if blocks is None:
         if wanted and args.switched:  # QEMU wrote into them until it died
-            env.ctx.save_definition(env.ctx.definition.with_disk_sources(
+            job.save_definition(job.definition.with_disk_sources(
                 {t: (f, "qcow2") for t, f in wanted.items() if os.path.exists(f)}))
         return
     active = {_qdev_id(b.get("qdev", "")): image_file(b.get("inserted", {}))
               for b in blocks}
     if wanted is None:  # whatever QEMU writes to now (after a block-commit's pivot)
-        wanted = {d.target: active[d.target] for d in env.ctx.definition.disks
+        wanted = {d.target: active[d.target] for d in job.definition.disks
                   if active.get(d.target) and active[d.target] != d.source}
     switched = {t: (f, qemuimg.header.read(f).format) for t, f in wanted.items()
                 if active.get(t) == f}
     if switched:
-        env.ctx.save_definition(env.ctx.definition.with_disk_sources(switched))
+        job.save_definition(job.definition.with_disk_sources(switched))
 
 
 def _qdev_id(qdev: str) -> str:
@@ -135,15 +119,14 @@ def _qdev_id(qdev: str) -> str:
     return parts[3] if len(parts) > 3 and parts[2] == "peripheral" else qdev
 
 
-async def _resume_guest(env: ActionEnv, args: j.ResumeGuest) -> None:
-    mon = await env.monitor()
-    if mon is not None:
-        await domstate.ensure_running(mon)
+async def _resume_guest(job: Job, args: j.ResumeGuest) -> None:
+    if await job.qemu() is not None:
+        await job.ensure_running()
 
 
-async def _cancel_migration(env: ActionEnv, args: j.CancelMigration) -> None:
+async def _cancel_migration(job: Job, args: j.CancelMigration) -> None:
     """Stop a migration to a file that its process no longer follows."""
-    mon = await env.monitor()
+    mon = await job.qemu()
     if mon is None:
         return
     deadline = time.monotonic() + 30
@@ -156,66 +139,65 @@ async def _cancel_migration(env: ActionEnv, args: j.CancelMigration) -> None:
         await anyio.sleep(0.02)
 
 
-async def _wait_jobs(env: ActionEnv, args: j.WaitJobs) -> None:
+async def _wait_jobs(job: Job, args: j.WaitJobs) -> None:
     """Let qdriver's QEMU jobs a dead process started conclude, and dismiss them."""
-    mon = await env.monitor()
+    mon = await job.qemu()
     if mon is None:
         return
     deadline = time.monotonic() + JOB_WAIT
     while time.monotonic() < deadline:
         jobs = [j for j in await mon.execute("query-jobs")
                 if str(j.get("id", "")).startswith("qdriver-")]
-        for job in jobs:
-            if job.get("status") == "concluded":
-                await mon.execute("job-dismiss", {"id": job["id"]})
+        for entry in jobs:
+            if entry.get("status") == "concluded":
+                await mon.execute("job-dismiss", {"id": entry["id"]})
         if all(j.get("status") == "concluded" for j in jobs):
             return
         await anyio.sleep(0.05)
 
 
-async def _qmp(env: ActionEnv, args: j.Qmp) -> None:
-    mon = await env.monitor()
+async def _qmp(job: Job, args: j.Qmp) -> None:
+    mon = await job.qemu()
     if mon is not None:
         await mon.execute(args.command, args.arguments or None)
 
 
-async def _qmp_job(env: ActionEnv, args: j.QmpJob) -> None:
-    mon = await env.monitor()
+async def _qmp_job(job: Job, args: j.QmpJob) -> None:
+    mon = await job.qemu()
     if mon is not None:
         await qmp.run_job(mon, args.command, args.arguments,
                           f"qdriver-undo-{int(time.time() * 1000)}", 60)
 
 
-async def _hmp(env: ActionEnv, args: j.Hmp) -> None:
-    mon = await env.monitor()
+async def _hmp(job: Job, args: j.Hmp) -> None:
+    mon = await job.qemu()
     if mon is not None:
         await mon.hmp(args.command)
 
 
-async def _qemu_img_snapshot_delete(env: ActionEnv, args: j.QemuImgSnapshotDelete) -> None:
+async def _qemu_img_snapshot_delete(job: Job, args: j.QemuImgSnapshotDelete) -> None:
     if Path(args.image).exists():
         await qemuimg.snapshot_delete(args.image, args.name)
 
 
-async def _thaw(env: ActionEnv, args: j.Thaw) -> None:
-    if await env.monitor() is not None:
+async def _thaw(job: Job, args: j.Thaw) -> None:
+    if await job.qemu() is not None:
         await agent.fsthaw(Path(args.path))
 
 
-async def _stop_qemu(env: ActionEnv, args: j.StopQemu) -> None:
+async def _stop_qemu(job: Job, args: j.StopQemu) -> None:
     """Stop the QEMU the operation started, recorded or not yet."""
-    ctx = env.ctx
-    if ctx.record is not None:
-        await ctx.stop(args.reason)
+    if job.record is not None:
+        await job.stop(args.reason)
         return
-    pid = pid_from_file(ctx.paths.pidfile)
+    pid = pid_from_file(job.paths.pidfile)
     if pid is not None and pid.pid != os.getpid() and \
-            process.is_alive(pid, str(ctx.paths.pidfile)):
+            process.is_alive(pid, str(job.paths.pidfile)):
         await process.terminate(pid, grace=1.0)
-    ctx.runtime.cleanup()
+    job.runtime.cleanup()
 
 
-async def _complete_memory_file(env: ActionEnv, args: j.CompleteMemoryFile) -> None:
+async def _complete_memory_file(job: Job, args: j.CompleteMemoryFile) -> None:
     """Mark a memory file whose migration completed as complete (a roll-forward)."""
     path = args.path
     if not os.path.exists(path):
@@ -227,7 +209,7 @@ async def _complete_memory_file(env: ActionEnv, args: j.CompleteMemoryFile) -> N
         os.close(fd)
 
 
-ACTIONS: dict[type, Callable[[ActionEnv, Any], Awaitable[None]]] = {
+ACTIONS: dict[type, Callable[[Job, Any], Awaitable[None]]] = {
     j.RemoveFile: _remove_file,
     j.RestoreDir: _restore_dir,
     j.WriteDefinition: _write_definition,
@@ -329,4 +311,4 @@ def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Acti
     return Action(j.StopQemu(reason), what)
 
 
-__all__ = ["Action", "ActionEnv", "run", "ACTIONS", "dir_snapshot"]
+__all__ = ["Action", "run", "ACTIONS", "dir_snapshot"]

@@ -1,6 +1,6 @@
 """Carry out a snapshot-creation plan on a domain, all or nothing.
 
-Every `Step` of a plan has a method here (`STEPS`).  Each side effect
+Every `CreateStep` of a plan has a method here (`STEPS`).  Each side effect
 records its undo in the shared `Transaction` first; if a later step fails,
 the undos run newest first: created overlays and memory files are removed,
 added block nodes deleted, internal snapshots dropped, the old definition
@@ -11,7 +11,6 @@ state it read under it (`OpContext`).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from functools import partial
@@ -20,59 +19,74 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 
-from .. import agent, faults, qemuimg, qmp, runas
-from .. import snapshot_tree as meta
-from ..errors import (ConfigUnsupportedError, InvalidArgError, OperationFailedError,
-                      OperationInvalidError, SystemError_)
-from ..opcontext import OpContext
-from ..paths import owner_dir
-from ..saveimage import mark_complete
+from .. import agent, qemuimg, qmp, runas
+from ..blockdev.nodes import add_overlay, open_images, overlay_nodes, top_nodes
+from ..caps.running import RunningCaps
+from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError, \
+    SystemError_
+from ..job import Job, JobView
+from ..progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
+from ..snapshots.store import storable
+from ..testing import faults
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
-from . import memfile
-from .blocknodes import add_overlay, open_images, overlay_nodes, top_nodes
-from .create_plan import DiskPlan, Plan, Step
-from .progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from . import actions
+from .create_plan import CreateFlags, CreatePlan, CreateStep, DiskPlan, plan_snapshot
+from .memsave import MemoryFile, check_not_owned, check_place
+from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import StepRunner, Transaction
 
-JOB_TIMEOUT = 3600.0
+
+async def plan(job: JobView, xml: str | bytes, flags: CreateFlags) -> CreatePlan:
+    """What creating this snapshot would do, from the job's state (and, while QEMU
+    runs, what it says of itself)."""
+    if job.record is None or flags.redefine:  # a redefinition asks QEMU nothing
+        return plan_snapshot(job.definition, "shutoff", xml, flags, RunningCaps())
+    state, caps = await job.abilities(flags.live)
+    return plan_snapshot(job.definition, state, xml, flags, caps)
+
+
+async def create(job: Job, xml: str | bytes, flags: CreateFlags,
+                 progress: ProgressFn | None = None) -> tuple[str, CreateReport | None]:
+    """Take the snapshot ``xml`` describes; its name and what it cost the guest."""
+    the_plan = await plan(job, xml, flags)
+    execution = CreateExecution(job, the_plan, progress)
+    await execution.run()
+    return the_plan.name, execution.report
 
 
 class CreateExecution:
     """One snapshot creation in progress."""
 
-    def __init__(self, ctx: OpContext, plan: Plan, progress: ProgressFn | None,
-                 mon: qmp.Monitor | None = None, halt_reason: str = "from snapshot",
-                 resume_on_restore: bool | None = None) -> None:
-        self.ctx = ctx
+    op = "snapshot-create"
+    halt_reason = "from snapshot"
+    """What ``domstate --reason`` says after a HALT step."""
+
+    def __init__(self, job: Job, plan: CreatePlan, progress: ProgressFn | None) -> None:
+        self.job = job
         self.plan = plan
         self.progress = progress
-        self.mon = mon
-        """The open operations monitor of a running domain (the caller's)."""
+        self.mon: qmp.Monitor | None = None
+        """The running QEMU's monitor (`run` opens it for an online snapshot)."""
         self.nodes: dict[str, str] = {}
-        self.before = ctx.definition
+        self.before = job.definition
         self.online = plan.state != "shutoff" and not plan.flags.redefine
         self.created = int(time.time())
         self.events: list[dict[str, Any]] = []
-        self.memory_fd: int | None = None
-        """The memory file, kept open until the guest runs again, then completed."""
-        self.flush_seconds = 0.0
         self.report: CreateReport | None = None
         self.switched: set[str] = set()
         """Disks whose new overlay QEMU already writes to: never undone."""
         self.frozen = False
-        self.halt_reason = halt_reason
-        """What ``domstate --reason`` says after a HALT step (``saved`` for virsh save)."""
-        self.resume_on_restore = resume_on_restore
-        """The memory file header's "was running": the state a restore goes back to."""
-        op = "save" if halt_reason == "saved" else "snapshot-create"
-        self.txn = Transaction(actions.ActionEnv(ctx, self._current_monitor), op)
+        self.txn = Transaction(job, self.op)
+        self.memory = MemoryFile(self.txn, plan.memory_file or "")
+        """The memory file, kept open until the guest runs again, then completed."""
         self.overlay_undos: dict[str, list[actions.Action]] = {}
         """Per disk: the undos that stop applying once QEMU writes to its overlay."""
 
-    async def _current_monitor(self) -> qmp.Monitor | None:
-        return self.mon if self.online else None
+    @property
+    def was_running(self) -> bool:
+        """The memory file header's "was running": the state a restore goes back to."""
+        return self.plan.resume or CreateStep.MIGRATE_LIVE in self.plan.steps
 
     # -- driver ------------------------------------------------------------------
 
@@ -85,19 +99,19 @@ class CreateExecution:
                 await self._check_internal_names()
             await self.txn.attempt(self._steps)
         else:
-            mon = self.monitor
+            mon = self.mon = await self.job.monitor()
             try:
                 with mon.listener("STOP", "RESUME") as listener:
                     await self.txn.attempt(self._online_steps)
                     self.events = [dict(e) for e in listener.clear()]
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self.ctx.sync_run_state(mon)
+                    await self.job.sync_run_state()
         mem = Path(self.plan.memory_file) if self.plan.memory_file else None
         self.report = CreateReport(time.monotonic() - started,
                                    guest_pause(self.events, time.time()),
                                    mem.stat().st_size if mem and mem.exists() else 0,
-                                   self.flush_seconds)
+                                   self.memory.flush_seconds)
         return self.record()
 
     async def _online_steps(self) -> None:
@@ -105,56 +119,37 @@ class CreateExecution:
         await self._check_internal_names()
         try:
             await self._steps()
-            await self._complete_memory_file()  # with NO_METADATA no step did it
+            await self.memory.complete()  # with NO_METADATA no step did it
         finally:
-            if self.memory_fd is not None:
-                os.close(self.memory_fd)
-                self.memory_fd = None
+            self.memory.close()
 
     async def _steps(self) -> None:
         await StepRunner({step: partial(method, self) for step, method in STEPS.items()},
                          self.txn.op).run(self.plan.steps)
 
-    async def _complete_memory_file(self) -> None:
-        """Flush the memory file and mark it complete.
-
-        Flushing hundreds of MiB takes time, so this runs after the guest runs
-        again, but before metadata names the file.
-        """
-        if self.memory_fd is not None:
-            started = time.monotonic()
-            await anyio.to_thread.run_sync(mark_complete, self.memory_fd)
-            self.flush_seconds = time.monotonic() - started
-            os.close(self.memory_fd)
-            self.memory_fd = None
-
     def preflight(self) -> None:
         """Refuse before any side effect if the name, the target files or the size of
         the metadata are wrong."""
-        tree = self.ctx.snapshot_tree()
+        tree = self.job.tree
         if not self.plan.flags.redefine and self.plan.name in tree.snaps:
             raise OperationInvalidError(f"Snapshot '{self.plan.name}' already exists")
         if not self.plan.flags.no_metadata:
             record = self.record()
-            meta.storable(replace(record, parent=record.parent or tree.current, active=True))
+            storable(replace(record, parent=record.parent or tree.current, active=True))
         if self.plan.flags.redefine:
             return  # metadata only: its files may be elsewhere (moved between hosts)
         for d in self.external():
-            self._check_not_owned(d.file or "", f"overlay of disk '{d.target}'")
+            check_not_owned(d.file or "", f"overlay of disk '{d.target}'",
+                            self.job.paths.state_dir)
             _check_overlay_target(d, self.plan.flags.reuse_ext)
             self._check_qemu_user_reaches(d)
         if self.plan.memory_file:
-            mem = Path(self.plan.memory_file)
-            if mem != self.ctx.paths.managed_save:
-                self._check_not_owned(mem, "memory file")
-            _check_memory_target(mem)
-            if not mem.parent.is_dir():
-                raise OperationFailedError(f"directory '{mem.parent}' for the memory "
-                                           "snapshot does not exist")
+            check_place(Path(self.plan.memory_file), self.job.paths.state_dir,
+                        self.job.paths.managed_save)
 
     def _check_qemu_user_reaches(self, d: DiskPlan) -> None:
         """QEMU opens a new overlay as its own user: that user must reach it."""
-        user = self.ctx.policy.qemu_user
+        user = self.job.policy.qemu_user
         if user is None or not self.online:
             return
         reuse = self.plan.flags.reuse_ext
@@ -163,14 +158,6 @@ class CreateExecution:
         if problem:
             raise SystemError_(f"QEMU runs as '{user.name}' and could not open the overlay "
                                f"of disk '{d.target}': {problem}")
-
-    def _check_not_owned(self, path: str | Path, what: str) -> None:
-        """qdriver's own directories are no target: a file there could replace
-        metadata, and ``destroy`` removes what it finds in the runtime dir."""
-        owned = owner_dir(path, self.ctx.paths.state_dir)
-        if owned is not None:
-            raise InvalidArgError(f"{what} '{path}' is inside qdriver's own directory "
-                                  f"'{owned}': choose a path outside it")
 
     async def _check_internal_names(self) -> None:
         """Refuse a name an image already holds: the undo of taking the internal
@@ -221,7 +208,7 @@ class CreateExecution:
                 self._overlay_undo(d, actions.remove_file(d.file, "overlay"))
             await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
             if not self.plan.flags.reuse_ext:
-                runas.hand_over(self.ctx.policy.qemu_user, d.file)
+                runas.hand_over(self.job.policy.qemu_user, d.file)
 
     def _overlay_undo(self, d: DiskPlan, action: actions.Action) -> None:
         self.overlay_undos.setdefault(d.target, []).append(self.txn.on_undo(action))
@@ -240,7 +227,7 @@ class CreateExecution:
     async def switch_definition(self) -> None:
         if not self.switched:  # once QEMU writes to the overlays they are the truth
             self.txn.on_undo(actions.write_definition(self.before))
-        self.ctx.save_definition(self._on_overlays())
+        self.job.save_definition(self._on_overlays())
 
     def _on_overlays(self) -> DomainDef:
         return self.before.with_disk_sources(
@@ -270,10 +257,10 @@ class CreateExecution:
 
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())
-        await self.monitor.execute("stop")
+        await self.job.vcpus(False)
 
     async def resume(self) -> None:
-        await self.monitor.execute("cont")
+        await self.job.vcpus(True)
 
     async def snapshot_save(self) -> None:
         devices = [self.nodes[d.target] for d in self.internal()]
@@ -298,7 +285,7 @@ class CreateExecution:
         await self._transaction(external=False, internal=True)
 
     async def transaction(self) -> None:
-        internal_elsewhere = (Step.SNAPSHOT_SAVE, Step.HMP_SAVEVM, Step.TRANSACTION_INTERNAL)
+        internal_elsewhere = (CreateStep.SNAPSHOT_SAVE, CreateStep.HMP_SAVEVM, CreateStep.TRANSACTION_INTERNAL)
         await self._transaction(external=True, internal=not any(
             s in self.plan.steps for s in internal_elsewhere))
 
@@ -339,21 +326,20 @@ class CreateExecution:
         """The disks switched after the memory was saved: everything the snapshot
         needs exists, so from here a failure (or a dead process) finishes it."""
         steps = self.plan.steps
-        if self.plan.flags.no_metadata or Step.MIGRATE_TO_FILE not in steps or \
-                steps.index(Step.MIGRATE_TO_FILE) > steps.index(Step.TRANSACTION):
+        if self.plan.flags.no_metadata or CreateStep.MIGRATE_TO_FILE not in steps or \
+                steps.index(CreateStep.MIGRATE_TO_FILE) > steps.index(CreateStep.TRANSACTION):
             return
-        store = self.ctx.snapshot_store()
-        tree = store.load()
+        store, tree = self.job.store, self.job.tree
         new = replace(self.record(), parent=tree.current)
-        files = {f"{self.plan.name}.xml": meta.storable(replace(new, active=True))}
+        files = {f"{self.plan.name}.xml": storable(replace(new, active=True))}
         if tree.current:
-            files[f"{tree.current}.xml"] = meta.storable(
+            files[f"{tree.current}.xml"] = storable(
                 replace(tree.snaps[tree.current], active=False))
         self.txn.commit([
             actions.follow_overlays(overlays, switched=True),
             actions.complete_memory_file(self.plan.memory_file or ""),
             actions.write_metadata_files(store.dir, files, f"the metadata of {self.plan.name}"),
-            *([actions.resume_guest()] if Step.RESUME in steps else [])])
+            *([actions.resume_guest()] if CreateStep.RESUME in steps else [])])
 
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
@@ -367,24 +353,8 @@ class CreateExecution:
         await self._migrate(background=True)
 
     async def _migrate(self, background: bool) -> None:
-        path = self.plan.memory_file or ""
-        was_running = self.resume_on_restore if self.resume_on_restore is not None else \
-            self.plan.resume or Step.MIGRATE_LIVE in self.plan.steps
-        # O_EXCL: never take over (and on undo remove) a file someone else made, nor
-        # a symbolic link (even a dangling one); the undo is recorded first, so it
-        # can name a file that never came to be
-        _check_memory_target(Path(path))
-        undo = self.txn.on_undo(actions.remove_file(path, "memory file"))
-        try:
-            self.memory_fd = memfile.create(path, self.before.to_xml(),
-                                             self.before.save_cookie(), was_running)
-        except FileExistsError:
-            self.txn.discard(undo)  # made by someone else since the check: not ours to remove
-            raise OperationFailedError(f"memory snapshot file '{path}' already exists") \
-                from None
-        self.txn.on_undo(actions.cancel_migration())
-        await memfile.save(self.monitor, self.memory_fd, background,
-                           ProgressMeter("memory", self.progress), resume=self.plan.resume)
+        await self.memory.write(self.monitor, self.before, self.was_running, background,
+                                self.plan.resume, self.progress)
 
     async def agent_freeze(self) -> None:
         undo = self.txn.on_undo(actions.thaw(self._agent_path()))
@@ -404,7 +374,7 @@ class CreateExecution:
             self.frozen = False
 
     def _agent_path(self) -> Path:
-        path = agent.socket_path(self.ctx.definition, self.ctx.paths)
+        path = agent.socket_path(self.job.definition, self.job.paths)
         if path is None:
             raise ConfigUnsupportedError("QEMU guest agent is not configured")
         return path
@@ -412,28 +382,25 @@ class CreateExecution:
     async def halt(self) -> None:
         """Stop QEMU: the point of no return (the memory file is complete and
         the metadata written by now, see the plan's order)."""
-        await self._complete_memory_file()
+        await self.memory.complete()
         self.txn.commit([actions.stop_qemu(self.halt_reason)])
-        await self.ctx.stop(self.halt_reason)
+        await self.job.stop(self.halt_reason)
 
     async def write_metadata(self) -> None:
-        await self._complete_memory_file()
-        store = self.ctx.snapshot_store()
-        tree = store.load()
+        await self.memory.complete()
+        store, tree = self.job.store, self.job.tree
         touched = [self.plan.name, *([tree.current] if tree.current else [])]
         if not self.txn.committed:  # past the point of no return, failure finishes it
             self.txn.on_undo(actions.restore_files(store.dir, touched,
                                                    f"the metadata of {self.plan.name}"))
-        meta.add(store, tree, self.record())
+        store.add(tree, self.record())
 
     async def redefine_metadata(self) -> None:
-        store = self.ctx.snapshot_store()
-        meta.redefine(store, store.load(), self.plan.definition, self.ctx.definition.uuid,
-                      make_current=False)
+        self.job.store.redefine(self.job.tree, self.plan.definition, self.job.uuid,
+                                make_current=False)
 
     async def set_current(self) -> None:
-        store = self.ctx.snapshot_store()
-        meta.set_current(store, store.load(), self.plan.name)
+        self.job.store.set_current(self.job.tree, self.plan.name)
 
     # -- the record ------------------------------------------------------------------
 
@@ -445,25 +412,6 @@ class CreateExecution:
                               "qcow2" if d.file else None) for d in self.plan.disks]
         return replace(self.plan.definition, disks=disks, creation_time=self.created,
                        domain=self.before.root_copy(), parent=None, active=False)
-
-
-def hmp_word(name: str) -> str:
-    """A snapshot name as one HMP argument: HMP splits on blanks and reads
-    quotes and backslashes, so names with those cannot go through HMP."""
-    if not name or any(c.isspace() or c in "\"'\\" for c in name):
-        raise ConfigUnsupportedError(
-            f"snapshot name '{name}' cannot be passed to this QEMU's savevm/loadvm "
-            "(it lacks snapshot-save): use a name without blanks, quotes or backslashes")
-    return name
-
-
-def _check_memory_target(path: Path) -> None:
-    """A memory file is made new: refuse a path where anything is, a symbolic link
-    (even a dangling one) included, since an undo would then remove the user's."""
-    if os.path.lexists(path):
-        what = "a symbolic link" if path.is_symlink() else "a file"
-        raise OperationFailedError(f"memory snapshot file '{path}' already exists ({what}): "
-                                   "choose a path where nothing is")
 
 
 def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:
@@ -480,28 +428,28 @@ def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:
 
 
 StepMethod = Callable[[CreateExecution], Awaitable[None]]
-STEPS: dict[Step, StepMethod] = {
-    Step.QEMU_IMG_SNAPSHOT: CreateExecution.qemu_img_snapshot,
-    Step.QEMU_IMG_CREATE: CreateExecution.qemu_img_create,
-    Step.CHECK_REUSED_OVERLAYS: CreateExecution.check_reused_overlays,
-    Step.SWITCH_DEFINITION: CreateExecution.switch_definition,
-    Step.CREATE_OVERLAYS: CreateExecution.create_overlays,
-    Step.LEAVE_POSTMIGRATE: CreateExecution.leave_postmigrate,
-    Step.PAUSE: CreateExecution.pause,
-    Step.RESUME: CreateExecution.resume,
-    Step.SNAPSHOT_SAVE: CreateExecution.snapshot_save,
-    Step.HMP_SAVEVM: CreateExecution.hmp_savevm,
-    Step.TRANSACTION: CreateExecution.transaction,
-    Step.TRANSACTION_INTERNAL: CreateExecution.transaction_internal,
-    Step.MIGRATE_TO_FILE: CreateExecution.migrate_to_file,
-    Step.MIGRATE_LIVE: CreateExecution.migrate_live,
-    Step.MIGRATE_BACKGROUND: CreateExecution.migrate_background,
-    Step.AGENT_FREEZE: CreateExecution.agent_freeze,
-    Step.AGENT_THAW: CreateExecution.agent_thaw,
-    Step.HALT: CreateExecution.halt,
-    Step.WRITE_METADATA: CreateExecution.write_metadata,
-    Step.REDEFINE_METADATA: CreateExecution.redefine_metadata,
-    Step.SET_CURRENT: CreateExecution.set_current,
+STEPS: dict[CreateStep, StepMethod] = {
+    CreateStep.QEMU_IMG_SNAPSHOT: CreateExecution.qemu_img_snapshot,
+    CreateStep.QEMU_IMG_CREATE: CreateExecution.qemu_img_create,
+    CreateStep.CHECK_REUSED_OVERLAYS: CreateExecution.check_reused_overlays,
+    CreateStep.SWITCH_DEFINITION: CreateExecution.switch_definition,
+    CreateStep.CREATE_OVERLAYS: CreateExecution.create_overlays,
+    CreateStep.LEAVE_POSTMIGRATE: CreateExecution.leave_postmigrate,
+    CreateStep.PAUSE: CreateExecution.pause,
+    CreateStep.RESUME: CreateExecution.resume,
+    CreateStep.SNAPSHOT_SAVE: CreateExecution.snapshot_save,
+    CreateStep.HMP_SAVEVM: CreateExecution.hmp_savevm,
+    CreateStep.TRANSACTION: CreateExecution.transaction,
+    CreateStep.TRANSACTION_INTERNAL: CreateExecution.transaction_internal,
+    CreateStep.MIGRATE_TO_FILE: CreateExecution.migrate_to_file,
+    CreateStep.MIGRATE_LIVE: CreateExecution.migrate_live,
+    CreateStep.MIGRATE_BACKGROUND: CreateExecution.migrate_background,
+    CreateStep.AGENT_FREEZE: CreateExecution.agent_freeze,
+    CreateStep.AGENT_THAW: CreateExecution.agent_thaw,
+    CreateStep.HALT: CreateExecution.halt,
+    CreateStep.WRITE_METADATA: CreateExecution.write_metadata,
+    CreateStep.REDEFINE_METADATA: CreateExecution.redefine_metadata,
+    CreateStep.SET_CURRENT: CreateExecution.set_current,
 }
 
-__all__ = ["CreateExecution", "STEPS", "JOB_TIMEOUT"]
+__all__ = ["CreateExecution", "STEPS", "plan", "create"]

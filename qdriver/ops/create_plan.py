@@ -20,6 +20,7 @@ from ..errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCod
 from ..agent import CHANNEL as AGENT_CHANNEL
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
+from ..caps.running import RunningCaps
 
 ONLINE_STATES = ("running", "paused")
 
@@ -30,7 +31,7 @@ LiveMode = Literal["none", "background", "precopy"]
 """none | background (background-snapshot) | precopy (live migration, then pause)."""
 
 
-class Step(enum.StrEnum):
+class CreateStep(enum.StrEnum):
     """Every step a snapshot-creation plan can contain; the executor has one method each."""
 
     QEMU_IMG_SNAPSHOT = "qemu-img-snapshot"
@@ -79,19 +80,6 @@ class CreateFlags:
     def from_mask(cls, mask: int) -> CreateFlags:
         """From libvirt's integer flags (REDEFINE=1 ... VALIDATE=512)."""
         return cls(**{f.name: bool(mask & (1 << i)) for i, f in enumerate(fields(cls))})
-
-
-@dataclass(frozen=True)
-class HostCaps:
-    """What the QEMU in use can do (the executor probes it)."""
-
-    snapshot_save: bool = True
-    """QMP ``snapshot-save`` exists (QEMU >= 6.0); else HMP ``savevm``."""
-    background_snapshot: bool = True
-    """The ``background-snapshot`` migration capability is usable."""
-    migrated: bool = False
-    """QEMU sits in ``postmigrate`` after an earlier memory save of a paused guest: its
-    images are inactive and it refuses another migration until the vCPUs have run."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +144,7 @@ class DiskPlan:
 
 
 @dataclass(frozen=True)
-class Plan:
+class CreatePlan:
     """The decision for one snapshot request, as data."""
 
     name: str
@@ -166,7 +154,7 @@ class Plan:
     state: str
     pause: PauseMode
     live: LiveMode
-    steps: tuple[Step, ...]
+    steps: tuple[CreateStep, ...]
     resume: bool
     """Whether the guest runs afterwards."""
     libvirt: bool
@@ -195,8 +183,8 @@ def refusal_json(err: QDriverError) -> dict[str, object]:
 # -- the pipeline ---------------------------------------------------------------
 
 def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
-                  flags: CreateFlags = CreateFlags(), caps: HostCaps = HostCaps(),
-                  now: float | None = None) -> Plan:
+                  flags: CreateFlags = CreateFlags(), caps: RunningCaps = RunningCaps(),
+                  now: float | None = None) -> CreatePlan:
     """Decide what creating this snapshot means; raise the refusal otherwise."""
     check_flags(flags)
     if state == "pmsuspended":
@@ -235,15 +223,15 @@ def check_flags(flags: CreateFlags) -> None:
                               f"'{name('quiesce')}'")
 
 
-def _plan_redefine(snap: SnapshotDef, flags: CreateFlags) -> Plan:
+def _plan_redefine(snap: SnapshotDef, flags: CreateFlags) -> CreatePlan:
     if flags.disk_only and snap.state != "disk-snapshot":
         raise InvalidArgError(f"disk-only flag for snapshot {snap.name} requires "
                               "disk-snapshot state")
     disks = tuple(DiskPlan(d.name, d.snapshot or "no", d.source) for d in snap.disks)
-    return Plan(name=snap.name or "", memory=cast(MemoryMode, snap.memory or "no"),
+    return CreatePlan(name=snap.name or "", memory=cast(MemoryMode, snap.memory or "no"),
                 memory_file=snap.memory_file,
                 disks=disks, state=snap.state or "shutoff", pause="none", live="none",
-                steps=(Step.REDEFINE_METADATA,) + ((Step.SET_CURRENT,) if flags.current else ()),
+                steps=(CreateStep.REDEFINE_METADATA,) + ((CreateStep.SET_CURRENT,) if flags.current else ()),
                 resume=False, libvirt=True, definition=snap, flags=flags)
 
 
@@ -297,8 +285,8 @@ def _check_quiesce(domain: DomainDef, state: str) -> None:
 
 
 def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
-           disks: list[SnapshotDisk], row: Row, flags: CreateFlags, caps: HostCaps,
-           now: float | None) -> Plan:
+           disks: list[SnapshotDisk], row: Row, flags: CreateFlags, caps: RunningCaps,
+           now: float | None) -> CreatePlan:
     online = state in ONLINE_STATES
     running = state == "running"
     manual = any(d.snapshot == "manual" for d in disks)
@@ -326,7 +314,7 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
     resume = running and not manual and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
                          creation_time=int(now) if now is not None else snap.creation_time)
-    return Plan(name=snap.name or "", memory=memory, memory_file=snap.memory_file,
+    return CreatePlan(name=snap.name or "", memory=memory, memory_file=snap.memory_file,
                 disks=plan_disks, state=snap_state, pause=pause, live=live, steps=steps,
                 resume=resume, libvirt=_libvirt_accepts(online, memory, plan_disks, row, flags),
                 definition=definition, flags=flags)
@@ -351,55 +339,55 @@ def _disk_plan(d: SnapshotDisk, domain: DomainDef) -> DiskPlan:
 
 
 def _steps(online: bool, running: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,
-           live: LiveMode, manual: bool, flags: CreateFlags, caps: HostCaps
-           ) -> tuple[Step, ...]:
+           live: LiveMode, manual: bool, flags: CreateFlags, caps: RunningCaps
+           ) -> tuple[CreateStep, ...]:
     has_ext = any(d.snapshot == "external" for d in disks)
-    overlays = Step.CHECK_REUSED_OVERLAYS if flags.reuse_ext else (
-        Step.QEMU_IMG_CREATE if not online else Step.CREATE_OVERLAYS)
-    steps: list[Step] = []
+    overlays = CreateStep.CHECK_REUSED_OVERLAYS if flags.reuse_ext else (
+        CreateStep.QEMU_IMG_CREATE if not online else CreateStep.CREATE_OVERLAYS)
+    steps: list[CreateStep] = []
     if not online:
         if "qemu-img-snapshot" in row.mechanisms:
-            steps.append(Step.QEMU_IMG_SNAPSHOT)
+            steps.append(CreateStep.QEMU_IMG_SNAPSHOT)
         if has_ext:
-            steps += [overlays, Step.SWITCH_DEFINITION]
+            steps += [overlays, CreateStep.SWITCH_DEFINITION]
     else:
         if caps.migrated and (memory != "no" or any(d.snapshot == "internal" for d in disks)):
-            steps.append(Step.LEAVE_POSTMIGRATE)
+            steps.append(CreateStep.LEAVE_POSTMIGRATE)
         if has_ext:
             steps.append(overlays)
         if flags.quiesce:
-            steps.append(Step.AGENT_FREEZE)
+            steps.append(CreateStep.AGENT_FREEZE)
         has_int = any(d.snapshot == "internal" for d in disks)
         steps += _online_core(running, memory, row, live, manual, has_int, has_ext, caps)
         if flags.quiesce:
-            steps.append(Step.AGENT_THAW)
+            steps.append(CreateStep.AGENT_THAW)
         if has_ext:
-            steps.append(Step.SWITCH_DEFINITION)
+            steps.append(CreateStep.SWITCH_DEFINITION)
         if running and memory != "no" and not manual and not flags.halt and \
                 live != "background":
-            steps.append(Step.RESUME)
+            steps.append(CreateStep.RESUME)
     if not flags.no_metadata:
-        steps.append(Step.WRITE_METADATA)
+        steps.append(CreateStep.WRITE_METADATA)
     if online and flags.halt:  # last: stopping QEMU is the point of no return
-        steps.append(Step.HALT)
+        steps.append(CreateStep.HALT)
     return tuple(steps)
 
 
 def _online_core(running: bool, memory: str, row: Row, live: LiveMode, manual: bool,
-                 has_int: bool, has_ext: bool, caps: HostCaps) -> list[Step]:
-    pause = [Step.PAUSE] if running else []
-    txn = [Step.TRANSACTION] if "transaction" in row.mechanisms else []
+                 has_int: bool, has_ext: bool, caps: RunningCaps) -> list[CreateStep]:
+    pause = [CreateStep.PAUSE] if running else []
+    txn = [CreateStep.TRANSACTION] if "transaction" in row.mechanisms else []
     if memory == "internal":
-        save = Step.SNAPSHOT_SAVE if caps.snapshot_save else Step.HMP_SAVEVM
+        save = CreateStep.SNAPSHOT_SAVE if caps.snapshot_save else CreateStep.HMP_SAVEVM
         return pause + [save] + txn
     if memory == "external":
         if live == "background":  # the vCPUs run again once the devices are saved
-            return pause + txn + [Step.MIGRATE_BACKGROUND]
+            return pause + txn + [CreateStep.MIGRATE_BACKGROUND]
         if live == "precopy":  # the migration ends with the guest paused
-            return [Step.MIGRATE_LIVE] + txn
+            return [CreateStep.MIGRATE_LIVE] + txn
         # a finished migration leaves the images inactive, where QEMU refuses
         # internal snapshots: take those first (the guest is paused throughout)
-        internal = [Step.TRANSACTION_INTERNAL] if has_int else []
+        internal = [CreateStep.TRANSACTION_INTERNAL] if has_int else []
         external = txn if has_ext else []
-        return pause + internal + [Step.MIGRATE_TO_FILE] + external
+        return pause + internal + [CreateStep.MIGRATE_TO_FILE] + external
     return (pause if manual else []) + txn

@@ -29,66 +29,68 @@ from typing import Any, Collection
 
 import anyio
 
-from .. import faults, qemuimg, qmp
-from .. import snapshot_tree as meta
+from .. import qemuimg, qmp
 from ..errors import OperationFailedError
-from ..opcontext import OpContext
-from ..statestore import fsync_dir
+from ..blockdev import jobs as blockjobs
+from ..blockdev.nodes import OpenImages, open_images, writable
+from ..job import Job, JobView
+from ..progress import ProgressFn, ProgressMeter
+from ..qemuimg.graph import ImageGraph
+from ..snapshots.store import MARKS_FILE, SnapshotStore
+from ..snapshots.tree import SnapshotTree
+from ..testing import faults
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
-from .blocknodes import OpenImages, open_images, writable
-from .create_exec import hmp_word
-from .delete_plan import Commit, DeletePlan, ImageGraph, InternalDelete, plan_delete
+from .delete_plan import (Commit, DeleteFlags, DeletePlan, InternalDelete, plan_delete,
+                          victims)
 from .parallel import side_by_side
-from .progress import ProgressFn, ProgressMeter
+from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import Transaction
 
-COMMIT_TIMEOUT = 3600.0
-
+COMMIT_PREFIX = "qdriver-commit-"
 log = logging.getLogger("qdriver")
 
 
-async def image_graph(ctx: OpContext, tree: meta.SnapshotTree) -> ImageGraph:
-    """The backing graph of every image the definition and ``tree`` name."""
-    todo = [d.source for d in ctx.definition.disks if d.source]
-    for snap in tree.snaps.values():
-        todo += [d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source]
-        if snap.domain is not None:
-            todo += disk_sources(snap.domain).values()
-    backing: dict[str, str | None] = {}
-    formats: dict[str, str] = {}
-    while todo:
-        image = todo.pop()
-        if image in backing or not os.path.isfile(image):
-            continue
-        head = qemuimg.header.read(image)
-        backing[image], formats[image] = head.backing, head.format
-        if head.backing:
-            todo.append(head.backing)
-    writable = frozenset(i for i in backing if os.access(i, os.W_OK))
-    return ImageGraph(backing, formats, writable)
+async def plan(job: JobView, name: str, flags: DeleteFlags, online: bool = True) -> DeletePlan:
+    """What deleting ``name`` would do, from the job's state (``online``: asking the
+    running QEMU whether it has the snapshot-delete job)."""
+    names = victims(job.tree, name, flags)
+    graph = job.image_graph() if not flags.metadata_only else ImageGraph({})
+    snapshot_job = (await job.qemu_caps()).snapshot_save \
+        if online and job.record is not None else True
+    return plan_delete(job.tree, job.definition, job.record is not None, names, graph,
+                       flags.metadata_only, snapshot_job=snapshot_job)
+
+
+async def delete(job: Job, name: str, flags: DeleteFlags,
+                 progress: ProgressFn | None = None) -> list[str]:
+    """Delete ``name`` (and its children if asked) with its data; the names removed."""
+    the_plan = await plan(job, name, flags)
+    await DeleteExecution(job, the_plan, progress).run()
+    return the_plan.names
 
 
 class DeleteExecution:
     """One snapshot delete in progress."""
 
-    def __init__(self, ctx: OpContext, plan: DeletePlan, mon: qmp.Monitor | None,
-                 progress: ProgressFn | None = None, tree: meta.SnapshotTree | None = None
-                 ) -> None:
-        self.ctx = ctx
+    def __init__(self, job: Job, plan: DeletePlan, progress: ProgressFn | None = None,
+                 mon: qmp.Monitor | None = None) -> None:
+        self.job = job
         self.plan = plan
         self.mon = mon
+        """The running QEMU's monitor (`run` opens it); None while shut off."""
         self.progress = progress
-        self.store = ctx.snapshot_store()
-        self.tree = tree if tree is not None else self.store.load()
-        """The metadata as on disk: read under the lock, changed with each write."""
-        self.txn = Transaction(actions.ActionEnv.fixed(ctx, mon), "snapshot-delete")
+        self.store: SnapshotStore = job.store
+        self.tree: SnapshotTree = job.tree
+        """The metadata as on disk: the job's, changed with each write."""
+        self.txn = Transaction(job, "snapshot-delete")
         self.tops: dict[str, str] = {}
         """Each disk's active image as the commits leave it (the root node's image)."""
         self.images: OpenImages | None = None
 
     async def run(self) -> None:
+        self.mon = await self.job.qemu()
         await self.txn.attempt(self._all)
 
     async def _all(self) -> None:
@@ -97,7 +99,7 @@ class DeleteExecution:
         else:  # only the marks come before the point of no return
             self.txn.on_undo(actions.restore_files(
                 self.store.dir, self.plan.names, "the marked snapshots' metadata",
-                new=[meta.MARKS_FILE]))
+                new=[MARKS_FILE]))
             await self._mark_and_ask()
             self.txn.commit([])  # from here on the marks say what to finish
         await self.carry_out()
@@ -127,7 +129,7 @@ class DeleteExecution:
         await side_by_side(self._close_removed, self._rename_and_remove)
         for name in self.plan.names:
             if name in self.tree.snaps:
-                meta.remove_metadata(self.store, self.tree, name)
+                self.store.remove_metadata(self.tree, name)
                 faults.point("snapshot-delete:metadata")
         self.store.clear_marks()
 
@@ -137,7 +139,7 @@ class DeleteExecution:
         if not os.path.exists(item.image):
             return
         if item.hmp and self.mon is not None:
-            out = await self.mon.hmp(f"delvm {hmp_word(item.name)}", COMMIT_TIMEOUT)
+            out = await self.mon.hmp(f"delvm {hmp_word(item.name)}", JOB_TIMEOUT)
             if out.strip():  # HMP reports errors as text, not as a QMP error
                 raise OperationFailedError(f"delvm failed: {out.strip()}")
             return
@@ -149,7 +151,7 @@ class DeleteExecution:
                     await qmp.run_job(self.mon, "snapshot-delete",
                                       {"tag": item.name, "devices": [node]},
                                       f"qdriver-delete-{int(time.time() * 1000)}",
-                                      COMMIT_TIMEOUT)
+                                      JOB_TIMEOUT)
             return
         if item.name in {s.name for s in await qemuimg.snapshot_list(item.image)}:
             await qemuimg.snapshot_delete(item.image, item.name)
@@ -164,7 +166,7 @@ class DeleteExecution:
         by_disk: dict[str, list[Commit]] = {}
         for c in self.plan.commits:
             by_disk.setdefault(c.target, []).append(c)
-        self.tops = {d.target: d.source for d in self.ctx.definition.disks if d.source}
+        self.tops = {d.target: d.source for d in self.job.definition.disks if d.source}
         if self.images is None and self._online_commits():
             await self._learn_open_images()
 
@@ -208,18 +210,15 @@ class DeleteExecution:
     async def _block_commit(self, mon: qmp.Monitor, c: Commit) -> None:
         """One commit job; the disk's root node is the one its active image (the
         definition's source, the base once an active commit pivoted) opened as."""
-        job = f"qdriver-commit-{c.target}-{int(time.time() * 1000)}"
+        job = f"{COMMIT_PREFIX}{c.target}-{int(time.time() * 1000)}"
         images = self.images
         assert images is not None  # asked once in _commits, before the first job
-        args: dict[str, Any] = {"job-id": job,
-                                "device": images.node(self.tops.get(c.target, c.top)),
+        args: dict[str, Any] = {"device": images.node(self.tops.get(c.target, c.top)),
                                 "base-node": images.node(c.base)}
         if c.mode == "intermediate":
             args["top-node"] = images.node(c.top)
-        meter = ProgressMeter(f"commit {c.target}", self.progress)
-        with mon.listener("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
-            await mon.execute("block-commit", args)
-            await _wait_job(mon, events, job, meter)
+        meter = ProgressMeter(f"commit {c.target}", self.progress) if self.progress else None
+        await blockjobs.commit(mon, args, job, meter)
         if c.mode == "active":
             self.tops[c.target] = c.base
 
@@ -264,33 +263,31 @@ class DeleteExecution:
         names: a process that dies before they are gone leaves them naming the
         committed file, which nothing else names, so finishing removes it."""
         formats = {new: _format(new) for new in renames.values()}
-        defn = self.ctx.definition
+        defn = self.job.definition
         moved = {d.target: (renames[d.source], formats[renames[d.source]])
                  for d in defn.disks if d.source in renames}
         if moved:
-            self.ctx.save_definition(defn.with_disk_sources(moved))
-        written = False
+            self.job.save_definition(defn.with_disk_sources(moved))
+        changed: list[str] = []
         for name, snap in list(self.tree.snaps.items()):
             renamed = snap
             for old, new in renames.items():
                 renamed = _rename_snapshot(renamed, old, new, formats[new])
             if renamed is not snap and name not in going:
-                self.store.write(renamed, self.tree.current == name, sync_dir=False)
                 self.tree.snaps[name] = renamed
-                written = True
-        if written:
-            fsync_dir(self.store.dir)
+                changed.append(name)
+        self.store.save(self.tree, changed)
 
 
-def mark(store: meta.SnapshotStore, tree: meta.SnapshotTree, names: list[str]) -> None:
+def mark(store: SnapshotStore, tree: SnapshotTree, names: list[str]) -> None:
     """Give each snapshot libvirt's ``<snapshotDeleteInProgress/>`` (file and ``tree``),
-    after listing them in the store's index of marks (what recovery looks for)."""
-    store.write_marks(names)
+    and list them in the store's index of marks (what recovery looks for)."""
+    store.write_marks(names, sync_dir=False)  # the save below syncs the directory
     for name in names:
         snap = tree.get(name)
-        marked = replace(snap, disks=[replace(d, delete_in_progress=True) for d in snap.disks])
-        store.write(marked, tree.current == name)
-        tree.snaps[name] = marked
+        tree.snaps[name] = replace(snap, disks=[replace(d, delete_in_progress=True)
+                                                for d in snap.disks])
+    store.save(tree, names)
 
 
 def _rename_snapshot(snap: SnapshotDef, old: str, new: str, fmt: str) -> SnapshotDef:
@@ -312,66 +309,31 @@ def _format(image: str) -> str:
         return "qcow2"
 
 
-async def _wait_job(mon: qmp.Monitor, events: Any, job: str, meter: ProgressMeter) -> None:
-    """Follow a commit job by its events: complete it at BLOCK_JOB_READY (an active
-    commit: the pivot), end at BLOCK_JOB_COMPLETED (raising its error).
-    ``query-jobs`` only when nothing happens for a while (progress, a lost job)."""
-    deadline = time.monotonic() + COMMIT_TIMEOUT
-    if meter.report is not None:  # the first progress report (0 %), for someone listening
-        await _job_status(mon, job, meter)
-    while time.monotonic() < deadline:
-        ev: Any = None
-        with anyio.move_on_after(0.25):
-            while ev is None:
-                got = await events.get()
-                if qmp.data(got).get("device") == job:
-                    ev = got
-        if ev is None:
-            if await _job_status(mon, job, meter) == "ready":
-                await mon.execute("job-complete", {"id": job})
-        elif ev["event"] == "BLOCK_JOB_READY":
-            await mon.execute("job-complete", {"id": job})  # pivot to the merged image
-        elif ev["event"] == "BLOCK_JOB_COMPLETED":
-            if qmp.data(ev).get("error"):
-                raise qmp.JobError(job, str(qmp.data(ev)["error"]))
-            return
-    raise OperationFailedError(f"block job '{job}' did not finish within {COMMIT_TIMEOUT:g} s")
-
-
-async def _job_status(mon: qmp.Monitor, job: str, meter: ProgressMeter) -> str | None:
-    """The job's status (reporting its progress); None once QEMU dismissed it (its
-    BLOCK_JOB_COMPLETED event is already queued then)."""
-    info = next((j for j in await mon.execute("query-jobs") if j.get("id") == job), None)
-    if info is None:
-        return None
-    meter(int(info.get("current-progress", 0)), int(info.get("total-progress", 0)))
-    return str(info["status"])
-
-
-async def finish(ctx: OpContext, mon: qmp.Monitor | None) -> list[str]:
+async def finish(job: Job) -> list[str]:
     """Finish the deletes a dead process left marked: plan again from the images
     as they are now and carry that out.  Returns the snapshots deleted."""
-    store = ctx.snapshot_store()
-    tree = store.load()
-    names = [n for n in store.read_marks() if n in tree.snaps]
+    store = job.store
+    marks = store.read_marks()
+    names = [n for n in marks if n in job.tree.snaps] if marks else []
     if not names:
         store.clear_marks()
         return []
+    tree = job.tree
+    mon = await job.qemu()
     if mon is not None:
-        await _settle_jobs(mon)
-        await actions.run(actions.ActionEnv.fixed(ctx, mon), actions.follow_disks())
-    execution = DeleteExecution(ctx, DeletePlan(names, False), mon, tree=tree)
-    graph = await image_graph(ctx, tree)
+        await blockjobs.settle(mon, COMMIT_PREFIX)
+        await actions.run(job, actions.follow_disks())
+    execution = DeleteExecution(job, DeletePlan(names, False), mon=mon)
+    graph = job.image_graph()
     if mon is None:
-        await _repair_leaks(ctx, graph, tree)
-    await execution.adopt_finished_commits(graph)  # renames images in ``tree`` itself
-    execution.plan = plan_delete(tree, ctx.definition, mon is not None, names,
-                                 await image_graph(ctx, tree))
+        await _repair_leaks(job, graph)
+    await execution.adopt_finished_commits(graph)  # renames images in the tree itself
+    execution.plan = plan_delete(tree, job.definition, mon is not None, names, job.image_graph())
     await execution.carry_out()
     return names
 
 
-async def _repair_leaks(ctx: OpContext, graph: ImageGraph, tree: meta.SnapshotTree) -> None:
+async def _repair_leaks(job: Job, graph: ImageGraph) -> None:
     """QEMU died while it wrote (a commit, the guest): free the clusters it left
     allocated and unreferenced in the chains it had open, before they are committed.
 
@@ -379,8 +341,9 @@ async def _repair_leaks(ctx: OpContext, graph: ImageGraph, tree: meta.SnapshotTr
     name: a QEMU of this domain wrote nothing else), and only where no other
     process has the image open (its lock is taken): a base image other guests
     share is left alone."""
-    own = _own_images(ctx, tree)
-    for disk in ctx.definition.disks:
+    own = {d.source for d in job.definition.disks if d.source and not d.readonly}
+    own |= job.tree.files()
+    for disk in job.definition.disks:
         image = disk.source if not disk.readonly else None
         while image is not None:
             if image in own and graph.formats.get(image) == "qcow2" \
@@ -394,21 +357,4 @@ async def _repair_leaks(ctx: OpContext, graph: ImageGraph, tree: meta.SnapshotTr
             image = graph.backing.get(image)
 
 
-def _own_images(ctx: OpContext, tree: meta.SnapshotTree) -> set[str]:
-    own = {d.source for d in ctx.definition.disks if d.source and not d.readonly}
-    for snap in tree.snaps.values():
-        own.update(d.source for d in [*snap.disks, *(snap.revert_disks or ())] if d.source)
-        if snap.domain is not None:
-            own.update(disk_sources(snap.domain).values())
-    return own
-
-
-async def _settle_jobs(mon: qmp.Monitor) -> None:
-    """Let a commit the dead process started end (completing it when READY)."""
-    with mon.listener("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED") as events:
-        for job in await mon.execute("query-jobs"):
-            if str(job.get("id", "")).startswith("qdriver-commit-"):
-                await _wait_job(mon, events, job["id"], ProgressMeter("commit", None))
-
-
-__all__ = ["DeleteExecution", "image_graph", "mark", "finish"]
+__all__ = ["DeleteExecution", "plan", "delete", "mark", "finish"]

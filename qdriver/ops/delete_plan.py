@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Literal, Mapping
+from typing import Literal
 
 from ..errors import InvalidArgError
-from ..snapshot_tree import SnapshotTree
+from ..qemuimg.graph import ImageGraph
+from ..snapshots.tree import SnapshotTree
 from ..xml.domain import DomainDef, disk_sources
 from ..xml.snapshot import SnapshotDef
 
@@ -53,27 +54,6 @@ class DeleteFlags:
     children: bool = False
     children_only: bool = False
     metadata_only: bool = False
-
-
-@dataclass(frozen=True)
-class ImageGraph:
-    """What the images on disk say: each one's backing file and format."""
-
-    backing: dict[str, str | None]
-    """Changed only by the planner's own copy while it simulates merges."""
-    formats: Mapping[str, str] = field(default_factory=dict)
-    writable: frozenset[str] = frozenset()
-    """Images this process may write (a commit target must be one)."""
-
-    def children(self, image: str) -> list[str]:
-        return sorted(i for i, b in self.backing.items() if b == image)
-
-    def chain(self, top: str | None) -> list[str]:
-        out: list[str] = []
-        while top and top not in out:
-            out.append(top)
-            top = self.backing.get(top)
-        return out
 
 
 @dataclass(frozen=True)

@@ -10,42 +10,71 @@ is left as it was.
 from __future__ import annotations
 
 import time
-from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .. import domstate, process, qemuimg, qmp, runas
-from .. import snapshot_tree as meta
-from ..errors import OperationFailedError, SystemError_
-from ..launch import start_qemu
-from ..opcontext import OpContext
-from ..statestore import fsync_dir
-from ..xml.domain import disk_sources
+from .. import process, qemuimg, qmp, runas
+from ..blockdev.nodes import open_images, top_nodes
+from ..errors import OperationFailedError, OperationInvalidError, SystemError_
+from ..job import Job, JobView
+from ..memory import memfile
+from ..progress import ProgressFn, ProgressMeter
+from ..qemuimg.graph import ImageGraph
+from ..snapshots.tree import SnapshotTree
+from ..xml.domain import DomainDef, disk_sources
 from ..xml.snapshot import SnapshotDisk
-from . import memfile
-from .blocknodes import top_nodes
-from .create_exec import JOB_TIMEOUT, hmp_word
-from .delete_exec import image_graph
-from .delete_plan import ImageGraph
-from .progress import ProgressFn, ProgressMeter
-from .revert_plan import RevertPlan, RevertStep
 from . import actions
+from .revert_plan import RevertFlags, RevertPlan, RevertStep, plan_restore, plan_revert
+from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import StepRunner, Transaction
+
+
+async def plan(job: JobView, name: str, flags: RevertFlags) -> RevertPlan:
+    """What reverting to ``name`` would do, from the job's state (and, while QEMU
+    runs, what it says of itself)."""
+    snap = job.tree.get(name)
+    managed = job.paths.managed_save.exists()
+    if job.record is None:
+        return plan_revert(job.definition, "shutoff", snap, flags, managed_save=managed)
+    state, caps = await job.abilities()
+    return plan_revert(job.definition, state, snap, flags, caps, managed)
+
+
+async def revert(job: Job, name: str, flags: RevertFlags,
+                 progress: ProgressFn | None = None) -> None:
+    """Go back to snapshot ``name``, which becomes current."""
+    await RevertExecution(job, await plan(job, name, flags), progress).run()
+
+
+async def restore(job: Job, path: str, xml: str, was_running: bool, flags: RevertFlags,
+                  progress: ProgressFn | None = None, managed: bool = False) -> None:
+    """Start the shut-off domain from save file ``path``, whose definition is ``xml``."""
+    if job.record is not None:
+        raise OperationInvalidError(f"domain '{job.name}' is already active")
+    saved = DomainDef.parse(xml)
+    if saved.uuid != job.definition.uuid:
+        raise OperationInvalidError(f"save file '{path}' holds domain '{saved.name}' with "
+                                    f"uuid {saved.uuid}, not '{job.name}'")
+    if saved.emulator != job.inactive.emulator:  # a file must not choose what runs
+        raise OperationInvalidError(
+            f"save file '{path}' names emulator '{saved.emulator or 'the default'}', but "
+            f"domain '{job.name}' uses '{job.inactive.emulator or 'the default'}'")
+    the_plan = plan_restore(saved, path, was_running, flags, managed)
+    # QEMU runs what was saved; the persistent definition stays
+    job.persistent, job.definition = job.inactive, saved
+    await RevertExecution(job, the_plan, progress).run()
 
 
 class RevertExecution:
     """One revert in progress."""
 
-    def __init__(self, ctx: OpContext, plan: RevertPlan, next_id: Callable[[], int],
-                 progress: ProgressFn | None = None, mon: qmp.Monitor | None = None) -> None:
-        self.ctx = ctx
+    def __init__(self, job: Job, plan: RevertPlan, progress: ProgressFn | None = None) -> None:
+        self.job = job
         self.plan = plan
-        self.next_id = next_id
         self.progress = progress
-        self.txn = Transaction(actions.ActionEnv(ctx, self._current_monitor),
-                               "snapshot-revert" if plan.name else "restore")
+        self.txn = Transaction(job, "snapshot-revert" if plan.name else "restore")
         self.sources = {d.target: d.source or "" for d in plan.definition.disks}
         """The snapshot-time images, by target."""
         self.definition = plan.definition
@@ -53,9 +82,6 @@ class RevertExecution:
         self.new_overlays: dict[str, str] = {}
         self.replaced: list[str] = []
         """Files of an earlier revert to this snapshot, no longer recorded after this one."""
-        self.mon = mon
-        """The monitor of the QEMU that runs now: the caller's, until a restart."""
-        self.stack = AsyncExitStack()
 
     def preflight(self) -> None:
         """Refuse before the first change if an image the revert builds on is missing."""
@@ -67,28 +93,15 @@ class RevertExecution:
     async def run(self) -> None:
         """Do every step; undo what would leave a lie and re-raise on failure."""
         self.preflight()
-        async with self.stack:
-            table = {step: partial(method, self) for step, method in STEPS.items()}
-            await self.txn.attempt(partial(StepRunner(table, self.txn.op).run, self.plan.steps))
-            if self.ctx.record is not None and self.mon is not None:
-                await self.ctx.sync_run_state(self.mon)
-
-    async def _current_monitor(self) -> qmp.Monitor | None:
-        return await self.monitor() if self.ctx.record is not None else None
-
-    async def monitor(self) -> qmp.Monitor:
-        """The monitor of the QEMU that runs now (reopened after a restart)."""
-        if self.mon is None:
-            self.mon = await self.stack.enter_async_context(qmp.open_monitor(self.ctx.paths.qmp))
-        return self.mon
+        table = {step: partial(method, self) for step, method in STEPS.items()}
+        await self.txn.attempt(partial(StepRunner(table, self.txn.op).run, self.plan.steps))
+        if self.job.record is not None:
+            await self.job.sync_run_state()
 
     # -- steps -------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        if self.mon is not None:
-            await qmp.close(self.mon)  # closing twice (its owner does too) is harmless
-            self.mon = None
-        await self.ctx.stop("from snapshot")
+        await self.job.stop("from snapshot")
 
     async def qemu_img_apply(self) -> None:
         await self.mark_stale()
@@ -103,16 +116,13 @@ class RevertExecution:
         changed = {self.sources[t] for t in self.plan.internal_disks if self.sources.get(t)}
         if not changed:
             return
-        store = self.ctx.snapshot_store()
-        tree = store.load()
-        hit = stale_snapshots(tree, await image_graph(self.ctx, tree), changed, self.plan.name)
+        tree = self.job.tree
+        hit = stale_snapshots(tree, self.job.image_graph(), changed, self.plan.name)
         why = (f"reverting to '{self.plan.name}' rewrote "
                f"{', '.join(sorted(changed))}, which its disk state builds on")
         for name in hit:
-            store.write(replace(tree.snaps[name], stale=tree.snaps[name].stale or why),
-                        tree.current == name, sync_dir=False)
-        if hit:
-            fsync_dir(store.dir)
+            tree.snaps[name] = replace(tree.snaps[name], stale=tree.snaps[name].stale or why)
+        self.job.store.save(tree, hit)
 
     async def check_memory_file(self) -> None:
         memfile.check(self.plan.memory_file or "")
@@ -123,7 +133,7 @@ class RevertExecution:
             path = _free_name(image, stamp)
             self.txn.on_undo(actions.remove_file(path, "revert overlay"))
             await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
-            runas.hand_over(self.ctx.policy.qemu_user, path)
+            runas.hand_over(self.job.policy.qemu_user, path)
             self.new_overlays[target] = path
         self.definition = self.definition.with_disk_sources(
             {t: (p, "qcow2") for t, p in self.new_overlays.items()})
@@ -131,46 +141,44 @@ class RevertExecution:
     async def switch_definition(self) -> None:
         """The snapshot's definition becomes the domain's (QEMU is stopped: the
         persistent one, which the new QEMU then runs), as libvirt's revert does."""
-        before = self.ctx.inactive if self.ctx.record is None else self.ctx.definition
+        before = self.job.inactive if self.job.record is None else self.job.definition
         self.txn.on_undo(actions.write_definition(before))
-        self.ctx.save_definition(self.definition)
+        self.job.save_definition(self.definition)
 
     async def start_paused(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
-        self.mon = await start_qemu(self.ctx, self.next_id, paused=True, keep=self.stack)
+        await self.job.launch(paused=True)
 
     async def start_incoming(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
-        self.mon = await start_qemu(self.ctx, self.next_id, paused=True, incoming=True,
-                                    keep=self.stack)
+        await self.job.launch(paused=True, incoming=True)
 
     async def load_memory_file(self) -> None:
         path = self.plan.memory_file or ""
         try:
-            await memfile.load(await self.monitor(), path,
+            await memfile.load(await self.job.monitor(), path,
                                ProgressMeter("load", self.progress))
         except qmp.MonitorClosedError as e:
             raise OperationFailedError(
                 f"QEMU exited while loading memory file '{path}': "
-                f"{process.log_tail(self.ctx.paths.qemu_log, 2)}") from e
+                f"{process.log_tail(self.job.paths.qemu_log, 2)}") from e
 
     async def record_revert_disks(self) -> None:
         """The snapshot now also names the new overlays (libvirt's ``<revertDisks>``)."""
-        store = self.ctx.snapshot_store()
-        tree = store.load()
+        store, tree = self.job.store, self.job.tree
         snap = tree.get(self.plan.name)
         self.replaced = [d.source for d in snap.revert_disks or () if d.source]
         disks = [SnapshotDisk(t, "external", "file", p, "qcow2")
                  for t, p in self.new_overlays.items()]
         touched = [snap.name or "", *([tree.current] if tree.current else [])]
         self.txn.on_undo(actions.restore_files(store.dir, touched, "the snapshot metadata"))
-        store.write(replace(snap, revert_disks=disks), tree.current == snap.name)
+        tree.snaps[self.plan.name] = replace(snap, revert_disks=disks)
+        store.save(tree, [self.plan.name])
 
     async def drop_discarded(self) -> None:
         """Remove the overlays of an earlier revert to this snapshot that nothing names
         any more: the state they held is what this revert discards."""
-        named = _named_files(self.ctx.snapshot_store().load()) | {
-            d.source for d in self.definition.disks if d.source}
+        named = self.job.tree.files() | {d.source for d in self.definition.disks if d.source}
         dropped = [p for p in self.replaced if p not in named]
         # the point of no return: the metadata no longer names these files
         self.txn.commit([*(actions.remove_file(p, "discarded overlay") for p in dropped),
@@ -181,7 +189,7 @@ class RevertExecution:
     def _managed_save_removal(self) -> list[actions.Action]:
         if RevertStep.REMOVE_MANAGED_SAVE not in self.plan.steps:
             return []
-        return [actions.remove_file(str(self.ctx.paths.managed_save), "managed save")]
+        return [actions.remove_file(str(self.job.paths.managed_save), "managed save")]
 
     def _restore_finish(self) -> list[actions.Action]:
         """What a restore does once past its point of no return."""
@@ -192,32 +200,29 @@ class RevertExecution:
         if not self.txn.committed:
             # the guest loaded from the managed save must never load twice
             self.txn.commit(self._restore_finish())
-        self.ctx.paths.managed_save.unlink(missing_ok=True)
+        self.job.paths.managed_save.unlink(missing_ok=True)
 
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())
-        await (await self.monitor()).execute("stop")
+        await self.job.vcpus(False)
 
     async def snapshot_load(self) -> None:
         await self.mark_stale()
-        mon = await self.monitor()
+        mon = await self.job.monitor()
         nodes = await top_nodes(mon)
         devices = [nodes[t] for t in self.plan.internal_disks]
-        vmstate = await self._vmstate_node(nodes)
+        vmstate = await self._vmstate_node(mon, nodes)
         self.txn.on_undo(actions.wait_jobs())
         await qmp.run_job(mon, "snapshot-load", {
             "tag": self.plan.name, "vmstate": vmstate, "devices": devices},
             f"qdriver-load-{int(time.time())}", JOB_TIMEOUT,
             ProgressMeter("snapshot-load", self.progress))
 
-    async def _vmstate_node(self, nodes: dict[str, str]) -> str:
+    async def _vmstate_node(self, mon: qmp.Monitor, nodes: dict[str, str]) -> str:
         """The node whose image holds the snapshot's memory (as libvirt finds it)."""
-        mon = await self.monitor()
-        images = {n["node-name"]: n.get("image", {})
-                  for n in await mon.execute("query-named-block-nodes", {"flat": True})}
-        holders = [t for t in self.plan.internal_disks if any(
-            s.get("name") == self.plan.name and int(s.get("vm-state-size", 0)) > 0
-            for s in images.get(nodes[t], {}).get("snapshots", ()))]
+        with_vmstate = (await open_images(mon)).with_vmstate
+        holders = [t for t in self.plan.internal_disks
+                   if self.plan.name in with_vmstate.get(nodes[t], ())]
         if len(holders) != 1:
             raise OperationFailedError(
                 f"missing vmstate section when reverting active internal snapshot "
@@ -228,8 +233,8 @@ class RevertExecution:
 
     async def hmp_loadvm(self) -> None:
         await self.mark_stale()
-        out = await (await self.monitor()).hmp(f"loadvm {hmp_word(self.plan.name)}",
-                                               JOB_TIMEOUT)
+        out = await (await self.job.monitor()).hmp(f"loadvm {hmp_word(self.plan.name)}",
+                                                   JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
             raise OperationFailedError(f"loadvm failed: {out.strip()}")
 
@@ -238,13 +243,11 @@ class RevertExecution:
             # a restored guest that ran has changed its disks: the save file no
             # longer matches them, so from here the restore only goes forward
             self.txn.commit(self._restore_finish())
-        await domstate.ensure_running(await self.monitor())
+        await self.job.ensure_running()
 
     async def set_current(self) -> None:
-        store = self.ctx.snapshot_store()
-        tree = store.load()
-        if tree.current != self.plan.name:
-            meta.set_current(store, tree, self.plan.name)
+        if self.job.tree.current != self.plan.name:
+            self.job.store.set_current(self.job.tree, self.plan.name)
 
 
 def _free_name(image: str, stamp: int) -> str:
@@ -257,7 +260,7 @@ def _free_name(image: str, stamp: int) -> str:
     return path
 
 
-def stale_snapshots(tree: meta.SnapshotTree, graph: ImageGraph, changed: set[str],
+def stale_snapshots(tree: SnapshotTree, graph: ImageGraph, changed: set[str],
                     reverted: str) -> list[str]:
     """The snapshots whose disk state an internal revert rewriting ``changed`` spoils:
     an external one whose frozen image is, or is backed by, a changed image; an
@@ -280,18 +283,6 @@ def stale_snapshots(tree: meta.SnapshotTree, graph: ImageGraph, changed: set[str
     return hit
 
 
-def _named_files(tree: meta.SnapshotTree) -> set[str]:
-    """Every file some snapshot's metadata names (its disks, revert disks, domain)."""
-    named: set[str] = set()
-    for snap in tree.snaps.values():
-        for d in [*snap.disks, *(snap.revert_disks or ())]:
-            if d.source:
-                named.add(d.source)
-        if snap.domain is not None:
-            named.update(disk_sources(snap.domain).values())
-    return named
-
-
 StepMethod = Callable[[RevertExecution], Awaitable[None]]
 STEPS: dict[RevertStep, StepMethod] = {
     RevertStep.CHECK_MEMORY_FILE: RevertExecution.check_memory_file,
@@ -312,4 +303,4 @@ STEPS: dict[RevertStep, StepMethod] = {
     RevertStep.SET_CURRENT: RevertExecution.set_current,
 }
 
-__all__ = ["RevertExecution", "STEPS"]
+__all__ = ["RevertExecution", "STEPS", "plan", "revert", "restore", "stale_snapshots"]

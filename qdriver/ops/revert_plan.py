@@ -35,7 +35,7 @@ from ..errors import (InvalidArgError, OperationInvalidError, OperationUnsupport
                       SnapshotRevertRiskyError)
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef
-from .create_plan import HostCaps
+from ..caps.running import RunningCaps
 
 FinalState = Literal["running", "paused", "shutoff"]
 Mechanism = Literal["load-in-place", "restart-and-load", "qemu-img-apply", "incoming",
@@ -103,7 +103,7 @@ class RevertPlan:
 
 
 def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
-                flags: RevertFlags = RevertFlags(), caps: HostCaps = HostCaps(),
+                flags: RevertFlags = RevertFlags(), caps: RunningCaps = RunningCaps(),
                 managed_save: bool = False) -> RevertPlan:
     """Decide what reverting to ``snap`` means; raise the refusal otherwise.
 
@@ -228,7 +228,7 @@ def _final_state(snap: SnapshotDef, flags: RevertFlags, memory: bool) -> FinalSt
 
 
 def _steps(mechanism: Mechanism, live: bool, running: bool, final: FinalState,
-           caps: HostCaps, internal: bool, external: bool) -> tuple[RevertStep, ...]:
+           caps: RunningCaps, internal: bool, external: bool) -> tuple[RevertStep, ...]:
     S = RevertStep
     load = S.SNAPSHOT_LOAD if caps.snapshot_save else S.HMP_LOADVM
     resume = [S.RESUME] if final == "running" else []

@@ -20,11 +20,11 @@ from typing import Awaitable, Callable, Generic, Mapping, Sequence, TypeVar
 
 import anyio
 
-from .. import faults
+from ..testing import faults
 from ..errors import QDriverError
 from ..journal import Action, Journal
 from . import actions
-from .actions import ActionEnv
+from ..job import Job
 
 S = TypeVar("S", bound=enum.Enum)
 log = logging.getLogger("qdriver")
@@ -34,13 +34,13 @@ T = TypeVar("T")
 class Transaction:
     """An undo stack, journaled, with all-or-nothing execution."""
 
-    def __init__(self, env: ActionEnv, op: str, journal_optional: bool = False) -> None:
-        self.env = env
+    def __init__(self, job: Job, op: str, journal_optional: bool = False) -> None:
+        self.job = job
         self.op = op
         self.journal_optional = journal_optional
         """An operation with nothing to undo (shutdown) goes on when the journal
         cannot be written (a full state disk)."""
-        self.journal = Journal(env.ctx.paths.journal)
+        self.journal = Journal(job.paths.journal)
         self.entries: list[Action] = []
         self.committed = False
         self.failed_undos: list[tuple[str, BaseException]] = []
@@ -90,7 +90,7 @@ class Transaction:
         while self.entries:
             entry = self.entries[-1]
             try:
-                await actions.run(self.env, entry)
+                await actions.run(self.job, entry)
             except (QDriverError, OSError) as e:
                 self.failed_undos.append((entry.what, e))
             self.entries.pop()
@@ -105,9 +105,15 @@ class StepRunner(Generic[S]):
         self.op = op
 
     async def run(self, steps: Sequence[S]) -> None:
+        """Run ``steps`` in order; an exception leaves with a note naming the step
+        and the operation (``in step 'snapshot-load' of snapshot-revert``)."""
         for step in steps:
             faults.point(f"{self.op}:{step.value}")
-            await self.table[step]()
+            try:
+                await self.table[step]()
+            except Exception as e:
+                e.add_note(f"in step '{step.value}' of {self.op}")
+                raise
 
 
 __all__ = ["Transaction", "StepRunner"]

@@ -3,9 +3,9 @@ from .connection import DEFAULT_TIMEOUT, Monitor, close, connect, connect_new, o
 from .errors import (CommandError, JobError, MonitorClosedError, MonitorConnectError,
                      MonitorTimeoutError)
 from .events import data, wait_event
-from .jobs import run_job
+from .jobs import job_info, run_job
 
 __all__ = ["DEFAULT_TIMEOUT", "Monitor", "close", "connect", "connect_new",
            "open_monitor", "CommandError",
            "JobError", "MonitorClosedError", "MonitorConnectError", "MonitorTimeoutError",
-           "data", "wait_event", "run_job"]
+           "data", "wait_event", "job_info", "run_job"]

@@ -29,17 +29,22 @@ async def run_job(mon: Monitor, command: str, arguments: Mapping[str, object], j
                 listener, lambda ev: data(ev).get("id") == job_id
                 and data(ev).get("status") == "concluded", timeout, f"end of job '{job_id}'")
             tg.cancel_scope.cancel()
-    jobs = await mon.execute("query-jobs")
-    job: dict[str, Any] = next((j for j in jobs if j.get("id") == job_id), {})
+    job = await job_info(mon, job_id) or {}
     await mon.execute("job-dismiss", {"id": job_id})
     if job.get("error"):
         raise JobError(job_id, str(job["error"]))
+
+
+async def job_info(mon: Monitor, job_id: str) -> dict[str, Any] | None:
+    """``query-jobs``' entry for ``job_id``; None if QEMU has no such job (any more)."""
+    jobs: list[dict[str, Any]] = await mon.execute("query-jobs")
+    return next((j for j in jobs if j.get("id") == job_id), None)
 
 
 async def _report_progress(mon: Monitor, job_id: str, progress: ProgressFn) -> None:
     progress(0, 0)  # the job has begun: a phase that ends quickly is still shown
     while True:
         await anyio.sleep(0.25)
-        for job in await mon.execute("query-jobs"):
-            if job.get("id") == job_id:
-                progress(int(job.get("current-progress", 0)), int(job.get("total-progress", 0)))
+        job = await job_info(mon, job_id)
+        if job is not None:
+            progress(int(job.get("current-progress", 0)), int(job.get("total-progress", 0)))

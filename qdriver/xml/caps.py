@@ -1,8 +1,8 @@
 """``domcapabilities`` XML: what this host can run."""
 from __future__ import annotations
 
-from ..accel import AccelStatus
-from ..qemucaps import QemuCaps
+from ..caps.accel import AccelStatus
+from ..caps.qemucaps import QemuCaps
 from . import safe
 
 

@@ -4,6 +4,10 @@ checks that nothing was left half-done.  Test modules import from here, never
 from each other."""
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
+import qdriver
+
 from .checks import assert_resumes_from, assert_save_image, within
 from .cli import run_cli
 from .consistency import assert_consistent, named_files
@@ -14,8 +18,11 @@ from .images import (backing_chain, backing_of, disk_counter, guest_view, image_
 from .processes import alive, qemu_pids
 from .saved import SavedGuests
 
+MakeDomain = Callable[..., Awaitable[qdriver.Domain]]
+"""The ``make_domain`` and ``booted`` fixtures: ``await make(name=..., disks=..., **xml)``."""
+
 __all__ = [
-    "GuestImage", "SavedGuests", "alive", "assert_consistent", "assert_resumes_from",
+    "GuestImage", "MakeDomain", "SavedGuests", "alive", "assert_consistent", "assert_resumes_from",
     "assert_save_image", "within", "backing_chain", "backing_of",
     "console_offset", "console_text", "counters", "counters_after", "disk_counter",
     "domain_xml", "guest_view", "image_info", "internal_snapshots", "keeps_counting",

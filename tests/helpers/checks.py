@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qdriver.saveimage import read_header
+from qdriver.memory.header import read_header
 
 
 def within(value: int, before: int, after: int) -> bool:

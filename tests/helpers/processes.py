@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qdriver import process
-from qdriver.guestpool import qemu_pids
+from qdriver.testing.guestpool import qemu_pids
 
 __all__ = ["alive", "qemu_pids"]
 

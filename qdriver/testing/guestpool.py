@@ -27,14 +27,14 @@ from typing import Awaitable, Callable, Union
 
 import anyio
 
-from . import agent, process, qemuimg, runas
-from .console import SerialLink
-from .domain import Domain
-from .domstate import DomainState
-from .driver import Driver
-from .errors import QDriverError
-from .paths import make_private_dirs, socket_root
-from .xml.domain import DomainDef
+from .. import agent, process, qemuimg, runas
+from ..console import SerialLink
+from ..domain import Domain
+from ..runstatus import DomainState
+from ..driver import Driver
+from ..errors import QDriverError
+from ..paths import make_private_dirs, socket_root
+from ..xml.domain import DomainDef
 
 READY_SNAPSHOT = "qdriver-ready"
 OWNER_FILE = "owner.json"

@@ -1,39 +1,22 @@
-"""Start a domain's QEMU from the definition an operation holds (the lock is held).
+"""What starting a domain's QEMU runs: the accelerator and every file the
+definition names are checked, then the command line is built.
 
-Shared by ``start`` and by operations that replace the QEMU (revert, restore):
-check the accelerator and the files the definition names, build the command
-line, launch.
+`Job.launch` runs it (for ``start`` and for the operations that replace the
+QEMU: revert, restore); ``domxml-to-native`` only prints it.
 """
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Callable
 
-from . import accel, cmdline, emulator, qmp, runas
-from .errors import ConfigUnsupportedError, InvalidArgError, SystemError_
-from .opcontext import OpContext, storable_definition
-from .paths import DomainPaths
-from .qemuimg.chain import Layer, backing_layers
-from .runas import LaunchPolicy
+from .. import emulator, runas
+from ..caps import accel
+from ..errors import ConfigUnsupportedError, InvalidArgError, SystemError_
+from ..paths import DomainPaths
+from ..qemuimg.chain import Layer, backing_layers
+from ..runas import LaunchPolicy
+from ..xml.domain import DomainDef
+from . import cmdline
 from .runtime import QemuCommand
-from .xml.domain import DomainDef
-
-
-async def start_qemu(ctx: OpContext, next_id: Callable[[], int], paused: bool,
-                     incoming: bool = False, keep: AsyncExitStack | None = None
-                     ) -> qmp.Monitor | None:
-    """Launch QEMU for ``ctx.definition``; the run record is set on ``ctx``.
-
-    With ``incoming`` QEMU waits for an incoming migration (it stays paused).
-    With ``keep`` the launch's monitor stays open in that stack and is returned.
-    """
-    command = qemu_command(ctx.definition, ctx.paths, ctx.policy, incoming)
-    persistent = ctx.inactive
-    ctx.record, mon = await ctx.runtime.launch(command, next_id(), paused or incoming, keep,
-                                               storable_definition(ctx.definition))
-    ctx.persistent = persistent
-    return mon
 
 
 def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
@@ -124,4 +107,4 @@ def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
                            "that user can open)")
 
 
-__all__ = ["start_qemu", "check_files", "native_argv", "qemu_command", "QemuCommand"]
+__all__ = ["check_files", "native_argv", "qemu_command", "QemuCommand"]

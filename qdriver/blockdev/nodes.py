@@ -15,7 +15,7 @@ import anyio
 
 from .. import qmp
 from ..qemuimg import header
-from ..cmdline import aio_option, layer_nodes
+from ..launch.cmdline import aio_option, layer_nodes
 from ..errors import OperationFailedError
 
 
@@ -57,6 +57,8 @@ class OpenImages:
     """image -> the format node QEMU opened it as (named by qdriver or by QEMU)."""
     held: dict[str, frozenset[str]]
     """format node -> the internal snapshots its image holds."""
+    with_vmstate: dict[str, frozenset[str]]
+    """format node -> those of its internal snapshots that hold the guest's memory."""
 
     def node(self, image: str) -> str:
         if image not in self.nodes:
@@ -72,13 +74,17 @@ async def open_images(mon: qmp.Monitor) -> OpenImages:
     """Every image QEMU has open, with its format node and internal snapshots."""
     nodes: dict[str, str] = {}
     held: dict[str, frozenset[str]] = {}
+    vmstate: dict[str, frozenset[str]] = {}
     for n in await mon.execute("query-named-block-nodes", {"flat": True}):
         if n.get("drv") in PROTOCOL_DRIVERS:
             continue
-        nodes.setdefault(image_file(n), str(n["node-name"]))
-        held[str(n["node-name"])] = frozenset(
-            str(s.get("name")) for s in n.get("image", {}).get("snapshots", ()))
-    return OpenImages(nodes, held)
+        name = str(n["node-name"])
+        nodes.setdefault(image_file(n), name)
+        snaps = n.get("image", {}).get("snapshots", ())
+        held[name] = frozenset(str(s.get("name")) for s in snaps)
+        vmstate[name] = frozenset(str(s.get("name")) for s in snaps
+                                  if int(s.get("vm-state-size", 0)) > 0)
+    return OpenImages(nodes, held, vmstate)
 
 
 @asynccontextmanager

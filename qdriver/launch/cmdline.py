@@ -14,12 +14,12 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .errors import ConfigUnsupportedError
-from .paths import DomainPaths
-from .qemuimg.chain import Layer
-from .xml import layout
-from .xml.address import Address, DriveAddress, PciAddress, PortAddress
-from .xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, PortForward
+from ..errors import ConfigUnsupportedError
+from ..paths import DomainPaths
+from ..qemuimg.chain import Layer
+from ..xml import layout
+from ..xml.address import Address, DriveAddress, PciAddress, PortAddress
+from ..xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, PortForward
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import qmp
-from .emulator import Emulator, check as checked_emulator, run as run_emulator
-from .errors import OperationFailedError
-from .runas import QemuUser
+from .. import qmp
+from ..emulator import Emulator, check as checked_emulator, run as run_emulator
+from ..errors import OperationFailedError
+from ..runas import QemuUser
 
 QEMU_BINARY = "qemu-system-x86_64"
 

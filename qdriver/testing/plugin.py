@@ -25,9 +25,9 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from .domain import Domain
-from .driver import Driver
-from .errors import QDriverError
+from ..domain import Domain
+from ..driver import Driver
+from ..errors import QDriverError
 from .guestpool import Console, Guest, GuestPool, GuestSetupError, GuestSpec
 
 T = TypeVar("T")

@@ -6,13 +6,16 @@ owning domain, which takes the domain lock.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from .errors import NoSnapshotError
-from .ops.progress import CreateReport
-from .snapshot_tree import SnapshotTree
+from ..errors import NoSnapshotError
+from ..paths import DomainPaths
+from ..progress import CreateReport
+from .store import SnapshotStore
+from .tree import ListFilter, SnapshotTree
 
 
+@runtime_checkable
 class SnapshotOwner(Protocol):
     """What a snapshot handle needs from its domain (a `Domain` is one)."""
 
@@ -86,4 +89,47 @@ class Snapshot:
                                                  children_only)
 
 
-__all__ = ["Snapshot", "SnapshotOwner"]
+class SnapshotReading:
+    """A domain's snapshot queries (``listAllSnapshots``, ``snapshotCurrent``...):
+    they read the metadata without the lock (each file is replaced atomically)."""
+
+    name: str
+    paths: DomainPaths
+
+    def snapshot_store(self) -> SnapshotStore:
+        return SnapshotStore(self.paths.snapshots, self.name)
+
+    def snapshot_tree(self) -> SnapshotTree:
+        return self.snapshot_store().load()
+
+    def snapshot_load_errors(self) -> list[str]:
+        """Why metadata files were skipped at load (corrupt, conflicting)."""
+        store = self.snapshot_store()
+        store.load()
+        return store.errors
+
+    def list_snapshots(self, start: str | None = None, descendants: bool = False,
+                       **flags: bool) -> list[Snapshot]:
+        """``listAllSnapshots`` with libvirt's filters as keyword flags."""
+        names = self.snapshot_tree().names(ListFilter(**flags), start, descendants)
+        return [Snapshot(self._owner(), n) for n in names]
+
+    def snapshot_lookup(self, name: str) -> Snapshot:
+        self.snapshot_tree().get(name)
+        return Snapshot(self._owner(), name)
+
+    def has_current_snapshot(self) -> bool:
+        return self.snapshot_tree().current is not None
+
+    def current_snapshot(self) -> Snapshot:
+        current = self.snapshot_tree().current
+        if current is None:
+            raise NoSnapshotError("the domain does not have a current snapshot")
+        return Snapshot(self._owner(), current)
+
+    def _owner(self) -> SnapshotOwner:
+        assert isinstance(self, SnapshotOwner)
+        return self
+
+
+__all__ = ["Snapshot", "SnapshotOwner", "SnapshotReading"]

@@ -17,12 +17,13 @@ from typing import Any, Callable, ClassVar
 
 import anyio
 
-from . import faults, process, qmp
-from .domstate import DomainState
-from .errors import InternalError, OperationFailedError
-from .paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
-from .runas import QemuUser
-from .statestore import atomic_write, read_record, write_record
+from ..testing import faults
+from .. import process, qmp
+from ..runstatus import DomainState
+from ..errors import InternalError, OperationFailedError
+from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
+from ..runas import QemuUser
+from ..durable import atomic_write, read_record, write_record
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
@@ -150,6 +151,14 @@ class Runtime:
         rec = read_record(self.paths.runtime, RunRecord)
         if rec is None:
             return None
+        if process.is_alive(rec.proc, str(self.paths.qmp)):
+            return rec
+        await self.reap(rec)
+        return None
+
+    async def still_running(self, rec: RunRecord) -> RunRecord | None:
+        """``rec`` if its QEMU still runs, else None, once it is reaped (the record
+        held is not read again)."""
         if process.is_alive(rec.proc, str(self.paths.qmp)):
             return rec
         await self.reap(rec)

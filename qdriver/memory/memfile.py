@@ -16,10 +16,11 @@ from typing import Any, Awaitable, Callable, Mapping
 import anyio
 from qemu.qmp import EventListener
 
-from .. import domstate, faults, qmp
+from .. import runstatus, qmp
+from ..testing import faults
 from ..errors import OperationFailedError, OperationTimeoutError, QDriverError
-from ..saveimage import SaveHeader, read_header, write_header
-from .progress import ProgressMeter
+from .header import SaveHeader, read_header, write_header
+from ..progress import ProgressMeter
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
 FD_NAME = "qdriver-migrate"
@@ -62,7 +63,7 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
             await _wait(mon, events, _Saving(mon, meter, background and resume),
                         "saving the memory state")
         if background and resume:
-            await domstate.ensure_running(mon)
+            await runstatus.ensure_running(mon)
         elif not background:
             await _finalized(mon)
     finally:
@@ -133,7 +134,7 @@ class _Saving:
             self.meter(int(ram.get("transferred", 0)), int(ram.get("total", 0)))
         if self.resume and info.get("status") == "active" and \
                 int(ram.get("transferred", 0)) > 0:
-            await domstate.ensure_running(self.mon)
+            await runstatus.ensure_running(self.mon)
             self.resume = False
 
 

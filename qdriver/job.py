@@ -1,0 +1,364 @@
+"""A job: one change of one domain, from taking its lock to letting it go.
+
+Only `Domain` opens a job: it takes the domain lock, reaps a QEMU that died,
+reads the run record and the definition once (`Job.read`), and lets recovery
+finish what a dead process left, in this same job.  Operations and their
+executors receive the job and act on what it holds:
+
+- the definition QEMU runs (the live one while it runs), and the persistent
+  one, read only if the job needs it;
+- the run record;
+- the snapshot tree, read on first use and kept in step with every metadata
+  file the job writes (through its one `SnapshotStore`);
+- the QMP monitor of the running QEMU, opened on first use and closed with
+  the job;
+- QEMU's run status, asked once and then kept current from the job's own
+  ``stop``/``cont`` and QEMU's STOP/RESUME events.
+
+Nothing below the job reads those files again, and nothing else writes them.
+"""
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Callable, cast
+
+from qemu.qmp import EventListener
+
+from . import qmp
+from .caps.running import RunningCaps, probe, qemu_caps
+from .caps.qemucaps import QemuCaps
+from .durable import atomic_write
+from .errors import NoDomainError, OperationInvalidError, QDriverError
+from .launch.runtime import RunRecord, Runtime
+from .launch.start import qemu_command
+from .paths import DomainPaths
+from .qemuimg.graph import ImageGraph, image_graph
+from .runas import LaunchPolicy
+from .runstatus import PlannerState, RunStatus
+from .snapshots.store import SnapshotStore
+from .snapshots.tree import SnapshotTree
+from .xml import safe
+from .xml.domain import DomainDef
+
+_UNREAD = cast(DomainDef, object())
+"""Stands for a persistent definition the job has not needed yet."""
+
+
+class JobView:
+    """A domain's state as read once, for a question (a plan): without the lock,
+    so it never waits for an operation in progress and never changes anything.
+
+    Its monitor is QEMU's state-query socket, and probing QEMU writes nothing
+    (`LOCKED` is False); a `Job` is the same state read under the lock, and the
+    one way to change it.
+    """
+
+    LOCKED = False
+    """Whether the domain lock is held: only then may QEMU's answers be remembered
+    in the run record and capabilities be tried."""
+
+    def __init__(self, paths: DomainPaths, runtime: Runtime, record: RunRecord | None,
+                 definition: DomainDef, policy: LaunchPolicy = LaunchPolicy(),
+                 next_id: Callable[[], int] = lambda: 1, uuid: str | None = None) -> None:
+        self.paths = paths
+        self.runtime = runtime
+        self.record = record
+        """The live QEMU's run record; None while the domain is shut off."""
+        self.definition = definition
+        """What QEMU runs (the live definition), or the persistent one while shut off."""
+        self.policy = policy
+        """Who QEMU runs as and which files it may be given (`qdriver.runas`)."""
+        self.next_id = next_id
+        self.uuid = uuid or definition.uuid
+        self._persistent: DomainDef | None = _UNREAD if record is not None else None
+        self.store = SnapshotStore(paths.snapshots, definition.name)
+        self._tree: SnapshotTree | None = None
+        self.stack = AsyncExitStack()
+        """What the job keeps open until it ends (the monitor)."""
+        self._mon: qmp.Monitor | None = None
+        self._events: EventListener | None = None
+        self._status: RunStatus | None = None
+
+    @classmethod
+    def peek(cls, paths: DomainPaths, name: str, uuid: str, runtime: Runtime,
+             policy: LaunchPolicy) -> JobView:
+        """The domain's state as the files say now (no lock: a dead QEMU shows as
+        shut off and is left for the next job to reap)."""
+        record = runtime.peek()
+        definition = read_definition(paths, name, uuid, live=record is not None)
+        return cls(paths, runtime, record, definition, policy, uuid=uuid)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def persistent(self) -> DomainDef | None:
+        """The persistent definition where it differs from ``definition`` (which is
+        the live one while QEMU runs, or the one a restore is about to run); None
+        when the two are one.  Read the first time a job asks."""
+        if self._persistent is _UNREAD:
+            self._persistent = read_definition(self.paths, self.name, self.uuid)
+        return self._persistent
+
+    @persistent.setter
+    def persistent(self, value: DomainDef | None) -> None:
+        self._persistent = value
+
+    @property
+    def inactive(self) -> DomainDef:
+        """The persistent definition, which the next start uses."""
+        persistent = self.persistent
+        return persistent if persistent is not None else self.definition
+
+    @property
+    def tree(self) -> SnapshotTree:
+        """The snapshot tree: read once, then changed in place as files are written."""
+        if self._tree is None:
+            self._tree = self.store.load()
+        return self._tree
+
+    def image_graph(self) -> ImageGraph:
+        """The backing graph of every image the definition and the snapshot tree name."""
+        return image_graph([*(d.source for d in self.definition.disks if d.source),
+                            *self.tree.files()])
+
+    def require_active(self) -> RunRecord:
+        if self.record is None:
+            raise OperationInvalidError("domain is not running")
+        return self.record
+
+    # -- QEMU ------------------------------------------------------------------------
+
+    @property
+    def _socket(self) -> Path:
+        return self.paths.qmp_query
+
+    async def monitor(self) -> qmp.Monitor:
+        """The running QEMU's monitor, opened once for the job."""
+        if self._mon is None:
+            self.require_active()
+            self._adopt(await self.stack.enter_async_context(qmp.open_monitor(self._socket)))
+        assert self._mon is not None
+        return self._mon
+
+    @property
+    def monitor_open(self) -> bool:
+        return self._mon is not None
+
+    async def qemu(self) -> qmp.Monitor | None:
+        """The monitor; None when no QEMU runs or it cannot be reached (it died)."""
+        if self.record is None:
+            return None
+        try:
+            return await self.monitor()
+        except qmp.MonitorConnectError:
+            return None
+
+    def _adopt(self, mon: qmp.Monitor) -> None:
+        self._mon = mon
+        self._events = self.stack.enter_context(mon.listener("STOP", "RESUME"))
+        self._status = None
+
+    async def run_status(self) -> RunStatus:
+        """QEMU's run status: asked once, then followed through the job's own
+        ``stop``/``cont`` and the STOP/RESUME events QEMU sends meanwhile."""
+        mon = await self.monitor()
+        self._follow_events()
+        if self._status is None:
+            status = await mon.execute("query-status")
+            self._status = RunStatus(str(status["status"]))
+        return self._status
+
+    def _follow_events(self) -> None:
+        """A RESUME means running; a STOP can mean several states, so it is asked
+        again when needed."""
+        if self._events is None:
+            return
+        for event in self._events.clear():
+            self._status = RunStatus("running") if event["event"] == "RESUME" else None
+
+    async def abilities(self, live: bool = False) -> tuple[PlannerState, RunningCaps]:
+        """The state the planners see and what this QEMU can do (`caps.running.probe`)."""
+        status = await self.run_status()
+        return await probe(await self.monitor(), self.runtime, self.record, status, live,
+                           locked=self.LOCKED)
+
+    async def qemu_caps(self) -> QemuCaps:
+        return await qemu_caps(await self.monitor(), self.runtime, self.record,
+                               locked=self.LOCKED)
+
+
+class Job(JobView):
+    """A domain's state as read once under its lock, and the one way to change it."""
+
+    LOCKED = True
+
+    @classmethod
+    async def read(cls, paths: DomainPaths, name: str, uuid: str, runtime: Runtime,
+                   policy: LaunchPolicy, next_id: Callable[[], int]) -> Job:
+        """The domain's state, read once (the caller holds the lock); a QEMU found
+        dead is reaped first."""
+        record = await runtime.reconcile()
+        definition = read_definition(paths, name, uuid, live=record is not None)
+        return cls(paths, runtime, record, definition, policy, next_id, uuid)
+
+    @property
+    def _socket(self) -> Path:
+        return self.paths.qmp
+
+    # -- definitions ---------------------------------------------------------------
+
+    def save_definition(self, definition: DomainDef) -> None:
+        """Replace the definition the job acts on: while QEMU runs the live one (the
+        persistent one follows its disks where they were the same images), else
+        the persistent one."""
+        if self.record is None:
+            write_definition(self.paths, definition)
+            self.persistent = None
+        else:
+            persistent = self.inactive
+            followed = follow_disks(persistent, self.definition, definition)
+            write_live_definition(self.paths, definition)
+            if followed is not persistent:
+                write_definition(self.paths, followed)
+            self.persistent = followed
+        self.definition = definition
+
+    def save_persistent(self, definition: DomainDef) -> None:
+        """Replace the persistent definition only (``define``): a running QEMU
+        goes on with its live definition; the new one applies at the next start."""
+        write_definition(self.paths, definition)
+        if self.record is None:
+            self.definition = definition
+        else:
+            self.persistent = definition
+
+    def forget_tree(self) -> None:
+        """Metadata files were put back from the journal: read them again when asked."""
+        self._tree = None
+
+    # -- the run record and QEMU ---------------------------------------------------
+
+    def update_record(self, **changes: object) -> None:
+        self.runtime.update(self.require_active(), **changes)
+
+    async def launch(self, paused: bool, incoming: bool = False) -> qmp.Monitor:
+        """Start QEMU for ``definition`` (checked first); the job keeps its monitor.
+
+        With ``incoming`` QEMU waits for an incoming migration (it stays paused).
+        """
+        command = qemu_command(self.definition, self.paths, self.policy, incoming)
+        persistent = self.inactive
+        self.record, mon = await self.runtime.launch(
+            command, self.next_id(), paused or incoming, self.stack,
+            storable_definition(self.definition))
+        self.persistent = persistent
+        assert mon is not None
+        self._adopt(mon)
+        return mon
+
+    async def stop(self, reason: str, grace: float = 3.0) -> None:
+        """Stop the running QEMU and reap it; the persistent definition applies again."""
+        rec = self.require_active()
+        await self.close_monitor()
+        await self.runtime.stop(rec, reason, grace)
+        self.record = None
+        self.definition = self.inactive
+        self.persistent = None
+
+    async def close_monitor(self) -> None:
+        """QEMU is about to go: close the monitor now (the job's end closes it again,
+        which is harmless)."""
+        if self._mon is not None:
+            await qmp.close(self._mon)
+        self._mon = None
+        self._events = None
+        self._status = None
+
+    async def vcpus(self, run: bool) -> None:
+        """``cont`` or ``stop``, remembered as the run status."""
+        mon = await self.monitor()
+        await mon.execute("cont" if run else "stop")
+        self._follow_events()
+        self._status = RunStatus("running" if run else "paused")
+
+    async def ensure_running(self) -> None:
+        """``cont`` unless the vCPUs already run (``cont`` on a running guest is an error)."""
+        if not (await self.run_status()).running:
+            await self.vcpus(True)
+
+    async def sync_run_state(self) -> None:
+        """Bring the run record in line with QEMU (after a change that may have
+        stopped it, paused it or let it run)."""
+        if self.record is not None:
+            self.record = await self.runtime.still_running(self.record)
+        if self.record is None:
+            self.definition, self.persistent = self.inactive, None
+            await self.close_monitor()
+            return
+        try:
+            status = await self.run_status()
+        except QDriverError:
+            return
+        paused = not status.running
+        if (self.record.paused, self.record.reason) != (paused, status.reason):
+            self.runtime.update(self.record, paused=paused, reason=status.reason)
+
+
+def read_definition(paths: DomainPaths, name: str, uuid: str | None = None,
+                    live: bool = False) -> DomainDef:
+    """The persistent definition, or with ``live`` the running QEMU's (the persistent
+    one when there is none); `NoDomainError` if it is gone (or is another domain now)."""
+    text = None
+    if live:
+        try:
+            text = paths.live_definition.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    try:
+        text = text if text is not None else paths.definition.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise NoDomainError(f"no domain with matching name '{name}'") from None
+    definition = DomainDef.parse(text)
+    if uuid is not None and definition.uuid != uuid:
+        raise NoDomainError(f"no domain with matching uuid '{uuid}' ({name})")
+    return definition
+
+
+def write_definition(paths: DomainPaths, definition: DomainDef) -> None:
+    """Persist a definition atomically (`XMLError` if it could not be read back)."""
+    atomic_write(paths.definition, storable_definition(definition))
+
+
+def write_live_definition(paths: DomainPaths, definition: DomainDef) -> None:
+    """Record what the running QEMU runs: it lives as long as QEMU, so a page-cache
+    write suffices (a host crash ends QEMU too)."""
+    atomic_write(paths.live_definition, storable_definition(definition), durable=False)
+
+
+def follow_disks(persistent: DomainDef, old_live: DomainDef, new_live: DomainDef) -> DomainDef:
+    """The persistent definition after the live one's disks moved (a snapshot's
+    overlay, a commit's pivot): a persistent disk follows only where it named the
+    same image as the live one, as libvirt does; one a later ``define`` pointed
+    elsewhere keeps what the user asked for."""
+    moved: dict[str, tuple[str, str]] = {}
+    for disk in new_live.disks:
+        before = old_live.disk(disk.target)
+        kept = persistent.disk(disk.target)
+        if before is None or kept is None or disk.source is None:
+            continue
+        if disk.source != before.source and kept.source == before.source:
+            moved[disk.target] = (disk.source, disk.format)
+    return persistent.with_disk_sources(moved) if moved else persistent
+
+
+def storable_definition(definition: DomainDef) -> str:
+    """The definition as stored; `XMLError` if it is too large to read back."""
+    return safe.check_storable(definition.to_xml(),
+                               f"the definition of domain '{definition.name}'")
+
+
+__all__ = ["Job", "JobView", "read_definition", "write_definition", "follow_disks",
+           "storable_definition"]

@@ -1,0 +1,114 @@
+"""Start, pause, resume and power off a domain's guest, in a job.
+
+Each operation records what it must take back (a QEMU it started) before it
+acts, through the same `Transaction` the snapshot operations use.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from .. import process, qmp, runstatus
+from ..durable import locked
+from ..errors import DomainBusyError, OperationInvalidError, ShutdownTimeoutError
+from ..job import Job
+from ..launch.runtime import Runtime
+from ..paths import DomainPaths
+from ..runstatus import DomainState
+from ..testing import faults
+from . import actions
+from .transaction import Transaction
+
+
+async def boot(job: Job, paused: bool = False) -> None:
+    """Launch QEMU and boot the guest (a managed save image, if any, is discarded)."""
+    if job.record is not None:
+        raise OperationInvalidError("domain is already running")
+    job.paths.managed_save.unlink(missing_ok=True)
+    txn = Transaction(job, "start")
+
+    async def launch() -> None:
+        txn.on_undo(actions.stop_qemu("failed", "the QEMU being started"))
+        await job.launch(paused)
+    await txn.attempt(launch)
+
+
+async def suspend(job: Job) -> None:
+    """Pause the guest's vCPUs (``virsh suspend``)."""
+    job.require_active()
+    await job.vcpus(False)
+    job.update_record(paused=True, reason="user")
+
+
+async def resume(job: Job) -> None:
+    """Resume a paused guest (``virsh resume``)."""
+    job.require_active()
+    if (await job.run_status()).running:
+        raise OperationInvalidError("domain is already running")
+    await job.vcpus(True)
+    job.update_record(paused=False, reason="unpaused")
+
+
+async def shutdown(job: Job, timeout: float, escalate: bool) -> bool:
+    """ACPI power-down; wait up to ``timeout`` s, then destroy if ``escalate``.
+    True if the guest powered off by itself."""
+    job.require_active()
+    txn = Transaction(job, "shutdown", journal_optional=True)
+    return await txn.attempt(partial(_power_down, job, timeout, escalate))
+
+
+async def _power_down(job: Job, timeout: float, escalate: bool) -> bool:
+    """Nothing to undo, but the journal shows the shutdown going on."""
+    rec = job.require_active()
+    job.update_record(stop_requested="shutdown")
+    await (await job.monitor()).execute("system_powerdown")
+    faults.point("shutdown:waiting")
+    if await process.wait_exit(rec.proc, timeout):
+        await job.close_monitor()
+        await job.runtime.reap(rec)
+        job.record = None
+        job.definition, job.persistent = job.inactive, None
+        return True
+    if not escalate:
+        job.update_record(stop_requested=None)
+        raise ShutdownTimeoutError(
+            f"domain '{job.name}' did not shut down within {timeout:g} s")
+    await job.stop("destroyed")
+    return False
+
+
+async def queried_state(paths: DomainPaths, runtime: Runtime,
+                        name: str) -> tuple[DomainState, str]:
+    """The state asked from QEMU itself (it sees guest-initiated pauses), without
+    waiting for the lock: a QEMU found dead is reaped only if the lock is free at
+    once; if an operation holds it, that operation will."""
+    if runtime.peek() is not None:
+        try:
+            async with qmp.open_monitor(paths.qmp_query) as mon:
+                status = await runstatus.query(mon)
+            return status.state, status.reason
+        except (qmp.MonitorConnectError, qmp.MonitorClosedError):
+            if runtime.peek() is not None:
+                raise
+    reason = await runtime.settled_reason()
+    if paths.runtime.exists():
+        try:
+            async with locked(paths.lock, 0, f"domain '{name}'", create_dir=False):
+                await runtime.reconcile()
+        except (DomainBusyError, FileNotFoundError):
+            pass  # the operation holding the lock reaps it
+    return DomainState.SHUTOFF, reason
+
+
+async def set_current(job: Job, name: str) -> None:
+    """Make ``name`` the current snapshot (``snapshot-current DOM NAME``): all the
+    metadata files it rewrites, or, even if this process dies half-way, none."""
+    txn = Transaction(job, "snapshot-current")
+
+    async def change() -> None:
+        txn.on_undo(actions.restore_dir(job.store.dir, "the snapshot metadata"))
+        faults.point("snapshot-current:writing")
+        job.store.set_current(job.tree, name)
+    await txn.attempt(change)
+
+
+__all__ = ["boot", "suspend", "resume", "shutdown", "queried_state", "set_current"]

@@ -1,0 +1,24 @@
+"""What every operation's execution may use: limits, and HMP's word rules.
+
+Executions share helpers through this module (and the packages below `ops`),
+never by importing one another.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigUnsupportedError
+
+JOB_TIMEOUT = 3600.0
+"""How long a QEMU job (snapshot save, load, delete; a commit) may run."""
+
+
+def hmp_word(name: str) -> str:
+    """A snapshot name as one HMP argument: HMP splits on blanks and reads
+    quotes and backslashes, so names with those cannot go through HMP."""
+    if not name or any(c.isspace() or c in "\"'\\" for c in name):
+        raise ConfigUnsupportedError(
+            f"snapshot name '{name}' cannot be passed to this QEMU's savevm/loadvm "
+            "(it lacks snapshot-save): use a name without blanks, quotes or backslashes")
+    return name
+
+
+__all__ = ["JOB_TIMEOUT", "hmp_word"]
