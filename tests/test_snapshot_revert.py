@@ -16,7 +16,7 @@ import pytest
 import qdriver
 from qdriver import DomainState, qemuimg
 from qdriver.errors import SnapshotRevertRiskyError
-from qdriver.ops.create_plan import RunningCaps
+from qdriver.caps.running import RunningCaps
 from qdriver.ops.revert_exec import STEPS
 from qdriver.ops.revert_plan import RevertFlags, RevertStep, plan_revert
 from qdriver.xml.domain import DomainDef
@@ -236,6 +236,22 @@ async def test_offline_internal_revert(make_domain: MakeDomain, state_dir: Path)
     run_cli(state_dir, "snapshot-revert", "guest", "o1", "--running")
     assert "start=0 " in await ready_line(dom, console_offset(dom))
     await dom.destroy()
+
+
+async def test_a_failing_step_names_itself_and_the_operation(make_domain: MakeDomain,
+                                                           state_dir: Path) -> None:
+    """The internal snapshot went from the image behind qdriver's back: the
+    ``qemu-img snapshot -a`` step fails, and the error says which step of what."""
+    dom = await make_domain()
+    vda = dom.definition.disks[0].source or ""
+    await dom.snapshot_create_xml("<domainsnapshot><name>o2</name></domainsnapshot>")
+    await qemuimg.snapshot_delete(vda, "o2")
+    with pytest.raises(qemuimg.QemuImgError) as failed:
+        await dom.revert_to_snapshot("o2")
+    assert "in step 'qemu-img-apply' of snapshot-revert" in failed.value.__notes__
+    r = run_cli(state_dir, "snapshot-revert", "guest", "o2", check=False)
+    assert r.returncode == 1
+    assert b"\n  in step 'qemu-img-apply' of snapshot-revert" in r.stderr
 
 
 async def test_disk_only_internal_revert_stops_the_guest(booted: MakeDomain) -> None:

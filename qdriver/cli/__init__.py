@@ -51,7 +51,8 @@ async def run(argv: list[str]) -> int:
             with progress_lines():
                 return await COMMANDS[args.command].handler(drv, args)
     except (QDriverError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        notes = "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
+        print(f"error: {e}{notes}", file=sys.stderr, flush=True)
         return 1
 
 
