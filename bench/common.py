@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import qdriver  # noqa: E402
-from conftest import GuestImage, domain_xml  # noqa: E402
+from tests.helpers.guest import GuestImage, domain_xml  # noqa: E402
 
 IMAGES = ROOT / "tests" / "vm-images" / "out"
 

@@ -30,11 +30,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from common import IMAGES  # noqa: E402
-from conftest import GuestImage, domain_xml  # noqa: E402
+
 from qdriver import qemuimg, qmp  # noqa: E402
-from qdriver.testing.guestpool import GuestPool, GuestSpec
 from qdriver.blockdev.nodes import top_nodes
+from qdriver.testing.guestpool import GuestPool, GuestSpec
 from qdriver.xml.domain import DomainDef  # noqa: E402
+from tests.helpers.guest import GuestImage, domain_xml  # noqa: E402
 
 READY = "GUEST-READY"
 

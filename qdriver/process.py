@@ -142,7 +142,6 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
     Raises with the tail of QEMU's log if it exited instead.
     """
     deadline = time.monotonic() + timeout
-    delay = 0.001
     while True:
         if exit_status(exitfile) is not None:
             raise InternalError(f"process exited while connecting to monitor: "
@@ -156,8 +155,7 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
             pass
         if time.monotonic() > deadline:
             raise OperationTimeoutError(f"QEMU did not start within {timeout:g} s")
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 0.004)  # QEMU needs 30-100 ms; do not overshoot by much
+        await anyio.sleep(0.001)  # QEMU needs 30-100 ms; do not overshoot it
 
 
 def log_tail(logfile: Path, lines: int = 5, since: int = 0) -> str:

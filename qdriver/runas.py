@@ -102,9 +102,11 @@ def access_problem(user: QemuUser, path: str, write: bool) -> str | None:
     return None
 
 
-def secret_problem(path: str) -> str | None:
+def secret_problem(path: str, secrets: dict[tuple[int, int], str] | None = None
+                   ) -> str | None:
     """The host secret ``path`` is, if it is one: by name once links are resolved,
-    or by device and inode (a hard link to ``/etc/shadow`` has another name)."""
+    or by device and inode (a hard link to ``/etc/shadow`` has another name).
+    ``secrets``: `secret_files()` found once for several paths."""
     real = os.path.realpath(path)
     for pattern in HOST_SECRETS:
         if fnmatch.fnmatch(real, pattern):
@@ -113,13 +115,13 @@ def secret_problem(path: str) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    secret = _secret_files().get((st.st_dev, st.st_ino))
+    secret = (secrets if secrets is not None else secret_files()).get((st.st_dev, st.st_ino))
     if secret is not None:
         return f"'{path}' is the same file as '{secret}', a host secret"
     return None
 
 
-def _secret_files() -> dict[tuple[int, int], str]:
+def secret_files() -> dict[tuple[int, int], str]:
     """(device, inode) of every host secret file that exists now (the pseudo-file
     systems, where no hard link can be made, are left out)."""
     found: dict[tuple[int, int], str] = {}
@@ -142,5 +144,5 @@ def hand_over(user: QemuUser | None, path: str | os.PathLike[str]) -> None:
         os.chown(path, user.uid, user.gid)
 
 
-__all__ = ["QemuUser", "LaunchPolicy", "policy", "access_problem", "secret_problem",
+__all__ = ["QemuUser", "LaunchPolicy", "policy", "access_problem", "secret_problem", "secret_files",
            "hand_over", "HOST_SECRETS", "ENV_QEMU_USER"]

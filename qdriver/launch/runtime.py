@@ -17,13 +17,13 @@ from typing import Any, Callable, ClassVar
 
 import anyio
 
-from ..testing import faults
 from .. import process, qmp
-from ..runstatus import DomainState
+from ..durable import atomic_write, read_record, write_record
 from ..errors import InternalError, OperationFailedError
 from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
 from ..runas import QemuUser
-from ..durable import atomic_write, read_record, write_record
+from ..runstatus import DomainState
+from ..testing import faults
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
@@ -225,13 +225,15 @@ class Runtime:
         make_private_dir(self.paths.dir)
         for log_file in (self.paths.qemu_log, self.paths.console_log):
             open_private_log(log_file)
-        self.paths.status.unlink(missing_ok=True)
-        if live_xml is not None:
-            atomic_write(self.paths.live_definition, live_xml, durable=False)
         log_since = process.log_size(self.paths.qemu_log)
         process.spawn([*command.drop, *command.argv], self.paths.exitfile, self.paths.qemu_log,
                       command.env, self.paths.console_log if command.user else None)
         faults.point("launch:spawned")
+        # while QEMU starts up: what only matters once it runs (the caller's journal
+        # stops a QEMU whose start was not seen through, recorded or not)
+        self.paths.status.unlink(missing_ok=True)
+        if live_xml is not None:
+            atomic_write(self.paths.live_definition, live_xml, durable=False)
         rec: RunRecord | None = None
         try:
             proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,
@@ -240,7 +242,6 @@ class Runtime:
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, command.accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None)
-            write_record(self.paths.runtime, rec, durable=False)
             try:
                 mon = await qmp.connect_new(self.paths.qmp,
                                             lambda: process.is_alive(proc, str(self.paths.qmp)))
@@ -256,7 +257,8 @@ class Runtime:
             except (qmp.MonitorConnectError, qmp.MonitorClosedError) as e:
                 await self._exited_while_connecting(proc, e, log_since)
                 raise
-            self.update(rec, paused=paused, reason="user" if paused else "booted")
+            rec.paused, rec.reason = paused, "user" if paused else "booted"
+            write_record(self.paths.runtime, rec, durable=False)  # one write, complete
             return rec, mon if keep is not None else None
         except BaseException:
             with anyio.CancelScope(shield=True):

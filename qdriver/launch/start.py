@@ -81,10 +81,11 @@ def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
                                f"{e.strerror}") from e
         wanted.append((what, disk.source, not disk.readonly))
         wanted += [(what, layer.path, False) for layer in chains[disk.target]]
+    secrets = runas.secret_files() if not policy.allow_host_secrets else {}
     for what, path, write in wanted:
         if path:
             _check_exists(what, path)
-            _check_one(what, path, write, policy)
+            _check_one(what, path, write, policy, secrets)
     return chains
 
 
@@ -94,8 +95,9 @@ def _check_exists(what: str, path: str) -> None:
         raise SystemError_(f"Cannot access {noun} '{path}': No such file or directory")
 
 
-def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy) -> None:
-    secret = runas.secret_problem(path)
+def _check_one(what: str, path: str, write: bool, policy: LaunchPolicy,
+               secrets: dict[tuple[int, int], str]) -> None:
+    secret = runas.secret_problem(path, secrets) if not policy.allow_host_secrets else None
     if secret and not policy.allow_host_secrets:
         raise InvalidArgError(f"refusing {what}: {secret}; allow host secrets explicitly "
                               "to use it")
