@@ -2,19 +2,35 @@
 
 ``async with Driver(state_dir) as drv: dom = await drv.define_xml(xml)``
 """
-from .domain import Domain
-from .runstatus import DomainState
-from .driver import Driver
-from .errors import (AgentUnresponsiveError, ArgumentUnsupportedError, ConfigUnsupportedError,
-                     DomainBusyError, ErrorCode, InternalError, InvalidArgError,
-                     InvalidSnapshotError, NoDomainError, NoSnapshotError, NoSupportError,
-                     OperationFailedError, OperationInvalidError, OperationTimeoutError,
-                     OperationUnsupportedError, QDriverError, ShutdownTimeoutError,
-                     SnapshotRevertRiskyError, SystemError_, XMLError)
 from .caps.running import RunningCaps
+from .domain import Domain
+from .driver import Driver
+from .errors import (
+    AgentUnresponsiveError,
+    ArgumentUnsupportedError,
+    ConfigUnsupportedError,
+    DomainBusyError,
+    ErrorCode,
+    InternalError,
+    InvalidArgError,
+    InvalidSnapshotError,
+    NoDomainError,
+    NoSnapshotError,
+    NoSupportError,
+    OperationFailedError,
+    OperationInvalidError,
+    OperationTimeoutError,
+    OperationUnsupportedError,
+    QDriverError,
+    ShutdownTimeoutError,
+    SnapshotRevertRiskyError,
+    SystemError_,
+    XMLError,
+)
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
-from .progress import CreateReport, Progress
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
+from .progress import CreateReport, Progress
+from .runstatus import DomainState
 from .snapshots.handle import Snapshot
 from .snapshots.tree import ListFilter
 

@@ -9,8 +9,8 @@ import os
 import select
 import socket
 import sys
-import threading
 import termios
+import threading
 import tty
 from contextlib import contextmanager
 from pathlib import Path

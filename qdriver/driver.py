@@ -13,21 +13,27 @@ from types import TracebackType
 
 import anyio
 
-from .caps import accel, qemucaps
-from .launch import cmdline, start as launch
 from . import emulator, runas
+from .caps import accel, qemucaps
 from .domain import Domain
-from .errors import (ConfigUnsupportedError, NoDomainError, OperationFailedError,
-                     OperationInvalidError, QDriverError, XMLError)
-from .memory import memfile
-from .progress import ProgressFn
-from .job import storable_definition, write_definition
-from .paths import DomainPaths, default_state_dir, make_private_dir
-from .runas import QemuUser
 from .durable import locked, next_counter
+from .errors import (
+    ConfigUnsupportedError,
+    NoDomainError,
+    OperationFailedError,
+    OperationInvalidError,
+    QDriverError,
+    XMLError,
+)
+from .job import storable_definition, write_definition
+from .launch import cmdline
+from .launch import start as launch
+from .memory import memfile
+from .paths import DomainPaths, default_state_dir, make_private_dir
+from .progress import ProgressFn
+from .runas import QemuUser
 from .xml import abi, layout
 from .xml.domain import DomainDef
-
 
 log = logging.getLogger(__name__)
 

@@ -111,7 +111,8 @@ async def locked(path: Path, timeout: float, what: str,
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DomainBusyError(f"cannot acquire state change lock: {what} is busy "
-                                          f"with another operation (waited {timeout:g} s)")
+                                          f"with another operation (waited {timeout:g} s)"
+                                          ) from None
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.05)
         yield

@@ -26,8 +26,8 @@ from typing import Callable, cast
 from qemu.qmp import EventListener
 
 from . import qmp
-from .caps.running import RunningCaps, probe, qemu_caps
 from .caps.qemucaps import QemuCaps
+from .caps.running import RunningCaps, probe, qemu_caps
 from .durable import atomic_write
 from .errors import NoDomainError, OperationInvalidError, QDriverError
 from .launch.runtime import RunRecord, Runtime

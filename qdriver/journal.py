@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import process
-from .errors import FormatError
 from .durable import atomic_write
+from .errors import FormatError
 
 FORMAT = 1
 """The journal file's format version; bump it when a record changes shape."""

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -131,7 +131,7 @@ def make_domain(driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path
                 ) -> Callable[..., Awaitable[qdriver.Domain]]:
     """Define a test-guest domain with a private copy of the disk."""
     async def make(name: str = "guest", with_disk: bool = True, disks: int = 1,
-                   **kw: object) -> qdriver.Domain:
+                   **kw: Any) -> qdriver.Domain:
         paths = disk_paths(tmp_path, name, disks if with_disk else 0)
         for path in paths:
             shutil.copyfile(guest_image.disk, path)
@@ -146,7 +146,7 @@ def booted(driver: qdriver.Driver, saved_guests: SavedGuests, tmp_path: Path
     a guest saved once (`SavedGuests`): ``await booted(name="guest", disks=1, **xml)``
     with `make_domain`'s arguments."""
     async def boot(name: str = "guest", with_disk: bool = True, disks: int = 1,
-                   **kw: object) -> qdriver.Domain:
+                   **kw: Any) -> qdriver.Domain:
         return await saved_guests.restore(driver, tmp_path, name, disks if with_disk else 0,
                                           **kw)
     return boot

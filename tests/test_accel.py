@@ -1,16 +1,16 @@
 """Detecting an unusable KVM (missing, inaccessible, PVM, no VMX/SVM)."""
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from qdriver.caps.accel import probe, probe_kvm
 
 pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
 
 
-def fake_host(tmp_path: Path, pvm: bool = False, flags: str = "fpu vmx sse") -> dict:
+def fake_host(tmp_path: Path, pvm: bool = False, flags: str = "fpu vmx sse") -> dict[str, Path]:
     dev = tmp_path / "kvm"
     dev.write_text("")
     mods = tmp_path / "module"

@@ -27,7 +27,8 @@ def domain(tmp_path: Path, name: str = "d", vcpu: str = "1", port: str = "5905",
 def refused(state_dir: Path, *args: str) -> str:
     result = run_cli(state_dir, *args, check=False)
     assert result.returncode == 1, result
-    return result.stderr.decode()
+    err: bytes = result.stderr
+    return err.decode()
 
 
 @pytest.mark.parametrize("args, named", [

@@ -4,8 +4,15 @@ from __future__ import annotations
 import pytest
 
 from qdriver.errors import InvalidArgError
-from qdriver.ops.delete_plan import (Commit, DeleteFlags, DeleteStep, ImageGraph,
-                                     InternalDelete, plan_delete, victims)
+from qdriver.ops.delete_plan import (
+    Commit,
+    DeleteFlags,
+    DeleteStep,
+    ImageGraph,
+    InternalDelete,
+    plan_delete,
+    victims,
+)
 from qdriver.snapshots.tree import SnapshotTree
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef, SnapshotDisk
@@ -149,6 +156,7 @@ def test_qemu_without_the_snapshot_delete_job_uses_hmp_delvm() -> None:
     g = graph(orig=None)
     plan = plan_delete(tree, dom(f"{W}/orig"), True, ["i"], g, snapshot_job=False)
     assert plan.internal == [InternalDelete("vda", f"{W}/orig", "i", True, hmp=True)]
-    assert plan.to_json()["internal"][0]["via"] == "hmp delvm"
+    internal_json = plan.to_json()["internal"]
+    assert isinstance(internal_json, list) and internal_json[0]["via"] == "hmp delvm"
     plan = plan_delete(tree, dom(f"{W}/orig"), False, ["i"], g, snapshot_job=False)
     assert plan.internal[0].hmp is False  # shut off: qemu-img whatever the QEMU

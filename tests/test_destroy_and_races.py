@@ -6,13 +6,16 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import pytest
 
-from qdriver.runstatus import DomainState
+import qdriver
 from qdriver import process
+from qdriver.runstatus import DomainState
 from qdriver.testing.guestpool import qemu_pids
 
 from .helpers import MakeDomain, alive, run_cli, wait_console
@@ -73,7 +76,7 @@ async def test_define_during_a_memory_snapshot_is_never_lost(make_domain: MakeDo
             f"<source file='{tmp_path}/m.qcow2'/></disk></disks></domainsnapshot>"))
         while not dom.paths.journal.exists():  # the snapshot is under way, lock held
             await anyio.sleep(0.005)
-        await dom.driver.define_xml(edited)  # waits for the snapshot, then lands
+        await qdriver.Driver(dom.driver.state_dir).define_xml(edited)  # waits, then lands
     assert "<description>edited</description>" in dom.xml_desc(inactive=True)
     assert dom.current_snapshot().name == "m"
     await dom.destroy()
@@ -86,7 +89,7 @@ async def test_undefine_racing_start_ends_one_way_or_the_other(make_domain: Make
         procs = [subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir",
                                    str(state_dir), cmd, "guest"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for cmd in ("start", "undefine")]
-        results = [await anyio.to_thread.run_sync(lambda p=p: p.communicate(timeout=25))
+        results = [await anyio.to_thread.run_sync(partial(p.communicate, timeout=25))
                    for p in procs]
         codes = [p.returncode for p in procs]
         for _, err in results:
@@ -108,7 +111,7 @@ async def test_undefine_racing_start_ends_one_way_or_the_other(make_domain: Make
 def state_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """The full-disk test puts the state dir on a small tmpfs; others keep theirs."""
     if "full_state_disk" in request.node.name:
-        mount = request.getfixturevalue("small_tmpfs")
+        mount: Callable[..., Path] = request.getfixturevalue("small_tmpfs")
         return mount(size="8m") / "state"
     return tmp_path / "state"
 
@@ -124,7 +127,7 @@ async def test_full_state_disk_does_not_stop_destroy_suspend_or_shutdown(
     dom = await booted()
     filler = fill(state_dir.parent)
     for cmd, state in (("suspend", DomainState.PAUSED), ("resume", DomainState.RUNNING)):
-        result = await anyio.to_thread.run_sync(lambda: run_cli(state_dir, cmd, "guest"))
+        result = await anyio.to_thread.run_sync(partial(run_cli, state_dir, cmd, "guest"))
         assert b"warning: cannot record" in result.stderr
         assert (await dom.get_state())[0] == state
     pid = dom.runtime.peek().pid  # type: ignore[union-attr]

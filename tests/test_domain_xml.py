@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qdriver.launch import cmdline
 from qdriver.errors import ConfigUnsupportedError, XMLError
+from qdriver.launch import cmdline
 from qdriver.paths import DomainPaths
 from qdriver.xml import abi
 from qdriver.xml.domain import DomainDef

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import pytest
 
 import qdriver
-from qdriver.launch import cmdline
 from qdriver.errors import XMLError
+from qdriver.launch import cmdline
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef
 

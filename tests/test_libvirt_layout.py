@@ -10,8 +10,8 @@ import shlex
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import anyio
@@ -19,11 +19,11 @@ import pytest
 
 import qdriver
 from qdriver.caps import qemucaps
-from qdriver.launch import cmdline
 from qdriver.driver import pin_machine
 from qdriver.errors import ConfigUnsupportedError
-from qdriver.paths import DomainPaths
+from qdriver.launch import cmdline
 from qdriver.memory.header import read_header
+from qdriver.paths import DomainPaths
 from qdriver.xml import layout as qlayout
 from qdriver.xml.domain import DomainDef
 
@@ -85,7 +85,8 @@ def libvirt_layouts(tmp_path_factory: pytest.TempPathFactory
 
 @needs_libvirt
 @pytest.mark.parametrize("case", sorted(DEVICES))
-async def test_define_places_devices_where_libvirt_does(case: str, libvirt_layouts: dict[str, dict[tuple[str, ...], dict[str, str]]],
+async def test_define_places_devices_where_libvirt_does(case: str, libvirt_layouts: dict[str,
+                                                        dict[tuple[str, ...], dict[str, str]]],
                                                        driver: qdriver.Driver) -> None:
     machine, devices = DEVICES[case]
     dom = await driver.define_xml(domain(case, machine, devices))
@@ -230,7 +231,8 @@ async def booted_in_qdriver(driver: qdriver.Driver, guest: MovingGuest) -> qdriv
 
 @needs_libvirt
 async def test_libvirt_domain_runs_under_qdriver_with_the_same_pci_layout(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest]) -> None:
+        libvirt: Libvirt, driver: qdriver.Driver,
+        moving_guest: Callable[[str], MovingGuest]) -> None:
     guest = moving_guest("lvguest")
     dumped = await booted_in_libvirt(libvirt, guest)
     theirs = pci_tree(libvirt.monitor("lvguest", "query-pci")[0]["devices"])
@@ -276,7 +278,8 @@ def last_value(console: Path) -> int:
 
 @needs_libvirt
 async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdriver.Driver,
-                                                moving_guest: Callable[[str], MovingGuest], tmp_path: Path) -> None:
+                                                moving_guest: Callable[[str], MovingGuest],
+                                                tmp_path: Path) -> None:
     guest = moving_guest("qdguest")
     dom = await booted_in_qdriver(driver, guest)
     save = tmp_path / "qd.save"
@@ -291,7 +294,8 @@ async def test_qdriver_save_restores_in_libvirt(libvirt: Libvirt, driver: qdrive
 
 @needs_libvirt
 async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest], tmp_path: Path) -> None:
+        libvirt: Libvirt, driver: qdriver.Driver,
+        moving_guest: Callable[[str], MovingGuest], tmp_path: Path) -> None:
     guest = moving_guest("qdguest")
     dom = await booted_in_qdriver(driver, guest)
     memory = tmp_path / "s1.mem"
@@ -309,7 +313,8 @@ async def test_qdriver_external_snapshot_memory_restores_in_libvirt(
 
 @needs_libvirt
 async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdriver.Driver,
-                                                moving_guest: Callable[[str], MovingGuest], state_dir: Path,
+                                                moving_guest: Callable[[str], MovingGuest],
+                                                state_dir: Path,
                                                 tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
     await booted_in_libvirt(libvirt, guest)
@@ -325,7 +330,8 @@ async def test_libvirt_save_restores_in_qdriver(libvirt: Libvirt, driver: qdrive
 
 @needs_libvirt
 async def test_libvirt_internal_snapshot_reverts_in_qdriver(
-        libvirt: Libvirt, driver: qdriver.Driver, moving_guest: Callable[[str], MovingGuest], state_dir: Path,
+        libvirt: Libvirt, driver: qdriver.Driver,
+        moving_guest: Callable[[str], MovingGuest], state_dir: Path,
         tmp_path: Path) -> None:
     guest = moving_guest("lvguest")
     (tmp_path / "dom.xml").write_text(await booted_in_libvirt(libvirt, guest))

@@ -15,7 +15,7 @@ import qdriver
 from qdriver import DomainState
 from qdriver.paths import socket_root
 
-from .helpers import MakeDomain, last_counter, qemu_pids, run_cli, wait_console
+from .helpers import MakeDomain, disk_source, last_counter, qemu_pids, run_cli, wait_console
 
 
 async def test_define_start_suspend_resume_shutdown(make_domain: MakeDomain) -> None:
@@ -63,7 +63,8 @@ async def test_start_paused(make_domain: MakeDomain) -> None:
     await wait_console(dom, "GUEST-READY")
 
 
-async def test_second_process_sees_and_controls_domain(make_domain: MakeDomain, state_dir: Path) -> None:
+async def test_second_process_sees_and_controls_domain(make_domain: MakeDomain,
+                                                       state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start()
     listing = run_cli(state_dir, "list", "--all").stdout.decode()
@@ -152,7 +153,8 @@ async def test_qemu_killed_during_an_ignored_shutdown_is_a_crash(make_domain: Ma
     assert out == "shut off (crashed)"
 
 
-async def test_lock_makes_second_operation_wait_then_fail(make_domain: MakeDomain, state_dir: Path) -> None:
+async def test_lock_makes_second_operation_wait_then_fail(make_domain: MakeDomain,
+                                                          state_dir: Path) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     impatient = qdriver.Driver(state_dir, lock_timeout=0.3).lookup("guest")
@@ -189,7 +191,8 @@ async def test_console_attach_and_detach(booted: MakeDomain, state_dir: Path) ->
     assert dom.state == DomainState.RUNNING, "detaching must not stop the guest"
 
 
-async def test_dumpxml_live_has_id_and_keeps_definition(make_domain: MakeDomain, state_dir: Path) -> None:
+async def test_dumpxml_live_has_id_and_keeps_definition(make_domain: MakeDomain,
+                                                        state_dir: Path) -> None:
     dom = await make_domain()
     inactive = dom.xml_desc()
     await dom.start(paused=True)
@@ -211,8 +214,9 @@ def assert_nothing_left(dom: qdriver.Domain, state_dir: Path) -> None:
 
 async def test_missing_disk_image(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
-    Path(dom.definition.disks[0].source).unlink()
-    with pytest.raises(qdriver.SystemError_, match=r"Cannot access storage file '.*guest-vda\.qcow2'"):
+    Path(disk_source(dom)).unlink()
+    with pytest.raises(qdriver.SystemError_,
+                       match=r"Cannot access storage file '.*guest-vda\.qcow2'"):
         await dom.start()
     assert_nothing_left(dom, state_dir)
 
@@ -220,14 +224,15 @@ async def test_missing_disk_image(make_domain: MakeDomain, state_dir: Path) -> N
 async def test_qemu_refusing_to_start_reports_its_error(make_domain: MakeDomain, state_dir: Path,
                                                         tmp_path: Path) -> None:
     dom = await make_domain(name="rawdisk")
-    Path(dom.definition.disks[0].source).write_bytes(b"\0" * 65536)  # not a qcow2 image
+    Path(disk_source(dom)).write_bytes(b"\0" * 65536)  # not a qcow2 image
     with pytest.raises(qdriver.InternalError, match="qcow2"):
         await dom.start()
     assert_nothing_left(dom, state_dir)
     assert dom.state_reason() == (DomainState.SHUTOFF, "failed")
 
 
-async def test_kvm_unusable_is_reported(make_domain: MakeDomain, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_kvm_unusable_is_reported(make_domain: MakeDomain, state_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     dom = await make_domain(dtype="kvm")
     from qdriver.caps import accel
     monkeypatch.setattr(accel, "probe_kvm", lambda: accel.AccelStatus(
@@ -238,7 +243,8 @@ async def test_kvm_unusable_is_reported(make_domain: MakeDomain, state_dir: Path
     assert_nothing_left(dom, state_dir)
 
 
-async def test_duplicate_name_and_running_start(make_domain: MakeDomain, driver: qdriver.Driver) -> None:
+async def test_duplicate_name_and_running_start(make_domain: MakeDomain,
+                                                driver: qdriver.Driver) -> None:
     dom = await make_domain()
     again = dom.xml_desc().replace(dom.uuid, "00000000-0000-0000-0000-000000000001")
     with pytest.raises(qdriver.OperationFailedError,

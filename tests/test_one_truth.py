@@ -22,7 +22,7 @@ from qdriver import DomainState
 from qdriver.ops.create_exec import STEPS
 from qdriver.ops.create_plan import CreateStep
 
-from .helpers import MakeDomain, backing_chain, run_cli, wait_console
+from .helpers import MakeDomain, backing_chain, disk_source, run_cli, wait_console
 
 PACKAGE = Path(qdriver.__file__).parent
 
@@ -32,9 +32,9 @@ def assert_one_linear_chain(dom: qdriver.Domain, base: str, count: int) -> None:
     and each snapshot's metadata parent is the snapshot whose overlay backs its own."""
     tree = dom.snapshot_tree()
     assert len(tree.snaps) == count
-    chain = backing_chain(dom.definition.disks[0].source or "")
+    chain = backing_chain(disk_source(dom))
     assert chain[-1] == base and len(chain) == count + 1, chain
-    overlay = {name: snap.disks[0].source for name, snap in tree.snaps.items()}
+    overlay = {name: snap.disks[0].source or "" for name, snap in tree.snaps.items()}
     by_file = {file: name for name, file in overlay.items()}
     assert sorted(by_file) == sorted(chain[:-1]), "an overlay is out of the active chain"
     for upper, lower in zip(chain, chain[1:]):
@@ -43,26 +43,28 @@ def assert_one_linear_chain(dom: qdriver.Domain, base: str, count: int) -> None:
     assert tree.current == by_file[chain[0]]
 
 
-async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain: MakeDomain, state_dir: Path) -> None:
+async def test_a_stale_handle_does_not_orphan_a_snapshot(make_domain: MakeDomain,
+                                                         state_dir: Path) -> None:
     a = await make_domain(name="w")
-    base = a.definition.disks[0].source or ""
+    base = disk_source(a)
     b = qdriver.Driver(state_dir).lookup("w")
     await b.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>",
                                 disk_only=True)
     await a.snapshot_create_xml("<domainsnapshot><name>s2</name></domainsnapshot>",
                                 disk_only=True)
     assert_one_linear_chain(a, base, 2)
-    assert backing_chain(a.definition.disks[0].source or "")[1] == \
+    assert backing_chain(disk_source(a))[1] == \
         a.snapshot_tree().get("s1").disks[0].source
     assert a.snapshot_lookup("s2").parent().name == "s1"
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["offline", "running"])
-async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain: MakeDomain, booted: MakeDomain,
+async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain: MakeDomain,
+                                                              booted: MakeDomain,
                                                               state_dir: Path,
                                                               running: bool) -> None:
     dom = await (booted if running else make_domain)(name="w")
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     procs = [subprocess.Popen([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
                                "snapshot-create-as", "w", f"c{i}", "--disk-only"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -79,7 +81,7 @@ async def test_concurrent_cli_snapshots_make_one_linear_chain(make_domain: MakeD
         assert dom.state == DomainState.RUNNING
         async with dom.monitor() as mon:  # QEMU writes to the top of that same chain
             block = await mon.execute("query-block")
-        assert block[0]["inserted"]["file"] == dom.definition.disks[0].source
+        assert block[0]["inserted"]["file"] == disk_source(dom)
         await dom.destroy()
 
 
@@ -97,7 +99,7 @@ async def test_a_long_lived_handle_follows_other_processes(make_domain: MakeDoma
     assert (await dom.get_state())[0] == DomainState.PAUSED
 
     run_cli(state_dir, "snapshot-create-as", "guest", "c1", "--disk-only")
-    assert dom.definition.disks[0].source.endswith(".c1")
+    assert disk_source(dom).endswith(".c1")
     assert dom.current_snapshot().name == "c1"
 
     run_cli(state_dir, "destroy", "guest")
@@ -111,11 +113,12 @@ async def test_a_long_lived_handle_follows_other_processes(make_domain: MakeDoma
     snap = await dom.snapshot_create_xml("<domainsnapshot><name>c2</name></domainsnapshot>",
                                          disk_only=True)
     assert snap.parent().name == "c1"
-    assert backing_chain(dom.definition.disks[0].source or "")[1].endswith(".c1")
+    assert backing_chain(disk_source(dom))[1].endswith(".c1")
     await dom.destroy()
 
 
-async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain: MakeDomain, driver: qdriver.Driver,
+async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain: MakeDomain,
+                                                              driver: qdriver.Driver,
                                                               state_dir: Path) -> None:
     dom = await make_domain()
     xml = dom.xml_desc(inactive=True)
@@ -125,7 +128,7 @@ async def test_a_handle_on_a_domain_that_was_replaced_refuses(make_domain: MakeD
     other = await driver.define_xml(xml.replace(f"<uuid>{dom.uuid}</uuid>", ""))
     assert other.uuid != dom.uuid
     with pytest.raises(qdriver.NoDomainError, match="uuid"):
-        dom.definition
+        _ = dom.definition
     with pytest.raises(qdriver.NoDomainError):
         await dom.start()
     assert not other.is_active
@@ -226,25 +229,25 @@ async def test_define_on_a_running_domain_leaves_the_live_chain_alone(
     the guest runs changes only what the next start uses; snapshots of the running
     guest go on from the images QEMU really writes."""
     dom = await booted(name="w")
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     old = tmp_path / "old.xml"
     old.write_text(dom.xml_desc(inactive=True))
     await dom.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>",
                                   disk_only=True)
-    s1 = dom.definition.disks[0].source or ""
+    s1 = disk_source(dom)
     assert s1 != base and dom.inactive_definition.disks[0].source == s1, \
         "the persistent definition follows a snapshot of the disk it shares with QEMU"
     run_cli(state_dir, "define", str(old))
     assert dom.inactive_definition.disks[0].source == base
-    assert dom.definition.disks[0].source == s1, "define changed what QEMU is taken to run"
+    assert disk_source(dom) == s1, "define changed what QEMU is taken to run"
     live = run_cli(state_dir, "dumpxml", "w").stdout.decode()
     inactive = run_cli(state_dir, "dumpxml", "w", "--inactive").stdout.decode()
     assert s1 in live and s1 not in inactive and base in inactive
     run_cli(state_dir, "snapshot-create-as", "w", "s2", "--disk-only")
-    s2 = dom.definition.disks[0].source or ""
+    s2 = disk_source(dom)
     assert backing_chain(s2) == [s2, s1, base], "the chain forked under the running guest"
     assert dom.inactive_definition.disks[0].source == base, "the user's define was undone"
     assert all(Path(p).exists() for p in (base, s1, s2))
     await dom.destroy()
-    assert dom.definition.disks[0].source == base, "the persistent definition applies next"
+    assert disk_source(dom) == base, "the persistent definition applies next"
     assert not dom.paths.live_definition.exists()

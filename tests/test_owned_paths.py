@@ -1,15 +1,15 @@
 """qdriver's own directories are never a target for user files (memory, overlays, saves)."""
 from __future__ import annotations
 
-import pytest
-
 import os
+from functools import partial
 from pathlib import Path
 
 import anyio
+import pytest
 
-from qdriver.runstatus import DomainState
 from qdriver.paths import owner_dir, runtime_base
+from qdriver.runstatus import DomainState
 
 from .helpers import MakeDomain, run_cli
 
@@ -37,8 +37,8 @@ async def test_state_and_runtime_dirs_are_refused_as_targets(booted: MakeDomain,
     before = files_under(domain_dir)
     for i, (what, opts) in enumerate(targets.items()):
         args = [a for pair in opts for a in pair if a]
-        result = await anyio.to_thread.run_sync(lambda: run_cli(
-            state_dir, "snapshot-create-as", "guest", f"s{i}", *args, check=False))
+        result = await anyio.to_thread.run_sync(partial(
+            run_cli, state_dir, "snapshot-create-as", "guest", f"s{i}", *args, check=False))
         err = result.stderr.decode()
         assert result.returncode == 1, err
         assert f"{what.strip()} '" in err and "inside qdriver's own directory" in err, err

@@ -5,6 +5,7 @@ Pure: no QEMU, no files.  Each case names the row it checks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -438,7 +439,7 @@ def test_planner_does_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     import builtins
     import os
 
-    def forbidden(*a, **k):
+    def forbidden(*a: object, **k: object) -> None:
         raise AssertionError("the planner touched the filesystem")
     monkeypatch.setattr(builtins, "open", forbidden)
     monkeypatch.setattr(os, "stat", forbidden)

@@ -14,9 +14,10 @@ from typing import Iterator
 
 import pytest
 
-from .helpers import GuestImage, domain_xml, sha256
-from qdriver.testing.guestpool import qemu_pids
 from qdriver.paths import socket_root
+from qdriver.testing.guestpool import qemu_pids
+
+from .helpers import GuestImage, domain_xml, sha256
 
 FRESH_TESTS = r'''
 import json, os

@@ -12,8 +12,8 @@ from typing import Iterator
 import pytest
 
 import qdriver
-from qdriver.launch.start import check_files
 from qdriver.blockdev.nodes import image_file
+from qdriver.launch.start import check_files
 from qdriver.runas import LaunchPolicy, QemuUser, access_problem, secret_problem
 
 from .helpers import GuestImage, domain_xml, qemu_pids, run_cli, wait_console

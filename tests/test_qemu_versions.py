@@ -18,7 +18,14 @@ from qdriver.caps.running import RunningCaps
 from qdriver.ops.create_plan import CreateStep, plan_snapshot
 from qdriver.xml.domain import DomainDef
 
-from .helpers import MakeDomain, assert_save_image, keeps_counting, last_counter, run_cli, wait_console
+from .helpers import (
+    MakeDomain,
+    assert_save_image,
+    keeps_counting,
+    last_counter,
+    run_cli,
+    wait_console,
+)
 
 
 def qemu_version() -> str:
@@ -73,7 +80,8 @@ async def test_a_live_snapshot_leaves_the_running_guest_running(booted: MakeDoma
     await dom.destroy()
 
 
-async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted: MakeDomain, state_dir: Path,
+async def test_memory_snapshots_of_a_paused_guest_keep_it_paused(booted: MakeDomain,
+                                                                 state_dir: Path,
                                                                  tmp_path: Path) -> None:
     """A memory save leaves a paused guest's QEMU in postmigrate, from which every QEMU
     here refuses the next migration (7.2 and 10 alike) and internal snapshots (its
@@ -116,7 +124,8 @@ DOMAIN = """<domain type='qemu'><name>p</name><memory unit='MiB'>256</memory>
     ("<domainsnapshot/>", {"disk_only": True}, False),  # overlays work on inactive images
 ])
 @pytest.mark.no_qemu
-def test_plan_leaves_postmigrate_only_when_the_snapshot_needs_it(xml: str, flags: dict,
+def test_plan_leaves_postmigrate_only_when_the_snapshot_needs_it(xml: str,
+                                                                 flags: dict[str, bool],
                                                                  leaves: bool) -> None:
     plan = plan_snapshot(DomainDef.parse(DOMAIN), "paused", xml,
                          qdriver.CreateFlags(**flags), caps=RunningCaps(migrated=True))
@@ -159,6 +168,7 @@ async def test_the_running_qemu_has_its_own_module_directory(make_domain: MakeDo
     system QEMU's modules ("Only modules from the same build can be loaded")."""
     import os
     import shutil
+
     from qdriver.emulator import module_env
     dom = await make_domain(with_disk=False)
     await dom.start(paused=True)

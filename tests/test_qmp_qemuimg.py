@@ -10,8 +10,11 @@ from qemu.qmp import ExecuteError
 from qdriver import qemuimg, qmp
 from qdriver.launch.cmdline import format_node
 
+from .helpers import MakeDomain, disk_source
 
-async def test_job_helper_runs_snapshot_save_and_reports_job_errors(make_domain: MakeDomain) -> None:
+
+async def test_job_helper_runs_snapshot_save_and_reports_job_errors(
+        make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start(paused=True)
     node = format_node("vda")
@@ -27,7 +30,7 @@ async def test_job_helper_runs_snapshot_save_and_reports_job_errors(make_domain:
         jobs = await mon.execute("query-jobs")
         assert jobs == [], "concluded jobs must be dismissed"
     await dom.destroy()
-    snaps = await qemuimg.snapshot_list(dom.definition.disks[0].source)
+    snaps = await qemuimg.snapshot_list(disk_source(dom))
     assert [s.name for s in snaps] == ["s1"] and snaps[0].vm_state_size > 0
 
 

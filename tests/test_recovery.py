@@ -22,6 +22,7 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ async def running_guest(driver: qdriver.Driver, saved_guests: SavedGuests, tmp_p
     return Crashed(driver.state_dir, work)
 
 
-CREATE_KINDS = {
+CREATE_KINDS: dict[str, Callable[[Path, str], list[str]]] = {
     "external memory and disk": lambda w, n: [
         "--memspec", f"file={w}/{n}.mem", "--diskspec", f"vda,file={w}/vda.{n}"],
     "internal": lambda w, n: [],
@@ -138,7 +139,7 @@ CREATE_KINDS = {
 }
 """Each kind of snapshot as the CLI takes it (what gets killed)..."""
 
-SNAPSHOT_XML = {
+SNAPSHOT_XML: dict[str, Callable[[Path, str], tuple[str, dict[str, bool]]]] = {
     "external memory and disk": lambda w, n: (
         f"<domainsnapshot><name>{n}</name><memory snapshot='external' file='{w}/{n}.mem'/>"
         f"<disks><disk name='vda' snapshot='external'><source file='{w}/vda.{n}'/></disk>"
@@ -153,7 +154,7 @@ SNAPSHOT_XML = {
 
 async def snapshot(guest: Crashed, kind: str, name: str) -> None:
     xml, flags = SNAPSHOT_XML[kind](guest.work, name)
-    await guest.dom.snapshot_create_xml(xml, **flags)
+    await guest.dom.snapshot_create_xml(xml, None, **flags)
 
 
 @pytest.mark.parametrize("kind", CREATE_KINDS)
@@ -309,7 +310,7 @@ async def test_soak_random_kills(running_guest: Crashed) -> None:
     guest, work = running_guest, running_guest.work
     rng = random.Random(int(os.environ.get("QDRIVER_SOAK_SEED", "1")))
     await snapshot(guest, "internal", "base")
-    ops = [
+    ops: list[Callable[[str], list[str]]] = [
         lambda n: ["snapshot-create-as", "guest", n,
                    *CREATE_KINDS["external memory and disk"](work, n)],
         lambda n: ["snapshot-create-as", "guest", n],

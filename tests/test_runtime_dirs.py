@@ -11,8 +11,8 @@ import pytest
 
 import qdriver
 from qdriver import qmp
-from qdriver.qmp import MonitorConnectError
 from qdriver.paths import runtime_base
+from qdriver.qmp import MonitorConnectError
 
 from .helpers import GuestImage, domain_xml
 

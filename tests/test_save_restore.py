@@ -10,14 +10,26 @@ import qdriver
 from qdriver import DomainState
 from qdriver.memory.header import read_header
 
-from .helpers import (MakeDomain, assert_resumes_from, assert_save_image, console_offset, counters_after,
-                      disk_counter, last_counter, qemu_pids, run_cli, sha256, wait_console)
+from .helpers import (
+    MakeDomain,
+    assert_resumes_from,
+    assert_save_image,
+    console_offset,
+    counters_after,
+    disk_counter,
+    disk_source,
+    last_counter,
+    qemu_pids,
+    run_cli,
+    sha256,
+    wait_console,
+)
 
 
 async def test_save_then_restore_goes_on_from_the_save_point(booted: MakeDomain, state_dir: Path,
                                                              tmp_path: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source or ""
+    vda = disk_source(dom)
     save = tmp_path / "g.save"
     r = run_cli(state_dir, "save", "guest", str(save))
     assert f"Domain 'guest' saved to {save}" in r.stdout.decode()
@@ -54,7 +66,7 @@ async def test_managed_save_and_start(booted: MakeDomain, state_dir: Path) -> No
     assert "Managed save:   yes" in run_cli(state_dir, "dominfo", "guest").stdout.decode()
     r = run_cli(state_dir, "undefine", "guest", check=False)
     assert "Refusing to undefine while domain managed save image exists" in r.stderr.decode()
-    at = disk_counter(dom.definition.disks[0].source or "")
+    at = disk_counter(disk_source(dom))
     offset = console_offset(dom)
     run_cli(state_dir, "start", "guest")
     assert dom.state == DomainState.RUNNING and not dom.has_managed_save()
@@ -73,7 +85,8 @@ async def test_managed_save_and_start(booted: MakeDomain, state_dir: Path) -> No
     await dom.destroy()
 
 
-async def test_restore_defines_a_domain_it_does_not_know(booted: MakeDomain, driver: qdriver.Driver, state_dir: Path,
+async def test_restore_defines_a_domain_it_does_not_know(booted: MakeDomain,
+                                                         driver: qdriver.Driver, state_dir: Path,
                                                          tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "u.save"
@@ -111,7 +124,8 @@ async def test_save_image_define_replaces_the_xml(booted: MakeDomain, state_dir:
     await dom.destroy()
 
 
-async def test_bad_restores_change_nothing(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
+async def test_bad_restores_change_nothing(booted: MakeDomain, state_dir: Path,
+                                           tmp_path: Path) -> None:
     dom = await booted()
     save = tmp_path / "b.save"
     await dom.save(save)
@@ -131,11 +145,13 @@ async def test_bad_restores_change_nothing(booted: MakeDomain, state_dir: Path, 
     await dom.destroy()
 
 
-async def test_a_save_file_cannot_choose_the_emulator(booted: MakeDomain, driver: qdriver.Driver, state_dir: Path,
+async def test_a_save_file_cannot_choose_the_emulator(booted: MakeDomain, driver: qdriver.Driver,
+                                                      state_dir: Path,
                                                       tmp_path: Path) -> None:
     """The XML in a save file is data: for a domain defined here, a restore never
     runs another emulator than the domain's, and leaves nothing behind."""
     import shutil
+
     from qdriver.memory.header import rewrite_xml
     dom = await booted()
     path = tmp_path / "g.save"
@@ -158,7 +174,7 @@ async def test_a_failed_restore_does_not_keep_the_domain_it_defined(
     dom = await booted(name="gone")
     path = tmp_path / "g.save"
     await dom.save(path)
-    disk = dom.definition.disks[0].source or ""
+    disk = disk_source(dom)
     await driver.undefine(dom)
     Path(disk).unlink()  # the restore fails: its disk is missing
     r = run_cli(state_dir, "restore", str(path), check=False)
@@ -201,7 +217,7 @@ async def test_restore_with_another_xml_runs_on_other_disks(booted: MakeDomain, 
     """``restore --xml``: the saved guest on a copy of its disk, the original untouched;
     XML for other hardware is refused in libvirt's words and nothing is defined."""
     dom = await booted()
-    vda = Path(dom.definition.disks[0].source or "")
+    vda = Path(disk_source(dom))
     save = tmp_path / "g.save"
     await dom.save(save)
     at = disk_counter(vda)
@@ -224,7 +240,7 @@ async def test_restore_with_another_xml_runs_on_other_disks(booted: MakeDomain, 
 
     offset = console_offset(dom)
     run_cli(state_dir, "restore", str(save), "--xml", str(xml))
-    assert dom.definition.disks[0].source == str(copy)
+    assert disk_source(dom) == str(copy)
     assert_resumes_from(await counters_after(dom, offset, 4), at, at + 10)
     await dom.destroy()
     assert sha256(vda) == original, "the image the file's XML names was written"

@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import pytest
@@ -19,8 +20,19 @@ import pytest
 import qdriver
 from qdriver import DomainState, qemuimg
 
-from .helpers import (MakeDomain, assert_save_image, backing_of, disk_counter, internal_snapshots,
-                      keeps_counting, last_counter, run_cli, wait_console, within)
+from .helpers import (
+    MakeDomain,
+    assert_save_image,
+    backing_of,
+    disk_counter,
+    disk_source,
+    internal_snapshots,
+    keeps_counting,
+    last_counter,
+    run_cli,
+    wait_console,
+    within,
+)
 
 
 async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tuple[int, int]:
@@ -32,22 +44,24 @@ async def cli_snapshot(dom: qdriver.Domain, state_dir: Path, *args: str) -> tupl
 
 # -- offline (seed rows 1, 2, 4, 5 and the mixed row) ------------------------------
 
-async def test_offline_internal_external_and_mixed(make_domain: MakeDomain, state_dir: Path) -> None:
+async def test_offline_internal_external_and_mixed(make_domain: MakeDomain,
+                                                   state_dir: Path) -> None:
     dom = await make_domain(disks=2)
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     run_cli(state_dir, "snapshot-create-as", "guest", "off-int")
     assert internal_snapshots(vda) == ["off-int"] and internal_snapshots(vdb) == ["off-int"]
 
     run_cli(state_dir, "snapshot-create-as", "guest", "off-mix",
             "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
-    assert internal_snapshots(vda) == ["off-int", "off-mix"] and internal_snapshots(vdb) == ["off-int"]
+    assert internal_snapshots(vda) == ["off-int", "off-mix"]
+    assert internal_snapshots(vdb) == ["off-int"]
     vdb_overlay = str(vdb).rsplit(".", 1)[0] + ".off-mix"
     assert backing_of(vdb_overlay) == vdb
     assert (os.stat(vdb_overlay).st_mode & 0o777) == 0o600
 
     run_cli(state_dir, "snapshot-create-as", "guest", "off-ext", "--disk-only")
     dom = qdriver.Driver(state_dir).lookup("guest")
-    new_vda, new_vdb = (d.source for d in dom.definition.disks)
+    new_vda, new_vdb = disk_source(dom, 0), disk_source(dom, 1)
     assert backing_of(new_vda) == vda and backing_of(new_vdb) == vdb_overlay
     assert "off-ext" in run_cli(state_dir, "dumpxml", "guest").stdout.decode()
     info = run_cli(state_dir, "snapshot-info", "guest", "off-ext").stdout.decode()
@@ -69,7 +83,7 @@ async def test_online_internal_full_system(booted: MakeDomain, state_dir: Path,
     xml.write_text("<domainsnapshot><name>int1</name><description>full</description>"
                    "</domainsnapshot>")
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create", "guest", str(xml))
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     assert internal_snapshots(vda) == ["int1"] and internal_snapshots(vdb) == ["int1"]
     sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
     assert sizes["int1"] > 0, "the vmstate went into vda"
@@ -97,11 +111,11 @@ async def test_internal_snapshot_of_paused_guest_stays_paused(booted: MakeDomain
 async def test_external_disk_only_switches_both_disks_in_one_transaction(
         booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted(disks=2)
-    old = [d.source for d in dom.definition.disks]
+    old = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "d1",
                                        "--disk-only", "--atomic")
     dom = qdriver.Driver(state_dir).lookup("guest")
-    new = [d.source for d in dom.definition.disks]
+    new = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     assert [backing_of(n) for n in new] == old
     async with dom.monitor() as mon:
         blocks = await mon.execute("query-block")
@@ -120,22 +134,21 @@ async def test_memory_no_on_running_guest_is_a_disk_only_snapshot(booted: MakeDo
     dom = await booted()
     run_cli(state_dir, "snapshot-create-as", "guest", "m0", "--memspec", "snapshot=no")
     dom = qdriver.Driver(state_dir).lookup("guest")
-    assert dom.definition.disks[0].source.endswith(".m0")
+    assert disk_source(dom).endswith(".m0")
     await dom.destroy()
 
 
 async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted: MakeDomain,
                                                                   state_dir: Path) -> None:
     dom = await booted(disks=2)
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     before, after = await cli_snapshot(
         dom, state_dir, "snapshot-create-as", "guest", "i1", "--disk-only",
         "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
     assert internal_snapshots(vda) == ["i1"]
     sizes = {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}
     assert sizes["i1"] == 0, "a disk-only snapshot holds no memory"
-    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
-        == vdb
+    assert backing_of(disk_source(qdriver.Driver(state_dir).lookup("guest"), 1)) == vdb
     assert dom.state == DomainState.RUNNING
     await keeps_counting(dom, after)
     await dom.destroy()
@@ -144,15 +157,16 @@ async def test_internal_disk_only_of_running_guest_beyond_libvirt(booted: MakeDo
 
 # -- online external memory (seed rows 22, 23, 25; 24 beyond libvirt) ------------------
 
-async def test_external_memory_and_disks(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
+async def test_external_memory_and_disks(booted: MakeDomain, state_dir: Path,
+                                         tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "e1.mem"
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "e1",
                                        "--memspec", f"file={mem},snapshot=external")
     assert_save_image(mem)
     dom = qdriver.Driver(state_dir).lookup("guest")
-    assert backing_of(dom.definition.disks[0].source) == vda
+    assert backing_of(disk_source(dom)) == vda
     assert dom.state == DomainState.RUNNING
     await keeps_counting(dom, after)
     assert within(disk_counter(vda), before, after)
@@ -164,7 +178,7 @@ async def test_external_memory_and_disks(booted: MakeDomain, state_dir: Path, tm
 async def test_external_memory_only(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "m.mem"
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     run_cli(state_dir, "snapshot-create-as", "guest", "m1", "--memspec", str(mem),
             "--diskspec", "vda,snapshot=no")
     assert_save_image(mem)
@@ -177,14 +191,13 @@ async def test_external_memory_with_internal_disk_beyond_libvirt(
         booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted(disks=2)
     mem = tmp_path / "x.mem"
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     before, after = await cli_snapshot(
         dom, state_dir, "snapshot-create-as", "guest", "x1", "--memspec", str(mem),
         "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
     assert_save_image(mem)
     assert internal_snapshots(vda) == ["x1"]
-    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
-        == vdb
+    assert backing_of(disk_source(qdriver.Driver(state_dir).lookup("guest"), 1)) == vdb
     await keeps_counting(dom, after)
     await dom.destroy()
     assert within(disk_counter(vda, "x1"), before, after)
@@ -193,24 +206,24 @@ async def test_external_memory_with_internal_disk_beyond_libvirt(
 async def test_internal_memory_with_external_disk_beyond_libvirt(
         booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted(disks=2)
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     run_cli(state_dir, "snapshot-create-as", "guest", "y1", "--memspec", "snapshot=internal",
             "--diskspec", "vda,snapshot=internal", "--diskspec", "vdb,snapshot=external")
     assert internal_snapshots(vda) == ["y1"] and internal_snapshots(vdb) == []
     assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["y1"] > 0
-    assert backing_of(qdriver.Driver(state_dir).lookup("guest").definition.disks[1].source) \
-        == vdb
+    assert backing_of(disk_source(qdriver.Driver(state_dir).lookup("guest"), 1)) == vdb
     assert dom.state == DomainState.RUNNING
     await dom.destroy()
 
 
-async def test_live_background_snapshot(booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
+async def test_live_background_snapshot(booted: MakeDomain, state_dir: Path,
+                                        tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "live.mem"
     plan = await dom.plan_snapshot(f"<domainsnapshot><memory file='{mem}'/></domainsnapshot>",
                                    qdriver.CreateFlags(live=True))
     assert (plan.live, plan.pause) == ("background", "brief")
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     before, after = await cli_snapshot(dom, state_dir, "snapshot-create-as", "guest", "l1",
                                        "--live", "--memspec", str(mem))
     assert_save_image(mem)
@@ -224,7 +237,7 @@ async def test_live_background_snapshot(booted: MakeDomain, state_dir: Path, tmp
 
 async def test_halt_and_no_metadata(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     run_cli(state_dir, "snapshot-create-as", "guest", "nm", "--no-metadata")
     assert internal_snapshots(vda) == ["nm"] and dom.list_snapshots() == []
     run_cli(state_dir, "snapshot-create-as", "guest", "h1", "--halt")
@@ -246,7 +259,7 @@ async def test_manual_disk_leaves_guest_paused(booted: MakeDomain, state_dir: Pa
 async def test_reuse_external_checks_backing(booted: MakeDomain, state_dir: Path,
                                              tmp_path: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     wrong = tmp_path / "wrong.qcow2"
     await qemuimg.create(wrong, "qcow2", size=64 << 20)
     r = run_cli(state_dir, "snapshot-create-as", "guest", "r0", "--disk-only",
@@ -292,7 +305,7 @@ async def assert_untouched(dom: qdriver.Domain, state_dir: Path, sources: list[s
 async def test_overlay_on_readonly_filesystem(booted: MakeDomain, state_dir: Path,
                                               small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted(disks=2)
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     ro = small_tmpfs(readonly=True)
     r = run_cli(state_dir, "snapshot-create-as", "guest", "f1", "--disk-only",
                 "--diskspec", "vda,snapshot=external",
@@ -304,9 +317,10 @@ async def test_overlay_on_readonly_filesystem(booted: MakeDomain, state_dir: Pat
     await dom.destroy()
 
 
-async def test_overlay_on_full_filesystem(booted: MakeDomain, state_dir: Path, small_tmpfs: Callable[..., Path]) -> None:
+async def test_overlay_on_full_filesystem(booted: MakeDomain, state_dir: Path,
+                                          small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted()
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     full = small_tmpfs(size="64k", fill=True)
     r = run_cli(state_dir, "snapshot-create-as", "guest", "f2", "--disk-only",
                 "--diskspec", f"vda,file={full}/vda.f2", check=False)
@@ -319,7 +333,7 @@ async def test_overlay_on_full_filesystem(booted: MakeDomain, state_dir: Path, s
 async def test_memory_file_on_full_filesystem(booted: MakeDomain, state_dir: Path,
                                               small_tmpfs: Callable[..., Path]) -> None:
     dom = await booted()
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     full = small_tmpfs(size="2m")
     overlay = str(sources[0]).rsplit(".", 1)[0] + ".f3"
     r = run_cli(state_dir, "snapshot-create-as", "guest", "f3", "--memspec",
@@ -336,7 +350,7 @@ async def test_memory_file_path_that_is_a_dangling_link(booted: MakeDomain, stat
     """A --memspec path that is a symbolic link (dangling) is refused by name, and
     the user's link stays: an undo removes only what the operation made."""
     dom = await booted()
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     link = tmp_path / "link.mem"
     link.symlink_to(tmp_path / "nowhere" / "target.mem")
     r = run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--memspec", str(link),
@@ -361,7 +375,7 @@ async def test_qemu_killed_during_migration(make_domain: MakeDomain, state_dir: 
     dom = await make_domain(cmdline="qd.fill=160 qd.fillmode=repeat", memory_mib=512)
     await dom.start()
     await wait_console(dom, "COUNTER 2", timeout=90)
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     mem = tmp_path / "k.mem"
     async with anyio.create_task_group() as tg:
         tg.start_soon(kill_when_saving, mem, int(dom.paths.pidfile.read_text()))
@@ -408,7 +422,7 @@ async def test_qemu_killed_during_a_live_memory_snapshot(make_domain: MakeDomain
 
 async def test_transaction_rejected_by_qemu(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain(disks=2)
-    vda, vdb = (d.source for d in dom.definition.disks)
+    vda, vdb = disk_source(dom, 0), disk_source(dom, 1)
     await qemuimg.snapshot_create(vda, "t1")  # QEMU will refuse a second 't1' on vda
     await dom.start()
     await wait_console(dom, "COUNTER 3")
@@ -423,7 +437,8 @@ async def test_transaction_rejected_by_qemu(make_domain: MakeDomain, state_dir: 
     assert not any(n.startswith("ov-") for n in nodes), "the overlay node was not deleted"
     fresh = qdriver.Driver(state_dir).lookup("guest")
     assert [d.source for d in fresh.definition.disks] == [vda, vdb]
-    assert fresh.list_snapshots() == [] and internal_snapshots(vda) == ["t1"] and internal_snapshots(vdb) == []
+    assert fresh.list_snapshots() == [] and internal_snapshots(vda) == ["t1"]
+    assert internal_snapshots(vdb) == []
     assert (await fresh.get_state())[0] == DomainState.RUNNING
     await dom.destroy()
 
@@ -432,7 +447,7 @@ async def test_quiesce_without_a_responding_agent(booted: MakeDomain, state_dir:
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
     dom = await booted(extra_devices=channel, cmdline="qd.noagent=1")
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     with pytest.raises(qdriver.AgentUnresponsiveError):
         await dom.snapshot_create_xml("<domainsnapshot><name>q1</name></domainsnapshot>",
                                       disk_only=True, quiesce=True)
@@ -457,7 +472,7 @@ async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted: MakeD
     channel = ("\n    <channel type='unix'><target type='virtio' "
                "name='org.qemu.guest_agent.0'/></channel>")
     dom = await booted(extra_devices=channel)
-    base = dom.definition.disks[0].source
+    base = disk_source(dom)
     log_start = len(dom.paths.console_log.read_text())
     run_cli(state_dir, "snapshot-create-as", "guest", "q1", "--disk-only", "--quiesce")
     console = dom.paths.console_log.read_text()[log_start:]
@@ -465,7 +480,7 @@ async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted: MakeD
     assert not needs_recovery(base), "a quiesced snapshot holds a clean file system"
     await keeps_counting(dom, last_counter(dom))
     # without quiescing, the mounted file system is caught with its journal open
-    top = qdriver.Driver(state_dir).lookup("guest").definition.disks[0].source
+    top = disk_source(qdriver.Driver(state_dir).lookup("guest"))
     run_cli(state_dir, "snapshot-create-as", "guest", "q2", "--disk-only")
     assert needs_recovery(top)
     await dom.destroy()
@@ -474,7 +489,7 @@ async def test_quiesce_freezes_guest_filesystems_around_the_switch(booted: MakeD
 async def test_existing_files_are_refused_before_anything_happens(
         booted: MakeDomain, state_dir: Path, tmp_path: Path) -> None:
     dom = await booted()
-    sources = [d.source for d in dom.definition.disks]
+    sources = [disk_source(dom, i) for i in range(len(dom.definition.disks))]
     mem = tmp_path / "exists.mem"
     mem.write_text("precious")
     with pytest.raises(qdriver.OperationFailedError, match="already exists"):
@@ -495,15 +510,17 @@ async def test_report_measures_the_guest_pause(booted: MakeDomain, tmp_path: Pat
     assert disk_only.report is not None and disk_only.report.pause == 0.0
     mem = await dom.snapshot_create_xml(f"<domainsnapshot><name>r3</name><memory file="
                                         f"'{tmp_path / 'r3.mem'}'/></domainsnapshot>")
-    assert mem.report is not None and mem.report.memory_bytes == (tmp_path / "r3.mem").stat().st_size
+    assert mem.report is not None
+    assert mem.report.memory_bytes == (tmp_path / "r3.mem").stat().st_size
     assert mem.report.memory_rate > 0
     await dom.destroy()
 
 
 async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted: MakeDomain) -> None:
     """QEMU before 6.0 has no snapshot-save: the plan uses HMP savevm instead."""
+    from qdriver.caps.running import RunningCaps
     from qdriver.ops.create_exec import CreateExecution
-    from qdriver.ops.create_plan import RunningCaps, plan_snapshot
+    from qdriver.ops.create_plan import plan_snapshot
     dom = await booted()
     plan = plan_snapshot(dom.definition, "running", "<domainsnapshot><name>h1</name>"
                          "</domainsnapshot>", caps=RunningCaps(snapshot_save=False))
@@ -511,7 +528,7 @@ async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted: MakeDo
     async with dom.job() as job:
         record = await CreateExecution(job, plan, None).run()
     assert record.name == "h1"
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     assert {s.name: s.vm_state_size for s in await qemuimg.snapshot_list(vda)}["h1"] > 0
     assert dom.current_snapshot().name == "h1"
     assert (await dom.get_state())[0] == DomainState.RUNNING
@@ -520,8 +537,9 @@ async def test_hmp_savevm_fallback_where_snapshot_save_is_missing(booted: MakeDo
 
 async def test_hmp_savevm_errors_are_read_from_its_text(make_domain: MakeDomain) -> None:
     """HMP answers a failed savevm with text, not a QMP error: it must still fail."""
+    from qdriver.caps.running import RunningCaps
     from qdriver.ops.create_exec import CreateExecution
-    from qdriver.ops.create_plan import RunningCaps, plan_snapshot
+    from qdriver.ops.create_plan import plan_snapshot
     template = await make_domain(name="template")
     plan = plan_snapshot(template.definition, "running", "<domainsnapshot><name>h2</name>"
                          "</domainsnapshot>", caps=RunningCaps(snapshot_save=False))

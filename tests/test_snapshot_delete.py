@@ -17,19 +17,32 @@ from qdriver.blockdev import jobs as blockjobs
 from qdriver.ops import delete_exec
 from qdriver.ops.delete_plan import plan_delete
 
-from .helpers import (MakeDomain, assert_consistent, backing_chain, disk_counter, guest_view,
-                      internal_snapshots, last_counter, qemu_img_check, run_cli, sha256,
-                      wait_console)
+from .helpers import (
+    GuestImage,
+    MakeDomain,
+    assert_consistent,
+    backing_chain,
+    disk_counter,
+    disk_source,
+    guest_view,
+    internal_snapshots,
+    last_counter,
+    qemu_img_check,
+    run_cli,
+    sha256,
+    wait_console,
+)
 
 
 def source(dom: qdriver.Domain) -> str:
-    src = dom.definition.disks[0].source
+    src = disk_source(dom)
     assert src is not None
     return src
 
 
 def listed(state_dir: Path, domain: str = "guest") -> list[str]:
-    return run_cli(state_dir, "snapshot-list", domain, "--name").stdout.decode().split()
+    out: bytes = run_cli(state_dir, "snapshot-list", domain, "--name").stdout
+    return out.decode().split()
 
 
 def snap_xml(state_dir: Path, name: str) -> str:
@@ -125,7 +138,7 @@ async def test_branches_after_revert_stay_revertible(booted: MakeDomain, state_d
     assert listed(state_dir) == []
     assert disk_counter(source(dom)) == frozen["s2"]
     assert [Path(p).name for p in backing_chain(source(dom))][-1] == Path(orig).name
-    leftovers = {p for p in tmp_path.glob("*.qcow2")} - {Path(p) for p in backing_chain(source(dom))}
+    leftovers = set(tmp_path.glob("*.qcow2")) - {Path(p) for p in backing_chain(source(dom))}
     assert leftovers == set()
     await dom.start()
     await wait_console(dom, "COUNTER")
@@ -212,7 +225,8 @@ async def test_qemu_killed_during_block_commit(booted: MakeDomain, state_dir: Pa
     qemu_img_check(s2)
 
 
-async def test_full_disk_during_qemu_img_commit(make_domain: MakeDomain, state_dir: Path, tmp_path: Path,
+async def test_full_disk_during_qemu_img_commit(make_domain: MakeDomain, state_dir: Path,
+                                                tmp_path: Path,
                                                 small_tmpfs: Callable[..., Path]) -> None:
     dom = await make_domain()
     small = small_tmpfs(size="24m")
@@ -235,7 +249,8 @@ async def test_full_disk_during_qemu_img_commit(make_domain: MakeDomain, state_d
     assert r.returncode == 1 and "was target of not completed snapshot delete" in \
         r.stderr.decode()
     subprocess.run(["mount", "-o", "remount,size=96m", str(small)], check=True)
-    assert "finished deleting snapshots s3" in run_cli(state_dir, "recover", "guest").stdout.decode()
+    recovered = run_cli(state_dir, "recover", "guest").stdout.decode()
+    assert "finished deleting snapshots s3" in recovered
     assert listed(state_dir) == ["s2"]
     assert source(dom) == str(small / "s2.qcow2") and not (tmp_path / "s3.qcow2").exists()
     assert guest_view(source(dom), tmp_path) == view
@@ -390,7 +405,9 @@ async def test_delete_after_a_forced_revert_never_writes_the_live_disk(
     offset = len(dom.paths.console_log.read_text(errors="replace"))
     run_cli(state_dir, "start", "d")
     text = await wait_console(dom, "GUEST-READY", after=offset)
-    started = int(re.search(r"GUEST-READY disk=\S+ start=(\d+)", text).group(1))
+    ready = re.search(r"GUEST-READY disk=\S+ start=(\d+)", text)
+    assert ready is not None, text
+    started = int(ready.group(1))
     assert started >= wrote, (started, wrote)
     qemu_img_check(base)
     await dom.destroy()

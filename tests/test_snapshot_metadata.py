@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 import qdriver
-from qdriver.errors import (InvalidArgError, NoSnapshotError,
-                            OperationInvalidError, QDriverError)
+from qdriver.errors import InvalidArgError, NoSnapshotError, OperationInvalidError, QDriverError
 
 from .helpers import run_cli
 
@@ -128,7 +128,8 @@ async def test_delete_metadata_reparents_and_moves_current(dom: qdriver.Domain) 
     assert dom.snapshot_lookup("c").parent().name == "a"
     assert dom.current_snapshot().name == "a"
     assert not (dom.paths.snapshots / "b.xml").exists()
-    assert "<parent>\n    <name>a</name>\n  </parent>" in (dom.paths.snapshots / "c.xml").read_text()
+    c_xml = (dom.paths.snapshots / "c.xml").read_text()
+    assert "<parent>\n    <name>a</name>\n  </parent>" in c_xml
     assert qdriver.Driver(dom.driver.state_dir).lookup("meta").snapshot_lookup("c") \
         .parent().name == "a"
     removed = await dom.snapshot_lookup("a").delete(metadata_only=True, children_only=True)
@@ -139,8 +140,8 @@ async def test_delete_metadata_reparents_and_moves_current(dom: qdriver.Domain) 
     assert names(dom.list_snapshots()) == []
 
 
-async def test_atomic_write_keeps_old_file_when_rename_fails(dom: qdriver.Domain,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_atomic_write_keeps_old_file_when_rename_fails(
+        dom: qdriver.Domain, monkeypatch: pytest.MonkeyPatch) -> None:
     await build_tree(dom)
     path = dom.paths.snapshots / "c.xml"
     before = path.read_text()
@@ -261,7 +262,7 @@ async def test_undefine_with_snapshots(dom: qdriver.Domain, driver: qdriver.Driv
 async def test_cli_snapshot_commands(dom: qdriver.Domain, state_dir: Path,
                                      tmp_path: Path) -> None:
     await build_tree(dom)
-    cli = lambda *a, **k: run_cli(state_dir, *a, **k)  # noqa: E731
+    cli = partial(run_cli, state_dir)
     tree = cli("snapshot-list", "meta", "--tree").stdout.decode()
     assert tree == ("e\n  |\n  +- f\n\na\n  |\n  +- b\n  |   |\n  |   +- c\n  |\n  +- d\n")
     table = cli("snapshot-list", "meta", "--parent").stdout.decode().splitlines()

@@ -9,21 +9,35 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import pytest
 
 import qdriver
 from qdriver import DomainState, qemuimg
-from qdriver.errors import SnapshotRevertRiskyError
 from qdriver.caps.running import RunningCaps
+from qdriver.errors import SnapshotRevertRiskyError
 from qdriver.ops.revert_exec import STEPS
 from qdriver.ops.revert_plan import RevertFlags, RevertStep, plan_revert
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.snapshot import SnapshotDef
 
-from .helpers import (MakeDomain, assert_resumes_from, backing_of, console_offset, counters_after,
-                      disk_counter, last_counter, run_cli, sha256, wait_console, within)
+from .helpers import (
+    GuestImage,
+    MakeDomain,
+    assert_resumes_from,
+    backing_of,
+    console_offset,
+    counters_after,
+    disk_counter,
+    disk_source,
+    last_counter,
+    run_cli,
+    sha256,
+    wait_console,
+    within,
+)
 
 # -- the planner ------------------------------------------------------------------
 
@@ -67,8 +81,8 @@ END = (S.SET_CURRENT, S.DROP_DISCARDED)
      (S.QEMU_IMG_APPLY, S.SWITCH_DEFINITION, S.START_PAUSED, *END)),
 ])
 @pytest.mark.no_qemu
-def test_revert_plan_rows(dom_state: str, snap_state: str, memory: str, flags: dict,
-                          mechanism: str, final: str, steps: tuple) -> None:
+def test_revert_plan_rows(dom_state: str, snap_state: str, memory: str, flags: dict[str, bool],
+                          mechanism: str, final: str, steps: tuple[str, ...]) -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory),
                        RevertFlags(**flags))
     assert (plan.mechanism, plan.state, plan.steps) == (mechanism, final, steps)
@@ -98,8 +112,8 @@ EXT_END = (S.RECORD_REVERT_DISKS, S.SET_CURRENT, S.DROP_DISCARDED)
 ])
 @pytest.mark.no_qemu
 def test_external_revert_plan_rows(dom_state: str, snap_state: str, memory: str, disk: str,
-                                   flags: dict, mechanism: str, final: str,
-                                   steps: tuple) -> None:
+                                   flags: dict[str, bool], mechanism: str, final: str,
+                                   steps: tuple[str, ...]) -> None:
     plan = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory, disk),
                        RevertFlags(**flags))
     assert (plan.mechanism, plan.state, plan.steps) == (mechanism, final, steps)
@@ -157,7 +171,7 @@ def test_every_revert_step_has_an_executor_step() -> None:
 async def snap_here(dom: qdriver.Domain, name: str, **flags: bool) -> int:
     """Take an internal snapshot; return the console counter at that point."""
     await dom.snapshot_create_xml(f"<domainsnapshot><name>{name}</name></domainsnapshot>",
-                                  **flags)
+                                  None, **flags)
     return last_counter(dom)
 
 
@@ -173,7 +187,7 @@ async def ready_line(dom: qdriver.Domain, offset: int) -> str:
 
 async def test_internal_revert_in_the_same_qemu(booted: MakeDomain) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     at = await snap_here(dom, "s1")
     snap_disk = disk_counter(vda, "s1")
     await wait_console(dom, f"COUNTER {at + 15}")
@@ -189,9 +203,10 @@ async def test_internal_revert_in_the_same_qemu(booted: MakeDomain) -> None:
     await dom.destroy()
 
 
-async def test_internal_revert_paused_puts_the_disk_back(booted: MakeDomain, state_dir: Path) -> None:
+async def test_internal_revert_paused_puts_the_disk_back(booted: MakeDomain,
+                                                         state_dir: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     at = await snap_here(dom, "s1")
     await wait_console(dom, f"COUNTER {at + 10}")
     assert disk_counter(vda) > at + 5
@@ -208,7 +223,7 @@ async def test_internal_revert_paused_puts_the_disk_back(booted: MakeDomain, sta
 async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted: MakeDomain,
                                                                       state_dir: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     at = await snap_here(dom, "s1")
     snap_disk = disk_counter(vda, "s1")
     await wait_console(dom, f"COUNTER {at + 10}")
@@ -224,7 +239,7 @@ async def test_internal_revert_of_a_shut_off_domain_starts_a_new_qemu(booted: Ma
 
 async def test_offline_internal_revert(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     await dom.snapshot_create_xml("<domainsnapshot><name>o1</name></domainsnapshot>")
     await dom.start()
     await wait_console(dom, "COUNTER 8")
@@ -243,7 +258,7 @@ async def test_a_failing_step_names_itself_and_the_operation(make_domain: MakeDo
     """The internal snapshot went from the image behind qdriver's back: the
     ``qemu-img snapshot -a`` step fails, and the error says which step of what."""
     dom = await make_domain()
-    vda = dom.definition.disks[0].source or ""
+    vda = disk_source(dom)
     await dom.snapshot_create_xml("<domainsnapshot><name>o2</name></domainsnapshot>")
     await qemuimg.snapshot_delete(vda, "o2")
     with pytest.raises(qemuimg.QemuImgError) as failed:
@@ -256,7 +271,7 @@ async def test_a_failing_step_names_itself_and_the_operation(make_domain: MakeDo
 
 async def test_disk_only_internal_revert_stops_the_guest(booted: MakeDomain) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     await dom.snapshot_create_xml("<domainsnapshot><name>d1</name><memory snapshot='no'/>"
                                   "<disks><disk name='vda' snapshot='internal'/></disks>"
                                   "</domainsnapshot>")
@@ -267,9 +282,10 @@ async def test_disk_only_internal_revert_stops_the_guest(booted: MakeDomain) -> 
     assert disk_counter(vda) == at
 
 
-async def test_a_failed_revert_leaves_the_guest_as_it_was(booted: MakeDomain, state_dir: Path) -> None:
+async def test_a_failed_revert_leaves_the_guest_as_it_was(booted: MakeDomain,
+                                                          state_dir: Path) -> None:
     dom = await booted()
-    vda = dom.definition.disks[0].source
+    vda = disk_source(dom)
     await snap_here(dom, "s1")
     async with dom.monitor() as mon:  # the image loses the snapshot behind qdriver's back
         await mon.hmp("delvm s1")
@@ -294,14 +310,15 @@ async def keeps_counting_after(dom: qdriver.Domain) -> None:
 
 # -- external snapshots ----------------------------------------------------------------
 
-async def test_external_memory_revert_starts_from_the_memory_file(booted: MakeDomain, state_dir: Path,
+async def test_external_memory_revert_starts_from_the_memory_file(booted: MakeDomain,
+                                                                  state_dir: Path,
                                                                  tmp_path: Path) -> None:
     dom = await booted()
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     mem = tmp_path / "e1.mem"
     run_cli(state_dir, "snapshot-create-as", "guest", "e1", "--memspec", str(mem))
     at = last_counter(dom)
-    overlay = dom.definition.disks[0].source or ""
+    overlay = disk_source(dom)
     sums = {base: sha256(base), str(mem): sha256(mem)}
     snap_disk = disk_counter(base)
     await wait_console(dom, f"COUNTER {at + 10}")
@@ -310,7 +327,7 @@ async def test_external_memory_revert_starts_from_the_memory_file(booted: MakeDo
     offset = console_offset(dom)
     assert dom.state == DomainState.RUNNING
     assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, before_revert)
-    new = dom.definition.disks[0].source or ""
+    new = disk_source(dom)
     assert new not in (base, overlay) and backing_of(new) == base
     assert {p: sha256(p) for p in sums} == sums, "an image the snapshot needs changed"
     assert Path(overlay).exists(), "the state after the snapshot stays as a branch"
@@ -318,14 +335,14 @@ async def test_external_memory_revert_starts_from_the_memory_file(booted: MakeDo
     assert [d.source for d in snap.revert_disks or ()] == [new]
     # a second revert replaces the first revert's overlay, which nothing names any more
     await dom.revert_to_snapshot("e1", paused=True)
-    assert dom.state == DomainState.PAUSED and not Path(new).exists()
-    assert within(disk_counter(dom.definition.disks[0].source or ""), snap_disk, snap_disk)
+    assert dom.state_reason()[0] == DomainState.PAUSED and not Path(new).exists()
+    assert within(disk_counter(disk_source(dom)), snap_disk, snap_disk)
     await dom.destroy()
 
 
 async def test_live_snapshot_revert(booted: MakeDomain, tmp_path: Path) -> None:
     dom = await booted()
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     await dom.snapshot_create_xml(f"<domainsnapshot><name>l1</name><memory file='"
                                   f"{tmp_path / 'l1.mem'}'/></domainsnapshot>", live=True)
     snap_disk = disk_counter(base)
@@ -339,15 +356,15 @@ async def test_live_snapshot_revert(booted: MakeDomain, tmp_path: Path) -> None:
 
 async def test_disk_only_external_revert(booted: MakeDomain, state_dir: Path) -> None:
     dom = await booted()
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     run_cli(state_dir, "snapshot-create-as", "guest", "d1", "--disk-only")
     snap_disk = disk_counter(base)
     base_sum = sha256(base)
     await wait_console(dom, f"COUNTER {last_counter(dom) + 5}")
     run_cli(state_dir, "snapshot-revert", "guest", "d1")
     assert dom.state_reason() == (DomainState.SHUTOFF, "from snapshot")
-    assert backing_of(dom.definition.disks[0].source or "") == base
-    assert disk_counter(dom.definition.disks[0].source or "") == snap_disk
+    assert backing_of(disk_source(dom)) == base
+    assert disk_counter(disk_source(dom)) == snap_disk
     assert sha256(base) == base_sum
     offset = console_offset(dom)
     run_cli(state_dir, "snapshot-revert", "guest", "d1", "--running")
@@ -355,24 +372,25 @@ async def test_disk_only_external_revert(booted: MakeDomain, state_dir: Path) ->
     await dom.destroy()
 
 
-async def test_mixed_internal_memory_external_disk_revert(booted: MakeDomain, tmp_path: Path) -> None:
+async def test_mixed_internal_memory_external_disk_revert(booted: MakeDomain,
+                                                          tmp_path: Path) -> None:
     """Beyond libvirt: memory inside vda, an overlay for vdb; revert loads vda's snapshot
     in a new QEMU on a fresh overlay over vdb's snapshot-time image."""
     dom = await booted(disks=2)
-    vdb = dom.definition.disks[1].source or ""
+    vdb = disk_source(dom, 1)
     await dom.snapshot_create_xml(
         "<domainsnapshot><name>m1</name><memory snapshot='internal'/><disks>"
         "<disk name='vda' snapshot='internal'/><disk name='vdb' snapshot='external'/>"
         "</disks></domainsnapshot>")
     at = last_counter(dom)
-    vda_at = disk_counter(dom.definition.disks[0].source or "", "m1")
+    vda_at = disk_counter(disk_source(dom), "m1")
     await wait_console(dom, f"COUNTER {at + 10}")
     plan = await dom.plan_revert("m1")
     assert plan.mechanism == "restart-and-load"
     await dom.revert_to_snapshot("m1")
     offset = console_offset(dom)
     assert_resumes_from(await counters_after(dom, offset, 4), vda_at, at + 10)
-    assert backing_of(dom.definition.disks[1].source or "") == vdb
+    assert backing_of(disk_source(dom, 1)) == vdb
     await dom.destroy()
 
 
@@ -424,7 +442,7 @@ async def test_a_truncated_memory_file_leaves_the_domain_shut_off_and_true(
 async def test_a_missing_backing_image_is_refused_before_anything_changes(
         make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
     os.rename(base, base + ".moved")
     r = run_cli(state_dir, "snapshot-revert", "guest", "x1", check=False)
@@ -436,24 +454,25 @@ async def test_a_missing_backing_image_is_refused_before_anything_changes(
 
 async def test_offline_external_revert(make_domain: MakeDomain, state_dir: Path) -> None:
     dom = await make_domain()
-    base = dom.definition.disks[0].source or ""
+    base = disk_source(dom)
     run_cli(state_dir, "snapshot-create-as", "guest", "x1", "--disk-only")
     base_sum = sha256(base)
     await dom.start()
     await wait_console(dom, "COUNTER 6")
     await dom.destroy()
-    assert disk_counter(dom.definition.disks[0].source or "") >= 5
+    assert disk_counter(disk_source(dom)) >= 5
     run_cli(state_dir, "snapshot-revert", "guest", "x1")
     assert dom.state == DomainState.SHUTOFF
-    top = dom.definition.disks[0].source or ""
+    top = disk_source(dom)
     assert backing_of(top) == base and disk_counter(top) == 0
     assert sha256(base) == base_sum
 
 
-async def test_external_memory_with_internal_disk_revert(booted: MakeDomain, tmp_path: Path) -> None:
+async def test_external_memory_with_internal_disk_revert(booted: MakeDomain,
+                                                         tmp_path: Path) -> None:
     """Beyond libvirt: memory to a file, vda snapshotted inside its image."""
     dom = await booted()
-    vda = dom.definition.disks[0].source or ""
+    vda = disk_source(dom)
     mem = tmp_path / "x2.mem"
     await dom.snapshot_create_xml(
         f"<domainsnapshot><name>x2</name><memory snapshot='external' file='{mem}'/><disks>"
@@ -465,7 +484,7 @@ async def test_external_memory_with_internal_disk_revert(booted: MakeDomain, tmp
     assert plan.mechanism == "incoming" and S.QEMU_IMG_APPLY in plan.steps
     await dom.revert_to_snapshot("x2")
     offset = console_offset(dom)
-    assert dom.definition.disks[0].source == vda
+    assert disk_source(dom) == vda
     assert_resumes_from(await counters_after(dom, offset, 4), snap_disk, at + 10)
     await dom.destroy()
 
@@ -483,7 +502,8 @@ def test_a_managed_save_is_removed_and_needs_force_without_memory() -> None:
     assert with_memory.steps[-1] == S.REMOVE_MANAGED_SAVE
 
 
-async def test_load_progress_and_qemu_killed_during_the_load(booted: MakeDomain, tmp_path: Path) -> None:
+async def test_load_progress_and_qemu_killed_during_the_load(booted: MakeDomain,
+                                                             tmp_path: Path) -> None:
     dom = await booted()
     mem = tmp_path / "k1.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>k1</name><memory file='{mem}'/>"
@@ -505,8 +525,10 @@ async def test_load_progress_and_qemu_killed_during_the_load(booted: MakeDomain,
     assert sorted(tmp_path.iterdir()) == files, "a revert overlay was left behind"
 
 
-async def test_a_full_disk_while_creating_revert_overlays(make_domain: MakeDomain, small_tmpfs: Callable[..., Path],
-                                                          guest_image: GuestImage, state_dir: Path) -> None:
+async def test_a_full_disk_while_creating_revert_overlays(make_domain: MakeDomain,
+                                                          small_tmpfs: Callable[..., Path],
+                                                          guest_image: GuestImage,
+                                                          state_dir: Path) -> None:
     where = small_tmpfs(size="4m")
     disk = where / "vda.qcow2"
     disk.write_bytes(guest_image.disk.read_bytes())

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 import qdriver
-from qdriver.errors import XMLError
 from qdriver.driver import pin_machine
+from qdriver.errors import XMLError
 from qdriver.xml import layout
 from qdriver.xml.domain import DomainDef
 from qdriver.xml.safe import MAX_XML_BYTES
 
-from .helpers import run_cli
+from .helpers import disk_source, run_cli
 
 DOMAIN = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
 <description>{description}</description>
@@ -62,7 +62,7 @@ async def test_the_limit_accepts_exactly_what_reads_back(driver: qdriver.Driver,
 async def test_snapshot_metadata_too_large_is_refused_before_anything(
         driver: qdriver.Driver, tmp_path: Path) -> None:
     dom = await driver.define_xml(domain_xml(tmp_path, "d" * (3 << 20)))  # a 3 MiB domain
-    disk = dom.definition.disks[0].source or ""
+    disk = disk_source(dom)
     xml = (f"<domainsnapshot><name>s1</name><description>{'x' * (1200 << 10)}"
            "</description></domainsnapshot>")
     with pytest.raises(XMLError, match="metadata of snapshot 's1' would be stored as"):

@@ -14,9 +14,9 @@ from typing import Any, AsyncIterator, Mapping
 import anyio
 
 from .. import qmp
-from ..qemuimg import header
-from ..launch.cmdline import aio_option, layer_nodes
 from ..errors import OperationFailedError
+from ..launch.cmdline import aio_option, layer_nodes
+from ..qemuimg import header
 
 
 def overlay_nodes(target: str, path: str) -> tuple[str, str]:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import qmp
-from ..emulator import Emulator, check as checked_emulator, run as run_emulator
+from ..emulator import Emulator
+from ..emulator import check as checked_emulator
+from ..emulator import run as run_emulator
 from ..errors import OperationFailedError
 from ..runas import QemuUser
 

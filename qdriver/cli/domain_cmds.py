@@ -17,9 +17,16 @@ from ..memory import memfile
 from ..memory.header import rewrite_xml
 from ..xml.caps import domcapabilities
 from ..xml.domain import DomainDef
-from .registry import (Handler, ProgressPrinter, command, domain_arg, domain_with, format_fields,
-                       format_table, out)
-
+from .registry import (
+    Handler,
+    ProgressPrinter,
+    command,
+    domain_arg,
+    domain_with,
+    format_fields,
+    format_table,
+    out,
+)
 
 # -- domain lifecycle ---------------------------------------------------------
 

@@ -16,11 +16,11 @@ from typing import Any, Awaitable, Callable, Mapping
 import anyio
 from qemu.qmp import EventListener
 
-from .. import runstatus, qmp
-from ..testing import faults
+from .. import qmp, runstatus
 from ..errors import OperationFailedError, OperationTimeoutError, QDriverError
-from .header import SaveHeader, read_header, write_header
 from ..progress import ProgressMeter
+from ..testing import faults
+from .header import SaveHeader, read_header, write_header
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
 FD_NAME = "qdriver-migrate"

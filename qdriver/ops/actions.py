@@ -16,14 +16,14 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from .. import agent, process, qemuimg, qmp
-from ..errors import OperationFailedError
 from .. import journal as j
-from ..journal import Action
 from ..blockdev.nodes import image_file, open_images
+from ..durable import atomic_write, fsync_dir
+from ..errors import OperationFailedError
 from ..job import Job
+from ..journal import Action
 from ..launch.runtime import pid_from_file
 from ..memory.header import mark_complete
-from ..durable import atomic_write, fsync_dir
 from ..xml.domain import DomainDef
 
 JOB_WAIT = 600.0

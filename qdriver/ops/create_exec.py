@@ -22,8 +22,12 @@ import anyio
 from .. import agent, qemuimg, qmp, runas
 from ..blockdev.nodes import add_overlay, open_images, overlay_nodes, top_nodes
 from ..caps.running import RunningCaps
-from ..errors import ConfigUnsupportedError, OperationFailedError, OperationInvalidError, \
-    SystemError_
+from ..errors import (
+    ConfigUnsupportedError,
+    OperationFailedError,
+    OperationInvalidError,
+    SystemError_,
+)
 from ..job import Job, JobView
 from ..progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from ..snapshots.store import storable
@@ -285,7 +289,8 @@ class CreateExecution:
         await self._transaction(external=False, internal=True)
 
     async def transaction(self) -> None:
-        internal_elsewhere = (CreateStep.SNAPSHOT_SAVE, CreateStep.HMP_SAVEVM, CreateStep.TRANSACTION_INTERNAL)
+        internal_elsewhere = (CreateStep.SNAPSHOT_SAVE, CreateStep.HMP_SAVEVM,
+                              CreateStep.TRANSACTION_INTERNAL)
         await self._transaction(external=True, internal=not any(
             s in self.plan.steps for s in internal_elsewhere))
 

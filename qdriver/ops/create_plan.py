@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, Union, cast
+from typing import Literal, cast
 
-from ..errors import (ArgumentUnsupportedError, ConfigUnsupportedError, ErrorCode,
-                     InvalidArgError, NoSupportError, OperationInvalidError,
-                     OperationUnsupportedError, QDriverError, XMLError)
 from ..agent import CHANNEL as AGENT_CHANNEL
+from ..caps.running import RunningCaps
+from ..errors import (
+    ArgumentUnsupportedError,
+    ConfigUnsupportedError,
+    ErrorCode,
+    InvalidArgError,
+    NoSupportError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    QDriverError,
+    XMLError,
+)
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk, align_disks, default_name, validate_name
-from ..caps.running import RunningCaps
 
 ONLINE_STATES = ("running", "paused")
 
@@ -106,7 +114,7 @@ NO_VMSTATE_DISK = Refuse(ConfigUnsupportedError,
 
 # (online, memory, disks) -> what happens.  disks: none | int | ext | mix.
 # Offline memory snapshots are refused earlier, as in libvirt's parser.
-TABLE: dict[tuple[bool, str, str], Union[Row, Refuse]] = {
+TABLE: dict[tuple[bool, str, str], Row | Refuse] = {
     # offline                              mechanisms                         libvirt
     (False, "no", "none"):       NOTHING,
     (False, "no", "int"):        Row(("qemu-img-snapshot",), True),
@@ -231,7 +239,8 @@ def _plan_redefine(snap: SnapshotDef, flags: CreateFlags) -> CreatePlan:
     return CreatePlan(name=snap.name or "", memory=cast(MemoryMode, snap.memory or "no"),
                 memory_file=snap.memory_file,
                 disks=disks, state=snap.state or "shutoff", pause="none", live="none",
-                steps=(CreateStep.REDEFINE_METADATA,) + ((CreateStep.SET_CURRENT,) if flags.current else ()),
+                steps=(CreateStep.REDEFINE_METADATA,)
+                + ((CreateStep.SET_CURRENT,) if flags.current else ()),
                 resume=False, libvirt=True, definition=snap, flags=flags)
 
 

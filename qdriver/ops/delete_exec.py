@@ -30,9 +30,9 @@ from typing import Any, Collection
 import anyio
 
 from .. import qemuimg, qmp
-from ..errors import OperationFailedError
 from ..blockdev import jobs as blockjobs
 from ..blockdev.nodes import OpenImages, open_images, writable
+from ..errors import OperationFailedError
 from ..job import Job, JobView
 from ..progress import ProgressFn, ProgressMeter
 from ..qemuimg.graph import ImageGraph
@@ -42,8 +42,7 @@ from ..testing import faults
 from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
-from .delete_plan import (Commit, DeleteFlags, DeletePlan, InternalDelete, plan_delete,
-                          victims)
+from .delete_plan import Commit, DeleteFlags, DeletePlan, InternalDelete, plan_delete, victims
 from .parallel import side_by_side
 from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import Transaction

@@ -219,7 +219,7 @@ def _simplify(plan: DeletePlan, doomed: list[SnapshotDef], remaining: list[Snaps
     changed = True
     while changed:
         changed = _remove_unneeded(plan, refs, g) or _merge_one(plan, refs, g, active)
-    for image, target in sorted(refs.candidates_merge.items()):
+    for image in sorted(refs.candidates_merge):
         if image in g.backing and image not in refs.frozen and len(g.children(image)) > 1:
             plan.kept.append((image, "it backs several images (branches): "
                                      + ", ".join(g.children(image))))

@@ -31,11 +31,15 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import (InvalidArgError, OperationInvalidError, OperationUnsupportedError,
-                      SnapshotRevertRiskyError)
+from ..caps.running import RunningCaps
+from ..errors import (
+    InvalidArgError,
+    OperationInvalidError,
+    OperationUnsupportedError,
+    SnapshotRevertRiskyError,
+)
 from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef
-from ..caps.running import RunningCaps
 
 FinalState = Literal["running", "paused", "shutoff"]
 Mechanism = Literal["load-in-place", "restart-and-load", "qemu-img-apply", "incoming",

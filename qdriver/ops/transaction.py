@@ -20,11 +20,11 @@ from typing import Awaitable, Callable, Generic, Mapping, Sequence, TypeVar
 
 import anyio
 
-from ..testing import faults
 from ..errors import QDriverError
-from ..journal import Action, Journal
-from . import actions
 from ..job import Job
+from ..journal import Action, Journal
+from ..testing import faults
+from . import actions
 
 S = TypeVar("S", bound=enum.Enum)
 log = logging.getLogger("qdriver")

@@ -1,7 +1,12 @@
 """qdriver's QMP layer over ``qemu.qmp``: connect, execute, events, fds, jobs."""
 from .connection import DEFAULT_TIMEOUT, Monitor, close, connect, connect_new, open_monitor
-from .errors import (CommandError, JobError, MonitorClosedError, MonitorConnectError,
-                     MonitorTimeoutError)
+from .errors import (
+    CommandError,
+    JobError,
+    MonitorClosedError,
+    MonitorConnectError,
+    MonitorTimeoutError,
+)
 from .events import data, wait_event
 from .jobs import job_info, run_job
 

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, ContextManager, Mapping
 
 import anyio
-from qemu.qmp import (ConnectError, EventListener, ExecInterruptedError, ExecuteError, Message,
-                      QMPClient)
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+)
 from qemu.qmp.error import QMPError
 from qemu.qmp.protocol import StateError
 

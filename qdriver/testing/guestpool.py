@@ -23,17 +23,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Union
+from typing import Awaitable, Callable
 
 import anyio
 
 from .. import agent, process, qemuimg, runas
 from ..console import SerialLink
 from ..domain import Domain
-from ..runstatus import DomainState
 from ..driver import Driver
 from ..errors import QDriverError
 from ..paths import make_private_dirs, socket_root
+from ..runstatus import DomainState
 from ..xml.domain import DomainDef
 
 READY_SNAPSHOT = "qdriver-ready"
@@ -41,7 +41,7 @@ OWNER_FILE = "owner.json"
 KEPT_FILE = "kept"
 """Marks a pool directory kept for a failed test: `reap_stale` leaves it."""
 
-Prepare = Callable[["Guest"], Union[Awaitable[None], None]]
+Prepare = Callable[["Guest"], Awaitable[None] | None]
 
 
 class GuestSetupError(Exception):

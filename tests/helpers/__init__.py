@@ -11,10 +11,28 @@ import qdriver
 from .checks import assert_resumes_from, assert_save_image, within
 from .cli import run_cli
 from .consistency import assert_consistent, named_files
-from .guest import (GuestImage, console_offset, console_text, counters, counters_after,
-                    domain_xml, keeps_counting, last_counter, wait_console)
-from .images import (backing_chain, backing_of, disk_counter, guest_view, image_info,
-                     internal_snapshots, qemu_img_check, sha256)
+from .guest import (
+    GuestImage,
+    console_offset,
+    console_text,
+    counters,
+    counters_after,
+    domain_xml,
+    keeps_counting,
+    last_counter,
+    wait_console,
+)
+from .images import (
+    backing_chain,
+    backing_of,
+    disk_counter,
+    disk_source,
+    guest_view,
+    image_info,
+    internal_snapshots,
+    qemu_img_check,
+    sha256,
+)
 from .processes import alive, qemu_pids
 from .saved import SavedGuests
 
@@ -25,6 +43,7 @@ __all__ = [
     "GuestImage", "MakeDomain", "SavedGuests", "alive", "assert_consistent", "assert_resumes_from",
     "assert_save_image", "within", "backing_chain", "backing_of",
     "console_offset", "console_text", "counters", "counters_after", "disk_counter",
+    "disk_source",
     "domain_xml", "guest_view", "image_info", "internal_snapshots", "keeps_counting",
     "last_counter", "named_files", "qemu_img_check", "qemu_pids", "run_cli", "sha256",
     "wait_console",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def run_cli(state_dir: Path, *args: str, check: bool = True,
-            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+            input: bytes | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess[bytes]:
     """Run ``qdriver --state-dir STATE_DIR ARGS...``; fail on an error (``check``) or
     on any traceback."""
     result = subprocess.run([sys.executable, "-m", "qdriver", "--state-dir",

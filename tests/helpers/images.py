@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import qdriver
+
 
 def image_info(path: str | Path) -> dict[str, Any]:
     """``qemu-img info`` of one image, without taking its lock."""
@@ -72,3 +74,10 @@ def disk_counter(image: str | Path, snapshot: str | None = None) -> int:
                              capture_output=True, text=True).stdout
     values = [int(x) for x in out.split() if x.isdigit()]
     return values[-1] if values else 0
+
+
+def disk_source(dom: qdriver.Domain, index: int = 0) -> str:
+    """The image a domain's disk ``index`` names now (the live definition's)."""
+    source = dom.definition.disks[index].source
+    assert source is not None, f"disk {index} of {dom.name} has no image"
+    return source

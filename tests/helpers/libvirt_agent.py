@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any, Callable
 
-import libvirt  # type: ignore[import-not-found]
-import libvirt_qemu  # type: ignore[import-not-found]
+import libvirt
+import libvirt_qemu
 
 
 def main(root: str) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-
 AGENT = Path(__file__).with_name("libvirt_agent.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 """python3-libvirt is Debian's: it is in the system Python, not in the venv."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import qdriver
 from qdriver.paths import socket_root
@@ -38,9 +39,9 @@ def disk_paths(where: Path, name: str, count: int) -> list[Path]:
 
 
 def guest_xml(image: GuestImage, name: str, disks: list[Path], uuid: str | None = None,
-              **kw: object) -> str:
+              **kw: Any) -> str:
     """The test guest's domain XML on these disks (none: the counter is in RAM)."""
-    return domain_xml(image, name, disks[0] if disks else None,  # type: ignore[arg-type]
+    return domain_xml(image, name, disks[0] if disks else None,
                       extra_disks=tuple(disks[1:]), uuid=uuid, **kw)
 
 
@@ -52,7 +53,7 @@ class SavedGuests:
         self.image = image
         self._saved: dict[str, SavedGuest] = {}
 
-    async def saved(self, name: str, disks: int, **kw: object) -> SavedGuest:
+    async def saved(self, name: str, disks: int, **kw: Any) -> SavedGuest:
         """The guest with this hardware, saved (booted and saved the first time)."""
         key = repr((name, disks, sorted(kw.items())))
         if key not in self._saved:
@@ -61,7 +62,7 @@ class SavedGuests:
         return self._saved[key]
 
     async def _boot_and_save(self, tag: str, name: str, disks: int,
-                             kw: dict[str, object]) -> SavedGuest:
+                             kw: dict[str, Any]) -> SavedGuest:
         where = self.root / tag
         where.mkdir(parents=True)
         paths = disk_paths(where, name, disks)
@@ -83,7 +84,7 @@ class SavedGuests:
         return SavedGuest(save_file, tuple(paths), dom.uuid)
 
     async def restore(self, driver: qdriver.Driver, where: Path, name: str = "guest",
-                      disks: int = 1, **kw: object) -> qdriver.Domain:
+                      disks: int = 1, **kw: Any) -> qdriver.Domain:
         """A domain of ``driver`` running the saved guest on copies of its disks in
         ``where``, once it printed a COUNTER line of its own."""
         saved = await self.saved(name, disks, **kw)
