@@ -208,11 +208,15 @@ class CreateExecution:
     async def qemu_img_create(self) -> None:
         for d in self.external():
             assert d.file is not None and d.source is not None
-            if not self.plan.flags.reuse_ext:
-                self._overlay_undo(d, actions.remove_file(d.file, "overlay"))
-            await qemuimg.create(d.file, "qcow2", backing=d.source, backing_fmt=d.source_format)
-            if not self.plan.flags.reuse_ext:
-                runas.hand_over(self.job.policy.qemu_user, d.file)
+            undo = actions.remove_file(d.file, "overlay")
+            self._overlay_undo(d, undo)
+            try:
+                await qemuimg.create_overlay(d.file, d.source, d.source_format)
+            except FileExistsError:
+                self.txn.discard(undo)  # made by someone else since the check: not ours
+                raise OperationFailedError(f"external snapshot file for disk {d.target} "
+                                           f"already exists: {d.file}") from None
+            runas.hand_over(self.job.policy.qemu_user, d.file)
 
     def _overlay_undo(self, d: DiskPlan, action: actions.Action) -> None:
         self.overlay_undos.setdefault(d.target, []).append(self.txn.on_undo(action))

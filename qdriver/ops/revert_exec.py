@@ -131,8 +131,13 @@ class RevertExecution:
         stamp = int(time.time())
         for target, image, fmt in self.plan.overlays:
             path = _free_name(image, stamp)
-            self.txn.on_undo(actions.remove_file(path, "revert overlay"))
-            await qemuimg.create(path, "qcow2", backing=image, backing_fmt=fmt)
+            undo = self.txn.on_undo(actions.remove_file(path, "revert overlay"))
+            try:
+                await qemuimg.create_overlay(path, image, fmt)
+            except FileExistsError:
+                self.txn.discard(undo)  # made by someone else since the name was free
+                raise OperationFailedError(f"revert overlay '{path}' appeared meanwhile: "
+                                           "try again") from None
             runas.hand_over(self.job.policy.qemu_user, path)
             self.new_overlays[target] = path
         self.definition = self.definition.with_disk_sources(

@@ -1,9 +1,10 @@
 """Async ``qemu-img``: argument lists (never a shell), ``--output=json``.
 
-Offline snapshots and overlays go through here.  A failing ``qemu-img``
+Offline snapshots go through here; an empty overlay is written in this process
+(`overlay`), as are reads of qcow2 headers (`header`) and backing graphs.  A failing ``qemu-img``
 raises `QemuImgError` carrying its stderr.
 """
-from . import chain, header
+from . import chain, graph, header, overlay
 from .image import (
     ImageInfo,
     QemuImgError,
@@ -11,6 +12,7 @@ from .image import (
     check,
     commit,
     create,
+    create_overlay,
     info,
     rebase_unsafe,
     repair_leaks,
@@ -20,6 +22,7 @@ from .image import (
     snapshot_list,
 )
 
-__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "info",
+__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "create_overlay",
+           "info",
            "rebase_unsafe", "repair_leaks", "snapshot_apply", "snapshot_create", "snapshot_delete",
-           "snapshot_list", "header", "chain"]
+           "snapshot_list", "header", "chain", "graph", "overlay"]
