@@ -38,10 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import qdriver  # noqa: E402
 from common import guest_xml, wait_booted  # noqa: E402
-from qdriver.caps import qemucaps
+
+import qdriver  # noqa: E402
 from qdriver import qmp
+from qdriver.caps import qemucaps
 from qdriver.memory.memfile import MAX_BANDWIDTH
 
 Raw = Callable[[qmp.Monitor, Path], Awaitable[None]]

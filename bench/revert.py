@@ -35,13 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import qdriver  # noqa: E402
 from common import IMAGES, fill_cmdline, guest_xml, wait_booted  # noqa: E402
-from qdriver.launch import cmdline
+
+import qdriver  # noqa: E402
 from qdriver import qemuimg, qmp
 from qdriver.blockdev.nodes import top_nodes
-from qdriver.paths import DomainPaths  # noqa: E402
+from qdriver.launch import cmdline
 from qdriver.memory.header import read_header
+from qdriver.paths import DomainPaths  # noqa: E402
 from qdriver.xml.domain import DomainDef  # noqa: E402
 
 

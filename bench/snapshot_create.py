@@ -37,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import qdriver  # noqa: E402
 from common import fill_cmdline, guest_xml, wait_booted  # noqa: E402
+
+import qdriver  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
-from qdriver.job import write_definition  # noqa: E402
 from qdriver.blockdev.nodes import top_nodes
+from qdriver.job import write_definition  # noqa: E402
 from qdriver.memory.memfile import MAX_BANDWIDTH
 from qdriver.progress import guest_pause
 

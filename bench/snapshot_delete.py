@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-import qdriver  # noqa: E402
 from common import guest_xml, wait_booted  # noqa: E402
+
+import qdriver  # noqa: E402
 from qdriver import qemuimg, qmp  # noqa: E402
 from qdriver.blockdev.nodes import top_nodes
 

@@ -24,5 +24,5 @@ from .image import (
 
 __all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "create_overlay",
            "info",
-           "rebase_unsafe", "repair_leaks", "snapshot_apply", "snapshot_create", "snapshot_delete",
-           "snapshot_list", "header", "chain", "graph", "overlay"]
+           "rebase_unsafe", "repair_leaks", "snapshot_apply", "snapshot_create",
+           "snapshot_delete", "snapshot_list", "header", "chain", "graph", "overlay"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-from pathlib import Path
 
 from . import header
 
@@ -61,7 +60,7 @@ def image_bytes(size: int, backing: str, backing_fmt: str) -> bytes:
     return first + table + block + bytes(8 * l1_size)
 
 
-def write(path: str | Path, backing: str, backing_fmt: str) -> None:
+def write(path: str | os.PathLike[str], backing: str, backing_fmt: str) -> None:
     """Create ``path``: an empty qcow2 overlay of ``backing`` (mode 0600, new file).
 
     :raise FileExistsError: something is at ``path`` already.
