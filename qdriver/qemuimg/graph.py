@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from . import header
+from .header import read as read_header
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def image_graph(images: Iterable[str]) -> ImageGraph:
         image = todo.pop()
         if image in backing or not os.path.isfile(image):
             continue
-        head = header.read(image)
+        head = read_header(image)
         backing[image], formats[image] = head.backing, head.format
         if head.backing:
             todo.append(head.backing)

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from ..errors import OperationFailedError
-from . import overlay
+from .overlay import write as write_overlay
 
 StrPath = str | os.PathLike[str]
 
@@ -81,12 +81,12 @@ async def info(path: StrPath, fmt: str | None = None) -> ImageInfo:
 
 async def create_overlay(path: StrPath, backing: str, backing_fmt: str) -> None:
     """A new, empty qcow2 overlay of ``backing`` (mode 0600), written in this process
-    (`overlay.write`); through ``qemu-img create`` only for what that does not lay out.
+    (`qemuimg.overlay.write`); through ``qemu-img create`` only for what that does not lay out.
 
     :raise FileExistsError: something is at ``path`` already.
     """
     try:
-        overlay.write(path, backing, backing_fmt)
+        write_overlay(path, backing, backing_fmt)
     except ValueError:
         if os.path.lexists(path):
             raise FileExistsError(path) from None

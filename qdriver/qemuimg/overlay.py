@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import struct
 
-from . import header
+from .header import BACKING_FORMAT_EXTENSION, MAX_BACKING_NAME, QCOW2_MAGIC
 
 CLUSTER_BITS = 16
 CLUSTER = 1 << CLUSTER_BITS
@@ -29,7 +29,7 @@ def virtual_size(path: str, fmt: str) -> int:
     if fmt == "qcow2":
         with open(path, "rb") as f:
             head = f.read(32)
-        if head[:4] != header.QCOW2_MAGIC:
+        if head[:4] != QCOW2_MAGIC:
             raise ValueError(f"'{path}' is not a qcow2 image")
         return int(struct.unpack(">Q", head[24:32])[0])
     with open(path, "rb") as f:
@@ -44,14 +44,14 @@ def fits(size: int) -> bool:
 def image_bytes(size: int, backing: str, backing_fmt: str) -> bytes:
     """The whole file of an empty qcow2 image of ``size`` bytes over ``backing``."""
     name, fmt = backing.encode(), backing_fmt.encode()
-    if not name or len(name) > header.MAX_BACKING_NAME or not fits(size):
+    if not name or len(name) > MAX_BACKING_NAME or not fits(size):
         raise ValueError(f"cannot lay out an overlay of {size} bytes over '{backing}'")
-    ext = struct.pack(">II", header.BACKING_FORMAT_EXTENSION, len(fmt)) \
+    ext = struct.pack(">II", BACKING_FORMAT_EXTENSION, len(fmt)) \
         + fmt.ljust((len(fmt) + 7) & ~7, b"\0") + struct.pack(">II", 0, 0)
     name_offset = HEADER_LENGTH + len(ext)
     l1_size = -(-size // (CLUSTER * L2_ENTRIES))
     head = struct.pack(
-        ">4sIQIIQIIQQIIQQQQII", header.QCOW2_MAGIC, 3, name_offset, len(name), CLUSTER_BITS,
+        ">4sIQIIQIIQQIIQQQQII", QCOW2_MAGIC, 3, name_offset, len(name), CLUSTER_BITS,
         size, 0, l1_size, L1_TABLE, REFCOUNT_TABLE, 1, 0, 0, 0, 0, 0, 4, HEADER_LENGTH)
     head += bytes(HEADER_LENGTH - len(head))  # compression type zlib, padding
     first = (head + ext + name).ljust(CLUSTER, b"\0")
