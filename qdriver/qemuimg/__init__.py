@@ -22,7 +22,7 @@ from .image import (
     snapshot_list,
 )
 
-__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create", "create_overlay",
-           "info",
-           "rebase_unsafe", "repair_leaks", "snapshot_apply", "snapshot_create",
-           "snapshot_delete", "snapshot_list", "header", "chain", "graph", "overlay"]
+__all__ = ["ImageInfo", "QemuImgError", "SnapshotInfo", "check", "commit", "create",
+           "create_overlay", "info", "rebase_unsafe", "repair_leaks", "snapshot_apply",
+           "snapshot_create", "snapshot_delete", "snapshot_list", "header", "chain", "graph",
+           "overlay"]
