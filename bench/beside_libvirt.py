@@ -10,12 +10,17 @@ guest pause is read from QEMU's STOP/RESUME events (qdriver) or libvirt's
 SUSPENDED/RESUMED lifecycle events.
 
 Medians in ms; the ratio is qdriver / libvirt in this run (below 1: qdriver
-is faster).  Usage: python3 bench/beside_libvirt.py [--rounds N] [--no-libvirt]
+is faster).  Debian's libvirt always; with --libvirt-prefix DIR also a libvirt
+unpacked there (bookworm-backports' 11.3: `apt-get download -t bookworm-backports
+libvirt0 libvirt-common libvirt-daemon-driver-qemu libvirt-daemon-log` and
+`dpkg -x` each into DIR), loaded by the same python3-libvirt.
+Usage: python3 bench/beside_libvirt.py [--rounds N] [--no-libvirt] [--libvirt-prefix DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -86,43 +91,47 @@ async def qdriver_rounds(xml: str, work: Path, rounds: int) -> dict[str, list[fl
     return times
 
 
-def libvirt_rounds(xml: str, work: Path, rounds: int) -> dict[str, list[float]]:
-    lv_xml = work / "lv.xml"
-    console = work / "lv-console.log"
+def libvirt_rounds(xml: str, work: Path, rounds: int, prefix: Path | None
+                   ) -> tuple[str, dict[str, list[float]]]:
+    """The libvirt side: Debian's libvirt, or (``prefix``) one unpacked with dpkg -x
+    (``usr/lib/x86_64-linux-gnu`` holds its libvirt.so.0 and driver modules)."""
+    tag = "lv" if prefix is None else f"lv{abs(hash(prefix)) % 1000}"
+    lv_xml = work / f"{tag}.xml"
+    console = work / f"{tag}-console.log"
     lv_xml.write_text(xml.replace("<serial type='pty'/>", f"<serial type='file'><source "
                                   f"path='{console}'/></serial>"))
+    env = dict(os.environ)
+    if prefix is not None:
+        lib = prefix / "usr/lib/x86_64-linux-gnu"
+        env.update(LD_LIBRARY_PATH=str(lib),
+                   LIBVIRT_DRIVER_DIR=str(lib / "libvirt" / "connection-driver"))
     out = subprocess.run(["/usr/bin/python3", str(ROOT / "bench" / "libvirt_snapshots.py"),
-                          str(lv_xml), str(work / "lvroot"), str(rounds), str(console),
-                          str(work)], capture_output=True, text=True, timeout=1800)
+                          str(lv_xml), str(work / f"{tag}root"), str(rounds), str(console),
+                          str(work)], capture_output=True, text=True, timeout=1800, env=env)
     if out.returncode != 0:
         print(f"libvirt baseline failed: {out.stderr.strip()[-800:]}", file=sys.stderr)
-        return {}
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        return "?", {}
+    raw = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return str(raw.pop("version")), raw
 
 
-def libvirt_version() -> str:
-    out = subprocess.run(["/usr/bin/python3", "-c",
-                          "import libvirt; v = libvirt.getVersion(); "
-                          "print(f'{v // 1000000}.{v // 1000 % 1000}.{v % 1000}')"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() or "?"
-
-
-def main(rounds: int, with_libvirt: bool) -> None:
+def main(rounds: int, prefixes: list[Path | None]) -> None:
     with tempfile.TemporaryDirectory(prefix="qdbench-") as tmp:
         work = Path(tmp)
         qd = anyio.run(qdriver_rounds, guest_xml(work, "qd", 256, "qd.quiet=1"), work, rounds)
-        lv = libvirt_rounds(guest_xml(work, "lv", 256, "qd.quiet=1"), work, rounds) \
-            if with_libvirt else {}
+        libvirts = [libvirt_rounds(guest_xml(work, f"lv{i}", 256, "qd.quiet=1"), work,
+                                   rounds, prefix) for i, prefix in enumerate(prefixes)]
     med = {k: statistics.median(v) * 1000 for k, v in qd.items()}
-    lmed = {k: statistics.median(v) * 1000 for k, v in lv.items() if v}
-    print(f"\nrunning 256 MiB guest, median of {rounds} rounds (ms); "
-          f"libvirt {libvirt_version() if lv else '-'} (embedded)")
-    print(f"{'operation':20}{'qdriver':>10}{'libvirt':>10}{'qdriver/libvirt':>17}")
+    print(f"\nrunning 256 MiB guest, median of {rounds} rounds (ms); libvirt embedded; "
+          "ratio: qdriver / libvirt")
+    print(f"{'operation':20}{'qdriver':>10}" + "".join(
+        f"{'libvirt ' + version:>16}{'ratio':>7}" for version, _ in libvirts))
     for op in OPERATIONS:
-        theirs = lmed.get(op)
-        ratio = f"{med[op] / theirs:17.2f}" if theirs else f"{'-':>17}"
-        print(f"{op:20}{med[op]:10.1f}{theirs if theirs else float('nan'):10.1f}{ratio}")
+        line = f"{op:20}{med[op]:10.1f}"
+        for _, times in libvirts:
+            theirs = statistics.median(times[op]) * 1000 if times.get(op) else None
+            line += f"{theirs:16.1f}{med[op] / theirs:7.2f}" if theirs else f"{'-':>16}{'-':>7}"
+        print(line)
     print("aims: each operation at most libvirt's time; LIVE: total within 1.5x, pause < 30 ms")
 
 
@@ -130,5 +139,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-libvirt", action="store_true")
+    ap.add_argument("--libvirt-prefix", type=Path, action="append", default=[],
+                    help="also a libvirt unpacked there (dpkg -x of libvirt0, libvirt-common, "
+                         "libvirt-daemon-driver-qemu, libvirt-daemon-log)")
     args = ap.parse_args()
-    main(args.rounds, not args.no_libvirt)
+    main(args.rounds, [] if args.no_libvirt else [None, *args.libvirt_prefix])

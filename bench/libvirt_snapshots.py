@@ -7,7 +7,9 @@ Run with Debian's python3 (python3-libvirt) through the embedded driver
 a disk-only external snapshot and its delete, an internal snapshot (memory
 and disks) and its delete, a LIVE external memory+disk snapshot (its guest
 pause read from the SUSPENDED/RESUMED lifecycle events) and its delete.
-Prints one JSON line: the times in seconds, by operation.
+Prints one JSON line: the times in seconds, by operation, and the version of
+the libvirt library that ran them (another one is chosen with LD_LIBRARY_PATH
+and LIBVIRT_DRIVER_DIR, as bench/beside_libvirt.py --libvirt-prefix does).
 Usage: libvirt_snapshots.py DOMAIN_XML ROOT ROUNDS CONSOLE_LOG WORKDIR
 """
 from __future__ import annotations
@@ -78,7 +80,8 @@ def main(xml_path: str, root: str, rounds: int, console: Path, work: Path) -> No
             time.sleep(0.3)
             with clock(times, "live delete"):
                 snap.delete(0)
-    print(json.dumps(times))
+    v = libvirt.getVersion()
+    print(json.dumps({**times, "version": f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"}))
 
 
 if __name__ == "__main__":
