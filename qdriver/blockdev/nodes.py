@@ -59,6 +59,8 @@ class OpenImages:
     """format node -> the internal snapshots its image holds."""
     with_vmstate: dict[str, frozenset[str]]
     """format node -> those of its internal snapshots that hold the guest's memory."""
+    read_only: frozenset[str] = frozenset()
+    """The format nodes QEMU opened read-only (backing layers)."""
 
     def node(self, image: str) -> str:
         if image not in self.nodes:
@@ -75,6 +77,7 @@ async def open_images(mon: qmp.Monitor) -> OpenImages:
     nodes: dict[str, str] = {}
     held: dict[str, frozenset[str]] = {}
     vmstate: dict[str, frozenset[str]] = {}
+    read_only: set[str] = set()
     for n in await mon.execute("query-named-block-nodes", {"flat": True}):
         if n.get("drv") in PROTOCOL_DRIVERS:
             continue
@@ -84,15 +87,22 @@ async def open_images(mon: qmp.Monitor) -> OpenImages:
         held[name] = frozenset(str(s.get("name")) for s in snaps)
         vmstate[name] = frozenset(str(s.get("name")) for s in snaps
                                   if int(s.get("vm-state-size", 0)) > 0)
-    return OpenImages(nodes, held, vmstate)
+        if n.get("ro"):
+            read_only.add(name)
+    return OpenImages(nodes, held, vmstate, frozenset(read_only))
 
 
 @asynccontextmanager
-async def writable(mon: qmp.Monitor, node: str) -> AsyncIterator[None]:
+async def writable(mon: qmp.Monitor, node: str, images: OpenImages | None = None
+                   ) -> AsyncIterator[None]:
     """Hold a format node read-write for a while: QEMU opens backing layers
     read-only, and an internal snapshot in one can only be deleted by the node
     itself once it may write.  The guest only reads that layer, so the reopen is
-    invisible to it; the node goes back to read-only afterwards."""
+    invisible to it; the node goes back to read-only afterwards.  ``images``, just
+    asked, says a node is writable already without asking QEMU again."""
+    if images is not None and node in images.nodes.values() and node not in images.read_only:
+        yield
+        return
     listing = await mon.execute("query-named-block-nodes", {"flat": True})
     entry = next((n for n in listing if n.get("node-name") == node), None)
     if entry is None or not entry.get("ro"):

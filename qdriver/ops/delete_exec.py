@@ -146,7 +146,7 @@ class DeleteExecution:
             images = await open_images(self.mon)
             node = images.node(item.image)
             if item.name in images.held.get(node, ()):
-                async with writable(self.mon, node):  # a backing layer is read-only
+                async with writable(self.mon, node, images):  # a backing layer is read-only
                     await qmp.run_job(self.mon, "snapshot-delete",
                                       {"tag": item.name, "devices": [node]},
                                       f"qdriver-delete-{int(time.time() * 1000)}",
