@@ -15,6 +15,9 @@ import pytest
 
 import qdriver
 from qdriver import process
+from qdriver.durable import write_record
+from qdriver.launch.runtime import Runtime, StatusRecord
+from qdriver.paths import DomainPaths
 from qdriver.runstatus import DomainState
 from qdriver.testing.guestpool import qemu_pids
 
@@ -178,3 +181,21 @@ async def test_a_new_qemu_waits_for_the_last_word_of_the_old_supervisor(tmp_path
     await process.wait_supervisors_gone(exitfile, 5.0)
     assert process.exit_status(exitfile) == 0, "the old supervisor had not written yet"
     assert process.supervisors_of(exitfile) == []
+
+
+@pytest.mark.no_qemu
+def test_a_start_scans_for_an_old_supervisor_only_when_one_can_be_left(tmp_path: Path) -> None:
+    """The /proc scan costs a start 1-2 ms; it is skipped only where no supervisor
+    of an earlier QEMU can write the exit file any more."""
+    paths = DomainPaths.of(tmp_path / "state", "g")
+    paths.dir.mkdir(parents=True)
+    runtime = Runtime(paths)
+    assert not runtime._earlier_supervisor_possible(), "no QEMU ever ran here"
+    paths.qemu_log.write_text("")
+    assert runtime._earlier_supervisor_possible(), "a start died after removing the status"
+    write_record(paths.status, StatusRecord("shutdown", exit_recorded=True))
+    assert not runtime._earlier_supervisor_possible(), "the exit status was written: done"
+    write_record(paths.status, StatusRecord("crashed", exit_recorded=False))
+    assert runtime._earlier_supervisor_possible(), "reaped before the supervisor wrote"
+    write_record(paths.status, StatusRecord("failed"))
+    assert runtime._earlier_supervisor_possible(), "an aborted start may leave one"

@@ -19,7 +19,7 @@ import anyio
 
 from .. import process, qmp
 from ..durable import atomic_write, read_record, write_record
-from ..errors import InternalError, OperationFailedError
+from ..errors import FormatError, InternalError, OperationFailedError
 from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
 from ..runas import QemuUser
 from ..runstatus import DomainState
@@ -91,6 +91,9 @@ class StatusRecord:
     FORMAT: ClassVar[int] = 1
 
     reason: str = "unknown"
+    exit_recorded: bool = False
+    """The supervisor had written QEMU's exit status, its last act: no supervisor of
+    that QEMU can write the exit file of the next one."""
 
 
 class Runtime:
@@ -169,7 +172,8 @@ class Runtime:
         disk loses the reason, not the cleanup)."""
         status = await self._exit_status()  # also: the supervisor is done once it is known
         reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
-        _tolerant(lambda: write_record(self.paths.status, StatusRecord(reason)),
+        _tolerant(lambda: write_record(self.paths.status,
+                                       StatusRecord(reason, exit_recorded=status is not None)),
                   f"the reason domain '{self.paths.dir.name}' stopped")
         self.cleanup()
 
@@ -219,19 +223,20 @@ class Runtime:
         failure QEMU is killed and its files removed before the error
         propagates.  ``live_xml`` is the definition QEMU runs, kept as long as it does.
         """
-        await process.wait_supervisors_gone(self.paths.exitfile, KILL_WAIT)
+        if self._earlier_supervisor_possible():
+            await process.wait_supervisors_gone(self.paths.exitfile, KILL_WAIT)
         self.cleanup()  # leftovers of a QEMU that died unseen
         make_private_dirs(self.paths.sockets, user=command.user)
         make_private_dir(self.paths.dir)
         for log_file in (self.paths.qemu_log, self.paths.console_log):
             open_private_log(log_file)
+        self.paths.status.unlink(missing_ok=True)  # before the spawn: see the check above
         log_since = process.log_size(self.paths.qemu_log)
         process.spawn([*command.drop, *command.argv], self.paths.exitfile, self.paths.qemu_log,
                       command.env, self.paths.console_log if command.user else None)
         faults.point("launch:spawned")
         # while QEMU starts up: what only matters once it runs (the caller's journal
         # stops a QEMU whose start was not seen through, recorded or not)
-        self.paths.status.unlink(missing_ok=True)
         if live_xml is not None:
             atomic_write(self.paths.live_definition, live_xml, durable=False)
         rec: RunRecord | None = None
@@ -264,6 +269,20 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 await self._abort_launch(rec)
             raise
+
+    def _earlier_supervisor_possible(self) -> bool:
+        """Whether the supervisor of an earlier QEMU may still write the exit file,
+        so that the /proc scan for it is needed: not when no QEMU ever ran for this
+        domain (it has no log yet), nor when the last stop recorded QEMU's exit
+        status (writing it was that supervisor's last act).  A start that died
+        after removing the status record leaves none, so the next one scans."""
+        if not self.paths.qemu_log.exists():
+            return False
+        try:
+            last = read_record(self.paths.status, StatusRecord)
+        except FormatError:
+            return True
+        return last is None or not last.exit_recorded
 
     async def _exited_while_connecting(self, proc: process.ProcessId, e: Exception,
                                        log_since: int) -> None:
