@@ -206,8 +206,12 @@ class DomainDef:
 
     @classmethod
     def parse(cls, text: str | bytes) -> DomainDef:
-        """Parse domain XML text; raise `XMLError` or `ConfigUnsupportedError`."""
-        return _parse(safe.parse(text, "domain XML"))
+        """Parse domain XML text; raise `XMLError` or `ConfigUnsupportedError`.
+
+        The same text gives the same object (a process-wide cache by content: a
+        job reads ``domain.xml`` afresh, and most jobs find it unchanged).  A
+        definition is never changed in place: changes make copies."""
+        return _parsed(text.encode() if isinstance(text, str) else bytes(text))
 
     @classmethod
     def from_element(cls, root: safe.Element) -> DomainDef:
@@ -358,6 +362,26 @@ def _token(value: str, what: str) -> str:
 def _text(root: safe.Element, path: str) -> str | None:
     el = root.find(path)
     return el.text.strip() if el is not None and el.text else None
+
+
+_PARSED: dict[bytes, DomainDef] = {}
+PARSED_KEPT = 64
+
+
+def _parsed(text: bytes) -> DomainDef:
+    """Parse, or find the text parsed before.  Only a definition that names its
+    uuid is kept: one without gets a new uuid at each parse, as libvirt gives it."""
+    found = _PARSED.get(text)
+    if found is not None:
+        return found
+    root = safe.parse(text, "domain XML")
+    named = root.find("uuid") is not None
+    definition = _parse(root)
+    if named:
+        if len(_PARSED) >= PARSED_KEPT:
+            del _PARSED[next(iter(_PARSED))]  # the oldest
+        _PARSED[text] = definition
+    return definition
 
 
 def _parse(root: safe.Element) -> DomainDef:

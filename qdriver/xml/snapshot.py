@@ -13,6 +13,7 @@ Three parse modes, as in libvirt:
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -67,8 +68,12 @@ class SnapshotDef:
     @classmethod
     def parse(cls, text: str | bytes, redefine: bool = False,
               internal: bool = False) -> SnapshotDef:
-        """Parse snapshot XML; `XMLError` (or a libvirt-worded error) if invalid."""
-        return _parse(safe.parse(text, "snapshot XML"), redefine or internal, internal)
+        """Parse snapshot XML; `XMLError` (or a libvirt-worded error) if invalid.
+
+        The same text gives the same object (a process-wide cache by content, as
+        `DomainDef.parse`): a snapshot is never changed in place."""
+        raw = text.encode() if isinstance(text, str) else bytes(text)
+        return _parsed(raw, redefine or internal, internal)
 
     def format(self, internal: bool = False) -> str:
         """libvirt's output; ``internal`` adds ``<active>`` (the metadata file form)."""
@@ -102,6 +107,11 @@ def validate_name(name: str) -> None:
 def _text(root: safe.Element, tag: str) -> str | None:
     el = root.find(tag)
     return el.text if el is not None and el.text is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: bytes, redefine: bool, internal: bool) -> SnapshotDef:
+    return _parse(safe.parse(text, "snapshot XML"), redefine, internal)
 
 
 def _parse(root: safe.Element, redefine: bool, internal: bool) -> SnapshotDef:
