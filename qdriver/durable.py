@@ -63,12 +63,13 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def write_record(path: Path, record: object, durable: bool = True) -> None:
+def write_record(path: Path, record: object, durable: bool = True,
+                 sync_dir: bool = True) -> None:
     """Store a dataclass as JSON with its class's format version (``FORMAT``),
-    atomically (see `atomic_write` for ``durable``)."""
+    atomically (see `atomic_write` for ``durable`` and ``sync_dir``)."""
     raw = dataclasses.asdict(record)  # type: ignore[call-overload]
     raw["format"] = getattr(record, "FORMAT", 1)
-    atomic_write(path, json.dumps(raw, indent=1), durable=durable)
+    atomic_write(path, json.dumps(raw, indent=1), durable=durable, sync_dir=sync_dir)
 
 
 def read_record(path: Path, cls: type[T]) -> T | None:
@@ -81,9 +82,12 @@ def read_record(path: Path, cls: type[T]) -> T | None:
         raw: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    readable = (0, getattr(cls, "FORMAT", 1))  # 0: written before records had a version
-    if raw.get("format", 0) not in readable:
-        raise FormatError(f"'{path}' is of format {raw.get('format')!r}; this release "
+    # 0: written before records had a version (a class that never had one says so)
+    readable = (0, getattr(cls, "FORMAT", 1)) if getattr(cls, "UNVERSIONED_TOO", True) \
+        else (getattr(cls, "FORMAT", 1),)
+    if not isinstance(raw, dict) or raw.get("format", 0) not in readable:
+        got = raw.get("format") if isinstance(raw, dict) else None
+        raise FormatError(f"'{path}' is of format {got!r}; this release "
                           f"reads formats {', '.join(map(str, readable))}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in raw.items() if k in names})

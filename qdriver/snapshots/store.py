@@ -9,19 +9,27 @@ which snapshots a delete in progress marked.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
-from ..durable import atomic_write, fsync_dir
+from ..durable import atomic_write, fsync_dir, read_record, write_record
 from ..errors import FormatError, InvalidArgError, QDriverError
 from ..xml.safe import check_storable
 from ..xml.snapshot import SnapshotDef, validate_name
 from .tree import SnapshotTree, newest
 
 MARKS_FILE = "delete-in-progress.json"
-MARKS_FORMAT = 1
+
+
+@dataclass
+class DeleteMarks:
+    """The index of delete marks, as stored."""
+
+    FORMAT: ClassVar[int] = 1
+    UNVERSIONED_TOO: ClassVar[bool] = False
+    """The index always had a version: a file without one is not this format."""
+    snapshots: list[str] = field(default_factory=list)
 
 
 class SnapshotStore:
@@ -83,25 +91,20 @@ class SnapshotStore:
         return self.dir / MARKS_FILE
 
     def write_marks(self, names: list[str], sync_dir: bool = True) -> None:
-        atomic_write(self.marks_path, json.dumps({"format": MARKS_FORMAT, "snapshots": names}),
-                     sync_dir=sync_dir)
+        write_record(self.marks_path, DeleteMarks(names), sync_dir=sync_dir)
 
     def read_marks(self) -> list[str]:
         """The snapshots a delete marked and did not finish ([] if none).
 
-        :raise FormatError: the index is of another format (a newer release's).
+        :raise FormatError: the index is of another format (a newer release's), or
+            cannot be read at all.
         """
-        try:
-            raw = json.loads(self.marks_path.read_text())
-        except FileNotFoundError:
+        marks = read_record(self.marks_path, DeleteMarks)
+        if marks is None:
+            if self.marks_path.exists():
+                raise FormatError(f"'{self.marks_path}' cannot be read")
             return []
-        except (OSError, ValueError) as e:
-            raise FormatError(f"'{self.marks_path}' cannot be read: {e}") from e
-        if not isinstance(raw, dict) or raw.get("format") != MARKS_FORMAT:
-            raise FormatError(f"'{self.marks_path}' is of format "
-                              f"{raw.get('format') if isinstance(raw, dict) else None!r}; "
-                              f"this release reads format {MARKS_FORMAT}")
-        return [str(n) for n in raw.get("snapshots", [])]
+        return [str(n) for n in marks.snapshots]
 
     def clear_marks(self) -> None:
         self.marks_path.unlink(missing_ok=True)
@@ -146,4 +149,4 @@ def storable(snap: SnapshotDef) -> str:
     return check_storable(snap.format(internal=True), f"the metadata of snapshot '{snap.name}'")
 
 
-__all__ = ["SnapshotStore", "storable", "MARKS_FILE", "MARKS_FORMAT"]
+__all__ = ["SnapshotStore", "storable", "MARKS_FILE", "DeleteMarks"]
