@@ -284,6 +284,14 @@ class Job(JobView):
         self._follow_events()
         self._status = RunStatus("running" if run else "paused")
 
+    async def leave_postmigrate(self) -> None:
+        """Bring a paused guest out of ``postmigrate``, where an earlier memory save
+        left it: QEMU offers no way from there to plain ``paused`` except through
+        running, so the vCPUs run for the two commands' round trip (well under a
+        millisecond) and the images become active again."""
+        await self.vcpus(True)
+        await self.vcpus(False)
+
     async def ensure_running(self) -> None:
         """``cont`` unless the vCPUs already run (``cont`` on a running guest is an error)."""
         if not (await self.run_status()).running:

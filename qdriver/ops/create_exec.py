@@ -256,12 +256,7 @@ class CreateExecution:
             await add_overlay(self.monitor, d.target, d.file or "", io)
 
     async def leave_postmigrate(self) -> None:
-        """Bring a paused guest out of ``postmigrate``, where an earlier memory save
-        left it: QEMU offers no way from there to plain ``paused`` except through
-        running, so the vCPUs run for the two commands' round trip (well under a
-        millisecond) and the images become active again."""
-        await self.monitor.execute("cont")
-        await self.monitor.execute("stop")
+        await self.job.leave_postmigrate()
 
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())

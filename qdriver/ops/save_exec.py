@@ -72,10 +72,7 @@ class SaveExecution:
                 await self.job.sync_run_state()
 
     async def leave_postmigrate(self) -> None:
-        """Out of ``postmigrate`` (an earlier save), only through running, for the two
-        commands' round trip."""
-        await self.job.vcpus(True)
-        await self.job.vcpus(False)
+        await self.job.leave_postmigrate()
 
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())
