@@ -8,17 +8,17 @@ asked only when nothing happens for a while: for progress, or a lost event.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import anyio
 from qemu.qmp import EventListener
 
 from .. import qmp
 from ..errors import OperationFailedError
+from ..qmp.jobs import ProgressFn
 
 COMMIT_TIMEOUT = 3600.0
 EVENTS = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED")
-ProgressFn = Callable[[int, int], None]
 
 
 async def commit(mon: qmp.Monitor, arguments: Mapping[str, object], job: str,

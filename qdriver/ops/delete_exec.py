@@ -80,13 +80,19 @@ class DeleteExecution:
         self.mon = mon
         """The running QEMU's monitor (`run` opens it); None while shut off."""
         self.progress = progress
-        self.store: SnapshotStore = job.store
-        self.tree: SnapshotTree = job.tree
-        """The metadata as on disk: the job's, changed with each write."""
         self.txn = Transaction(job, "snapshot-delete")
         self.tops: dict[str, str] = {}
         """Each disk's active image as the commits leave it (the root node's image)."""
         self.images: OpenImages | None = None
+
+    @property
+    def store(self) -> SnapshotStore:
+        return self.job.store
+
+    @property
+    def tree(self) -> SnapshotTree:
+        """The metadata as on disk: the job's, changed with each write."""
+        return self.job.tree
 
     async def run(self) -> None:
         self.mon = await self.job.qemu()
