@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -43,8 +45,27 @@ OPERATIONS = ("disk-only create", "external delete", "internal create", "interna
               "live create", "live pause", "live delete")
 
 
-async def timed(times: dict[str, list[float]], key: str, started: float) -> None:
-    times.setdefault(key, []).append(time.monotonic() - started)
+SNAPSHOTS = (("disk-only", "external delete"), ("internal", "internal delete"),
+             ("live", "live delete"))
+"""Each kind taken, and the row its delete is timed in."""
+
+
+def snapshot_xml(kind: str, work: Path, i: int) -> tuple[str, str, dict[str, bool]]:
+    """The name, XML and flags of round ``i``'s snapshot of ``kind``."""
+    name = f"{kind[0]}{i}"
+    overlay = f"<disks><disk name='vda' snapshot='external'><source file='{work}/qd-{name}" \
+              ".qcow2'/></disk></disks>"
+    memory = f"<memory snapshot='external' file='{work}/qd-{name}.mem'/>"
+    body, flags = {"disk-only": (overlay, {"disk_only": True}), "internal": ("", {}),
+                   "live": (memory + overlay, {"live": True})}[kind]
+    return name, f"<domainsnapshot><name>{name}</name>{body}</domainsnapshot>", flags
+
+
+@contextmanager
+def clock(times: dict[str, list[float]], key: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    yield
+    times.setdefault(key, []).append(time.monotonic() - t0)
 
 
 async def qdriver_rounds(xml: str, work: Path, rounds: int) -> dict[str, list[float]]:
@@ -55,35 +76,16 @@ async def qdriver_rounds(xml: str, work: Path, rounds: int) -> dict[str, list[fl
         await dom.start()
         await wait_booted(dom, settle=1.0)
         for i in range(rounds):
-            t0 = time.monotonic()
-            await dom.snapshot_create_xml(
-                f"<domainsnapshot><name>d{i}</name><disks><disk name='vda' "
-                f"snapshot='external'><source file='{work}/qd-d{i}.qcow2'/></disk>"
-                "</disks></domainsnapshot>", disk_only=True)
-            await timed(times, "disk-only create", t0)
-            await anyio.sleep(0.3)
-            t0 = time.monotonic()
-            await dom.delete_snapshot(f"d{i}")
-            await timed(times, "external delete", t0)
-            t0 = time.monotonic()
-            await dom.snapshot_create_xml(f"<domainsnapshot><name>i{i}</name></domainsnapshot>")
-            await timed(times, "internal create", t0)
-            await anyio.sleep(0.3)
-            t0 = time.monotonic()
-            await dom.delete_snapshot(f"i{i}")
-            await timed(times, "internal delete", t0)
-            t0 = time.monotonic()
-            snap = await dom.snapshot_create_xml(
-                f"<domainsnapshot><name>l{i}</name><memory snapshot='external' "
-                f"file='{work}/qd-l{i}.mem'/><disks><disk name='vda' snapshot='external'>"
-                f"<source file='{work}/qd-l{i}.qcow2'/></disk></disks></domainsnapshot>",
-                live=True)
-            await timed(times, "live create", t0)
-            times.setdefault("live pause", []).append(snap.report.pause if snap.report else 0)
-            await anyio.sleep(0.3)
-            t0 = time.monotonic()
-            await dom.delete_snapshot(f"l{i}")
-            await timed(times, "live delete", t0)
+            for kind, delete_row in SNAPSHOTS:
+                name, snap_xml, flags = snapshot_xml(kind, work, i)
+                with clock(times, f"{kind} create"):
+                    snap = await dom.snapshot_create_xml(snap_xml, None, **flags)
+                if kind == "live":
+                    times.setdefault("live pause", []).append(
+                        snap.report.pause if snap.report else 0)
+                await anyio.sleep(0.3)
+                with clock(times, delete_row):
+                    await dom.delete_snapshot(name)
     finally:
         if dom.is_active:
             await dom.destroy()
