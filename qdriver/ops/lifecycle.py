@@ -63,10 +63,7 @@ async def _power_down(job: Job, timeout: float, escalate: bool) -> bool:
     await (await job.monitor()).execute("system_powerdown")
     faults.point("shutdown:waiting")
     if await process.wait_exit(rec.proc, timeout):
-        await job.close_monitor()
-        await job.runtime.reap(rec)
-        job.record = None
-        job.definition, job.persistent = job.inactive, None
+        await job.sync_run_state()  # QEMU is gone: reaped, the persistent definition back
         return True
     if not escalate:
         job.update_record(stop_requested=None)
