@@ -23,6 +23,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Callable, cast
 
+import anyio
 from qemu.qmp import EventListener
 
 from . import qmp
@@ -32,6 +33,7 @@ from .durable import atomic_write
 from .errors import NoDomainError, OperationInvalidError, QDriverError
 from .launch.runtime import RunRecord, Runtime
 from .launch.start import qemu_command
+from .parallel import side_by_side
 from .paths import DomainPaths
 from .qemuimg.graph import ImageGraph, image_graph
 from .runas import LaunchPolicy
@@ -118,6 +120,19 @@ class JobView:
         if self._tree is None:
             self._tree = self.store.load()
         return self._tree
+
+    async def read_tree_and_connect(self) -> None:
+        """Read the snapshot tree (in a thread) while the running QEMU's monitor
+        connects: the first two waits of a snapshot operation, overlapped."""
+        if self._tree is not None or self.record is None or self._mon is not None:
+            return
+        await side_by_side(self._try_monitor, self._read_tree_in_thread)
+
+    async def _try_monitor(self) -> None:
+        await self.qemu()
+
+    async def _read_tree_in_thread(self) -> None:
+        await anyio.to_thread.run_sync(lambda: self.tree)
 
     def image_graph(self) -> ImageGraph:
         """The backing graph of every image the definition and the snapshot tree name."""

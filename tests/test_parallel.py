@@ -5,7 +5,7 @@ import anyio
 import pytest
 
 from qdriver.errors import OperationFailedError
-from qdriver.ops.parallel import side_by_side
+from qdriver.parallel import side_by_side
 
 pytestmark = pytest.mark.no_qemu  # pure: runs no QEMU program
 

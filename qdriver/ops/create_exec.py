@@ -46,6 +46,7 @@ async def plan(job: JobView, xml: str | bytes, flags: CreateFlags) -> CreatePlan
     runs, what it says of itself)."""
     if job.record is None or flags.redefine:  # a redefinition asks QEMU nothing
         return plan_snapshot(job.definition, "shutoff", xml, flags, RunningCaps())
+    await job.read_tree_and_connect()
     state, caps = await job.abilities(flags.live)
     return plan_snapshot(job.definition, state, xml, flags, caps)
 

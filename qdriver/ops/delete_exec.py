@@ -34,6 +34,7 @@ from ..blockdev import jobs as blockjobs
 from ..blockdev.nodes import OpenImages, open_images, writable
 from ..errors import OperationFailedError
 from ..job import Job, JobView
+from ..parallel import side_by_side
 from ..progress import ProgressFn, ProgressMeter
 from ..qemuimg.graph import ImageGraph
 from ..snapshots.store import MARKS_FILE, SnapshotStore
@@ -43,7 +44,6 @@ from ..xml.domain import disk_sources, replace_disk_source
 from ..xml.snapshot import SnapshotDef
 from . import actions
 from .delete_plan import Commit, DeleteFlags, DeletePlan, InternalDelete, plan_delete, victims
-from .parallel import side_by_side
 from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import Transaction
 
@@ -54,6 +54,8 @@ log = logging.getLogger("qdriver")
 async def plan(job: JobView, name: str, flags: DeleteFlags, online: bool = True) -> DeletePlan:
     """What deleting ``name`` would do, from the job's state (``online``: asking the
     running QEMU whether it has the snapshot-delete job)."""
+    if online and not flags.metadata_only:
+        await job.read_tree_and_connect()
     names = victims(job.tree, name, flags)
     graph = job.image_graph() if not flags.metadata_only else ImageGraph({})
     snapshot_job = (await job.qemu_caps()).snapshot_save \

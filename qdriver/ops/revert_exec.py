@@ -34,6 +34,7 @@ from .transaction import StepRunner, Transaction
 async def plan(job: JobView, name: str, flags: RevertFlags) -> RevertPlan:
     """What reverting to ``name`` would do, from the job's state (and, while QEMU
     runs, what it says of itself)."""
+    await job.read_tree_and_connect()
     snap = job.tree.get(name)
     managed = job.paths.managed_save.exists()
     if job.record is None:
