@@ -13,7 +13,7 @@ from types import TracebackType
 
 import anyio
 
-from . import emulator, runas
+from . import emulator, qmp, runas
 from .caps import accel, qemucaps
 from .domain import Domain
 from .durable import locked, next_counter
@@ -29,7 +29,7 @@ from .job import storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
-from .paths import DomainPaths, default_state_dir, make_private_dir
+from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
 from .xml import abi, layout
@@ -90,7 +90,8 @@ class Driver:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        return None
+        """Close the monitor connections this process kept to the domains' QEMUs."""
+        await qmp.kept.release_under(socket_root(self.state_dir))
 
     # -- domains ------------------------------------------------------------
 

@@ -151,12 +151,20 @@ class JobView:
         return self.paths.qmp_query
 
     async def monitor(self) -> qmp.Monitor:
-        """The running QEMU's monitor, opened once for the job."""
+        """The running QEMU's monitor, opened once for the job: the connection this
+        process keeps to it (`qmp.kept`) when it can, else one for the job alone."""
         if self._mon is None:
-            self.require_active()
-            self._adopt(await self.stack.enter_async_context(qmp.open_monitor(self._socket)))
+            record = self.require_active()
+            mon = await self._kept_monitor(record)
+            if mon is None:
+                mon = await self.stack.enter_async_context(qmp.open_monitor(self._socket))
+            self._adopt(mon)
         assert self._mon is not None
         return self._mon
+
+    async def _kept_monitor(self, record: RunRecord) -> qmp.Monitor | None:
+        """None: only a job under the lock may use the kept connection."""
+        return None
 
     @property
     def monitor_open(self) -> bool:
@@ -222,6 +230,9 @@ class Job(JobView):
     @property
     def _socket(self) -> Path:
         return self.paths.qmp
+
+    async def _kept_monitor(self, record: RunRecord) -> qmp.Monitor | None:
+        return await qmp.kept.borrow(self.paths.qmp_keep, self.paths.keep_lease, record.proc)
 
     # -- definitions ---------------------------------------------------------------
 

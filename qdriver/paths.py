@@ -243,6 +243,16 @@ class DomainPaths:
         return self.sockets / "query.sock"
 
     @property
+    def qmp_keep(self) -> Path:
+        """The monitor one process at a time keeps open between its jobs (`qmp.kept`)."""
+        return self.sockets / "keep.sock"
+
+    @property
+    def keep_lease(self) -> Path:
+        """flocked by the process that keeps ``qmp_keep`` open."""
+        return self.sockets / "keep.lease"
+
+    @property
     def console(self) -> Path:
         return self.sockets / "console.sock"
 

@@ -207,7 +207,8 @@ def _boot(b: _Builder) -> None:
 
 
 def _monitors(b: _Builder) -> None:
-    for cid, path in (("qmp", b.paths.qmp), ("qmpquery", b.paths.qmp_query)):
+    for cid, path in (("qmp", b.paths.qmp), ("qmpquery", b.paths.qmp_query),
+                      ("qmpkeep", b.paths.qmp_keep)):
         b.add("-chardev", f"socket,id={cid},path={opt(path)},server=on,wait=off",
               "-mon", f"chardev={cid},mode=control")
 

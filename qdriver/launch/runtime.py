@@ -170,6 +170,7 @@ class Runtime:
     async def reap(self, rec: RunRecord) -> None:
         """QEMU is gone: record why, and remove what it left behind (a full state
         disk loses the reason, not the cleanup)."""
+        await qmp.kept.release(self.paths.qmp_keep)
         status = await self._exit_status()  # also: the supervisor is done once it is known
         reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
         _tolerant(lambda: write_record(self.paths.status,
@@ -180,7 +181,8 @@ class Runtime:
     def cleanup(self) -> None:
         """Remove the files of a QEMU that no longer runs."""
         p = self.paths
-        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.console,
+        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.qmp_keep,
+                     p.keep_lease, p.console,
                      p.destroy_marker, p.live_definition):
             path.unlink(missing_ok=True)
         if p.sockets.is_dir():

@@ -1,4 +1,5 @@
 """qdriver's QMP layer over ``qemu.qmp``: connect, execute, events, fds, jobs."""
+from . import kept
 from .connection import DEFAULT_TIMEOUT, Monitor, close, connect, connect_new, open_monitor
 from .errors import (
     CommandError,
@@ -13,4 +14,4 @@ from .jobs import job_info, run_job
 __all__ = ["DEFAULT_TIMEOUT", "Monitor", "close", "connect", "connect_new",
            "open_monitor", "CommandError",
            "JobError", "MonitorClosedError", "MonitorConnectError", "MonitorTimeoutError",
-           "data", "wait_event", "job_info", "run_job"]
+           "data", "wait_event", "job_info", "run_job", "kept"]

@@ -7,8 +7,10 @@ instead of a hang.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import stat
 import time
 from contextlib import asynccontextmanager
@@ -23,6 +25,7 @@ from qemu.qmp import (
     ExecuteError,
     Message,
     QMPClient,
+    Runstate,
 )
 from qemu.qmp.error import QMPError
 from qemu.qmp.protocol import StateError
@@ -53,9 +56,23 @@ class _Client(QMPClient):
 class Monitor:
     """An open QMP session: execute commands, pass fds, listen for events."""
 
-    def __init__(self, client: QMPClient, path: Path) -> None:
+    def __init__(self, client: QMPClient, path: Path, sock: socket.socket | None = None) -> None:
         self.client = client
         self.path = path
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        """The event loop the connection belongs to (qemu.qmp's tasks run there)."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether commands can still be sent (QEMU has not closed the monitor)."""
+        return self.client.runstate == Runstate.RUNNING
+
+    def abandon(self) -> None:
+        """Close the socket of a connection whose event loop is gone (nothing of
+        qemu.qmp can run any more); QEMU sees the client leave."""
+        if self.sock is not None:
+            self.sock.close()
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None,
                       timeout: float = DEFAULT_TIMEOUT) -> Any:
@@ -106,24 +123,36 @@ def _check_private_parent(path: Path) -> None:
                                   "this user's, or others may write to it")
 
 
+def _nothing(event: Message) -> bool:
+    return False
+
+
 async def connect(path: Path, timeout: float = 5.0) -> Monitor:
     """Connect to a QMP socket and negotiate capabilities, within ``timeout``.
 
     The socket's directory must be private to this user (see `_check_private_parent`).
+    The socket is made here, so that `Monitor.abandon` can close it from any
+    event loop.
     """
     _check_private_parent(path)
     client = _Client(os.path.basename(str(path)))
+    client.events.event_filter = _nothing  # qemu.qmp's catch-all queue: nobody reads it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
         with anyio.fail_after(timeout):
-            await client.connect(str(path))
+            await asyncio.get_running_loop().sock_connect(sock, str(path))
+            await client.connect(sock)
     except TimeoutError as e:
         await _quiet_disconnect(client)
+        sock.close()
         raise MonitorConnectError(f"QEMU monitor '{path}' did not answer "
                                   f"within {timeout:g} s") from e
     except (ConnectError, QMPError, OSError) as e:
         await _quiet_disconnect(client)
+        sock.close()
         raise MonitorConnectError(f"cannot connect to QEMU monitor '{path}': {e}") from e
-    return Monitor(client, path)
+    return Monitor(client, path, sock)
 
 
 CONNECT_RETRY = 2.0
