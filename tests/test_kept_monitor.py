@@ -72,9 +72,9 @@ async def test_another_process_works_while_this_one_keeps_the_monitor(
     assert dom.paths.qmp_keep in qmp.kept.kept_paths()
     assert not _lease_free(dom.paths.keep_lease)
     run_cli(state_dir, "resume", dom.name, timeout=30)  # a command line: the ordinary socket
-    assert dom.state == qdriver.DomainState.RUNNING
+    resumed = dom.state
     await dom.suspend()  # and the kept connection still serves this process
-    assert dom.state == qdriver.DomainState.PAUSED
+    assert (resumed, dom.state) == (qdriver.DomainState.RUNNING, qdriver.DomainState.PAUSED)
     await dom.resume()
 
 
