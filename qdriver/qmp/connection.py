@@ -1,7 +1,8 @@
 """A QMP connection to one QEMU with timeouts on everything.
 
 QEMU's monitor socket serves one client at a time, so qdriver connects for
-an operation and disconnects after it (see `open_monitor`).  Every wait has a
+an operation and disconnects after it (see `open_monitor`), or keeps one
+connection on a socket of its own while no other process needs it (`kept`).  Every wait has a
 timeout, and a monitor that closes under us becomes `MonitorClosedError`
 instead of a hang.
 """
