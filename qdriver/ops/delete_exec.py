@@ -114,7 +114,7 @@ class DeleteExecution:
     async def _mark_and_ask(self) -> None:
         """Write the marks; while they go to disk (in a thread), QEMU says which
         images it has open, a read-only question the commits need answered."""
-        if not self._online_commits():
+        if not self._asks_qemu():
             mark(self.store, self.tree, self.plan.names)
             return
         await side_by_side(self._learn_open_images, partial(
@@ -122,6 +122,12 @@ class DeleteExecution:
 
     def _online_commits(self) -> bool:
         return self.mon is not None and any(c.mode != "offline" for c in self.plan.commits)
+
+    def _asks_qemu(self) -> bool:
+        """Whether the running QEMU's open images are needed (commits, or internal
+        snapshots deleted by its job)."""
+        return self._online_commits() or self.mon is not None and any(
+            i.online and not i.hmp for i in self.plan.internal)
 
     async def _learn_open_images(self) -> None:
         assert self.mon is not None
@@ -151,7 +157,7 @@ class DeleteExecution:
                 raise OperationFailedError(f"delvm failed: {out.strip()}")
             return
         if item.online and self.mon is not None:
-            images = await open_images(self.mon)
+            images = self.images or await open_images(self.mon)
             node = images.node(item.image)
             if item.name in images.held.get(node, ()):
                 async with writable(self.mon, node, images):  # a backing layer is read-only
