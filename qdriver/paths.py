@@ -256,5 +256,11 @@ class DomainPaths:
     def console(self) -> Path:
         return self.sockets / "console.sock"
 
+    @property
+    def ram_file(self) -> Path:
+        """The guest's RAM with ``<memoryBacking><source type='file'/>``: beside
+        the sockets, where QEMU's user may create it, and gone with the QEMU."""
+        return self.sockets / "pc.ram"
+
     def channel(self, index: int) -> Path:
         return self.sockets / f"channel{index}.sock"

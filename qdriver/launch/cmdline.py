@@ -133,7 +133,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
         b.add("-add-fd", f"fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FDSET},"
                          f"opaque={opt(paths.console_log)}")
     _machine(b, accel)
-    b.add("-m", f"size={d.memory_kib}k", "-smp", str(d.vcpus))
+    _memory(b)
+    b.add("-smp", str(d.vcpus))
     _boot(b)
     _monitors(b)
     for controller in sorted(d.controllers, key=lambda c: (c.type != "pci", c.index)):
@@ -167,6 +168,36 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     return b.argv
 
 
+RAM_ID = "pc.ram"
+"""The guest RAM's memory backend object, where ``<memoryBacking>`` needs one."""
+
+BACKENDS = {"anonymous": "memory-backend-ram", "file": "memory-backend-file",
+            "memfd": "memory-backend-memfd"}
+
+
+def _memory(b: _Builder) -> None:
+    """``-m``, and the RAM's backend object where ``<memoryBacking>`` asks for more
+    than private anonymous memory."""
+    d, m = b.d, b.d.memory_backing
+    b.add("-m", f"size={d.memory_kib}k")
+    if m.locked:
+        b.add("-overcommit", "mem-lock=on")
+    if not m.needs_backend:
+        return
+    props: dict[str, object] = {"qom-type": BACKENDS[m.source], "id": RAM_ID,
+                                "size": d.memory_kib * 1024, "share": m.shared}
+    if m.source == "file":
+        props.update({"mem-path": str(b.paths.ram_file)}, **({"discard-data": True}
+                                                           if m.discard else {}))
+    if not m.merge:
+        props["merge"] = False
+    if m.prealloc:
+        props["prealloc"] = True
+        if m.prealloc_threads:
+            props["prealloc-threads"] = m.prealloc_threads
+    b.add("-object", json.dumps(props))
+
+
 def _machine(b: _Builder, accel: str) -> None:
     d = b.d
     opts = [opt(d.machine), f"accel={accel}"]
@@ -174,6 +205,10 @@ def _machine(b: _Builder, accel: str) -> None:
         opts.append("acpi=off")
     if d.vmport is not None:
         opts.append(f"vmport={'on' if d.vmport else 'off'}")
+    if d.memory_backing.needs_backend:
+        opts.append(f"memory-backend={RAM_ID}")
+    elif not d.memory_backing.merge:
+        opts.append("mem-merge=off")
     b.add("-machine", ",".join(opts))
     power = "ICH9-LPC" if d.q35 else "PIIX4_PM"  # as libvirt: the chipset's power device
     for state, enabled in sorted(d.sleep_states.items()):

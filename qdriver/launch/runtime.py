@@ -182,7 +182,7 @@ class Runtime:
         """Remove the files of a QEMU that no longer runs."""
         p = self.paths
         for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.qmp_keep,
-                     p.keep_lease, p.console,
+                     p.keep_lease, p.ram_file, p.console,
                      p.destroy_marker, p.live_definition):
             path.unlink(missing_ok=True)
         if p.sockets.is_dir():

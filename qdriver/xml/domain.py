@@ -34,6 +34,7 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Elements accepted and either interpreted or harmless to leave to QEMU's defaults.
 TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
+             "memoryBacking",
              "vcpu", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot",
              "on_crash", "devices", "pm", "resource", "seclabel"}
 """``<resource>`` (a cgroup partition) and ``<seclabel>`` are libvirt's host-side settings
@@ -161,6 +162,36 @@ class GraphicsDef:
     port: int | None = None
 
 
+@dataclass(frozen=True)
+class MemoryBacking:
+    """``<memoryBacking>``: where the guest's RAM comes from and how it is mapped."""
+
+    source: str = "anonymous"
+    """``<source type=...>``: ``anonymous``, ``file`` (a file of the domain's own,
+    in its runtime directory) or ``memfd``."""
+    shared: bool = False
+    """``<access mode='shared'>``: a shared mapping (others may map the same RAM)."""
+    merge: bool = True
+    """False with ``<nosharepages/>``: the host must not merge its pages (KSM)."""
+    locked: bool = False
+    """``<locked/>``: the RAM stays resident (QEMU's ``mem-lock``)."""
+    discard: bool = False
+    """``<discard/>``: the file's contents are dropped when QEMU exits."""
+    prealloc: bool = False
+    """``<allocation mode='immediate'>``: every page is allocated at start."""
+    prealloc_threads: int | None = None
+
+    @property
+    def needs_backend(self) -> bool:
+        """Whether QEMU needs an explicit memory backend object (anything beyond
+        private anonymous RAM, page merging and locking)."""
+        return (self.source, self.shared, self.discard, self.prealloc) != \
+            ("anonymous", False, False, False)
+
+
+MEMORY_SOURCES = ("anonymous", "file", "memfd")
+
+
 @dataclass
 class DomainDef:
     """A parsed libvirt domain definition."""
@@ -170,6 +201,7 @@ class DomainDef:
     name: str
     uuid: str
     memory_kib: int
+    memory_backing: MemoryBacking = MemoryBacking()
     vcpus: int = 1
     arch: str = "x86_64"
     machine: str = "q35"
@@ -406,6 +438,7 @@ def _parse(root: safe.Element) -> DomainDef:
     vcpu = root.find("vcpu")
     if vcpu is not None and vcpu.get("current") not in (None, str(d.vcpus)):
         d.unsupported.append(f"<vcpu current='{vcpu.get('current')}'>")
+    _parse_memory_backing(root.find("memoryBacking"), d)
     _parse_pm(root, d)
     _parse_os(root, d)
     _parse_features(root, d)
@@ -441,6 +474,35 @@ def _uuid(root: safe.Element) -> str:
         return str(uuidlib.UUID(text))
     except ValueError as e:
         raise XMLError(f"malformed uuid element '{text}'") from e
+
+
+def _parse_memory_backing(el: safe.Element | None, d: DomainDef) -> None:
+    """``<memoryBacking>``; huge pages are refused (no hugetlbfs is set up)."""
+    if el is None:
+        return
+    source = el.find("source")
+    kind = source.get("type", "anonymous") if source is not None else "anonymous"
+    access = el.find("access")
+    mode = access.get("mode", "private") if access is not None else "private"
+    alloc = el.find("allocation")
+    how = alloc.get("mode", "ondemand") if alloc is not None else "ondemand"
+    threads = alloc.get("threads") if alloc is not None else None
+    if kind not in MEMORY_SOURCES:
+        d.unsupported.append(f"<memoryBacking><source type='{kind}'>")
+    if mode not in ("private", "shared"):
+        d.unsupported.append(f"<memoryBacking><access mode='{mode}'>")
+    if how not in ("ondemand", "immediate"):
+        d.unsupported.append(f"<memoryBacking><allocation mode='{how}'>")
+    known = {"source", "access", "allocation", "nosharepages", "locked", "discard"}
+    d.unsupported += [f"<memoryBacking><{safe.written_name(c)}>" for c in safe.children(el)
+                      if c.tag not in known]
+    d.memory_backing = MemoryBacking(
+        source=kind, shared=mode == "shared", merge=el.find("nosharepages") is None,
+        locked=el.find("locked") is not None, discard=el.find("discard") is not None,
+        prealloc=how == "immediate",
+        prealloc_threads=_int(threads, "<allocation threads>", 1, 1024) if threads else None)
+    if d.memory_backing.discard and kind != "file":
+        d.unsupported.append(f"<memoryBacking><discard/> with <source type='{kind}'>")
 
 
 def _parse_os(root: safe.Element, d: DomainDef) -> None:

@@ -1,0 +1,132 @@
+"""``<memoryBacking>``: the guest RAM's source and mapping, as libvirt writes it.
+
+Rows for the parser and the command line (pure), then real QEMUs: a guest
+running on file-backed shared RAM (the mapping memory templates build on),
+whose internal snapshot reverts, and a memfd backend seen through QMP.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import qdriver
+from qdriver.errors import ConfigUnsupportedError
+from qdriver.launch import cmdline
+from qdriver.paths import DomainPaths
+from qdriver.xml.domain import DomainDef, MemoryBacking
+
+from .helpers import GuestImage, wait_console
+from .helpers.guest import console_offset, counters_after, domain_xml
+
+BASE = """<domain type='qemu'><name>m</name><memory unit='MiB'>128</memory>
+  {backing}<os><type arch='x86_64' machine='q35'>hvm</type><kernel>/k</kernel></os>
+  <devices/></domain>"""
+
+
+def parse(backing: str) -> DomainDef:
+    return DomainDef.parse(BASE.format(backing=f"<memoryBacking>{backing}</memoryBacking>"))
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("backing, expected", [
+    ("", MemoryBacking()),
+    ("<source type='file'/><access mode='shared'/>", MemoryBacking("file", shared=True)),
+    ("<source type='memfd'/>", MemoryBacking("memfd")),
+    ("<source type='anonymous'/><access mode='private'/>", MemoryBacking()),
+    ("<nosharepages/><locked/>", MemoryBacking(merge=False, locked=True)),
+    ("<source type='file'/><discard/>", MemoryBacking("file", discard=True)),
+    ("<allocation mode='immediate' threads='2'/>",
+     MemoryBacking(prealloc=True, prealloc_threads=2)),
+])
+def test_parsed(backing: str, expected: MemoryBacking) -> None:
+    d = parse(backing)
+    assert (d.memory_backing, d.unsupported) == (expected, [])
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("backing, named", [
+    ("<hugepages/>", "<memoryBacking><hugepages>"),
+    ("<source type='shm'/>", "<memoryBacking><source type='shm'>"),
+    ("<access mode='both'/>", "<memoryBacking><access mode='both'>"),
+    ("<allocation mode='sometimes'/>", "<memoryBacking><allocation mode='sometimes'>"),
+    ("<source type='memfd'/><discard/>",
+     "<memoryBacking><discard/> with <source type='memfd'>"),
+])
+def test_refused_at_define_by_name(tmp_path: Path, backing: str, named: str) -> None:
+    assert parse(backing).unsupported == [named]
+    with pytest.raises(ConfigUnsupportedError, match=named.replace("/", ".")):
+        qdriver.driver.checked_definition(BASE.format(
+            backing=f"<memoryBacking>{backing}</memoryBacking>"))
+
+
+def argv(tmp_path: Path, backing: str) -> list[str]:
+    return cmdline.build(parse(backing), DomainPaths.of(tmp_path, "m"), "tcg")
+
+
+def after(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+@pytest.mark.no_qemu
+def test_command_line(tmp_path: Path) -> None:
+    plain = argv(tmp_path, "")
+    assert after(plain, "-object") == [] and "memory-backend" not in after(plain, "-machine")[0]
+    shared = argv(tmp_path, "<source type='file'/><access mode='shared'/><nosharepages/>")
+    backend = json.loads(after(shared, "-object")[0])
+    assert backend == {"qom-type": "memory-backend-file", "id": "pc.ram",
+                       "size": 128 << 20, "share": True, "merge": False,
+                       "mem-path": str(DomainPaths.of(tmp_path, "m").ram_file)}
+    assert "memory-backend=pc.ram" in after(shared, "-machine")[0].split(",")
+    assert after(shared, "-m") == ["size=131072k"]
+    memfd = json.loads(after(argv(tmp_path, "<source type='memfd'/>"), "-object")[0])
+    assert (memfd["qom-type"], memfd["share"]) == ("memory-backend-memfd", False)
+    merged = argv(tmp_path, "<nosharepages/><locked/>")
+    assert after(merged, "-object") == [] and "mem-merge=off" in after(merged, "-machine")[0]
+    assert after(merged, "-overcommit") == ["mem-lock=on"]
+
+
+def with_backing(xml: str, backing: str) -> str:
+    return xml.replace("<vcpu>", f"<memoryBacking>{backing}</memoryBacking>\n  <vcpu>", 1)
+
+
+async def test_a_guest_runs_and_reverts_on_shared_file_ram(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    disk = tmp_path / "fileram.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    xml = with_backing(domain_xml(guest_image, "fileram", disk),
+                       "<source type='file'/><access mode='shared'/>")
+    dom = await driver.define_xml(xml)
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    ram = dom.paths.ram_file
+    assert ram.stat().st_size == 256 << 20
+    async with dom.monitor() as mon:
+        (memdev,) = await mon.execute("query-memdev")
+    assert (memdev["id"], memdev["share"], memdev["size"]) == ("pc.ram", True, 256 << 20)
+    await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
+    at_snapshot = (await counters_after(dom, console_offset(dom), 1))[0]
+    await wait_console(dom, f"COUNTER {at_snapshot + 3}")
+    offset = console_offset(dom)
+    await dom.revert_to_snapshot("s")
+    resumed = (await counters_after(dom, offset, 1))[0]
+    assert resumed <= at_snapshot + 1, f"went on from {resumed}, not from the snapshot"
+    await dom.destroy()
+    assert not os.path.exists(ram), "the RAM file outlived its QEMU"
+
+
+async def test_a_memfd_backend_is_what_qemu_runs(
+        driver: qdriver.Driver, guest_image: GuestImage) -> None:
+    xml = with_backing(domain_xml(guest_image, "memfd", None),
+                       "<source type='memfd'/><access mode='shared'/>")
+    dom = await driver.define_xml(xml)
+    await dom.start(paused=True)
+    async with dom.monitor() as mon:
+        (memdev,) = await mon.execute("query-memdev")
+        objects = await mon.execute("qom-list", {"path": "/objects"})
+    assert (memdev["id"], memdev["share"]) == ("pc.ram", True)
+    assert {"name": "pc.ram", "type": "child<memory-backend-memfd>"} in objects
+    await dom.destroy()
