@@ -270,12 +270,15 @@ class Job(JobView):
     def update_record(self, **changes: object) -> None:
         self.runtime.update(self.require_active(), **changes)
 
-    async def launch(self, paused: bool, incoming: bool = False) -> qmp.Monitor:
+    async def launch(self, paused: bool, incoming: bool = False,
+                     ram_template: str | None = None) -> qmp.Monitor:
         """Start QEMU for ``definition`` (checked first); the job keeps its monitor.
 
-        With ``incoming`` QEMU waits for an incoming migration (it stays paused).
+        With ``incoming`` QEMU waits for an incoming migration (it stays paused);
+        with ``ram_template`` its RAM is a private mapping of that template file.
         """
-        command = qemu_command(self.definition, self.paths, self.policy, incoming)
+        command = qemu_command(self.definition, self.paths, self.policy, incoming,
+                               ram_template=ram_template)
         persistent = self.inactive
         self.record, mon = await self.runtime.launch(
             command, self.next_id(), paused or incoming, self.stack,

@@ -16,11 +16,15 @@ import pytest
 import qdriver
 from qdriver.errors import ConfigUnsupportedError
 from qdriver.launch import cmdline
+from qdriver.ops.create_plan import CreateFlags, CreateStep, plan_snapshot
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef, MemoryBacking
+from qdriver.xml.snapshot import SnapshotDef
 
-from .helpers import GuestImage, wait_console
+from .helpers import GuestImage, last_counter, wait_console
+from .helpers.checks import assert_resumes_from
 from .helpers.guest import console_offset, counters_after, domain_xml
+from .helpers.images import sha256
 
 BASE = """<domain type='qemu'><name>m</name><memory unit='MiB'>128</memory>
   {backing}<os><type arch='x86_64' machine='q35'>hvm</type><kernel>/k</kernel></os>
@@ -130,3 +134,88 @@ async def test_a_memfd_backend_is_what_qemu_runs(
     assert (memdev["id"], memdev["share"]) == ("pc.ram", True)
     assert {"name": "pc.ram", "type": "child<memory-backend-memfd>"} in objects
     await dom.destroy()
+
+
+def template_xml(name: str, memory: Path) -> str:
+    return (f"<domainsnapshot><name>{name}</name>"
+            f"<memory snapshot='external' file='{memory}'/></domainsnapshot>")
+
+
+async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    disk = tmp_path / "tmpl.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    dom = await driver.define_xml(with_backing(
+        domain_xml(guest_image, "tmpl", disk), "<source type='file'/><access mode='shared'/>"))
+    await dom.start()
+    await wait_console(dom, "COUNTER 2")
+    memory = tmp_path / "t1.mem"
+    offset = console_offset(dom)
+    await dom.snapshot_create_xml(template_xml("t1", memory), template=True)
+    at_snapshot = (await counters_after(dom, offset, 1))[0]
+    ram = Path(f"{memory}.ram")
+    assert ram.stat().st_size == 256 << 20
+    assert memory.stat().st_size < 4 << 20, "the RAM went into the memory file too"
+    pristine = sha256(ram)
+    await wait_console(dom, f"COUNTER {at_snapshot + 3}")
+
+    offset, before_revert = console_offset(dom), last_counter(dom)
+    await dom.revert_to_snapshot("t1")
+    resumed = await counters_after(dom, offset, 4)
+    assert_resumes_from(resumed, at_snapshot, before_revert)
+    assert dom.state == qdriver.DomainState.RUNNING
+    await wait_console(dom, f"COUNTER {resumed[-1] + 3}", after=offset)
+    assert sha256(ram) == pristine, "the clone wrote into the template's RAM file"
+    with pytest.raises(qdriver.QDriverError, match="runs as a clone of template RAM file"):
+        await dom.snapshot_create_xml(template_xml("t2", tmp_path / "t2.mem"), template=True)
+    assert not (tmp_path / "t2.mem").exists() and not (tmp_path / "t2.mem.ram").exists()
+    await dom.destroy()
+    await dom.delete_snapshot("t1")
+    assert not memory.exists() and not ram.exists()
+
+
+async def test_a_template_needs_shared_file_ram(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    dom = await driver.define_xml(domain_xml(guest_image, "plain", None))
+    await dom.start(paused=True)
+    with pytest.raises(ConfigUnsupportedError, match=r"<memoryBacking><source type='file'/>"
+                       r"<access mode='shared'/></memoryBacking> in domain 'plain'"):
+        await dom.snapshot_create_xml(template_xml("t", tmp_path / "t.mem"), template=True)
+    assert list(tmp_path.glob("t.mem*")) == []
+    await dom.destroy()
+
+
+SHARED = BASE.replace("<devices/>", "<devices><disk type='file' device='disk'><driver "
+                      "type='qcow2'/><source file='/d/a.qcow2'/><target dev='vda' "
+                      "bus='virtio'/></disk></devices>")
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("state, flags, error", [
+    ("shutoff", {}, "external memory snapshot of an active domain"),
+    ("running", {"live": True}, "external memory snapshot of an active domain"),
+    ("running", {"halt": True}, "external memory snapshot of an active domain"),
+])
+def test_template_plan_refusals(state: str, flags: dict[str, bool], error: str) -> None:
+    domain = DomainDef.parse(SHARED.format(backing="<memoryBacking><source type='file'/>"
+                                           "<access mode='shared'/></memoryBacking>"))
+    xml = "<domainsnapshot><name>t</name><memory snapshot='external' file='/m/t'/>" \
+          "</domainsnapshot>" if state != "shutoff" else "<domainsnapshot><name>t</name>" \
+          "</domainsnapshot>"
+    with pytest.raises(qdriver.QDriverError, match=error):
+        plan_snapshot(domain, state, xml, CreateFlags(template=True, **flags))
+
+
+@pytest.mark.no_qemu
+def test_template_plan_copies_the_ram_after_the_devices() -> None:
+    domain = DomainDef.parse(SHARED.format(backing="<memoryBacking><source type='file'/>"
+                                           "<access mode='shared'/></memoryBacking>"))
+    plan = plan_snapshot(domain, "running", "<domainsnapshot><name>t</name><memory "
+                         "snapshot='external' file='/m/t'/></domainsnapshot>",
+                         CreateFlags(template=True))
+    steps = list(plan.steps)
+    assert steps.index(CreateStep.COPY_TEMPLATE_RAM) == \
+        steps.index(CreateStep.MIGRATE_TO_FILE) + 1 < steps.index(CreateStep.RESUME)
+    assert plan.definition.template_ram == "/m/t.ram"
+    stored = SnapshotDef.parse(plan.definition.format(internal=True))
+    assert stored.template_ram == "/m/t.ram", "the metadata file does not keep the RAM file"

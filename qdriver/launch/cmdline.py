@@ -90,6 +90,7 @@ class _Builder:
     chains: Mapping[str, tuple[Layer, ...]] = field(default_factory=dict)
     """Each disk's images below its top, as qdriver read them (`qemuimg.chain`)."""
     log_fd: bool = False
+    ram_template: str | None = None
 
     @property
     def console_log(self) -> str:
@@ -112,19 +113,20 @@ class _Builder:
 
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
           log_fd: bool = False, chains: Mapping[str, tuple[Layer, ...]] | None = None,
-          emulator: str | None = None) -> list[str]:
+          emulator: str | None = None, ram_template: str | None = None) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
     QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  With
     ``log_fd`` QEMU writes the console log to the descriptor `CONSOLE_LOG_FD` it
     inherits (it starts as a user that cannot open the file).  ``emulator``: the
-    checked program (default: `emulator_for`).
+    checked program (default: `emulator_for`).  ``ram_template``: the guest's RAM is
+    a private, copy-on-write mapping of this template file (a clone's start).
     ``chains``: each disk's backing images (by target), every one its own node; a
     qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
-    b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd)
+    b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd, ram_template=ram_template)
     b.add(emulator or emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
@@ -182,11 +184,14 @@ def _memory(b: _Builder) -> None:
     b.add("-m", f"size={d.memory_kib}k")
     if m.locked:
         b.add("-overcommit", "mem-lock=on")
-    if not m.needs_backend:
+    if not m.needs_backend and b.ram_template is None:
         return
     props: dict[str, object] = {"qom-type": BACKENDS[m.source], "id": RAM_ID,
                                 "size": d.memory_kib * 1024, "share": m.shared}
-    if m.source == "file":
+    if b.ram_template is not None:  # the template file is never written
+        props.update({"qom-type": BACKENDS["file"], "mem-path": b.ram_template,
+                      "share": False})
+    elif m.source == "file":
         props.update({"mem-path": str(b.paths.ram_file)}, **({"discard-data": True}
                                                            if m.discard else {}))
     if not m.merge:
@@ -205,7 +210,7 @@ def _machine(b: _Builder, accel: str) -> None:
         opts.append("acpi=off")
     if d.vmport is not None:
         opts.append(f"vmport={'on' if d.vmport else 'off'}")
-    if d.memory_backing.needs_backend:
+    if d.memory_backing.needs_backend or b.ram_template is not None:
         opts.append(f"memory-backend={RAM_ID}")
     elif not d.memory_backing.merge:
         opts.append("mem-merge=off")

@@ -55,6 +55,9 @@ class RunRecord:
     """Whether background-snapshot worked when first tried on this host."""
     supervisor: tuple[int, int] | None = None
     """The supervisor's pid and start time: while it lives, QEMU's exit is being recorded."""
+    ram_template: str | None = None
+    """A clone's template RAM file: its RAM is a private mapping of it, in no file
+    of its own (so it cannot be a template itself), and the file must stay."""
 
     @property
     def proc(self) -> process.ProcessId:
@@ -82,6 +85,8 @@ class QemuCommand:
     """What goes before ``argv`` so that QEMU starts as its user (`emulator.drop_prefix`)."""
     user: QemuUser | None = None
     """The user QEMU starts as, when it is not qdriver's own."""
+    ram_template: str | None = None
+    """The template RAM file a clone maps (copy-on-write)."""
 
 
 @dataclass
@@ -248,7 +253,8 @@ class Runtime:
                                                 START_TIMEOUT, log_since)
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, command.accel,
-                            supervisor=(sup.pid, sup.start_time) if sup else None)
+                            supervisor=(sup.pid, sup.start_time) if sup else None,
+                            ram_template=command.ram_template)
             try:
                 mon = await qmp.connect_new(self.paths.qmp,
                                             lambda: process.is_alive(proc, str(self.paths.qmp)))

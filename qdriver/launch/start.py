@@ -6,11 +6,18 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from .. import emulator, runas
 from ..caps import accel
-from ..errors import ConfigUnsupportedError, InvalidArgError, SystemError_
+from ..errors import (
+    ConfigUnsupportedError,
+    InvalidArgError,
+    OperationFailedError,
+    SystemError_,
+)
 from ..paths import DomainPaths
 from ..qemuimg.chain import Layer, backing_layers
 from ..runas import LaunchPolicy
@@ -20,11 +27,13 @@ from .runtime import QemuCommand
 
 
 def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
-                 incoming: bool = False, launching: bool = True) -> QemuCommand:
+                 incoming: bool = False, launching: bool = True,
+                 ram_template: str | None = None) -> QemuCommand:
     """What a start runs, once the emulator and every file it opens are checked
     (`check_files`); `ConfigUnsupportedError` if KVM is asked and unusable.  Not
     ``launching`` (``domxml-to-native``), images that are missing are left out of
-    the chains instead of refused."""
+    the chains instead of refused.  ``ram_template``: a clone's RAM file (checked
+    here: a regular file of the guest's RAM size, not a symbolic link)."""
     chains = check_files(definition, policy) if launching else readable_chains(definition)
     status = accel.probe(definition.type)
     if not status.usable:
@@ -33,9 +42,26 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     user = policy.qemu_user
     program = emulator.check(cmdline.emulator_for(definition), user)
     drop = emulator.drop_prefix(user)
+    if ram_template is not None:
+        check_ram_template(ram_template, definition.memory_kib * 1024)
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
-                         chains=chains, emulator=program.path)
-    return QemuCommand(argv, status.name, program.env, drop, user if drop else None)
+                         chains=chains, emulator=program.path, ram_template=ram_template)
+    return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
+                       ram_template)
+
+
+def check_ram_template(path: str, size: int) -> None:
+    """A template RAM file QEMU may map: a regular file (no symbolic link) of ``size``.
+
+    :raise OperationFailedError: it is not.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise OperationFailedError(f"template RAM file '{path}': {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        raise OperationFailedError(f"template RAM file '{path}' is not a regular file of "
+                                   f"{size} bytes (the guest's RAM)")
 
 
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,

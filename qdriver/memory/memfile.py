@@ -23,6 +23,8 @@ from ..testing import faults
 from .header import SaveHeader, read_header, write_header
 
 MAX_BANDWIDTH = 9223372036853727232  # what libvirt sets for local saves
+IGNORE_SHARED = "x-ignore-shared"
+"""The migration capability that leaves RAM in shared named files out of the stream."""
 FD_NAME = "qdriver-migrate"
 MIGRATION_STALL = 120.0
 """A migration whose status and bytes sent do not move for this long is given up."""
@@ -46,7 +48,7 @@ def create(path: str, domain_xml: str, cookie: str, running: bool) -> int:
 
 
 async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter,
-               resume: bool = False) -> None:
+               resume: bool = False, ignore_shared: bool = False) -> None:
     """Migrate the guest's state into ``fd`` (positioned after the header).
 
     With ``background`` and ``resume`` the guest runs again as soon as QEMU
@@ -54,8 +56,11 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
     vCPUs itself there, newer QEMUs restore the state they found (paused,
     since the disks were switched first), so the vCPUs are started here
     once the RAM copy is under way, whichever QEMU this is.
+
+    With ``ignore_shared`` RAM in a shared file is left out (``x-ignore-shared``):
+    the stream holds the devices' state, and the file is the memory (a template).
     """
-    await _set_capabilities(mon, background)
+    await _set_capabilities(mon, background, ignore_shared or None)
     try:
         with mon.listener("MIGRATION") as events:
             await mon.send_fd(fd, FD_NAME)
@@ -67,9 +72,8 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
         elif not background:
             await _finalized(mon)
     finally:
-        if background:
-            await mon.execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": "background-snapshot", "state": False}]})
+        if background or ignore_shared:  # the next save of this QEMU starts from none
+            await _set_capabilities(mon, False, False if ignore_shared else None)
 
 
 async def _finalized(mon: qmp.Monitor, timeout: float = 10.0) -> None:
@@ -82,10 +86,14 @@ async def _finalized(mon: qmp.Monitor, timeout: float = 10.0) -> None:
         await anyio.sleep(0.002)
 
 
-async def _set_capabilities(mon: qmp.Monitor, background: bool) -> None:
+async def _set_capabilities(mon: qmp.Monitor, background: bool,
+                            ignore_shared: bool | None = None) -> None:
     await mon.execute("migrate-set-capabilities", {"capabilities": [
         {"capability": "events", "state": True},
         {"capability": "background-snapshot", "state": background}]})
+    if ignore_shared is not None:  # only named when asked: older QEMUs may lack it
+        await mon.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": IGNORE_SHARED, "state": ignore_shared}]})
     await mon.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
 
 
@@ -160,15 +168,18 @@ def check(path: str) -> SaveHeader:
     return header
 
 
-async def load(mon: qmp.Monitor, path: str, meter: ProgressMeter) -> None:
-    """Feed a memory file to a QEMU started with ``-incoming defer``; wait until loaded."""
+async def load(mon: qmp.Monitor, path: str, meter: ProgressMeter,
+               ignore_shared: bool = False) -> None:
+    """Feed a memory file to a QEMU started with ``-incoming defer``; wait until loaded
+    (``ignore_shared``: a template's, whose RAM the QEMU maps from the template file)."""
     header = check(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.lseek(fd, header.stream_offset, os.SEEK_SET)
         total = os.fstat(fd).st_size - header.stream_offset
         await mon.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "events", "state": True}]})
+            {"capability": "events", "state": True},
+            *([{"capability": IGNORE_SHARED, "state": True}] if ignore_shared else [])]})
         async def loading(info: Mapping[str, Any]) -> None:
             # QEMU reads through the same open file: its offset is QEMU's progress
             meter(os.lseek(fd, 0, os.SEEK_CUR) - header.stream_offset, total)

@@ -26,6 +26,7 @@ from ..errors import (
     ConfigUnsupportedError,
     OperationFailedError,
     OperationInvalidError,
+    OperationUnsupportedError,
     SystemError_,
 )
 from ..job import Job, JobView
@@ -83,7 +84,8 @@ class CreateExecution:
         """Disks whose new overlay QEMU already writes to: never undone."""
         self.frozen = False
         self.txn = Transaction(job, self.op)
-        self.memory = MemoryFile(self.txn, plan.memory_file or "")
+        self.memory = MemoryFile(self.txn, plan.memory_file or "",
+                                 plan.definition.template_ram)
         """The memory file, kept open until the guest runs again, then completed."""
         self.overlay_undos: dict[str, list[actions.Action]] = {}
         """Per disk: the undos that stop applying once QEMU writes to its overlay."""
@@ -349,6 +351,14 @@ class CreateExecution:
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
 
+    async def copy_template_ram(self) -> None:
+        if self.job.record is not None and self.job.record.ram_template:
+            raise OperationUnsupportedError(
+                f"domain '{self.job.name}' runs as a clone of template RAM file "
+                f"'{self.job.record.ram_template}': its RAM is in no file of its own to "
+                "make a template of (start it afresh, or take a plain memory snapshot)")
+        await self.memory.copy_ram(self.job.paths.ram_file)
+
     async def migrate_live(self) -> None:
         # pre-copy ends with the guest paused
         self.txn.on_undo(actions.resume_guest())
@@ -447,6 +457,7 @@ STEPS: dict[CreateStep, StepMethod] = {
     CreateStep.TRANSACTION: CreateExecution.transaction,
     CreateStep.TRANSACTION_INTERNAL: CreateExecution.transaction_internal,
     CreateStep.MIGRATE_TO_FILE: CreateExecution.migrate_to_file,
+    CreateStep.COPY_TEMPLATE_RAM: CreateExecution.copy_template_ram,
     CreateStep.MIGRATE_LIVE: CreateExecution.migrate_live,
     CreateStep.MIGRATE_BACKGROUND: CreateExecution.migrate_background,
     CreateStep.AGENT_FREEZE: CreateExecution.agent_freeze,

@@ -55,6 +55,7 @@ class CreateStep(enum.StrEnum):
     TRANSACTION = "transaction"
     TRANSACTION_INTERNAL = "transaction-internal"
     MIGRATE_TO_FILE = "migrate-to-file"
+    COPY_TEMPLATE_RAM = "copy-template-ram"
     MIGRATE_LIVE = "migrate-live"
     MIGRATE_BACKGROUND = "migrate-background"
     AGENT_FREEZE = "agent-freeze"
@@ -79,6 +80,8 @@ class CreateFlags:
     atomic: bool = False
     live: bool = False
     validate: bool = False
+    template: bool = False
+    """qdriver's own: a memory template (bit 1024 of the mask, which libvirt leaves free)."""
 
     @staticmethod
     def libvirt_name(flag: str) -> str:
@@ -205,6 +208,8 @@ def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
         return _plan_redefine(snap, flags)
     online = state in ONLINE_STATES
     memory, default_location = _memory_defaults(snap, online, flags)
+    if flags.template:
+        snap = _template(snap, domain, online, memory, flags)
     disks = align_disks(snap, domain, default_location)
     _check_disks(disks, domain, flags)
     kinds = _kinds(disks)
@@ -256,6 +261,23 @@ def _memory_defaults(snap: SnapshotDef, online: bool, flags: CreateFlags
             "live snapshot creation is supported only during full system snapshots")
     external_default = flags.disk_only or memory == "external" or (online and memory == "no")
     return memory, "external" if external_default else "internal"
+
+
+TEMPLATE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
+
+
+def _template(snap: SnapshotDef, domain: DomainDef, online: bool, memory: str,
+              flags: CreateFlags) -> SnapshotDef:
+    """A template snapshot: the memory file holds the devices' state and its RAM goes
+    to ``FILE.ram``, copied from the guest's shared RAM file."""
+    if not online or memory != "external" or flags.live or flags.halt:
+        raise InvalidArgError("a template snapshot is an external memory snapshot of an "
+                              "active domain, without --live or --halt")
+    ram = domain.memory_backing
+    if (ram.source, ram.shared) != ("file", True):
+        raise ConfigUnsupportedError(f"a template snapshot needs the guest's RAM in a "
+                                     f"shared file: {TEMPLATE_RAM} in domain '{domain.name}'")
+    return replace(snap, template_ram=f"{snap.memory_file}.ram")
 
 
 def _check_disks(disks: list[SnapshotDisk], domain: DomainDef, flags: CreateFlags) -> None:
@@ -320,6 +342,9 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
             "a live snapshot with internal disk snapshots needs the background-snapshot "
             "migration capability, which this host does not offer")
     steps = _steps(online, running, memory, plan_disks, row, live, manual, flags, caps)
+    if flags.template:
+        at = steps.index(CreateStep.MIGRATE_TO_FILE) + 1
+        steps = steps[:at] + (CreateStep.COPY_TEMPLATE_RAM,) + steps[at:]
     resume = running and not manual and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
                          creation_time=int(now) if now is not None else snap.creation_time)

@@ -148,6 +148,8 @@ def plan_delete(tree: SnapshotTree, definition: DomainDef, running: bool, names:
                           for i in _internal(snap, graph, active)]
         if snap.memory == "external" and snap.memory_file:
             plan.remove.append(snap.memory_file)
+            if snap.template_ram:
+                plan.remove.append(snap.template_ram)
     _simplify(plan, doomed, remaining, definition, graph, active)
     return plan
 

@@ -27,10 +27,13 @@ from .transaction import Transaction
 class MemoryFile:
     """One memory file being written for an operation."""
 
-    def __init__(self, txn: Transaction, path: str) -> None:
+    def __init__(self, txn: Transaction, path: str, template_ram: str | None = None) -> None:
         self.txn = txn
         self.path = path
+        self.template_ram = template_ram
+        """A template's RAM file: the stream then leaves the shared RAM out."""
         self.fd: int | None = None
+        self.ram_fd: int | None = None
         self.flush_seconds = 0.0
 
     async def write(self, mon: qmp.Monitor, definition: DomainDef, was_running: bool,
@@ -48,21 +51,65 @@ class MemoryFile:
                 from None
         self.txn.on_undo(actions.cancel_migration())
         await memfile.save(mon, self.fd, background, ProgressMeter("memory", progress),
-                           resume=resume)
+                           resume=resume, ignore_shared=self.template_ram is not None)
+
+    async def copy_ram(self, source: Path) -> None:
+        """Copy the stopped guest's shared RAM file to the template's RAM file (new,
+        sparse where the guest never wrote); flushed with the memory file."""
+        assert self.template_ram is not None
+        check_target(Path(self.template_ram))
+        undo = self.txn.on_undo(actions.remove_file(self.template_ram, "template RAM file"))
+        try:
+            self.ram_fd = os.open(self.template_ram,
+                                  os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            self.txn.discard(undo)
+            raise OperationFailedError(
+                f"template RAM file '{self.template_ram}' already exists") from None
+        await anyio.to_thread.run_sync(sparse_copy, source, self.ram_fd)
 
     async def complete(self) -> None:
         """Flush the file and mark it complete (hundreds of MiB take a while, so this
         runs once the guest runs again, before metadata names the file)."""
         if self.fd is not None:
             started = time.monotonic()
+            if self.ram_fd is not None:
+                await anyio.to_thread.run_sync(os.fsync, self.ram_fd)
             await anyio.to_thread.run_sync(mark_complete, self.fd)
             self.flush_seconds = time.monotonic() - started
             self.close()
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in (self.fd, self.ram_fd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self.ram_fd = None
+
+
+def sparse_copy(source: Path, target_fd: int) -> None:
+    """Copy ``source`` into ``target_fd`` (an empty file) extent by extent, leaving
+    its holes holes: a guest's RAM file is mostly pages it never touched."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(src).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(src, start, os.SEEK_HOLE)
+            while start < end:
+                start += os.copy_file_range(src, target_fd, end - start, start, start) or \
+                    _short_copy(source)
+            offset = end
+        os.ftruncate(target_fd, size)
+    finally:
+        os.close(src)
+
+
+def _short_copy(source: Path) -> int:
+    raise OperationFailedError(f"'{source}' ended while it was being copied")
 
 
 def check_target(path: Path) -> None:

@@ -157,13 +157,14 @@ class RevertExecution:
 
     async def start_incoming(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
-        await self.job.launch(paused=True, incoming=True)
+        await self.job.launch(paused=True, incoming=True, ram_template=self.plan.template_ram)
 
     async def load_memory_file(self) -> None:
         path = self.plan.memory_file or ""
         try:
             await memfile.load(await self.job.monitor(), path,
-                               ProgressMeter("load", self.progress))
+                               ProgressMeter("load", self.progress),
+                               ignore_shared=self.plan.template_ram is not None)
         except qmp.MonitorClosedError as e:
             raise OperationFailedError(
                 f"QEMU exited while loading memory file '{path}': "

@@ -92,6 +92,8 @@ class RevertPlan:
     overlays: tuple[tuple[str, str, str], ...] = ()
     """(target, image, format): a new overlay goes on each snapshot-time image."""
     memory_file: str | None = None
+    template_ram: str | None = None
+    """A template snapshot's RAM file, which the new QEMU maps copy-on-write."""
 
     @property
     def is_restore(self) -> bool:
@@ -103,7 +105,7 @@ class RevertPlan:
                 "steps": [str(s) for s in self.steps],
                 "internal_disks": list(self.internal_disks),
                 "overlays_on": {t: image for t, image, _ in self.overlays},
-                "memory_file": self.memory_file}
+                "memory_file": self.memory_file, "template_ram": self.template_ram}
 
 
 def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
@@ -154,7 +156,8 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
                    bool(external))
     if managed_save:
         steps += (RevertStep.REMOVE_MANAGED_SAVE,)
-    return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file)
+    return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file,
+                      snap.template_ram if memory_file else None)
 
 
 def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,

@@ -55,6 +55,9 @@ class SnapshotDef:
     parent: str | None = None
     memory: str | None = None
     memory_file: str | None = None
+    template_ram: str | None = None
+    """A template snapshot's RAM file (its memory file then holds only the devices'
+    state): qdriver's own ``<memory><template ram=.../></memory>``."""
     disks: list[SnapshotDisk] = field(default_factory=list)
     revert_disks: list[SnapshotDisk] | None = None
     domain: safe.Element | None = None
@@ -180,6 +183,13 @@ def _parse_memory(root: safe.Element, s: SnapshotDef) -> None:
     if mode == "external" and not path:
         raise XMLError("external memory snapshots require a filename")
     s.memory, s.memory_file = mode, path
+    template = mem.find("template")
+    if template is not None:
+        ram = template.get("ram") or ""
+        if mode != "external" or not ram.startswith("/"):
+            raise XMLError("a template snapshot needs an external memory file and an "
+                           f"absolute RAM file path, not '{ram}'")
+        s.template_ram = ram
 
 
 def _parse_disk(el: safe.Element) -> SnapshotDisk:
@@ -226,6 +236,8 @@ def _format(s: SnapshotDef, internal: bool) -> safe.Element:
         mem = safe.sub(root, "memory", {"snapshot": s.memory})
         if s.memory_file:
             safe.set_value(mem, "file", s.memory_file)
+        if s.template_ram:
+            safe.sub(mem, "template", {"ram": s.template_ram})
     if s.disks:
         _format_disks(safe.sub(root, "disks"), s.disks)
     if s.revert_disks:
