@@ -169,6 +169,9 @@ async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
     with pytest.raises(qdriver.QDriverError, match="runs as a clone of template RAM file"):
         await dom.snapshot_create_xml(template_xml("t2", tmp_path / "t2.mem"), template=True)
     assert not (tmp_path / "t2.mem").exists() and not (tmp_path / "t2.mem.ram").exists()
+    with pytest.raises(qdriver.QDriverError, match="memory template of running domain.*'tmpl'"):
+        await dom.delete_snapshot("t1")
+    assert sha256(ram) == pristine and memory.exists()
     await dom.destroy()
     await dom.delete_snapshot("t1")
     assert not memory.exists() and not ram.exists()

@@ -350,4 +350,19 @@ async def _console_pty(mon: qmp.Monitor) -> str | None:
     return None
 
 
-__all__ = ["Runtime", "RunRecord", "StatusRecord", "QemuCommand", "START_TIMEOUT", "pid_from_file"]
+def template_users(state_dir: Path, templates: set[str]) -> dict[str, list[str]]:
+    """Which running domains of ``state_dir`` map each of these template RAM files
+    (clones started from a template snapshot): a file they map must stay."""
+    users: dict[str, list[str]] = {}
+    if not templates:
+        return users
+    for domain in sorted((state_dir / "domains").iterdir()):
+        rec = Runtime(DomainPaths.of(state_dir, domain.name)).peek()
+        if rec is not None and rec.ram_template in templates:
+            users.setdefault(rec.ram_template, []).append(domain.name)
+    return users
+
+
+__all__ = ["Runtime", "RunRecord", "StatusRecord", "QemuCommand", "START_TIMEOUT", "pid_from_file",
+           "template_users"]
+

@@ -32,8 +32,9 @@ import anyio
 from .. import qemuimg, qmp
 from ..blockdev import jobs as blockjobs
 from ..blockdev.nodes import OpenImages, open_images, writable
-from ..errors import OperationFailedError
+from ..errors import OperationFailedError, OperationInvalidError
 from ..job import Job, JobView
+from ..launch.runtime import template_users
 from ..parallel import side_by_side
 from ..progress import ProgressFn, ProgressMeter
 from ..qemuimg.graph import ImageGraph
@@ -57,11 +58,26 @@ async def plan(job: JobView, name: str, flags: DeleteFlags, online: bool = True)
     if online and not flags.metadata_only:
         await job.read_tree_and_connect()
     names = victims(job.tree, name, flags)
+    if not flags.metadata_only:
+        _refuse_templates_in_use(job, names)
     graph = job.image_graph() if not flags.metadata_only else ImageGraph({})
     snapshot_job = (await job.qemu_caps()).snapshot_save \
         if online and job.record is not None else True
     return plan_delete(job.tree, job.definition, job.record is not None, names, graph,
                        flags.metadata_only, snapshot_job=snapshot_job)
+
+
+def _refuse_templates_in_use(job: JobView, names: Collection[str]) -> None:
+    """A template snapshot's RAM file stays while a clone maps it.
+
+    :raise OperationInvalidError: naming the snapshot and the domains that use it.
+    """
+    templates = {ram: n for n in names if (ram := job.tree.snaps[n].template_ram)}
+    for ram, domains in template_users(job.paths.state_dir, set(templates)).items():
+        raise OperationInvalidError(
+            f"snapshot '{templates[ram]}' is the memory template of running domain(s) "
+            f"{', '.join(repr(d) for d in domains)}: their RAM maps '{ram}'; destroy "
+            "them (or revert them to another snapshot) first")
 
 
 async def delete(job: Job, name: str, flags: DeleteFlags,
