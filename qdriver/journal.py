@@ -131,6 +131,8 @@ class StopQemu:
 class CompleteMemoryFile:
     KIND: ClassVar[str] = "complete-memory-file"
     path: str
+    template_ram: str | None = None
+    """A template's RAM file, flushed before the memory file is marked complete."""
 
 
 Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest

@@ -31,6 +31,7 @@ import qdriver
 from qdriver.testing.faults import ENV, TRACE_ENV
 
 from .helpers import SavedGuests, assert_consistent
+from .helpers.images import sha256
 
 
 def cli(state_dir: Path, *args: str, fault: str | None = None, trace: Path | None = None,
@@ -262,6 +263,44 @@ async def test_revert_killed_at_every_point(running_guest: Crashed, tmp_path: Pa
         await guest.assert_running(point)
         await guest.dom.revert_to_snapshot("base")  # still revertible
         guest.consistent(point + " (reverted again)")
+
+
+SHARED_FILE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
+
+
+async def test_template_snapshot_and_revert_killed_at_every_point(
+        driver: qdriver.Driver, saved_guests: SavedGuests, tmp_path: Path) -> None:
+    """A template snapshot (devices' state, then the RAM file copied) and a revert to
+    it (a clone started on the template's RAM), killed at each point: rolled back
+    or finished, no file left or missing, the template file never changed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    await saved_guests.restore(driver, work, memory_backing=SHARED_FILE_RAM)
+    guest = Crashed(driver.state_dir, work)
+
+    def args(n: str) -> list[str]:
+        return ["--memspec", f"file={work}/{n}.mem", "--diskspec", f"vda,file={work}/vda.{n}",
+                "--template"]
+    points = points_of(guest.state_dir, tmp_path, "snapshot-create-as", "guest", "t0",
+                       *args("t0"))
+    assert "snapshot-create:copy-template-ram" in points, points
+    for i, point in enumerate(points):
+        name = f"k{i}"
+        report = await guest.kill_and_recover(point, "snapshot-create-as", "guest", name,
+                                              *args(name))
+        guest.consistent(point)
+        await guest.assert_running(point)
+        assert (name in guest.snapshots()) == ("rolled forward" in report), (point, report)
+    pristine = sha256(f"{work}/t0.mem.ram")
+    points = points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest", "t0")
+    for point in points:
+        await guest.kill_and_recover(point, "snapshot-revert", "guest", "t0")
+        guest.consistent(point)
+        await guest.start_if_off()
+        await guest.assert_running(point)
+        await guest.dom.revert_to_snapshot("t0")  # still revertible
+        guest.consistent(point + " (reverted again)")
+    assert sha256(f"{work}/t0.mem.ram") == pristine, "a clone wrote into the template"
 
 
 async def test_start_killed_at_every_point(running_guest: Crashed, tmp_path: Path) -> None:

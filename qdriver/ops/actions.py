@@ -202,6 +202,12 @@ async def _complete_memory_file(job: Job, args: j.CompleteMemoryFile) -> None:
     path = args.path
     if not os.path.exists(path):
         return
+    if args.template_ram and os.path.exists(args.template_ram):
+        ram = os.open(args.template_ram, os.O_RDONLY)
+        try:
+            os.fsync(ram)
+        finally:
+            os.close(ram)
     fd = os.open(path, os.O_RDWR)
     try:
         mark_complete(fd)
@@ -262,8 +268,9 @@ def follow_overlays(overlays: dict[str, str], switched: bool = False) -> Action:
                   "the definition's switch to the new overlays")
 
 
-def complete_memory_file(path: str) -> Action:
-    return Action(j.CompleteMemoryFile(path), f"the completion of memory file {path}")
+def complete_memory_file(path: str, template_ram: str | None = None) -> Action:
+    return Action(j.CompleteMemoryFile(path, template_ram),
+                  f"the completion of memory file {path}")
 
 
 def write_metadata_files(directory: Path, files: dict[str, str], what: str) -> Action:

@@ -344,7 +344,8 @@ class CreateExecution:
                 replace(tree.snaps[tree.current], active=False))
         self.txn.commit([
             actions.follow_overlays(overlays, switched=True),
-            actions.complete_memory_file(self.plan.memory_file or ""),
+            actions.complete_memory_file(self.plan.memory_file or "",
+                                         self.plan.definition.template_ram),
             actions.write_metadata_files(store.dir, files, f"the metadata of {self.plan.name}"),
             *([actions.resume_guest()] if CreateStep.RESUME in steps else [])])
 

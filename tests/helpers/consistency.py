@@ -11,12 +11,13 @@ from .images import backing_chain
 
 
 def named_files(state_dir: Path, domain: str = "guest") -> set[str]:
-    """Every file the definition or the snapshot metadata names."""
+    """Every file the definition or the snapshot metadata names (a template's RAM
+    file included)."""
     dom = state_dir / "domains" / domain
     texts = [(dom / "domain.xml").read_text()]
     texts += [f.read_text() for f in (dom / "snapshots").glob("*.xml")] \
         if (dom / "snapshots").is_dir() else []
-    return {m for t in texts for m in re.findall(r"(?:file|path)='([^']+)'", t)}
+    return {m for t in texts for m in re.findall(r"(?:file|path|ram)='([^']+)'", t)}
 
 
 def chain_or_nothing(image: str) -> set[str]:

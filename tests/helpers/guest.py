@@ -42,7 +42,8 @@ class GuestImage:
 def domain_xml(image: GuestImage, name: str, disk: Path | None, *, cmdline: str = "",
                memory_mib: int = 256, dtype: str = "qemu", serial: str = "pty",
                extra_devices: str = "", disk_format: str = "qcow2",
-               extra_disks: tuple[Path, ...] = (), uuid: str | None = None) -> str:
+               extra_disks: tuple[Path, ...] = (), uuid: str | None = None,
+               memory_backing: str = "") -> str:
     """A libvirt domain XML for the test guest (vda, then vdb, vdc, ...)."""
     disks = ([disk] if disk is not None else []) + list(extra_disks)
     disk_xml = "".join(f"""
@@ -55,7 +56,7 @@ def domain_xml(image: GuestImage, name: str, disk: Path | None, *, cmdline: str 
     uuid_xml = f"\n  <uuid>{uuid}</uuid>" if uuid else ""
     return f"""<domain type='{dtype}'>
   <name>{name}</name>{uuid_xml}
-  <memory unit='MiB'>{memory_mib}</memory>
+  <memory unit='MiB'>{memory_mib}</memory>{memory_backing}
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
