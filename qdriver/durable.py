@@ -54,6 +54,15 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
         fsync_dir(path.parent)
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data to disk (one written through a mapping or by another process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     """Make renames in ``directory`` durable."""
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

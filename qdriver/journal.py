@@ -135,14 +135,23 @@ class CompleteMemoryFile:
     """A template's RAM file, flushed before the memory file is marked complete."""
 
 
+@dataclass(frozen=True)
+class MoveRam:
+    """Move a stopped guest's RAM file to a template's RAM file (a roll-forward)."""
+    KIND: ClassVar[str] = "move-ram"
+    source: str
+    target: str
+
+
 Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest
         | CancelMigration | WaitJobs | Qmp | QmpJob | Hmp | QemuImgSnapshotDelete | Thaw
-        | StopQemu | CompleteMemoryFile)
+        | StopQemu | CompleteMemoryFile | MoveRam)
 """What one action does, as data another process can run."""
 
 KINDS: dict[str, type[Step]] = {cls.KIND: cls for cls in (
     RemoveFile, RestoreDir, WriteDefinition, FollowOverlays, ResumeGuest, CancelMigration,
-    WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile)}
+    WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile,
+    MoveRam)}
 
 
 @dataclass(frozen=True)

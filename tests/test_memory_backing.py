@@ -210,15 +210,17 @@ def test_template_plan_refusals(state: str, flags: dict[str, bool], error: str) 
 
 
 @pytest.mark.no_qemu
-def test_template_plan_copies_the_ram_after_the_devices() -> None:
+def test_template_plan_switches_to_a_clone_after_the_devices() -> None:
     domain = DomainDef.parse(SHARED.format(backing="<memoryBacking><source type='file'/>"
                                            "<access mode='shared'/></memoryBacking>"))
     plan = plan_snapshot(domain, "running", "<domainsnapshot><name>t</name><memory "
                          "snapshot='external' file='/m/t'/></domainsnapshot>",
                          CreateFlags(template=True))
     steps = list(plan.steps)
-    assert steps.index(CreateStep.COPY_TEMPLATE_RAM) == \
-        steps.index(CreateStep.MIGRATE_TO_FILE) + 1 < steps.index(CreateStep.RESUME)
+    assert CreateStep.RESUME not in steps
+    assert steps.index(CreateStep.MIGRATE_TO_FILE) < steps.index(CreateStep.TRANSACTION) < \
+        steps.index(CreateStep.SWITCH_DEFINITION) < steps.index(CreateStep.SWITCH_TO_CLONE) \
+        == steps.index(CreateStep.WRITE_METADATA) - 1
     assert plan.definition.template_ram == "/m/t.ram"
     stored = SnapshotDef.parse(plan.definition.format(internal=True))
     assert stored.template_ram == "/m/t.ram", "the metadata file does not keep the RAM file"

@@ -268,6 +268,14 @@ async def test_revert_killed_at_every_point(running_guest: Crashed, tmp_path: Pa
 SHARED_FILE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
 
 
+async def not_a_clone(guest: Crashed) -> None:
+    """Boot the guest afresh if it runs as a clone of a template."""
+    record = guest.dom.runtime.peek()
+    if record is not None and record.ram_template:
+        await guest.dom.destroy()
+        await guest.dom.start()
+
+
 async def test_template_snapshot_and_revert_killed_at_every_point(
         driver: qdriver.Driver, saved_guests: SavedGuests, tmp_path: Path) -> None:
     """A template snapshot (devices' state, then the RAM file copied) and a revert to
@@ -281,18 +289,26 @@ async def test_template_snapshot_and_revert_killed_at_every_point(
     def args(n: str) -> list[str]:
         return ["--memspec", f"file={work}/{n}.mem", "--diskspec", f"vda,file={work}/vda.{n}",
                 "--template"]
-    points = points_of(guest.state_dir, tmp_path, "snapshot-create-as", "guest", "t0",
-                       *args("t0"))
-    assert "snapshot-create:copy-template-ram" in points, points
+    # the devices' state (well under 1 MiB) may be saved or loaded before QEMU is first
+    # asked how far it got: that point is passed in some runs only
+    points = [p for p in points_of(guest.state_dir, tmp_path, "snapshot-create-as", "guest",
+                                   "t0", *args("t0")) if p != "memfile:migrating"]
+    assert "snapshot-create:switch-to-clone" in points, points
     for i, point in enumerate(points):
+        await not_a_clone(guest)  # a clone has no RAM file to make a template of
         name = f"k{i}"
         report = await guest.kill_and_recover(point, "snapshot-create-as", "guest", name,
                                               *args(name))
         guest.consistent(point)
+        if "rolled forward" in report:  # past the switch: the guest waits for a revert
+            assert name in guest.snapshots() and guest.dom.state.label == "shut off", point
+            await guest.dom.revert_to_snapshot(name)
+        else:
+            assert name not in guest.snapshots(), (point, report)
         await guest.assert_running(point)
-        assert (name in guest.snapshots()) == ("rolled forward" in report), (point, report)
     pristine = sha256(f"{work}/t0.mem.ram")
-    points = points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest", "t0")
+    points = [p for p in points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest", "t0")
+              if p != "memfile:migrating"]
     for point in points:
         await guest.kill_and_recover(point, "snapshot-revert", "guest", "t0")
         guest.consistent(point)

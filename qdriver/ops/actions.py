@@ -18,12 +18,13 @@ import anyio
 from .. import agent, process, qemuimg, qmp
 from .. import journal as j
 from ..blockdev.nodes import image_file, open_images
-from ..durable import atomic_write, fsync_dir
+from ..durable import atomic_write, fsync_dir, fsync_path
 from ..errors import OperationFailedError
 from ..job import Job
 from ..journal import Action
 from ..launch.runtime import pid_from_file
 from ..memory.header import mark_complete
+from ..memory.template import move_ram
 from ..xml.domain import DomainDef
 
 JOB_WAIT = 600.0
@@ -197,17 +198,19 @@ async def _stop_qemu(job: Job, args: j.StopQemu) -> None:
     job.runtime.cleanup()
 
 
+async def _move_ram(job: Job, args: j.MoveRam) -> None:
+    """The guest's RAM file becomes the template's (once: a second run finds it moved)."""
+    if not os.path.exists(args.target):
+        await anyio.to_thread.run_sync(move_ram, Path(args.source), args.target)
+
+
 async def _complete_memory_file(job: Job, args: j.CompleteMemoryFile) -> None:
     """Mark a memory file whose migration completed as complete (a roll-forward)."""
     path = args.path
     if not os.path.exists(path):
         return
     if args.template_ram and os.path.exists(args.template_ram):
-        ram = os.open(args.template_ram, os.O_RDONLY)
-        try:
-            os.fsync(ram)
-        finally:
-            os.close(ram)
+        fsync_path(args.template_ram)
     fd = os.open(path, os.O_RDWR)
     try:
         mark_complete(fd)
@@ -230,6 +233,7 @@ ACTIONS: dict[type, Callable[[Job, Any], Awaitable[None]]] = {
     j.Thaw: _thaw,
     j.StopQemu: _stop_qemu,
     j.CompleteMemoryFile: _complete_memory_file,
+    j.MoveRam: _move_ram,
 }
 """The code that runs each kind of journal record (every kind in `journal.KINDS`)."""
 
@@ -312,6 +316,10 @@ def qemu_img_snapshot_delete(image: str, name: str) -> Action:
 
 def thaw(path: Path) -> Action:
     return Action(j.Thaw(str(path)), "the guest filesystem freeze")
+
+
+def move_ram_file(source: Path, target: str) -> Action:
+    return Action(j.MoveRam(str(source), target), f"the move of the guest's RAM to {target}")
 
 
 def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Action:

@@ -30,6 +30,8 @@ from ..errors import (
     SystemError_,
 )
 from ..job import Job, JobView
+from ..memory import memfile
+from ..memory.template import move_ram
 from ..progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from ..snapshots.store import storable
 from ..testing import faults
@@ -37,7 +39,7 @@ from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import actions
 from .create_plan import CreateFlags, CreatePlan, CreateStep, DiskPlan, plan_snapshot
-from .memsave import MemoryFile, check_not_owned, check_place
+from .memsave import MemoryFile, check_not_owned, check_place, check_target
 from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import StepRunner, Transaction
 
@@ -83,6 +85,8 @@ class CreateExecution:
         self.switched: set[str] = set()
         """Disks whose new overlay QEMU already writes to: never undone."""
         self.frozen = False
+        self.resumed_at: float | None = None
+        """When a clone took the guest over (its pause ends there, not at the end)."""
         self.txn = Transaction(job, self.op)
         self.memory = MemoryFile(self.txn, plan.memory_file or "",
                                  plan.definition.template_ram)
@@ -116,7 +120,7 @@ class CreateExecution:
                     await self.job.sync_run_state()
         mem = Path(self.plan.memory_file) if self.plan.memory_file else None
         self.report = CreateReport(time.monotonic() - started,
-                                   guest_pause(self.events, time.time()),
+                                   guest_pause(self.events, self.resumed_at or time.time()),
                                    mem.stat().st_size if mem and mem.exists() else 0,
                                    self.memory.flush_seconds)
         return self.record()
@@ -153,6 +157,18 @@ class CreateExecution:
         if self.plan.memory_file:
             check_place(Path(self.plan.memory_file), self.job.paths.state_dir,
                         self.job.paths.managed_save)
+        if self.plan.definition.template_ram:
+            self._check_template_possible(self.plan.definition.template_ram)
+
+    def _check_template_possible(self, ram: str) -> None:
+        """A template needs the guest's RAM file (a clone has none) and a free name."""
+        record = self.job.record
+        if record is not None and record.ram_template:
+            raise OperationUnsupportedError(
+                f"domain '{self.job.name}' runs as a clone of template RAM file "
+                f"'{record.ram_template}': its RAM is in no file of its own to "
+                "make a template of (start it afresh, or take a plain memory snapshot)")
+        check_target(Path(ram))
 
     def _check_qemu_user_reaches(self, d: DiskPlan) -> None:
         """QEMU opens a new overlay as its own user: that user must reach it."""
@@ -336,29 +352,60 @@ class CreateExecution:
         if self.plan.flags.no_metadata or CreateStep.MIGRATE_TO_FILE not in steps or \
                 steps.index(CreateStep.MIGRATE_TO_FILE) > steps.index(CreateStep.TRANSACTION):
             return
-        store, tree = self.job.store, self.job.tree
+        follow = actions.follow_overlays(overlays, switched=True)
+        if self.plan.definition.template_ram:
+            self.txn.commit([follow, *self._template_finish()])
+            return
+        self.txn.commit([
+            follow,
+            actions.complete_memory_file(self.plan.memory_file or ""),
+            actions.write_metadata_files(self.job.store.dir, self._metadata_files(),
+                                         f"the metadata of {self.plan.name}"),
+            *([actions.resume_guest()] if CreateStep.RESUME in steps else [])])
+
+    def _metadata_files(self) -> dict[str, str]:
+        """The metadata files the new snapshot writes (it, and the one current before)."""
+        tree = self.job.tree
         new = replace(self.record(), parent=tree.current)
         files = {f"{self.plan.name}.xml": storable(replace(new, active=True))}
         if tree.current:
             files[f"{tree.current}.xml"] = storable(
                 replace(tree.snaps[tree.current], active=False))
-        self.txn.commit([
-            actions.follow_overlays(overlays, switched=True),
-            actions.complete_memory_file(self.plan.memory_file or "",
-                                         self.plan.definition.template_ram),
-            actions.write_metadata_files(store.dir, files, f"the metadata of {self.plan.name}"),
-            *([actions.resume_guest()] if CreateStep.RESUME in steps else [])])
+        return files
 
     async def migrate_to_file(self) -> None:
         await self._migrate(background=False)
 
-    async def copy_template_ram(self) -> None:
-        if self.job.record is not None and self.job.record.ram_template:
-            raise OperationUnsupportedError(
-                f"domain '{self.job.name}' runs as a clone of template RAM file "
-                f"'{self.job.record.ram_template}': its RAM is in no file of its own to "
-                "make a template of (start it afresh, or take a plain memory snapshot)")
-        await self.memory.copy_ram(self.job.paths.ram_file)
+    def _template_finish(self) -> list[actions.Action]:
+        """What finishes a template snapshot past its point of no return, if this
+        process dies: the RAM file moves to the template's, the paused QEMU (which
+        must never run again on it) stops, the files are completed, the metadata
+        written.  The guest then stays shut off; reverting to the snapshot resumes it."""
+        ram = self.plan.definition.template_ram or ""
+        return [actions.move_ram_file(self.job.paths.ram_file, ram),
+                actions.stop_qemu(self.halt_reason, "the QEMU that saved the template"),
+                actions.complete_memory_file(self.plan.memory_file or "", ram),
+                actions.write_metadata_files(self.job.store.dir, self._metadata_files(),
+                                             f"the metadata of {self.plan.name}")]
+
+    async def switch_to_clone(self) -> None:
+        """The guest goes on as a clone of its own template: its RAM file becomes the
+        template's (QEMU is paused and never runs again), a new QEMU maps that file
+        copy-on-write and loads the devices' state.  The point of no return."""
+        ram = self.plan.definition.template_ram or ""
+        if not self.txn.committed:
+            self.txn.commit(self._template_finish())
+        await self.memory.complete(template_ram=False)  # the clone loads it
+        live, persistent = self.job.definition, self.job.inactive
+        await anyio.to_thread.run_sync(move_ram, self.job.paths.ram_file, ram)
+        await self.job.stop(self.halt_reason, grace=0.0)  # paused, its state saved
+        self.job.persistent, self.job.definition = persistent, live
+        mon = await self.job.launch(paused=True, incoming=True, ram_template=ram)
+        await memfile.load(mon, self.plan.memory_file or "", ProgressMeter("load", self.progress),
+                           ignore_shared=True)
+        if self.plan.resume:
+            await self.job.ensure_running()
+            self.resumed_at = time.time()  # the old QEMU's STOP has no RESUME to end it
 
     async def migrate_live(self) -> None:
         # pre-copy ends with the guest paused
@@ -458,7 +505,7 @@ STEPS: dict[CreateStep, StepMethod] = {
     CreateStep.TRANSACTION: CreateExecution.transaction,
     CreateStep.TRANSACTION_INTERNAL: CreateExecution.transaction_internal,
     CreateStep.MIGRATE_TO_FILE: CreateExecution.migrate_to_file,
-    CreateStep.COPY_TEMPLATE_RAM: CreateExecution.copy_template_ram,
+    CreateStep.SWITCH_TO_CLONE: CreateExecution.switch_to_clone,
     CreateStep.MIGRATE_LIVE: CreateExecution.migrate_live,
     CreateStep.MIGRATE_BACKGROUND: CreateExecution.migrate_background,
     CreateStep.AGENT_FREEZE: CreateExecution.agent_freeze,

@@ -55,7 +55,7 @@ class CreateStep(enum.StrEnum):
     TRANSACTION = "transaction"
     TRANSACTION_INTERNAL = "transaction-internal"
     MIGRATE_TO_FILE = "migrate-to-file"
-    COPY_TEMPLATE_RAM = "copy-template-ram"
+    SWITCH_TO_CLONE = "switch-to-clone"
     MIGRATE_LIVE = "migrate-live"
     MIGRATE_BACKGROUND = "migrate-background"
     AGENT_FREEZE = "agent-freeze"
@@ -268,11 +268,11 @@ TEMPLATE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></mem
 
 def _template(snap: SnapshotDef, domain: DomainDef, online: bool, memory: str,
               flags: CreateFlags) -> SnapshotDef:
-    """A template snapshot: the memory file holds the devices' state and its RAM goes
-    to ``FILE.ram``, copied from the guest's shared RAM file."""
-    if not online or memory != "external" or flags.live or flags.halt:
+    """A template snapshot: the memory file holds the devices' state, the guest's
+    shared RAM file becomes ``FILE.ram``, and the guest goes on as a clone of it."""
+    if not online or memory != "external" or flags.live or flags.halt or flags.no_metadata:
         raise InvalidArgError("a template snapshot is an external memory snapshot of an "
-                              "active domain, without --live or --halt")
+                              "active domain, without --live, --halt or --no-metadata")
     ram = domain.memory_backing
     if (ram.source, ram.shared) != ("file", True):
         raise ConfigUnsupportedError(f"a template snapshot needs the guest's RAM in a "
@@ -342,9 +342,10 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
             "a live snapshot with internal disk snapshots needs the background-snapshot "
             "migration capability, which this host does not offer")
     steps = _steps(online, running, memory, plan_disks, row, live, manual, flags, caps)
-    if flags.template:
-        at = steps.index(CreateStep.MIGRATE_TO_FILE) + 1
-        steps = steps[:at] + (CreateStep.COPY_TEMPLATE_RAM,) + steps[at:]
+    if flags.template:  # the clone's start takes the place of the resume
+        kept = [s for s in steps if s != CreateStep.RESUME]
+        at = kept.index(CreateStep.WRITE_METADATA)
+        steps = (*kept[:at], CreateStep.SWITCH_TO_CLONE, *kept[at:])
     resume = running and not manual and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
                          creation_time=int(now) if now is not None else snap.creation_time)

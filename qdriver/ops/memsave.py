@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 
 from .. import qmp
+from ..durable import fsync_path
 from ..errors import InvalidArgError, OperationFailedError
 from ..memory import memfile
 from ..memory.header import mark_complete
@@ -33,7 +34,7 @@ class MemoryFile:
         self.template_ram = template_ram
         """A template's RAM file: the stream then leaves the shared RAM out."""
         self.fd: int | None = None
-        self.ram_fd: int | None = None
+        self.ram_flushed = False
         self.flush_seconds = 0.0
 
     async def write(self, mon: qmp.Monitor, definition: DomainDef, was_running: bool,
@@ -53,63 +54,26 @@ class MemoryFile:
         await memfile.save(mon, self.fd, background, ProgressMeter("memory", progress),
                            resume=resume, ignore_shared=self.template_ram is not None)
 
-    async def copy_ram(self, source: Path) -> None:
-        """Copy the stopped guest's shared RAM file to the template's RAM file (new,
-        sparse where the guest never wrote); flushed with the memory file."""
-        assert self.template_ram is not None
-        check_target(Path(self.template_ram))
-        undo = self.txn.on_undo(actions.remove_file(self.template_ram, "template RAM file"))
-        try:
-            self.ram_fd = os.open(self.template_ram,
-                                  os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            self.txn.discard(undo)
-            raise OperationFailedError(
-                f"template RAM file '{self.template_ram}' already exists") from None
-        await anyio.to_thread.run_sync(sparse_copy, source, self.ram_fd)
-
-    async def complete(self) -> None:
+    async def complete(self, template_ram: bool = True) -> None:
         """Flush the file and mark it complete (hundreds of MiB take a while, so this
-        runs once the guest runs again, before metadata names the file)."""
+        runs once the guest runs again, before metadata names the file); a
+        template's RAM file is flushed too unless ``template_ram`` is False (it is
+        then flushed at the next call, after a clone runs)."""
+        started = time.monotonic()
+        if template_ram and self.template_ram and not self.ram_flushed \
+                and os.path.exists(self.template_ram):
+            await anyio.to_thread.run_sync(fsync_path, self.template_ram)
+            self.ram_flushed = True
         if self.fd is not None:
-            started = time.monotonic()
-            if self.ram_fd is not None:
-                await anyio.to_thread.run_sync(os.fsync, self.ram_fd)
             await anyio.to_thread.run_sync(mark_complete, self.fd)
-            self.flush_seconds = time.monotonic() - started
             self.close()
+        self.flush_seconds += time.monotonic() - started
 
     def close(self) -> None:
-        for fd in (self.fd, self.ram_fd):
-            if fd is not None:
-                os.close(fd)
-        self.fd = self.ram_fd = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
-
-def sparse_copy(source: Path, target_fd: int) -> None:
-    """Copy ``source`` into ``target_fd`` (an empty file) extent by extent, leaving
-    its holes holes: a guest's RAM file is mostly pages it never touched."""
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        size = os.fstat(src).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(src, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            end = os.lseek(src, start, os.SEEK_HOLE)
-            while start < end:
-                start += os.copy_file_range(src, target_fd, end - start, start, start) or \
-                    _short_copy(source)
-            offset = end
-        os.ftruncate(target_fd, size)
-    finally:
-        os.close(src)
-
-
-def _short_copy(source: Path) -> int:
-    raise OperationFailedError(f"'{source}' ended while it was being copied")
 
 
 def check_target(path: Path) -> None:
