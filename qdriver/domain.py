@@ -50,6 +50,9 @@ class Host(Protocol):
 
     def next_id(self) -> int: ...
 
+    async def fork(self, dom: Domain, snapshot: str, names: list[str],
+                   progress: ProgressFn | None) -> list[Domain]: ...
+
     async def same_hardware(self, saved: DomainDef, xml: str | bytes) -> DomainDef:
         """``xml`` as stored, if it gives the guest saved from ``saved`` the same
         hardware; else `ConfigUnsupportedError`."""
@@ -193,22 +196,15 @@ class Domain(SnapshotReading):
 
     async def shutdown(self, timeout: float = 60.0, escalate: bool = True) -> bool:
         """ACPI power-down; wait up to ``timeout`` s, then destroy if ``escalate``.
-
-        Returns True if the guest powered off by itself; without ``escalate``
-        a guest that ignores the power button is `ShutdownTimeoutError`.
-        """
+        True if the guest powered off by itself; without ``escalate`` a guest that
+        ignores the power button is `ShutdownTimeoutError`."""
         async with self.job() as job:
             return await lifecycle.shutdown(job, timeout, escalate)
 
     async def destroy(self) -> None:
-        """Stop QEMU at once, like ``virsh destroy``, whatever else is going on.
-
-        QEMU is SIGKILLed first, without waiting for the domain lock: an operation
-        in progress (a snapshot waiting on a frozen QEMU, say) then fails on the
-        dead QEMU and rolls back, as a libvirt job does when its domain is
-        destroyed.  The bookkeeping follows in a job; if the lock stays held,
-        the operation holding it reaps the dead QEMU itself.
-        """
+        """Stop QEMU at once (``virsh destroy``): SIGKILL first, without the lock, so an
+        operation in progress fails on the dead QEMU and rolls back, as a libvirt job
+        does; the bookkeeping follows in a job (or in the operation holding the lock)."""
         rec = self.runtime.peek()
         if rec is not None:
             await self.runtime.kill_now(rec)
@@ -326,6 +322,11 @@ class Domain(SnapshotReading):
         """What reverting would do, without doing it (or waiting for the lock)."""
         async with self._view() as view:
             return await revert_exec.plan(view, snapshot, RevertFlags(running, paused, force))
+
+    async def fork(self, snapshot: str, *names: str,
+                   progress: ProgressFn | None = None) -> list[Domain]:
+        """New running domains from an external memory snapshot (`Driver.fork`)."""
+        return await self.driver.fork(self, snapshot, list(names), progress)
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,
                               children: bool = False, children_only: bool = False,

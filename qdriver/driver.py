@@ -25,10 +25,13 @@ from .errors import (
     QDriverError,
     XMLError,
 )
-from .job import storable_definition, write_definition
+from .job import Job, storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
+from .ops import fork_exec
+from .ops.fork_plan import ForkPlan
+from .ops.transaction import Transaction
 from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
@@ -229,6 +232,41 @@ class Driver:
                     path.rmdir() if path.is_dir() else path.unlink()
         dom.paths.lock.unlink(missing_ok=True)
         dom.paths.dir.rmdir()
+
+    async def fork(self, dom: Domain, snapshot: str, names: list[str],
+                   progress: ProgressFn | None = None) -> list[Domain]:
+        """New running domains ``names`` from an external memory snapshot of ``dom``
+        (`ops.fork_plan`): from a template in milliseconds, from a memory file by
+        loading it.  A fork that fails leaves nothing of itself behind.
+
+        :raise OperationInvalidError: the snapshot has no external memory, or a
+            name is taken.
+        """
+        async with dom.job() as job:
+            the_plan = fork_exec.plan(job, snapshot, names,
+                                      {d.name for d in self.list_domains()})
+            return [await self._fork_one(job, the_plan, name, progress)
+                    for name in the_plan.names]
+
+    async def _fork_one(self, job: Job, the_plan: ForkPlan, name: str,
+                        progress: ProgressFn | None) -> Domain:
+        txn = Transaction(job, "fork")
+
+        async def body() -> Domain:
+            sources = await fork_exec.create_overlays(txn, job, the_plan, name)
+            new = await self.define_xml(the_plan.definition.forked(name, sources).to_xml())
+            txn.discard(*txn.entries)  # the new domain names its overlays now
+            try:
+                async with new.job() as new_job:
+                    await fork_exec.start(new_job, the_plan, progress)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.undefine(new)
+                    for path, _ in sources.values():
+                        Path(path).unlink(missing_ok=True)
+                raise
+            return new
+        return await txn.attempt(body)
 
     def native_argv(self, domain: str) -> list[str]:
         """The QEMU command line ``domain`` (a defined domain's name, or a domain XML

@@ -354,6 +354,21 @@ def _setup_revert(p: argparse.ArgumentParser) -> None:
                    help="print what the revert would do (JSON), do nothing")
 
 
+def _setup_fork(p: argparse.ArgumentParser) -> None:
+    domain_arg(p)
+    p.add_argument("snapshot", help="an external memory snapshot (a template forks fastest)")
+    p.add_argument("names", nargs="+", metavar="newname", help="the new domains' names")
+
+
+@command("fork", "start new domains from a domain's memory snapshot", _setup_fork)
+async def cmd_fork(drv: Driver, a: argparse.Namespace) -> int:
+    dom = drv.lookup(a.domain)
+    for new in await dom.fork(a.snapshot, *a.names,
+                              progress=ProgressPrinter(f"fork of {a.domain}")):
+        out(f"Domain '{new.name}' forked from snapshot '{a.snapshot}' of '{a.domain}'")
+    return 0
+
+
 @command("snapshot-revert", "revert a domain to a snapshot", _setup_revert)
 async def cmd_snapshot_revert(drv: Driver, a: argparse.Namespace) -> int:
     snap = _pick(drv, a)

@@ -50,8 +50,10 @@ async def revert(job: Job, name: str, flags: RevertFlags,
 
 
 async def restore(job: Job, path: str, xml: str, was_running: bool, flags: RevertFlags,
-                  progress: ProgressFn | None = None, managed: bool = False) -> None:
-    """Start the shut-off domain from save file ``path``, whose definition is ``xml``."""
+                  progress: ProgressFn | None = None, managed: bool = False,
+                  template_ram: str | None = None) -> None:
+    """Start the shut-off domain from save file ``path``, whose definition is ``xml``
+    (``template_ram``: a template snapshot's memory file, its RAM in that file)."""
     if job.record is not None:
         raise OperationInvalidError(f"domain '{job.name}' is already active")
     saved = DomainDef.parse(xml)
@@ -62,7 +64,7 @@ async def restore(job: Job, path: str, xml: str, was_running: bool, flags: Rever
         raise OperationInvalidError(
             f"save file '{path}' names emulator '{saved.emulator or 'the default'}', but "
             f"domain '{job.name}' uses '{job.inactive.emulator or 'the default'}'")
-    the_plan = plan_restore(saved, path, was_running, flags, managed)
+    the_plan = plan_restore(saved, path, was_running, flags, managed, template_ram)
     # QEMU runs what was saved; the persistent definition stays
     job.persistent, job.definition = job.inactive, saved
     await RevertExecution(job, the_plan, progress).run()

@@ -161,7 +161,8 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
 
 
 def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
-                 flags: RevertFlags = RevertFlags(), managed_save: bool = False) -> RevertPlan:
+                 flags: RevertFlags = RevertFlags(), managed_save: bool = False,
+                 template_ram: str | None = None) -> RevertPlan:
     """Restore from a save file: the same incoming path as an external revert, with the
     definition the file carries and no snapshot to make current.  A managed save
     is removed once loaded, before the guest runs (and changes its disks)."""
@@ -174,7 +175,8 @@ def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
     steps = (S.CHECK_MEMORY_FILE, S.START_INCOMING, S.LOAD_MEMORY_FILE,
              *([S.REMOVE_MANAGED_SAVE] if managed_save else []),
              *([S.RESUME] if final == "running" else []))
-    return RevertPlan("", "incoming", final, steps, definition, (), (), memory_file)
+    return RevertPlan("", "incoming", final, steps, definition, (), (), memory_file,
+                      template_ram)
 
 
 def _mechanism(name: str, snap: SnapshotDef, memory: bool, internal: bool, external: bool,

@@ -313,6 +313,15 @@ class DomainDef:
         el.text = name
         return _parse(root)
 
+    def forked(self, name: str, sources: dict[str, tuple[str, str]]) -> DomainDef:
+        """A fork of this guest: another name, no ``<uuid>`` and no MAC addresses
+        (defining it makes new ones), its disks on ``{target: (file, format)}``."""
+        root = self.renamed(name).with_disk_sources(sources).root_copy()
+        for iface in root.findall("devices/interface"):
+            for mac in iface.findall("mac"):
+                iface.remove(mac)
+        return _parse(root)
+
     def save_cookie(self) -> str:
         """The ``<cookie>`` of a memory file: the guest CPU, as libvirt records it so
         that a restore gives the guest the CPU it ran on."""
