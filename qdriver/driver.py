@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -32,6 +33,7 @@ from .memory import memfile
 from .ops import fork_exec
 from .ops.fork_plan import ForkPlan
 from .ops.transaction import Transaction
+from .parallel import side_by_side
 from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
@@ -245,28 +247,36 @@ class Driver:
         async with dom.job() as job:
             the_plan = fork_exec.plan(job, snapshot, names,
                                       {d.name for d in self.list_domains()})
-            return [await self._fork_one(job, the_plan, name, progress)
-                    for name in the_plan.names]
+            made = [await self._define_fork(job, the_plan, name) for name in the_plan.names]
+            await side_by_side(*(partial(self._start_fork, new, sources, the_plan, progress)
+                                 for new, sources in made))
+            return [new for new, _ in made]
 
-    async def _fork_one(self, job: Job, the_plan: ForkPlan, name: str,
-                        progress: ProgressFn | None) -> Domain:
+    async def _define_fork(self, job: Job, the_plan: ForkPlan, name: str
+                           ) -> tuple[Domain, dict[str, tuple[str, str]]]:
+        """Fork ``name``'s overlays, then its definition (which names them from then on)."""
         txn = Transaction(job, "fork")
 
-        async def body() -> Domain:
+        async def body() -> tuple[Domain, dict[str, tuple[str, str]]]:
             sources = await fork_exec.create_overlays(txn, job, the_plan, name)
             new = await self.define_xml(the_plan.definition.forked(name, sources).to_xml())
-            txn.discard(*txn.entries)  # the new domain names its overlays now
-            try:
-                async with new.job() as new_job:
-                    await fork_exec.start(new_job, the_plan, progress)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.undefine(new)
-                    for path, _ in sources.values():
-                        Path(path).unlink(missing_ok=True)
-                raise
-            return new
+            txn.discard(*txn.entries)
+            return new, sources
         return await txn.attempt(body)
+
+    async def _start_fork(self, new: Domain, sources: dict[str, tuple[str, str]],
+                          the_plan: ForkPlan, progress: ProgressFn | None) -> None:
+        """Start a defined fork (forks start side by side); one that fails is undefined
+        and its overlays removed."""
+        try:
+            async with new.job() as new_job:
+                await fork_exec.start(new_job, the_plan, progress)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.undefine(new)
+                for path, _ in sources.values():
+                    Path(path).unlink(missing_ok=True)
+            raise
 
     def native_argv(self, domain: str) -> list[str]:
         """The QEMU command line ``domain`` (a defined domain's name, or a domain XML
