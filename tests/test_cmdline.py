@@ -134,3 +134,15 @@ def test_audio_none_is_a_silent_backend_and_other_audio_is_refused(tmp_path: Pat
     pulse = DomainDef.parse(with_audio.replace("type='none'", "type='pulseaudio'"))
     with pytest.raises(ConfigUnsupportedError, match="<audio type='pulseaudio'>"):
         cmdline.build(pulse, DomainPaths.of(tmp_path, "c"), "tcg")
+
+
+def test_a_file_console_appends_when_asked(tmp_path: Path) -> None:
+    xml = XML.format(t="qemu", cpu="").replace(
+        "<serial type='pty'/>", "<serial type='file'><source path='/l/s.log' append='on'/>"
+        "</serial>")
+    chardevs = opts(cmdline.build(DomainDef.parse(xml), DomainPaths.of(tmp_path, "c"), "tcg"),
+                    "-chardev")
+    assert "file,id=charserial0,path=/l/s.log,append=on" in chardevs
+    plain = opts(cmdline.build(DomainDef.parse(xml.replace(" append='on'", "")),
+                               DomainPaths.of(tmp_path, "c"), "tcg"), "-chardev")
+    assert "file,id=charserial0,path=/l/s.log" in plain

@@ -172,6 +172,15 @@ async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
     with pytest.raises(qdriver.QDriverError, match="memory template of running domain.*'tmpl'"):
         await dom.delete_snapshot("t1")
     assert sha256(ram) == pristine and memory.exists()
+    # a plain memory snapshot of the clone holds its whole RAM, and reverts like any other
+    plain = tmp_path / "p.mem"
+    await dom.snapshot_create_xml(f"<domainsnapshot><name>p</name><memory snapshot='external' "
+                                  f"file='{plain}'/></domainsnapshot>")
+    assert plain.stat().st_size > 16 << 20
+    offset = console_offset(dom)
+    await dom.revert_to_snapshot("p")
+    await counters_after(dom, offset, 2)
+    await dom.delete_snapshot("p")
     await dom.destroy()
     await dom.delete_snapshot("t1")
     assert not memory.exists() and not ram.exists()

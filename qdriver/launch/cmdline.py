@@ -340,7 +340,8 @@ def _serial(b: _Builder, i: int, c: CharDef) -> None:
     if c.type == "pty":
         b.add("-chardev", f"pty,id={cid}{log}")
     elif c.type == "file":
-        b.add("-chardev", f"file,id={cid},path={opt(c.path)}")
+        b.add("-chardev", f"file,id={cid},path={opt(c.path)}"
+                          + (",append=on" if c.append else ""))
     else:
         path = c.path or (b.paths.console if i == 0 else b.paths.sockets / f"serial{i}.sock")
         server = ",server=on,wait=off" if c.mode == "bind" else ""

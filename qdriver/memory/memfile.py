@@ -60,7 +60,7 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
     With ``ignore_shared`` RAM in a shared file is left out (``x-ignore-shared``):
     the stream holds the devices' state, and the file is the memory (a template).
     """
-    await _set_capabilities(mon, background, ignore_shared or None)
+    await _set_capabilities(mon, background, ignore_shared)
     try:
         with mon.listener("MIGRATION") as events:
             await mon.send_fd(fd, FD_NAME)
@@ -73,7 +73,7 @@ async def save(mon: qmp.Monitor, fd: int, background: bool, meter: ProgressMeter
             await _finalized(mon)
     finally:
         if background or ignore_shared:  # the next save of this QEMU starts from none
-            await _set_capabilities(mon, False, False if ignore_shared else None)
+            await _set_capabilities(mon, False, False)
 
 
 async def _finalized(mon: qmp.Monitor, timeout: float = 10.0) -> None:
@@ -86,14 +86,14 @@ async def _finalized(mon: qmp.Monitor, timeout: float = 10.0) -> None:
         await anyio.sleep(0.002)
 
 
-async def _set_capabilities(mon: qmp.Monitor, background: bool,
-                            ignore_shared: bool | None = None) -> None:
+async def _set_capabilities(mon: qmp.Monitor, background: bool, ignore_shared: bool) -> None:
+    """Every capability a save depends on, set each time: a clone's QEMU loaded its
+    template with ``x-ignore-shared`` on, and a stream made with it on is a
+    template's, which only a clone can load."""
     await mon.execute("migrate-set-capabilities", {"capabilities": [
         {"capability": "events", "state": True},
-        {"capability": "background-snapshot", "state": background}]})
-    if ignore_shared is not None:  # only named when asked: older QEMUs may lack it
-        await mon.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": IGNORE_SHARED, "state": ignore_shared}]})
+        {"capability": "background-snapshot", "state": background},
+        {"capability": IGNORE_SHARED, "state": ignore_shared}]})
     await mon.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
 
 

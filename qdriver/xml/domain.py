@@ -112,6 +112,8 @@ class CharDef:
     mode: str = "bind"
     target_name: str | None = None
     address: Address | None = None
+    append: bool = False
+    """``<source append='on'>`` of a file: QEMU appends instead of truncating."""
 
 
 @dataclass
@@ -311,6 +313,29 @@ class DomainDef:
         if el is None:
             el = safe.sub(root, "name")
         el.text = name
+        return _parse(root)
+
+    def with_appending_file_consoles(self) -> DomainDef:
+        """A copy whose file serial consoles are appended to (a QEMU that starts again
+        keeps what the last one wrote)."""
+        root = safe.copy(self.root)
+        for el in [*root.findall("devices/serial"), *root.findall("devices/console")]:
+            source = el.find("source")
+            if el.get("type") == "file" and source is not None:
+                safe.set_value(source, "append", "on")
+        return _parse(root)
+
+    def with_shared_file_ram(self) -> DomainDef:
+        """A copy whose RAM is a shared file (what a template snapshot needs), for a
+        definition that asks nothing of its RAM's backing."""
+        root = safe.copy(self.root)
+        for old in root.findall("memoryBacking"):
+            root.remove(old)
+        backing = safe.new("memoryBacking")
+        safe.sub(backing, "source", {"type": "file"})
+        safe.sub(backing, "access", {"mode": "shared"})
+        memory = root.find("memory")
+        root.insert(list(root).index(memory) + 1 if memory is not None else 0, backing)
         return _parse(root)
 
     def forked(self, name: str, sources: dict[str, tuple[str, str]]) -> DomainDef:
@@ -674,6 +699,8 @@ def _parse_chardev(el: safe.Element, d: DomainDef) -> None:
     mode = source.get("mode", "bind") if source is not None else "bind"
     if ctype == "file" and not path:
         raise XMLError(f"<{el.tag} type='file'> needs <source path=...>")
+    append = _on_off(source.get("append", "off"), f"<{el.tag}><source append>") \
+        if source is not None else False
     if el.tag == "channel":
         target = el.find("target")
         name = target.get("name") if target is not None else None
@@ -691,7 +718,7 @@ def _parse_chardev(el: safe.Element, d: DomainDef) -> None:
     elif el.tag == "console" and d.serials:
         return  # libvirt's <console> aliases the first <serial>
     else:
-        d.serials.append(CharDef(el.tag, ctype, path, mode))
+        d.serials.append(CharDef(el.tag, ctype, path, mode, append=append and ctype == "file"))
 
 
 def _parse_graphics(el: safe.Element, d: DomainDef) -> None:
