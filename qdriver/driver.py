@@ -30,8 +30,9 @@ from .job import Job, storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
-from .ops import fork_exec
+from .ops import fork_exec, revert_exec
 from .ops.fork_plan import ForkPlan
+from .ops.revert_plan import RevertFlags
 from .ops.transaction import Transaction
 from .parallel import side_by_side
 from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
@@ -269,8 +270,10 @@ class Driver:
         """Start a defined fork (forks start side by side); one that fails is undefined
         and its overlays removed."""
         try:
-            async with new.job() as new_job:
-                await fork_exec.start(new_job, the_plan, progress)
+            async with new.job() as job:  # started like a restore of the snapshot's memory
+                await revert_exec.restore(job, the_plan.memory_file, job.definition.to_xml(),
+                                          True, RevertFlags(running=True), progress,
+                                          template_ram=the_plan.template_ram)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.undefine(new)

@@ -1,21 +1,19 @@
-"""Carry out a fork: overlays for each new domain, then its start from the snapshot.
+"""Carry out a fork: the overlays of each new domain.
 
 The source domain's job holds its lock throughout (its snapshot and files stay
 as planned).  Each fork's overlays are recorded for removal in the source's
 journal before they are made; once the new domain is defined it names them, so
-from then on they are its files.  The new domain starts like a restore, in a
-job of its own.
+from then on they are its files.  The new domain then starts like a restore
+(`revert_exec.restore`), in a job of its own.
 """
 from __future__ import annotations
 
 from .. import qemuimg, runas
 from ..errors import OperationFailedError
 from ..job import Job, JobView
-from ..progress import ProgressFn
-from . import actions, revert_exec
+from . import actions
 from .fork_plan import ForkPlan, plan_fork
 from .memsave import check_not_owned
-from .revert_plan import RevertFlags
 from .transaction import Transaction
 
 
@@ -43,11 +41,4 @@ async def create_overlays(txn: Transaction, job: Job, the_plan: ForkPlan,
     return sources
 
 
-async def start(job: Job, the_plan: ForkPlan, progress: ProgressFn | None = None) -> None:
-    """Start the new (shut-off) domain from the snapshot's memory, running."""
-    await revert_exec.restore(job, the_plan.memory_file, job.definition.to_xml(), True,
-                              RevertFlags(running=True), progress,
-                              template_ram=the_plan.template_ram)
-
-
-__all__ = ["plan", "create_overlays", "start"]
+__all__ = ["plan", "create_overlays"]
