@@ -157,11 +157,11 @@ async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
     assert ram.stat().st_size == 256 << 20
     assert memory.stat().st_size < 4 << 20, "the RAM went into the memory file too"
     pristine = sha256(ram)
-    await wait_console(dom, f"COUNTER {at_snapshot + 3}")
+    await wait_console(dom, f"COUNTER {at_snapshot + 8}")
 
     offset, before_revert = console_offset(dom), last_counter(dom)
     await dom.revert_to_snapshot("t1")
-    resumed = await counters_after(dom, offset, 4)
+    resumed = await counters_after(dom, offset, 3)
     assert_resumes_from(resumed, at_snapshot, before_revert)
     assert dom.state == qdriver.DomainState.RUNNING
     await wait_console(dom, f"COUNTER {resumed[-1] + 3}", after=offset)

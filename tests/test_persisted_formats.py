@@ -34,7 +34,8 @@ def test_every_action_kind_round_trips_through_the_journal(tmp_path: Path) -> No
             actions.qmp_job("snap", "snapshot-delete", {"tag": "s"}),
             actions.hmp("snap", "delvm s"), actions.qemu_img_snapshot_delete("/x/i", "s"),
             actions.thaw(tmp_path), actions.stop_qemu("destroyed"),
-            actions.complete_memory_file("/x/m"),
+            actions.complete_memory_file("/x/m", "/x/m.ram"),
+            actions.move_ram_file(Path("/x/pc.ram"), "/x/m.ram"),
             actions.write_metadata_files(tmp_path, {"a.xml": "<x/>"}, "meta")]
     assert {a.kind for a in made} | {journal.WriteDefinition.KIND} == set(journal.KINDS)
     assert set(journal.KINDS.values()) == set(actions.ACTIONS), "a kind without its code"
