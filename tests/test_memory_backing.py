@@ -181,9 +181,17 @@ async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
     await dom.revert_to_snapshot("p")
     await counters_after(dom, offset, 2)
     await dom.delete_snapshot("p")
+    # and so does an internal one, in a QEMU started afresh (its stream must not ask
+    # for x-ignore-shared, which only the clone's QEMU had on)
+    await dom.snapshot_create_xml("<domainsnapshot><name>i</name></domainsnapshot>")
+    await dom.destroy()
+    offset = console_offset(dom)
+    await dom.revert_to_snapshot("i")
+    await counters_after(dom, offset, 2)
     await dom.destroy()
     await dom.delete_snapshot("t1")
     assert not memory.exists() and not ram.exists()
+    await dom.delete_snapshot("i")
 
 
 async def test_a_template_needs_shared_file_ram(

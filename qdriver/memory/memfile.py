@@ -187,6 +187,9 @@ async def load(mon: qmp.Monitor, path: str, meter: ProgressMeter,
             await mon.send_fd(fd, INCOMING_FD)
             await mon.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD}"})
             await _wait(mon, events, loading, f"loading memory file '{path}'")
+        if ignore_shared:  # an internal snapshot of the clone must not carry it
+            await mon.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": IGNORE_SHARED, "state": False}]})
     finally:
         os.close(fd)
 
