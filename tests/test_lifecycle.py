@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import anyio
 import pytest
@@ -297,3 +298,21 @@ async def test_undefine(make_domain: MakeDomain, driver: qdriver.Driver, state_d
     run_cli(state_dir, "undefine", "guest")
     assert driver.list_domains() == [] and not dom.paths.dir.exists()
     assert not socket_root(state_dir).joinpath(dom.paths.sockets.name).exists()
+
+
+async def test_the_state_of_a_qemu_on_its_way_out_is_shut_off(
+        booted: Callable[..., Awaitable[qdriver.Domain]]) -> None:
+    """QEMU removes its sockets first as it exits; a state query in that moment
+    waits for the exit instead of failing to connect."""
+    dom = await booted()
+    record = dom.runtime.peek()
+    assert record is not None
+    dom.paths.qmp_query.unlink()  # as QEMU's own exit does first
+
+    async def exit_later() -> None:
+        await anyio.sleep(0.5)
+        os.kill(record.pid, signal.SIGKILL)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(exit_later)
+        state, _ = await dom.get_state()
+    assert state == qdriver.DomainState.SHUTOFF

@@ -5,7 +5,10 @@ acts, through the same `Transaction` the snapshot operations use.
 """
 from __future__ import annotations
 
+import time
 from functools import partial
+
+import anyio
 
 from .. import process, qmp, runstatus
 from ..durable import locked
@@ -73,6 +76,10 @@ async def _power_down(job: Job, timeout: float, escalate: bool) -> bool:
     return False
 
 
+EXIT_WAIT = 5.0
+"""How long a state query waits for a QEMU that has removed its sockets to exit."""
+
+
 async def queried_state(paths: DomainPaths, runtime: Runtime,
                         name: str) -> tuple[DomainState, str]:
     """The state asked from QEMU itself (it sees guest-initiated pauses), without
@@ -84,7 +91,7 @@ async def queried_state(paths: DomainPaths, runtime: Runtime,
                 status = await runstatus.query(mon)
             return status.state, status.reason
         except (qmp.MonitorConnectError, qmp.MonitorClosedError):
-            if runtime.peek() is not None:
+            if await _still_running(paths, runtime):
                 raise
     reason = await runtime.settled_reason()
     if paths.runtime.exists():
@@ -94,6 +101,19 @@ async def queried_state(paths: DomainPaths, runtime: Runtime,
         except (DomainBusyError, FileNotFoundError):
             pass  # the operation holding the lock reaps it
     return DomainState.SHUTOFF, reason
+
+
+async def _still_running(paths: DomainPaths, runtime: Runtime) -> bool:
+    """After a failed connect: whether QEMU still runs.  QEMU removes its sockets as it
+    exits, so one whose socket is gone gets a moment to finish exiting (and its
+    supervisor to record how)."""
+    deadline = time.monotonic() + EXIT_WAIT
+    while (rec := runtime.peek()) is not None and not paths.qmp_query.exists():
+        if time.monotonic() > deadline:
+            break
+        await process.wait_exit(rec.proc, 0.05)
+        await anyio.sleep(0.02)
+    return runtime.peek() is not None
 
 
 async def set_current(job: Job, name: str) -> None:

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -38,6 +38,7 @@ from ..errors import QDriverError
 from ..paths import make_private_dirs, socket_root
 from ..runstatus import DomainState
 from ..xml.domain import DomainDef, MemoryBacking
+from ..xml.snapshot import SnapshotDef, SnapshotDisk
 
 READY_SNAPSHOT = "qdriver-ready"
 READY_TEXT = "the state every test starts from"
@@ -206,18 +207,10 @@ class GuestPool:
         while name in guest.domain.snapshot_tree().snaps:
             n += 1
             name = f"{base}-{n}"
-        files = ""
+        snap = SnapshotDef(name=name, description=f"state when {test} failed")
         if guest.template:  # external: revertible whatever overlay the next reset adds
-            disks = "".join(
-                f"<disk name='{d.target}' snapshot='external'><source file='{self.dir}/"
-                f"{guest.domain.name}-{d.target}.{name}.qcow2'/></disk>"
-                for d in guest.domain.definition.disks if d.source and not d.readonly)
-            files = (f"<memory snapshot='external' file='{self.dir}/{name}.mem'/>"
-                     f"<disks>{disks}</disks>")
-        await guest.domain.snapshot_create_xml(
-            f"<domainsnapshot><name>{name}</name>"
-            f"<description>state when {_xml_text(test)} failed</description>{files}"
-            "</domainsnapshot>")
+            snap = self._external(snap, guest.domain.name, guest.domain.definition, name)
+        await guest.domain.snapshot_create_xml(snap.format())
         guest.kept.append(name)
         return name
 
@@ -281,8 +274,7 @@ class GuestPool:
                                               template=True)
             else:
                 await dom.snapshot_create_xml(
-                    f"<domainsnapshot><name>{READY_SNAPSHOT}</name>"
-                    f"<description>{READY_TEXT}</description></domainsnapshot>")
+                    SnapshotDef(name=READY_SNAPSHOT, description=READY_TEXT).format())
             return guest
         except BaseException as e:
             with anyio.CancelScope(shield=True):
@@ -300,14 +292,18 @@ class GuestPool:
 
     def _template_xml(self, name: str, definition: DomainDef) -> str:
         """The ready snapshot as a template: memory and frozen disks in the pool's dir."""
-        disks = "".join(
-            f"<disk name='{d.target}' snapshot='no'/>" if d.readonly or not d.source else
-            f"<disk name='{d.target}' snapshot='external'><source "
-            f"file='{self.dir}/{name}-{d.target}.ready.qcow2'/></disk>"
-            for d in definition.disks)
-        return (f"<domainsnapshot><name>{READY_SNAPSHOT}</name><description>{READY_TEXT}"
-                f"</description><memory snapshot='external' file='{self.dir}/{name}.ready.mem'/>"
-                f"<disks>{disks}</disks></domainsnapshot>")
+        return self._external(SnapshotDef(name=READY_SNAPSHOT, description=READY_TEXT),
+                              name, definition, "ready").format()
+
+    def _external(self, snap: SnapshotDef, domain: str, definition: DomainDef,
+                  tag: str) -> SnapshotDef:
+        """``snap`` with its memory and its writable disks' overlays in the pool's dir."""
+        disks = [SnapshotDisk(d.target, "no") if d.readonly or not d.source else
+                 SnapshotDisk(d.target, "external", "file",
+                              f"{self.dir}/{domain}-{d.target}.{tag}.qcow2", "qcow2")
+                 for d in definition.disks]
+        return replace(snap, memory="external", memory_file=f"{self.dir}/{domain}.{tag}.mem",
+                       disks=disks)
 
 
 def _read_definition(spec: GuestSpec) -> DomainDef:
@@ -466,10 +462,6 @@ def _alive(owner: dict[str, int]) -> bool:
 def _safe(text: str) -> str:
     """A name made of letters, digits, ``.``, ``_`` and ``-`` only."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "guest"
-
-
-def _xml_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _tail(what: str, path: Path, lines: int = 15) -> str:
