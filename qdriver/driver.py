@@ -248,7 +248,15 @@ class Driver:
         async with dom.job() as job:
             the_plan = fork_exec.plan(job, snapshot, names,
                                       {d.name for d in self.list_domains()})
-            made = [await self._define_fork(job, the_plan, name) for name in the_plan.names]
+            made: list[tuple[Domain, dict[str, tuple[str, str]]]] = []
+            try:
+                for name in the_plan.names:
+                    made.append(await self._define_fork(job, the_plan, name))
+            except BaseException:
+                with anyio.CancelScope(shield=True):  # none starts if one cannot be made
+                    for new, sources in made:
+                        await self._discard_fork(new, sources)
+                raise
             await side_by_side(*(partial(self._start_fork, new, sources, the_plan, progress)
                                  for new, sources in made))
             return [new for new, _ in made]
@@ -276,10 +284,13 @@ class Driver:
                                           template_ram=the_plan.template_ram)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.undefine(new)
-                for path, _ in sources.values():
-                    Path(path).unlink(missing_ok=True)
+                await self._discard_fork(new, sources)
             raise
+
+    async def _discard_fork(self, new: Domain, sources: dict[str, tuple[str, str]]) -> None:
+        await self.undefine(new)
+        for path, _ in sources.values():
+            Path(path).unlink(missing_ok=True)
 
     def native_argv(self, domain: str) -> list[str]:
         """The QEMU command line ``domain`` (a defined domain's name, or a domain XML

@@ -58,6 +58,11 @@ def socket_root(state_dir: Path) -> Path:
 SOCKETS = "QEMU's sockets"
 
 
+MKDIR_ATTEMPTS = 5
+"""A process that cleans up removes the shared socket base once it is empty; another
+process creating its directories meanwhile starts over this many times."""
+
+
 def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS,
                       user: QemuUser | None = None) -> None:
     """Create ``path`` and the directories between it and ``root`` (default
@@ -76,11 +81,30 @@ def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS,
     base = runtime_base() if root is None else root
     chain = [base, *[base / Path(*path.relative_to(base).parts[:i + 1])
                      for i in range(len(path.relative_to(base).parts))]]
+    for attempt in range(MKDIR_ATTEMPTS):
+        try:
+            _make_chain(chain, what, user)
+            break
+        except FileNotFoundError:  # another process removed an empty parent meanwhile
+            if attempt == MKDIR_ATTEMPTS - 1:
+                raise SystemError_(f"cannot create directory '{path}' for {what}: its "
+                                   "parent keeps disappearing") from None
+    if user is not None:
+        _check_reachable(path, user)
+
+
+def _make_chain(chain: list[Path], what: str, user: QemuUser | None) -> None:
+    """Create and check each directory of ``chain``, top down.
+
+    :raise FileNotFoundError: a parent vanished between two steps.
+    """
     for directory in chain:
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             pass
+        except FileNotFoundError:
+            raise
         except OSError as e:
             raise SystemError_(f"cannot create directory '{directory}' for {what}: "
                                f"{e.strerror}") from e
@@ -89,8 +113,6 @@ def make_private_dirs(path: Path, root: Path | None = None, what: str = SOCKETS,
             _share(directory, user if last else None)
         _check_private(directory, what, user.uid if user is not None and last else None,
                        traversable=not last)
-    if user is not None:
-        _check_reachable(path, user)
 
 
 def _share(directory: Path, owner: QemuUser | None) -> None:

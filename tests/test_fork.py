@@ -97,6 +97,9 @@ async def test_bad_forks_are_refused_and_leave_nothing(
     with pytest.raises(qdriver.QDriverError, match="fork overlay .* already exists"):
         await src.fork("p", "z")
     assert (tmp_path / "z.vda.qcow2").read_bytes() == b"someone else's"
+    with pytest.raises(qdriver.QDriverError, match="fork overlay .* already exists"):
+        await src.fork("p", "a", "z")  # the first is made, the second cannot be: neither stays
+    assert (tmp_path / "z.vda.qcow2").read_bytes() == b"someone else's"
     (tmp_path / "z.vda.qcow2").unlink()
     assert sorted(tmp_path.iterdir()) == before
     assert [d.name for d in driver.list_domains()] == ["src"]

@@ -134,3 +134,26 @@ async def test_logs_and_domain_directories_are_private(driver: qdriver.Driver,
     finally:
         os.umask(old)
         await dom.destroy()
+
+
+@pytest.mark.no_qemu
+def test_a_parent_removed_meanwhile_is_made_again(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's clean-up removes the shared base once it is empty, between our
+    mkdir of the base and of the directory below it: the chain is made again."""
+    from qdriver import paths
+    base = tmp_path / "base"
+    target = base / "state" / "dom"
+    real_mkdir = os.mkdir
+    removed: list[Path] = []
+
+    def racing_mkdir(path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        if Path(path) == base / "state" and not removed:
+            os.rmdir(base)  # the other process's clean-up wins the race once
+            removed.append(base)
+        real_mkdir(path, mode)
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    os.mkdir(base, 0o700)
+    paths.make_private_dirs(target, root=base)
+    assert removed == [base] and target.is_dir()
+    assert oct(target.stat().st_mode & 0o777) == "0o700"
