@@ -172,6 +172,14 @@ async def test_a_template_snapshot_reverts_as_a_clone_that_never_writes_it(
     with pytest.raises(qdriver.QDriverError, match="memory template of running domain.*'tmpl'"):
         await dom.delete_snapshot("t1")
     assert sha256(ram) == pristine and memory.exists()
+    elsewhere = qdriver.Driver(tmp_path / "elsewhere")  # a restore of it, on a disk copy
+    shutil.copyfile(guest_image.disk, tmp_path / "copy.qcow2")
+    with pytest.raises(qdriver.QDriverError, match=f"memory file '{memory}' is a memory "
+                       "template's.*revert to its snapshot or fork it"):
+        await elsewhere.restore(memory, xml=dom.inactive_definition.with_disk_sources(
+            {"vda": (str(tmp_path / "copy.qcow2"), "qcow2")}).to_xml())
+    assert elsewhere.list_domains() == []
+    shutil.rmtree(qdriver.paths.socket_root(tmp_path / "elsewhere"), ignore_errors=True)
     # a plain memory snapshot of the clone holds its whole RAM, and reverts like any other
     plain = tmp_path / "p.mem"
     await dom.snapshot_create_xml(f"<domainsnapshot><name>p</name><memory snapshot='external' "

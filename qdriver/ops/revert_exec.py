@@ -168,9 +168,14 @@ class RevertExecution:
                                ProgressMeter("load", self.progress),
                                ignore_shared=self.plan.template_ram is not None)
         except qmp.MonitorClosedError as e:
+            said = process.log_tail(self.job.paths.qemu_log, 2)
+            if self.plan.template_ram is None and "x-ignore-shared is off" in said:
+                raise OperationFailedError(
+                    f"memory file '{path}' is a memory template's: it holds the devices' "
+                    "state only, its RAM is in a file of its own; revert to its snapshot "
+                    "or fork it") from e
             raise OperationFailedError(
-                f"QEMU exited while loading memory file '{path}': "
-                f"{process.log_tail(self.job.paths.qemu_log, 2)}") from e
+                f"QEMU exited while loading memory file '{path}': {said}") from e
 
     async def record_revert_disks(self) -> None:
         """The snapshot now also names the new overlays (libvirt's ``<revertDisks>``)."""
