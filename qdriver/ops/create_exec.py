@@ -30,7 +30,6 @@ from ..errors import (
     SystemError_,
 )
 from ..job import Job, JobView
-from ..memory import memfile
 from ..memory.template import move_ram
 from ..progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
 from ..snapshots.store import storable
@@ -39,7 +38,7 @@ from ..xml.domain import DomainDef
 from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import actions
 from .create_plan import CreateFlags, CreatePlan, CreateStep, DiskPlan, plan_snapshot
-from .memsave import MemoryFile, check_not_owned, check_place, check_target
+from .memsave import MemoryFile, check_not_owned, check_place, check_target, load_memory
 from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import StepRunner, Transaction
 
@@ -400,9 +399,8 @@ class CreateExecution:
         await anyio.to_thread.run_sync(move_ram, self.job.paths.ram_file, ram)
         await self.job.stop(self.halt_reason, grace=0.0)  # paused, its state saved
         self.job.persistent, self.job.definition = persistent, live
-        mon = await self.job.launch(paused=True, incoming=True, ram_template=ram)
-        await memfile.load(mon, self.plan.memory_file or "", ProgressMeter("load", self.progress),
-                           ignore_shared=True)
+        await self.job.launch(paused=True, incoming=True, ram_template=ram)
+        await load_memory(self.job, self.plan.memory_file or "", self.progress, ram)
         if self.plan.resume:
             await self.job.ensure_running()
             self.resumed_at = time.time()  # the old QEMU's STOP has no RESUME to end it

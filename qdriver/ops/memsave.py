@@ -13,9 +13,10 @@ from pathlib import Path
 
 import anyio
 
-from .. import qmp
+from .. import process, qmp
 from ..durable import fsync_path
 from ..errors import InvalidArgError, OperationFailedError
+from ..job import Job
 from ..memory import memfile
 from ..memory.header import mark_complete
 from ..paths import owner_dir
@@ -74,6 +75,27 @@ class MemoryFile:
             os.close(self.fd)
             self.fd = None
 
+
+
+async def load_memory(job: Job, path: str, progress: ProgressFn | None,
+                      template_ram: str | None = None) -> None:
+    """Load a memory file into the job's QEMU, started with ``-incoming defer``
+    (``template_ram``: the file is a template's, whose RAM QEMU maps from there).
+
+    :raise OperationFailedError: QEMU exited while loading, with its last words.
+    """
+    try:
+        await memfile.load(await job.monitor(), path, ProgressMeter("load", progress),
+                           ignore_shared=template_ram is not None)
+    except qmp.MonitorClosedError as e:
+        said = process.log_tail(job.paths.qemu_log, 2)
+        if template_ram is None and "x-ignore-shared is off" in said:
+            raise OperationFailedError(
+                f"memory file '{path}' is a memory template's: it holds the devices' "
+                "state only, its RAM is in a file of its own; revert to its snapshot "
+                "or fork it") from e
+        raise OperationFailedError(
+            f"QEMU exited while loading memory file '{path}': {said}") from e
 
 
 def check_target(path: Path) -> None:

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .. import process, qemuimg, qmp, runas
+from .. import qemuimg, qmp, runas
 from ..blockdev.nodes import open_images, top_nodes
 from ..errors import OperationFailedError, OperationInvalidError, SystemError_
 from ..job import Job, JobView
@@ -26,6 +26,7 @@ from ..snapshots.tree import SnapshotTree
 from ..xml.domain import DomainDef, disk_sources
 from ..xml.snapshot import SnapshotDisk
 from . import actions
+from .memsave import load_memory
 from .revert_plan import RevertFlags, RevertPlan, RevertStep, plan_restore, plan_revert
 from .shared import JOB_TIMEOUT, hmp_word
 from .transaction import StepRunner, Transaction
@@ -162,20 +163,8 @@ class RevertExecution:
         await self.job.launch(paused=True, incoming=True, ram_template=self.plan.template_ram)
 
     async def load_memory_file(self) -> None:
-        path = self.plan.memory_file or ""
-        try:
-            await memfile.load(await self.job.monitor(), path,
-                               ProgressMeter("load", self.progress),
-                               ignore_shared=self.plan.template_ram is not None)
-        except qmp.MonitorClosedError as e:
-            said = process.log_tail(self.job.paths.qemu_log, 2)
-            if self.plan.template_ram is None and "x-ignore-shared is off" in said:
-                raise OperationFailedError(
-                    f"memory file '{path}' is a memory template's: it holds the devices' "
-                    "state only, its RAM is in a file of its own; revert to its snapshot "
-                    "or fork it") from e
-            raise OperationFailedError(
-                f"QEMU exited while loading memory file '{path}': {said}") from e
+        await load_memory(self.job, self.plan.memory_file or "", self.progress,
+                          self.plan.template_ram)
 
     async def record_revert_disks(self) -> None:
         """The snapshot now also names the new overlays (libvirt's ``<revertDisks>``)."""
