@@ -146,3 +146,12 @@ def test_a_file_console_appends_when_asked(tmp_path: Path) -> None:
     plain = opts(cmdline.build(DomainDef.parse(xml.replace(" append='on'", "")),
                                DomainPaths.of(tmp_path, "c"), "tcg"), "-chardev")
     assert "file,id=charserial0,path=/l/s.log" in plain
+
+
+def test_a_genid_is_the_vmgenid_device(tmp_path: Path) -> None:
+    xml = XML.format(t="qemu", cpu="").replace(
+        "</uuid>", "</uuid><genid>aaaaaaaa-1111-2222-3333-444444444444</genid>")
+    argv = cmdline.build(DomainDef.parse(xml), DomainPaths.of(tmp_path, "c"), "tcg")
+    assert "vmgenid,guid=aaaaaaaa-1111-2222-3333-444444444444,id=vmgenid0" in opts(argv,
+                                                                                  "-device")
+    assert not any(o.startswith("vmgenid") for o in opts(build(tmp_path), "-device"))

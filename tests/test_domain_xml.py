@@ -246,3 +246,38 @@ def test_same_hardware_allows_the_host_side_only(old: str, new: str,
     differences = abi.differences(DomainDef.parse(SAVED), DomainDef.parse(SAVED.replace(old,
                                                                                          new)))
     assert differences == ([problem] if problem else [])
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("element,expected", [
+    ("", None),
+    ("<genid>AAAAAAAA-1111-2222-3333-444444444444</genid>",
+     "aaaaaaaa-1111-2222-3333-444444444444"),
+    ("<genid/>", "generated"),
+    ("<genid>  </genid>", "generated"),
+])
+def test_genid_is_kept_or_generated_as_libvirt_does(element: str, expected: str | None) -> None:
+    d = dom(extra=element)
+    if expected != "generated":
+        assert d.genid == expected
+        return
+    assert d.genid is not None and len(d.genid) == 36
+    again = DomainDef.parse(d.to_xml())  # the generated value is stored, not made again
+    assert again.genid == d.genid
+
+
+@pytest.mark.no_qemu
+def test_a_malformed_genid_is_named() -> None:
+    with pytest.raises(XMLError, match="malformed genid element 'not-a-guid'"):
+        dom(extra="<genid>not-a-guid</genid>")
+
+
+@pytest.mark.no_qemu
+def test_a_new_genid_changes_only_the_genid() -> None:
+    d = dom(extra="<genid>aaaaaaaa-1111-2222-3333-444444444444</genid>")
+    new = d.with_new_genid()
+    assert new.genid not in (None, d.genid)
+    assert new.to_xml().replace(new.genid or "", d.genid or "") == d.to_xml()
+    assert dom().with_new_genid().genid is None
+    fork = d.forked("f", {})
+    assert fork.genid not in (None, d.genid) and fork.uuid != d.uuid

@@ -20,11 +20,11 @@ NIC = "<interface type='user'><model type='virtio'/></interface>"
 
 
 async def counting_guest(driver: qdriver.Driver, image: GuestImage, tmp_path: Path,
-                         name: str = "src") -> qdriver.Domain:
+                         name: str = "src", extra: str = "") -> qdriver.Domain:
     disk = tmp_path / f"{name}.qcow2"
     shutil.copyfile(image.disk, disk)
     dom = await driver.define_xml(domain_xml(image, name, disk, extra_devices=NIC,
-                                             memory_backing=SHARED_FILE_RAM))
+                                             memory_backing=SHARED_FILE_RAM + extra))
     await dom.start()
     await wait_console(dom, "COUNTER 2")
     return dom
@@ -66,6 +66,28 @@ async def test_forks_of_a_template_run_on_from_it_with_identities_of_their_own(
     assert sha256(ram) == pristine, "a fork wrote into the template's RAM file"
     with pytest.raises(qdriver.QDriverError, match="running domain.*'f1', 'f2', 'f3'"):
         await src.delete_snapshot("t")
+
+
+async def generation_id(dom: qdriver.Domain) -> str:
+    """The VM generation ID the guest's vmgenid device shows, as QEMU reports it."""
+    async with dom.monitor() as mon:
+        return str((await mon.execute("query-vm-generation-id"))["guid"]).lower()
+
+
+async def test_clones_and_reverted_guests_get_a_new_generation_id(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    src = await counting_guest(driver, guest_image, tmp_path, extra="<genid/>")
+    first = src.definition.genid
+    assert first is not None and await generation_id(src) == first
+    await src.snapshot_create_xml(memory_snapshot("t", tmp_path), template=True)
+    assert await generation_id(src) == first  # the same guest goes on, as a clone
+    (fork,) = await src.fork("t", "f1")
+    assert await generation_id(fork) == fork.definition.genid
+    await src.revert_to_snapshot("t")
+    reverted = await generation_id(src)
+    assert len({first, fork.definition.genid, reverted}) == 3
+    assert src.definition.genid == reverted == src.inactive_definition.genid
+    await wait_console(src, "COUNTER")
 
 
 async def test_a_fork_from_a_plain_memory_snapshot_loads_it(

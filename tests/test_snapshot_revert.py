@@ -551,3 +551,37 @@ async def test_a_full_disk_while_creating_revert_overlays(make_domain: MakeDomai
     assert "Traceback" not in r.stderr.decode()
     assert dom.xml_desc(inactive=True) == definition and sorted(where.iterdir()) == files
     assert dom.snapshot_tree().get("f1").revert_disks is None
+
+
+GENID = "aaaaaaaa-1111-2222-3333-444444444444"
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("dom_state, snap_state, memory, disk, flags, new_genid", [
+    ("shutoff", "running", "internal", "internal", {}, True),
+    ("running", "running", "external", "external", {}, True),
+    ("shutoff", "shutoff", "no", "external", {"running": True}, True),
+    ("running", "shutoff", "no", "internal", {}, False),
+    ("running", "disk-snapshot", "no", "external", {}, False),
+])
+def test_a_revert_after_which_the_guest_runs_gives_it_a_new_genid(
+        dom_state: str, snap_state: str, memory: str, disk: str, flags: dict[str, bool],
+        new_genid: bool) -> None:
+    with_genid = DOMAIN.replace("</uuid>", f"</uuid><genid>{GENID}</genid>")
+    plan = plan_revert(DomainDef.parse(with_genid), dom_state,
+                       snapshot(snap_state, memory, disk, domain=with_genid),
+                       RevertFlags(**flags))
+    assert plan.definition.genid is not None
+    assert (plan.definition.genid != GENID) == new_genid
+
+
+@pytest.mark.no_qemu
+def test_a_genid_guest_reverts_in_place_only_by_restarting_with_force() -> None:
+    with_genid = DOMAIN.replace("</uuid>", f"</uuid><genid>{GENID}</genid>")
+    dom, snap = DomainDef.parse(with_genid), snapshot("running", "internal", domain=with_genid)
+    with pytest.raises(SnapshotRevertRiskyError,
+                       match="revert requires force: domain genid update requires restart"):
+        plan_revert(dom, "running", snap)
+    plan = plan_revert(dom, "running", snap, RevertFlags(force=True))
+    assert plan.mechanism == "restart-and-load" and plan.steps[0] == S.STOP
+    assert plan.definition.genid not in (None, GENID)

@@ -163,6 +163,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     if d.rng:
         b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
               "-device", f"virtio-rng-pci,rng=objrng0,id=rng0{b.place(d.rng_address)}")
+    if d.genid is not None:  # a parsed UUID: nothing to escape
+        b.add("-device", f"vmgenid,guid={d.genid},id=vmgenid0")
     for audio in d.audio_ids:  # as libvirt: a silent backend, no sound device
         b.add("-audiodev", json.dumps({"id": f"audio{audio}", "driver": "none"}))
     if incoming:

@@ -6,7 +6,8 @@ running QEMU can take the snapshot back in place decide the mechanism
 
 - internal memory, QEMU running the snapshot's own definition: the QMP
   ``snapshot-load`` job (HMP ``loadvm`` where missing) in the same QEMU; no
-  restart, console and VNC clients stay attached.
+  restart, console and VNC clients stay attached.  A guest with a ``<genid>``
+  needs ``force`` for it, and restarts (QEMU cannot change the ID it shows).
 - internal memory otherwise: stop QEMU, take the snapshot's definition,
   start a new QEMU paused, then ``snapshot-load`` (what libvirt 10.10+ does).
 - internal disks without memory (offline and disk-only snapshots): stop
@@ -17,6 +18,9 @@ running QEMU can take the snapshot back in place decide the mechanism
   defer`` fed the memory file (what libvirt 9.9+ does).
 - external disks without memory: the same without the memory; the domain
   ends shut off unless ``running``/``paused`` asks otherwise.
+
+A revert after which the guest runs gives it a new ``<genid>`` where it has one
+(the guest learns that it runs from a copy of its past), as libvirt does.
 
 New overlays leave every image the snapshot depends on untouched, so the
 state the domain had stays on disk as a branch as long as a snapshot names
@@ -145,6 +149,12 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
     final = _final_state(snap, flags, memory)
     mechanism = _mechanism(name, snap, memory, bool(internal), bool(external), live,
                            target, domain)
+    if mechanism == "load-in-place" and target.genid is not None:
+        if not flags.force:  # QEMU cannot change a running guest's generation ID
+            raise SnapshotRevertRiskyError("domain genid update requires restart")
+        mechanism = "restart-and-load"
+    if final != "shutoff":  # the guest runs from a copy of its past
+        target = target.with_new_genid()
     memory_file = snap.memory_file if mechanism == "incoming" else None
     if mechanism == "incoming" and not memory_file:
         raise InvalidArgError(f"snapshot '{name}' has external memory but no memory file")

@@ -33,7 +33,7 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 """Machine types and CPU models: what QEMU names them with, nothing else."""
 
 # Elements accepted and either interpreted or harmless to leave to QEMU's defaults.
-TOP_LEVEL = {"name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
+TOP_LEVEL = {"name", "uuid", "genid", "title", "description", "metadata", "memory", "currentMemory",
              "memoryBacking",
              "vcpu", "os", "features", "cpu", "clock", "on_poweroff", "on_reboot",
              "on_crash", "devices", "pm", "resource", "seclabel"}
@@ -203,6 +203,9 @@ class DomainDef:
     name: str
     uuid: str
     memory_kib: int
+    genid: str | None = None
+    """``<genid>``: the VM generation ID QEMU's ``vmgenid`` device shows the guest (a
+    new one tells it that it runs from a copy of its past: a revert, a fork)."""
     memory_backing: MemoryBacking = MemoryBacking()
     vcpus: int = 1
     arch: str = "x86_64"
@@ -338,10 +341,21 @@ class DomainDef:
         root.insert(list(root).index(memory) + 1 if memory is not None else 0, backing)
         return _parse(root)
 
+    def with_new_genid(self) -> DomainDef:
+        """A copy with a new generation ID where it has one (itself otherwise)."""
+        if self.genid is None:
+            return self
+        root = safe.copy(self.root)
+        el = root.find("genid")
+        assert el is not None
+        el.text = str(uuidlib.uuid4())
+        return _parse(root)
+
     def forked(self, name: str, sources: dict[str, tuple[str, str]]) -> DomainDef:
         """A fork of this guest: another name, no ``<uuid>`` and no MAC addresses
-        (defining it makes new ones), its disks on ``{target: (file, format)}``."""
-        root = self.renamed(name).with_disk_sources(sources).root_copy()
+        (defining it makes new ones), a new generation ID, its disks on
+        ``{target: (file, format)}``."""
+        root = self.renamed(name).with_disk_sources(sources).with_new_genid().root_copy()
         for iface in root.findall("devices/interface"):
             for mac in iface.findall("mac"):
                 iface.remove(mac)
@@ -467,7 +481,8 @@ def _parse(root: safe.Element) -> DomainDef:
     if not 0 < memory <= MAX_MEMORY_KIB:
         raise XMLError(f"invalid value '{(root.findtext('memory') or '').strip()}' for "
                        f"<memory>: the size must be above 0 and at most {MAX_MEMORY_KIB} KiB")
-    d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory)
+    d = DomainDef(root=root, type=dtype, name=name, uuid=_uuid(root), memory_kib=memory,
+                  genid=_genid(root))
     d.vcpus = _int(_text(root, "vcpu") or "1", "<vcpu>", 1, 4096)
     vcpu = root.find("vcpu")
     if vcpu is not None and vcpu.get("current") not in (None, str(d.vcpus)):
@@ -508,6 +523,23 @@ def _uuid(root: safe.Element) -> str:
         return str(uuidlib.UUID(text))
     except ValueError as e:
         raise XMLError(f"malformed uuid element '{text}'") from e
+
+
+def _genid(root: safe.Element) -> str | None:
+    """``<genid>``: its value, or (``<genid/>``, libvirt's way to ask for one) a new
+    one, written into the tree as libvirt does; None without the element."""
+    el = root.find("genid")
+    if el is None:
+        return None
+    text = (el.text or "").strip()
+    if not text:
+        el.text = str(uuidlib.uuid4())
+        return el.text
+    try:
+        el.text = str(uuidlib.UUID(text))
+    except ValueError as e:
+        raise XMLError(f"malformed genid element '{text}'") from e
+    return el.text
 
 
 def _parse_memory_backing(el: safe.Element | None, d: DomainDef) -> None:
