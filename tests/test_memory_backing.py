@@ -93,6 +93,19 @@ def test_command_line(tmp_path: Path) -> None:
     assert after(merged, "-overcommit") == ["mem-lock=on"]
 
 
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("read_only, extra", [
+    (False, {}), (True, {"readonly": True, "rom": "off"})])
+def test_a_clone_maps_its_template_privately(tmp_path: Path, read_only: bool,
+                                             extra: dict[str, object]) -> None:
+    d = parse("<source type='file'/><access mode='shared'/>")
+    args = cmdline.build(d, DomainPaths.of(tmp_path, "m"), "tcg", ram_template="/t/s.mem.ram",
+                         read_only_ram=read_only)
+    assert json.loads(after(args, "-object")[0]) == {
+        "qom-type": "memory-backend-file", "id": "pc.ram", "size": 128 << 20,
+        "share": False, "mem-path": "/t/s.mem.ram", **extra}
+
+
 def with_backing(xml: str, backing: str) -> str:
     return xml.replace("<vcpu>", f"<memoryBacking>{backing}</memoryBacking>\n  <vcpu>", 1)
 

@@ -249,3 +249,57 @@ async def test_an_emulator_qdriver_will_not_run_is_refused_at_define(
     assert drv.list_domains() == []
     if change != "answer":
         assert log.read_text() == "", "the emulator ran before it was checked"
+
+
+async def test_a_template_made_by_the_qemu_user_is_handed_back_and_sealed(
+        guest_image: GuestImage, shared_dir: Path, state_dir: Path) -> None:
+    """QEMU, as its user, created the guest's RAM file; once it is a template it is
+    root's, the QEMU user's group may read it, and only a QEMU that cannot open
+    it read-only (before 8.2) may still open it for writing."""
+    from qdriver.caps.qemucaps import ram_file_opens_read_only
+    nobody = pwd.getpwnam(USER)
+    disk = shared_dir / "vda.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    os.chown(disk, nobody.pw_uid, nobody.pw_gid)
+    drv = qdriver.Driver(state_dir, qemu_user=USER)
+    dom = await drv.define_xml(domain_xml(
+        guest_image, "rt", disk,
+        memory_backing="<memoryBacking><source type='file'/><access mode='shared'/>"
+                       "</memoryBacking>"))
+    await dom.start()
+    try:
+        await wait_console(dom, "COUNTER 2")
+        await dom.snapshot_create_xml(
+            f"<domainsnapshot><name>t</name><memory snapshot='external' "
+            f"file='{shared_dir}/t.mem'/><disks><disk name='vda' snapshot='external'><source "
+            f"file='{shared_dir}/vda.t'/></disk></disks></domainsnapshot>", template=True)
+        st = (shared_dir / "t.mem.ram").stat()
+        read_only = ram_file_opens_read_only(shutil.which("qemu-system-x86_64") or "",
+                                         QemuUser.resolve(USER))
+        assert (st.st_uid, st.st_gid) == (0, nobody.pw_gid)
+        assert st.st_mode & 0o777 == (0o440 if read_only else 0o660)
+        assert qemu_uid(dom) == nobody.pw_uid  # the clone, as the QEMU user
+        await wait_console(dom, "COUNTER", after=dom.paths.console_log.stat().st_size)
+    finally:
+        await dom.destroy()
+
+
+@pytest.mark.no_qemu
+def test_a_template_ram_file_that_is_a_link_or_a_host_secret_is_refused(
+        tmp_path: Path) -> None:
+    from qdriver.memory.template import seal
+    (tmp_path / "ram").write_bytes(b"\0" * 4096)
+    (tmp_path / "link").symlink_to(tmp_path / "ram")
+    with pytest.raises(qdriver.OperationFailedError, match="template RAM file '.*link'"):
+        seal(str(tmp_path / "link"), 4096, None, True)
+    with pytest.raises(qdriver.OperationFailedError, match="not a regular file of 8192"):
+        seal(str(tmp_path / "ram"), 8192, None, True)
+    seal(str(tmp_path / "ram"), 4096, None, True)
+    assert (tmp_path / "ram").stat().st_mode & 0o777 == 0o400
+    shadow = tmp_path / "shadow"
+    try:
+        os.link("/etc/shadow", shadow)
+    except OSError as e:
+        pytest.skip(f"cannot hard-link /etc/shadow here: {e}")
+    with pytest.raises(qdriver.InvalidArgError, match="same file as '/etc/shadow'"):
+        seal(str(shadow), shadow.stat().st_size, None, True)

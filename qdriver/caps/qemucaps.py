@@ -160,5 +160,23 @@ def _machine_types(program: Emulator, mtime: int, inode: int,
     return {name: alias or name for name, alias in MACHINE_LINE.findall(body)}
 
 
-__all__ = ["QemuCaps", "probe", "probe_schema", "probe_binary", "has_file_transport", "binary",
+def ram_file_opens_read_only(emulator: str, user: QemuUser | None = None) -> bool:
+    """Whether the emulator's ``memory-backend-file`` has the ``rom`` property (QEMU
+    8.2+): then ``readonly=on,rom=off`` maps a file privately and writably while
+    opening it read-only.  From ``-object memory-backend-file,help``, remembered
+    per binary and modification time."""
+    program = checked_emulator(emulator, user)
+    st = os.stat(program.path)
+    return _file_backend_has_rom(program, st.st_mtime_ns, st.st_ino, user)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_backend_has_rom(program: Emulator, mtime: int, inode: int,
+                          user: QemuUser | None) -> bool:
+    out = run_emulator(program, ["-object", "memory-backend-file,help"], user)
+    return re.search(r"^\s*rom=", out.stdout, re.M) is not None
+
+
+__all__ = ["QemuCaps", "probe", "ram_file_opens_read_only", "probe_schema", "probe_binary",
+           "has_file_transport", "binary",
            "machine_aliases", "machine_types"]

@@ -91,6 +91,7 @@ class _Builder:
     """Each disk's images below its top, as qdriver read them (`qemuimg.chain`)."""
     log_fd: bool = False
     ram_template: str | None = None
+    read_only_ram: bool = False
 
     @property
     def console_log(self) -> str:
@@ -113,20 +114,23 @@ class _Builder:
 
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
           log_fd: bool = False, chains: Mapping[str, tuple[Layer, ...]] | None = None,
-          emulator: str | None = None, ram_template: str | None = None) -> list[str]:
+          emulator: str | None = None, ram_template: str | None = None,
+          read_only_ram: bool = False) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
     QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  With
     ``log_fd`` QEMU writes the console log to the descriptor `CONSOLE_LOG_FD` it
     inherits (it starts as a user that cannot open the file).  ``emulator``: the
     checked program (default: `emulator_for`).  ``ram_template``: the guest's RAM is
-    a private, copy-on-write mapping of this template file (a clone's start).
+    a private, copy-on-write mapping of this template file (a clone's start), opened
+    read-only with ``read_only_ram`` (``rom=off``: QEMU 8.2+).
     ``chains``: each disk's backing images (by target), every one its own node; a
     qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
-    b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd, ram_template=ram_template)
+    b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd, ram_template=ram_template,
+                 read_only_ram=read_only_ram)
     b.add(emulator or emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
@@ -193,6 +197,8 @@ def _memory(b: _Builder) -> None:
     if b.ram_template is not None:  # the template file is never written
         props.update({"qom-type": BACKENDS["file"], "mem-path": b.ram_template,
                       "share": False})
+        if b.read_only_ram:  # opened read-only, mapped writable and private
+            props.update({"readonly": True, "rom": "off"})
     elif m.source == "file":
         props.update({"mem-path": str(b.paths.ram_file)}, **({"discard-data": True}
                                                            if m.discard else {}))

@@ -6,18 +6,12 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 """
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from .. import emulator, runas
-from ..caps import accel
-from ..errors import (
-    ConfigUnsupportedError,
-    InvalidArgError,
-    OperationFailedError,
-    SystemError_,
-)
+from ..caps import accel, qemucaps
+from ..errors import ConfigUnsupportedError, InvalidArgError, SystemError_
+from ..memory import template
 from ..paths import DomainPaths
 from ..qemuimg.chain import Layer, backing_layers
 from ..runas import LaunchPolicy
@@ -33,7 +27,7 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     (`check_files`); `ConfigUnsupportedError` if KVM is asked and unusable.  Not
     ``launching`` (``domxml-to-native``), images that are missing are left out of
     the chains instead of refused.  ``ram_template``: a clone's RAM file (checked
-    here: a regular file of the guest's RAM size, not a symbolic link)."""
+    and sealed here: `memory.template.seal`; QEMU 8.2+ opens it read-only)."""
     chains = check_files(definition, policy) if launching else readable_chains(definition)
     status = accel.probe(definition.type)
     if not status.usable:
@@ -42,26 +36,16 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     user = policy.qemu_user
     program = emulator.check(cmdline.emulator_for(definition), user)
     drop = emulator.drop_prefix(user)
+    read_only_ram = False
     if ram_template is not None:
-        check_ram_template(ram_template, definition.memory_kib * 1024)
+        read_only_ram = qemucaps.ram_file_opens_read_only(program.path, user)
+        template.seal(ram_template, definition.memory_kib * 1024, user, read_only_ram)
+        _check_one("template RAM", ram_template, not read_only_ram, policy, {})
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
-                         chains=chains, emulator=program.path, ram_template=ram_template)
+                         chains=chains, emulator=program.path, ram_template=ram_template,
+                         read_only_ram=read_only_ram)
     return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
                        ram_template)
-
-
-def check_ram_template(path: str, size: int) -> None:
-    """A template RAM file QEMU may map: a regular file (no symbolic link) of ``size``.
-
-    :raise OperationFailedError: it is not.
-    """
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise OperationFailedError(f"template RAM file '{path}': {e.strerror}") from e
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-        raise OperationFailedError(f"template RAM file '{path}' is not a regular file of "
-                                   f"{size} bytes (the guest's RAM)")
 
 
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
