@@ -26,15 +26,13 @@ from .errors import (
     QDriverError,
     XMLError,
 )
-from .job import Job, storable_definition, write_definition
+from .job import storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
 from .ops import fork_exec, revert_exec
 from .ops.fork_plan import ForkPlan
 from .ops.revert_plan import RevertFlags
-from .ops.transaction import Transaction
-from .parallel import side_by_side
 from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
@@ -228,19 +226,14 @@ class Driver:
             if snaps and not snapshots_metadata:
                 raise OperationInvalidError(
                     f"cannot delete inactive domain with {len(snaps)} snapshots")
-            for path in snaps:
-                path.unlink()
-            for path in sorted(dom.paths.dir.rglob("*"), reverse=True):
-                if path.name != "lock":
-                    path.rmdir() if path.is_dir() else path.unlink()
-        dom.paths.lock.unlink(missing_ok=True)
-        dom.paths.dir.rmdir()
+            dom.paths.remove_files()
+        dom.paths.remove_dir()
 
     async def fork(self, dom: Domain, snapshot: str, names: list[str],
                    progress: ProgressFn | None = None) -> list[Domain]:
         """New running domains ``names`` from an external memory snapshot of ``dom``
-        (`ops.fork_plan`): from a template in milliseconds, from a memory file by
-        loading it.  A fork that fails leaves nothing of itself behind.
+        (`ops.fork_plan`, `ops.fork_exec`): from a template in milliseconds, from a
+        memory file by loading it.  All of them, or (on a failure) none.
 
         :raise OperationInvalidError: the snapshot has no external memory, or a
             name is taken.
@@ -248,49 +241,16 @@ class Driver:
         async with dom.job() as job:
             the_plan = fork_exec.plan(job, snapshot, names,
                                       {d.name for d in self.list_domains()})
-            made: list[tuple[Domain, dict[str, tuple[str, str]]]] = []
-            try:
-                for name in the_plan.names:
-                    made.append(await self._define_fork(job, the_plan, name))
-            except BaseException:
-                with anyio.CancelScope(shield=True):  # none starts if one cannot be made
-                    for new, sources in made:
-                        await self._discard_fork(new, sources)
-                raise
-            await side_by_side(*(partial(self._start_fork, new, sources, the_plan, progress)
-                                 for new, sources in made))
-            return [new for new, _ in made]
+            return await fork_exec.fork(job, the_plan, self.define_xml,
+                                        partial(self._start_fork, the_plan, progress))
 
-    async def _define_fork(self, job: Job, the_plan: ForkPlan, name: str
-                           ) -> tuple[Domain, dict[str, tuple[str, str]]]:
-        """Fork ``name``'s overlays, then its definition (which names them from then on)."""
-        txn = Transaction(job, "fork")
-
-        async def body() -> tuple[Domain, dict[str, tuple[str, str]]]:
-            sources = await fork_exec.create_overlays(txn, job, the_plan, name)
-            new = await self.define_xml(the_plan.definition.forked(name, sources).to_xml())
-            txn.discard(*txn.entries)
-            return new, sources
-        return await txn.attempt(body)
-
-    async def _start_fork(self, new: Domain, sources: dict[str, tuple[str, str]],
-                          the_plan: ForkPlan, progress: ProgressFn | None) -> None:
-        """Start a defined fork (forks start side by side); one that fails is undefined
-        and its overlays removed."""
-        try:
-            async with new.job() as job:  # started like a restore of the snapshot's memory
-                await revert_exec.restore(job, the_plan.memory_file, job.definition.to_xml(),
-                                          True, RevertFlags(running=True), progress,
-                                          template_ram=the_plan.template_ram)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._discard_fork(new, sources)
-            raise
-
-    async def _discard_fork(self, new: Domain, sources: dict[str, tuple[str, str]]) -> None:
-        await self.undefine(new)
-        for path, _ in sources.values():
-            Path(path).unlink(missing_ok=True)
+    async def _start_fork(self, the_plan: ForkPlan, progress: ProgressFn | None,
+                          new: Domain) -> None:
+        """Start a defined fork, like a restore of the snapshot's memory."""
+        async with new.job() as job:
+            await revert_exec.restore(job, the_plan.memory_file, job.definition.to_xml(),
+                                      True, RevertFlags(running=True), progress,
+                                      template_ram=the_plan.template_ram)
 
     def native_argv(self, domain: str) -> list[str]:
         """The QEMU command line ``domain`` (a defined domain's name, or a domain XML

@@ -143,15 +143,24 @@ class MoveRam:
     target: str
 
 
+@dataclass(frozen=True)
+class DiscardFork:
+    """Take back a fork: stop its QEMU and remove the domain, if it is the one this
+    fork defined (by uuid: a domain of that name someone else defined stays)."""
+    KIND: ClassVar[str] = "discard-fork"
+    name: str
+    uuid: str
+
+
 Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest
         | CancelMigration | WaitJobs | Qmp | QmpJob | Hmp | QemuImgSnapshotDelete | Thaw
-        | StopQemu | CompleteMemoryFile | MoveRam)
+        | StopQemu | CompleteMemoryFile | MoveRam | DiscardFork)
 """What one action does, as data another process can run."""
 
 KINDS: dict[str, type[Step]] = {cls.KIND: cls for cls in (
     RemoveFile, RestoreDir, WriteDefinition, FollowOverlays, ResumeGuest, CancelMigration,
     WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile,
-    MoveRam)}
+    MoveRam, DiscardFork)}
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,15 @@ class DomainPaths:
 
     def channel(self, index: int) -> Path:
         return self.sockets / f"channel{index}.sock"
+
+    def remove_files(self) -> None:
+        """Remove every file of the domain but its lock (the caller holds it)."""
+        for path in sorted(self.dir.rglob("*"), reverse=True):
+            if path != self.lock:
+                path.rmdir() if path.is_dir() else path.unlink()
+
+    def remove_dir(self) -> None:
+        """Remove the lock and the emptied directory (`remove_files`), once the lock
+        is let go: taking it again must not bring the directory back."""
+        self.lock.unlink(missing_ok=True)
+        self.dir.rmdir()

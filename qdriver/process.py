@@ -127,6 +127,20 @@ async def wait_supervisors_gone(exitfile: Path, timeout: float) -> None:
                 f"a QEMU supervisor (process {sup.pid}) of this domain still runs")
 
 
+async def kill_spawned(exitfile: Path, timeout: float = 10.0) -> None:
+    """SIGKILL every supervisor that writes ``exitfile`` with its QEMU (one session
+    each), and wait until the supervisors are gone: a QEMU spawned moments ago, that
+    wrote no pidfile yet, is found through its supervisor."""
+    for sup in supervisors_of(exitfile):
+        try:
+            group = os.getpgid(sup.pid)  # spawned in a session (and group) of its own
+            if start_time(sup.pid) == sup.start_time and group not in (0, os.getpgrp()):
+                os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        await wait_exit(sup, timeout)
+
+
 def exit_status(exitfile: Path) -> int | None:
     """QEMU's exit status as the supervisor recorded it, if it has exited."""
     try:

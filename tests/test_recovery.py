@@ -30,7 +30,7 @@ import pytest
 import qdriver
 from qdriver.testing.faults import ENV, TRACE_ENV
 
-from .helpers import SavedGuests, assert_consistent
+from .helpers import SavedGuests, assert_consistent, qemu_pids
 from .helpers.images import sha256
 
 
@@ -317,6 +317,51 @@ async def test_template_snapshot_and_revert_killed_at_every_point(
         await guest.dom.revert_to_snapshot("t0")  # still revertible
         guest.consistent(point + " (reverted again)")
     assert sha256(f"{work}/t0.mem.ram") == pristine, "a clone wrote into the template"
+
+
+async def test_fork_killed_at_every_point(driver: qdriver.Driver, saved_guests: SavedGuests,
+                                         tmp_path: Path) -> None:
+    """Two forks of a template, killed at each point (the source's overlays and
+    definitions, each fork's start): the next command on the source takes back
+    every fork, or (killed once all run) keeps all of them; no QEMU, domain or
+    overlay of a fork taken back is left, and the template never changes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    await saved_guests.restore(driver, work, memory_backing=SHARED_FILE_RAM)
+    guest = Crashed(driver.state_dir, work)
+    await guest.dom.snapshot_create_xml(
+        f"<domainsnapshot><name>t</name><memory snapshot='external' file='{work}/t.mem'/>"
+        f"<disks><disk name='vda' snapshot='external'><source file='{work}/vda.t'/></disk>"
+        "</disks></domainsnapshot>", template=True)
+    pristine = sha256(f"{work}/t.mem.ram")
+    points = [p for p in points_of(guest.state_dir, tmp_path, "fork", "guest", "t", "a", "b")
+              if p != "memfile:migrating"]
+    assert {"fork:recorded:discard-fork", "launch:spawned"} <= set(points), points
+    for name in ("a", "b"):
+        await _destroyed(driver, name)
+        await driver.undefine(driver.lookup(name))
+        (work / f"{name}.vda.qcow2").unlink()
+    the_guests = sorted(qemu_pids(driver.state_dir))  # the source's, and nothing else
+    for point in points:
+        report = await guest.kill_and_recover(point, "fork", "guest", "t", "a", "b")
+        forks = sorted(d.name for d in driver.list_domains() if d.name != "guest")
+        if point == "fork:end":  # all ran: the forks are the user's now
+            assert forks == ["a", "b"], (point, report)
+            for name in forks:
+                await _destroyed(driver, name)
+                await driver.undefine(driver.lookup(name))
+                (work / f"{name}.vda.qcow2").unlink()
+        assert forks in ([], ["a", "b"]), (point, forks)
+        assert sorted(qemu_pids(driver.state_dir)) == the_guests, (point, report)
+        guest.consistent(point)
+        await guest.assert_running(point)
+    assert sha256(f"{work}/t.mem.ram") == pristine, "a fork wrote into the template"
+
+
+async def _destroyed(driver: qdriver.Driver, name: str) -> None:
+    dom = driver.lookup(name)
+    if dom.is_active:
+        await dom.destroy()
 
 
 async def test_start_killed_at_every_point(running_guest: Crashed, tmp_path: Path) -> None:

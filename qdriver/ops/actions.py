@@ -18,15 +18,18 @@ import anyio
 from .. import agent, process, qemuimg, qmp
 from .. import journal as j
 from ..blockdev.nodes import image_file, open_images
-from ..durable import atomic_write, fsync_dir, fsync_path
-from ..errors import OperationFailedError
-from ..job import Job
+from ..durable import atomic_write, fsync_dir, fsync_path, locked
+from ..errors import NoDomainError, OperationFailedError
+from ..job import Job, read_definition
 from ..journal import Action
-from ..launch.runtime import pid_from_file
+from ..launch.runtime import Runtime, pid_from_file
 from ..memory.header import mark_complete
 from ..memory.template import move_ram
+from ..paths import DomainPaths
 from ..xml.domain import DomainDef
 
+FORK_LOCK_WAIT = 30.0
+"""How long taking back a fork waits for the fork's own domain lock."""
 JOB_WAIT = 600.0
 """How long recovery waits for a QEMU job a dead process started (a snapshot save)."""
 
@@ -195,7 +198,31 @@ async def _stop_qemu(job: Job, args: j.StopQemu) -> None:
     if pid is not None and pid.pid != os.getpid() and \
             process.is_alive(pid, str(job.paths.pidfile)):
         await process.terminate(pid, grace=1.0)
+    await process.kill_spawned(job.paths.exitfile)  # one that wrote no pidfile yet
     job.runtime.cleanup()
+
+
+async def _discard_fork(job: Job, args: j.DiscardFork) -> None:
+    """Stop a fork's QEMU (recorded or not yet) and remove the fork's domain, under
+    its lock; a domain of that name with another uuid is not this fork's."""
+    paths = DomainPaths.of(job.paths.state_dir, args.name)
+    try:
+        async with locked(paths.lock, FORK_LOCK_WAIT, f"domain '{args.name}'",
+                          create_dir=False):
+            try:
+                read_definition(paths, args.name, args.uuid)
+            except NoDomainError:
+                return
+            runtime = Runtime(paths)
+            rec = await runtime.reconcile()
+            if rec is not None:
+                await runtime.stop(rec, "destroyed", grace=0.0)
+            await process.kill_spawned(paths.exitfile)  # spawned, its record not yet written
+            runtime.cleanup()
+            paths.remove_files()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # never defined, or removed already
+    paths.remove_dir()
 
 
 async def _move_ram(job: Job, args: j.MoveRam) -> None:
@@ -234,6 +261,7 @@ ACTIONS: dict[type, Callable[[Job, Any], Awaitable[None]]] = {
     j.StopQemu: _stop_qemu,
     j.CompleteMemoryFile: _complete_memory_file,
     j.MoveRam: _move_ram,
+    j.DiscardFork: _discard_fork,
 }
 """The code that runs each kind of journal record (every kind in `journal.KINDS`)."""
 
@@ -324,6 +352,10 @@ def move_ram_file(source: Path, target: str) -> Action:
 
 def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Action:
     return Action(j.StopQemu(reason), what)
+
+
+def discard_fork(name: str, uuid: str) -> Action:
+    return Action(j.DiscardFork(name, uuid), f"fork '{name}'")
 
 
 __all__ = ["Action", "run", "ACTIONS", "dir_snapshot"]

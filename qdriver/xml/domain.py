@@ -351,11 +351,15 @@ class DomainDef:
         el.text = str(uuidlib.uuid4())
         return _parse(root)
 
-    def forked(self, name: str, sources: dict[str, tuple[str, str]]) -> DomainDef:
-        """A fork of this guest: another name, no ``<uuid>`` and no MAC addresses
-        (defining it makes new ones), a new generation ID, its disks on
-        ``{target: (file, format)}``."""
+    def forked(self, name: str, sources: dict[str, tuple[str, str]],
+               uuid: str | None = None) -> DomainDef:
+        """A fork of this guest: another name, ``uuid`` (or none: defining it makes
+        one), no MAC addresses (defining it makes new ones), a new generation ID,
+        its disks on ``{target: (file, format)}``."""
         root = self.renamed(name).with_disk_sources(sources).with_new_genid().root_copy()
+        name_el = root.find("name")
+        if uuid is not None and name_el is not None:
+            name_el.addnext(safe.new("uuid", text=str(uuidlib.UUID(uuid))))
         for iface in root.findall("devices/interface"):
             for mac in iface.findall("mac"):
                 iface.remove(mac)
