@@ -107,14 +107,18 @@ def test_every_test_gets_a_fresh_guest(pytester: pytest.Pytester, plugin_env: Pa
     assert_nothing_left(plugin_env)
 
 
-def test_xdist_workers_each_have_their_own_guest(pytester: pytest.Pytester,
-                                                 plugin_env: Path) -> None:
+def test_xdist_workers_fork_their_guests_from_one_boot(pytester: pytest.Pytester,
+                                                       plugin_env: Path) -> None:
+    """Two workers, one boot: each worker's guest is a fork of the one booted guest's
+    template, fresh for every test (a guest the workers shared would show one
+    test's marker to another)."""
     pytester.makepyfile(test_fresh=FRESH_TESTS)
     result = run(pytester, "-n", "2")
     result.assert_outcomes(passed=4)
     entries = recorded(plugin_env)
     assert len({e["pid"] for e in entries}) == 2
-    assert len({e["dir"] for e in entries}) == 2  # a state dir (and overlay) per worker
+    assert len({e["dir"] for e in entries}) == 1  # the controller's shared directory
+    result.stdout.fnmatch_lines(["qdriver: 1 guest(s) booted for the xdist workers*"])
     assert_nothing_left(plugin_env)
 
 

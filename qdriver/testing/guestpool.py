@@ -12,12 +12,21 @@ starts a clone that maps the template's RAM copy-on-write and loads only the
 devices' state, in a time that does not grow with the guest's RAM.  Other
 guests get an internal snapshot, which a reset loads inside the same QEMU.
 
+Pools of several processes (pytest-xdist workers) can share one boot: given a
+shared directory (`open_shared`, made by the process that outlives them), the
+first pool to ask for a spec boots it there, under a lock, and takes its
+template snapshot; every pool then forks a guest of its own from that
+template (`Domain.fork`), and a reset replaces the fork with a new one, as
+fast as a template revert.  The shared directory goes with its owner
+(`close_shared`).
+
 A pool writes its owner (pid and process start time) into its directory; a
 later pool under the same base finds directories whose owner died (a killed
 test run) and stops their QEMUs and removes them (`reap_stale`).
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -34,7 +43,8 @@ from .. import agent, process, qemuimg, runas
 from ..console import SerialLink
 from ..domain import Domain
 from ..driver import Driver
-from ..errors import QDriverError
+from ..durable import locked
+from ..errors import NoDomainError, QDriverError
 from ..paths import make_private_dirs, socket_root
 from ..runstatus import DomainState
 from ..xml.domain import DomainDef, MemoryBacking
@@ -45,6 +55,8 @@ READY_TEXT = "the state every test starts from"
 OWNER_FILE = "owner.json"
 KEPT_FILE = "kept"
 """Marks a pool directory kept for a failed test: `reap_stale` leaves it."""
+BOOTS_FILE = "boots"
+"""A shared directory's list of the guests booted in it, a line each."""
 
 Prepare = Callable[["Guest"], Awaitable[None] | None]
 
@@ -80,6 +92,10 @@ class Guest:
     """The ready snapshot is a template (each reset starts a clone)."""
     serial_file: Path | None = None
     """A ``<serial type='file'>``'s file: the console's text is there, and it takes no input."""
+    seed: Domain | None = None
+    """The shared booted domain this guest is a fork of (its reset forks it again)."""
+    fresh: bool = False
+    """A fork that no test used yet: its reset has nothing to do."""
 
     @property
     def console_log(self) -> Path:
@@ -162,10 +178,14 @@ class Console:
 class GuestPool:
     """The booted guests of one test process, in a private state directory."""
 
-    def __init__(self, base: Path, label: str) -> None:
+    def __init__(self, base: Path, label: str, shared: Path | None = None) -> None:
         self.base = base
-        self.dir = base / f"{_safe(label)}-{os.getpid()}"
+        self.label = _safe(label)
+        self.dir = base / f"{self.label}-{os.getpid()}"
+        self.shared = shared
+        """A directory (`open_shared`) whose booted guests this pool forks from."""
         self.driver: Driver | None = None
+        self.shared_driver: Driver | None = None
         self.guests: dict[GuestSpec, Guest] = {}
         self.failures: dict[GuestSpec, str] = {}
         self._count = 0
@@ -177,6 +197,8 @@ class GuestPool:
         make_private_dirs(self.dir, self.base, "test guests")
         (self.dir / OWNER_FILE).write_text(json.dumps(_owner(os.getpid())))
         self.driver = Driver(self.dir)
+        if self.shared is not None:
+            self.shared_driver = Driver(self.shared)
         return reaped
 
     async def guest(self, spec: GuestSpec) -> Guest:
@@ -185,14 +207,19 @@ class GuestPool:
             raise GuestSetupError(self.failures[spec])
         if spec not in self.guests:
             try:
-                self.guests[spec] = await self._boot(spec)
+                self.guests[spec] = await self._make(spec)
             except GuestSetupError as e:
                 self.failures[spec] = str(e)
                 raise
         return self.guests[spec]
 
     async def reset(self, guest: Guest) -> None:
-        """Put the guest back to its starting snapshot, running."""
+        """Put the guest back to its starting snapshot, running (a fork: a new fork)."""
+        if guest.seed is not None:
+            if not guest.fresh:
+                await self._refork(guest)
+            guest.fresh = False
+            return
         try:
             await guest.domain.revert_to_snapshot(guest.snapshot, running=True)
         except QDriverError as e:
@@ -221,8 +248,9 @@ class GuestPool:
         kept = [(g.domain.name, s) for g in self.guests.values() for s in g.kept]
         for guest in list(self.guests.values()):
             _unlink(guest)
-            if not guest.kept and self.driver is not None:
-                await _discard(self.driver, guest.domain, guest.overlays)
+            driver = self.shared_driver or self.driver
+            if not guest.kept and driver is not None:
+                await _discard(driver, guest.domain, guest.overlays)
         await _stop_all(self.dir)
         self.guests.clear()
         if kept:
@@ -233,8 +261,62 @@ class GuestPool:
 
     # -- booting ----------------------------------------------------------------
 
-    async def _boot(self, spec: GuestSpec) -> Guest:
+    async def _make(self, spec: GuestSpec) -> Guest:
+        """A guest of this pool's own: booted here, or forked from the shared boot."""
         assert self.driver is not None, "GuestPool.open() first"
+        shared = self.shared_driver
+        if shared is None:
+            return await self._boot(spec, self.driver, self.dir)
+        definition = _read_definition(spec)
+        if _shareable(definition):
+            return await self._fork_seed(spec, shared)
+        self._count += 1  # booted for this pool alone, beside the others' in the shared dir
+        return await self._boot(spec, shared, shared.state_dir,
+                                _safe(f"{definition.name}-{self.label}-{self._count}"))
+
+    async def _fork_seed(self, spec: GuestSpec, shared: Driver) -> Guest:
+        """A fork of the spec's guest booted in the shared directory (booted now, under
+        its lock, by the first pool that asks; then shut off: forks map its template)."""
+        definition = _read_definition(spec)
+        seed_name = _safe(f"{definition.name}-seed-{_spec_key(spec)}")
+        async with locked(shared.state_dir / f"{seed_name}.lock", spec.boot_timeout + 60,
+                          f"the shared guest '{seed_name}'"):
+            try:
+                seed = shared.lookup(seed_name)
+                ready = READY_SNAPSHOT in seed.snapshot_tree().snaps
+            except NoDomainError:
+                ready = False
+            if not ready:
+                booted = await self._boot(spec, shared, shared.state_dir, seed_name)
+                seed = booted.domain
+                _unlink(booted)
+                await seed.destroy()
+                with (shared.state_dir / BOOTS_FILE).open("a") as f:
+                    f.write(f"{seed_name}\n")
+        self._count += 1
+        guest = Guest(spec, seed, [], template=True, seed=seed)
+        await self._refork(guest, _safe(f"{definition.name}-{self.label}-{self._count}"))
+        return guest
+
+    async def _refork(self, guest: Guest, name: str | None = None) -> None:
+        """Replace the guest's fork (if any) with a new one of its seed's template."""
+        assert guest.seed is not None and self.shared_driver is not None
+        if name is None:
+            name = guest.domain.name
+            _unlink(guest)
+            await _discard(self.shared_driver, guest.domain, guest.overlays)
+        try:
+            (dom,) = await guest.seed.fork(READY_SNAPSHOT, name)
+        except QDriverError as e:
+            raise GuestSetupError(f"cannot fork '{name}' from the booted guest "
+                                  f"'{guest.seed.name}': {e}") from e
+        guest.domain, guest.fresh = dom, True
+        guest.overlays = [Path(d.source) for d in dom.definition.disks
+                          if d.source and not d.readonly]
+        await _relink(guest)
+
+    async def _boot(self, spec: GuestSpec, driver: Driver, directory: Path,
+                    name: str | None = None) -> Guest:
         definition = _read_definition(spec)
         template = definition.memory_backing == MemoryBacking()
         if template:  # each reset starts a QEMU: a console file keeps what came before
@@ -244,21 +326,22 @@ class GuestPool:
             raise GuestSetupError(
                 f"{spec.xml}: cannot tell when the guest is ready: give a console regex "
                 "(--qdriver-ready) or an org.qemu.guest_agent.0 channel")
-        self._count += 1
-        name = _safe(f"{definition.name}-{self._count}")
+        if name is None:
+            self._count += 1
+            name = _safe(f"{definition.name}-{self._count}")
         overlays: list[Path] = []
         guest: Guest | None = None
         try:
             sources = {}
             for disk in definition.disks:
                 if disk.source and not disk.readonly:
-                    overlay = self.dir / f"{name}-{disk.target}.qcow2"
+                    overlay = directory / f"{name}-{disk.target}.qcow2"
                     overlays.append(overlay)
                     await qemuimg.create(overlay, backing=os.path.abspath(disk.source),
                                          backing_fmt=disk.format)
-                    runas.hand_over(self.driver.policy.qemu_user, overlay)
+                    runas.hand_over(driver.policy.qemu_user, overlay)
                     sources[disk.target] = (str(overlay), "qcow2")
-            dom = await self.driver.define_xml(
+            dom = await driver.define_xml(
                 definition.with_disk_sources(sources).renamed(name).to_xml())
             first = definition.serials[0] if definition.serials else None
             guest = Guest(spec, dom, overlays, template=template,
@@ -270,8 +353,10 @@ class GuestPool:
             if spec.prepare is not None:
                 await _call_prepare(guest)
             if template:
-                await dom.snapshot_create_xml(self._template_xml(name, definition),
-                                              template=True)
+                await dom.snapshot_create_xml(
+                    self._external(SnapshotDef(name=READY_SNAPSHOT, description=READY_TEXT),
+                                   name, definition, "ready", directory).format(),
+                    template=True)
             else:
                 await dom.snapshot_create_xml(
                     SnapshotDef(name=READY_SNAPSHOT, description=READY_TEXT).format())
@@ -280,7 +365,7 @@ class GuestPool:
             with anyio.CancelScope(shield=True):
                 if guest is not None:
                     _unlink(guest)
-                    await _discard(self.driver, guest.domain, overlays)
+                    await _discard(driver, guest.domain, overlays)
                 for path in overlays:
                     path.unlink(missing_ok=True)
             if isinstance(e, QDriverError):
@@ -290,20 +375,34 @@ class GuestPool:
             raise
 
 
-    def _template_xml(self, name: str, definition: DomainDef) -> str:
-        """The ready snapshot as a template: memory and frozen disks in the pool's dir."""
-        return self._external(SnapshotDef(name=READY_SNAPSHOT, description=READY_TEXT),
-                              name, definition, "ready").format()
-
     def _external(self, snap: SnapshotDef, domain: str, definition: DomainDef,
-                  tag: str) -> SnapshotDef:
-        """``snap`` with its memory and its writable disks' overlays in the pool's dir."""
+                  tag: str, directory: Path | None = None) -> SnapshotDef:
+        """``snap`` with its memory and its writable disks' overlays in ``directory``
+        (the pool's)."""
+        where = directory or self.dir
         disks = [SnapshotDisk(d.target, "no") if d.readonly or not d.source else
                  SnapshotDisk(d.target, "external", "file",
-                              f"{self.dir}/{domain}-{d.target}.{tag}.qcow2", "qcow2")
+                              f"{where}/{domain}-{d.target}.{tag}.qcow2", "qcow2")
                  for d in definition.disks]
-        return replace(snap, memory="external", memory_file=f"{self.dir}/{domain}.{tag}.mem",
+        return replace(snap, memory="external", memory_file=f"{where}/{domain}.{tag}.mem",
                        disks=disks)
+
+
+def _shareable(definition: DomainDef) -> bool:
+    """Whether forks of a boot of ``definition`` can run side by side: its RAM can be a
+    template, no file console (forks would write one file), no host port forwarded
+    (forks would ask for one port)."""
+    return definition.memory_backing == MemoryBacking() and \
+        not any(s.type == "file" for s in definition.serials) and \
+        not any(i.forwards for i in definition.interfaces)
+
+
+def _spec_key(spec: GuestSpec) -> str:
+    """What tells specs apart across processes (a ``prepare`` by its name)."""
+    prepare = spec.prepare
+    named = f"{prepare.__module__}.{prepare.__qualname__}" if prepare is not None else ""
+    key = "\0".join((str(spec.xml), spec.ready or "", named))
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def _read_definition(spec: GuestSpec) -> DomainDef:
@@ -381,6 +480,33 @@ async def _discard(driver: Driver, dom: Domain, overlays: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+# -- a directory shared by several pools --------------------------------------------
+
+
+def open_shared(base: Path) -> Path:
+    """A directory under ``base`` that pools of other processes boot in and fork from,
+    owned by this process (which must outlive them, and `close_shared` it)."""
+    make_private_dirs(base, base, "test guests")
+    shared = base / f"shared-{os.getpid()}"
+    make_private_dirs(shared, base, "test guests")
+    (shared / OWNER_FILE).write_text(json.dumps(_owner(os.getpid())))
+    return shared
+
+
+def shared_boots(shared: Path) -> int:
+    """How many guests were booted in a shared directory."""
+    try:
+        return len((shared / BOOTS_FILE).read_text().splitlines())
+    except OSError:
+        return 0
+
+
+async def close_shared(shared: Path) -> None:
+    """Stop every QEMU of a shared directory and remove it."""
+    await _stop_all(shared)
+    _remove_dir(shared)
+
+
 # -- dead pools -----------------------------------------------------------------------
 
 
@@ -421,7 +547,7 @@ async def _stop_all(pool_dir: Path) -> None:
 
 def qemu_pids(directory: Path) -> list[int]:
     """Live QEMU processes whose command line names ``directory``."""
-    marker = str(directory).encode()
+    marker = f"{directory}/".encode()  # not another directory that begins the same
     return [pid for pid, cmdline in process.processes()
             if b"qemu-system" in cmdline and marker in cmdline
             and process.start_time(pid) is not None]
@@ -473,4 +599,4 @@ def _tail(what: str, path: Path, lines: int = 15) -> str:
 
 
 __all__ = ["Console", "Guest", "GuestPool", "GuestSetupError", "GuestSpec", "READY_SNAPSHOT",
-           "reap_stale", "qemu_pids"]
+           "reap_stale", "qemu_pids", "open_shared", "shared_boots", "close_shared"]

@@ -1,9 +1,12 @@
 """The pytest plugin: a booted guest, freshly reverted, for every test that asks.
 
 Loaded through the ``pytest11`` entry point (``-p no:qdriver`` turns it off).
-``qdriver_domain`` boots the domain XML once per session (per xdist worker),
-snapshots it when ready and reverts to that snapshot before each test, inside
-the same QEMU (`qdriver.guestpool`).  The plugin's own work runs on an event
+``qdriver_domain`` boots the domain XML once per session, snapshots it when
+ready and reverts to that snapshot before each test (`qdriver.testing.guestpool`).
+Under pytest-xdist the controller owns a shared directory: the first worker
+to ask boots the guest there once, and every worker forks its own guest from
+that boot's template (each reset forks it again); the controller stops and
+removes it all at the end.  The plugin's own work runs on an event
 loop in a thread of its own, so that sync tests and async (pytest-asyncio)
 tests get the same fixtures; a `qdriver.Domain` holds no loop, so an async
 test may ``await`` its methods on its own loop.
@@ -28,9 +31,12 @@ import pytest
 from ..domain import Domain
 from ..driver import Driver
 from ..errors import QDriverError
+from . import guestpool
 from .guestpool import Console, Guest, GuestPool, GuestSetupError, GuestSpec
 
 T = TypeVar("T")
+SHARED_ENV = "QDRIVER_PYTEST_SHARED"
+"""The xdist controller's shared directory, as its workers inherit it."""
 CONSOLE_REPORT_LIMIT = 20000
 """The last characters of a failed test's console put into its report."""
 
@@ -73,6 +79,31 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "qdriver(xml=None, ready=None, prepare=None): boot another domain XML "
         "for this test or module, or start from another state (prepare(guest) runs once "
         "after ready, before the snapshot the tests start from)")
+    if _xdist_controller(config) and not _setting(config, "keep-failed"):
+        shared = guestpool.open_shared(_base(config))  # before the workers start
+        config.stash[_SHARED] = shared
+        os.environ[SHARED_ENV] = str(shared)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller stops and removes what its workers booted and forked."""
+    shared = config.stash.get(_SHARED, None)
+    if shared is not None:
+        os.environ.pop(SHARED_ENV, None)
+        anyio.run(guestpool.close_shared, shared)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests to xdist workers (and outlives them)."""
+    return not hasattr(config, "workerinput") and \
+        bool(getattr(config.option, "numprocesses", None)) and \
+        getattr(config.option, "dist", "no") != "no"
+
+
+def _base(config: pytest.Config) -> Path:
+    base = _setting(config, "state-dir")
+    return (Path(base) if base else
+            Path(tempfile.gettempdir()) / f"qdriver-pytest-{os.getuid()}").absolute()
 
 
 def _setting(config: pytest.Config, name: str) -> Any:
@@ -104,11 +135,10 @@ class PluginSession:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        base = _setting(config, "state-dir")
-        self.base = Path(base) if base else \
-            Path(tempfile.gettempdir()) / f"qdriver-pytest-{os.getuid()}"
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        self.pool = GuestPool(self.base.absolute(), worker)
+        self.base = _base(config)
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        shared = os.environ.get(SHARED_ENV) if worker else None
+        self.pool = GuestPool(self.base, worker or "main", Path(shared) if shared else None)
         self.keep_failed = bool(_setting(config, "keep-failed"))
         self._stack = ExitStack()
         self._stack.enter_context(_sigterm_interrupts())
@@ -171,6 +201,7 @@ class PluginSession:
 
 
 _SESSION = pytest.StashKey[PluginSession]()
+_SHARED = pytest.StashKey[Path]()
 _USE = pytest.StashKey["GuestUse"]()
 
 
@@ -202,10 +233,12 @@ def _session(config: pytest.Config) -> PluginSession:
 
 @pytest.fixture(scope="session")
 def qdriver_driver(pytestconfig: pytest.Config) -> Iterator[Driver]:
-    """The `qdriver.Driver` of this session's (this worker's) private state directory."""
+    """The `qdriver.Driver` of this session's guests: a private state directory, or
+    under xdist the one the workers share."""
     session = _session(pytestconfig)
-    assert session.pool.driver is not None
-    yield session.pool.driver
+    driver = session.pool.shared_driver or session.pool.driver
+    assert driver is not None
+    yield driver
     session.close()
 
 
@@ -271,6 +304,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    shared = config.stash.get(_SHARED, None)
+    if shared is not None and (boots := guestpool.shared_boots(shared)):
+        terminalreporter.write_line(
+            f"qdriver: {boots} guest(s) booted for the xdist workers, each of which forked "
+            "its own from the booted guest's template")
     plugin = config.stash.get(_SESSION, None)
     if plugin is not None and plugin.kept:
         terminalreporter.write_line(
