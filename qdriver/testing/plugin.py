@@ -35,8 +35,8 @@ from . import guestpool
 from .guestpool import Console, Guest, GuestPool, GuestSetupError, GuestSpec
 
 T = TypeVar("T")
-SHARED_ENV = "QDRIVER_PYTEST_SHARED"
-"""The xdist controller's shared directory, as its workers inherit it."""
+SHARED_KEY = "qdriver_shared"
+"""The xdist controller's shared directory, in each worker's ``workerinput``."""
 CONSOLE_REPORT_LIMIT = 20000
 """The last characters of a failed test's console put into its report."""
 
@@ -80,16 +80,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "for this test or module, or start from another state (prepare(guest) runs once "
         "after ready, before the snapshot the tests start from)")
     if _xdist_controller(config) and not _setting(config, "keep-failed"):
-        shared = guestpool.open_shared(_base(config))  # before the workers start
-        config.stash[_SHARED] = shared
-        os.environ[SHARED_ENV] = str(shared)
+        config.stash[_SHARED] = guestpool.open_shared(_base(config))  # before the workers
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist, in the controller) Tell a worker the shared directory."""
+    shared = node.config.stash.get(_SHARED, None)
+    if shared is not None:
+        node.workerinput[SHARED_KEY] = str(shared)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The controller stops and removes what its workers booted and forked."""
     shared = config.stash.get(_SHARED, None)
     if shared is not None:
-        os.environ.pop(SHARED_ENV, None)
         anyio.run(guestpool.close_shared, shared)
 
 
@@ -136,9 +141,9 @@ class PluginSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.base = _base(config)
-        worker = os.environ.get("PYTEST_XDIST_WORKER")
-        shared = os.environ.get(SHARED_ENV) if worker else None
-        self.pool = GuestPool(self.base, worker or "main", Path(shared) if shared else None)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        shared = getattr(config, "workerinput", {}).get(SHARED_KEY)
+        self.pool = GuestPool(self.base, worker, Path(shared) if shared else None)
         self.keep_failed = bool(_setting(config, "keep-failed"))
         self._stack = ExitStack()
         self._stack.enter_context(_sigterm_interrupts())
