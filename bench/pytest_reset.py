@@ -6,6 +6,8 @@
           snapshot, a template: a new QEMU maps its RAM copy-on-write.
   internal  the same for a guest the pool cannot make a template of (its XML asks
           for memfd RAM): an internal snapshot loaded inside the same QEMU.
+  fork    the reset of an xdist worker's guest, forked from the one boot all workers
+          share: the fork is discarded and forked again from the template.
   raw     that internal reset as bare QMP: stop + snapshot-load job + cont.
   boot    what a test pays without the plugin: define the XML on a new
           overlay, start, wait for GUEST-READY, destroy, undefine.
@@ -35,7 +37,7 @@ from common import IMAGES  # noqa: E402
 
 from qdriver import qemuimg, qmp  # noqa: E402
 from qdriver.blockdev.nodes import top_nodes
-from qdriver.testing.guestpool import GuestPool, GuestSpec
+from qdriver.testing.guestpool import GuestPool, GuestSpec, close_shared, open_shared
 from qdriver.xml.domain import DomainDef  # noqa: E402
 from tests.helpers.guest import GuestImage, domain_xml  # noqa: E402
 
@@ -91,25 +93,34 @@ async def measure(work: Path, kernel: str, io: str | None, resets: int,
     internal_spec = GuestSpec(write_xml(work, kernel, io, memfd=True), READY)
     pool = GuestPool(work / "pools", f"{kernel}-{io}")
     await pool.open()
+    shared = open_shared(work / "pools")
+    fork_pool = GuestPool(work / "pools", f"fork-{kernel}-{io}", shared)
+    await fork_pool.open()
     try:
         guest, internal = await pool.guest(spec), await pool.guest(internal_spec)
+        forked = await fork_pool.guest(spec)
+        await fork_pool.reset(forked)  # the first reset of a new fork has nothing to do
         reset: list[float] = []
         internal_reset: list[float] = []
+        fork_reset: list[float] = []
         raw: list[float] = []
         for _ in range(resets):
-            for which, times in ((guest, reset), (internal, internal_reset)):
+            for owner, which, times in ((pool, guest, reset), (pool, internal, internal_reset),
+                                        (fork_pool, forked, fork_reset)):
                 await anyio.sleep(0.2)  # the guest runs a little, like a test
                 t0 = time.monotonic()
-                await pool.reset(which)
+                await owner.reset(which)
                 times.append(time.monotonic() - t0)
             await anyio.sleep(0.2)
             raw.append(await raw_reset(pool, internal_spec))
         boot = [await boot_once(pool, spec, work / f"boot-{i}.qcow2") for i in range(boots)]
         return {"reset": statistics.median(reset), "raw": statistics.median(raw),
                 "internal": statistics.median(internal_reset),
-                "boot": statistics.median(boot)}
+                "fork": statistics.median(fork_reset), "boot": statistics.median(boot)}
     finally:
         await pool.close()
+        await fork_pool.close()
+        await close_shared(shared)
 
 
 async def main() -> None:
@@ -117,14 +128,15 @@ async def main() -> None:
     ap.add_argument("--resets", type=int, default=15)
     ap.add_argument("--boots", type=int, default=3)
     args = ap.parse_args()
-    print(f"{'guest (256 MiB, TCG)':34} {'reset':>8} {'internal':>9} {'raw QMP':>8} "
-          f"{'internal/reset':>15} {'boot':>8} {'boot/reset':>10}")
+    print(f"{'guest (256 MiB, TCG)':34} {'reset':>8} {'fork':>8} {'internal':>9} "
+          f"{'raw QMP':>8} {'internal/reset':>15} {'boot':>8} {'boot/reset':>10}")
     with tempfile.TemporaryDirectory(prefix="qdriver-bench-") as tmp:
         for kernel in ("vmlinux", "vmlinuz"):
             for io in ("io_uring", None):
                 r = await measure(Path(tmp), kernel, io, args.resets, args.boots)
                 label = f"{kernel}, io={io or 'threads'}"
-                print(f"{label:34} {r['reset'] * 1000:6.0f}ms {r['internal'] * 1000:7.0f}ms "
+                print(f"{label:34} {r['reset'] * 1000:6.0f}ms {r['fork'] * 1000:6.0f}ms "
+                      f"{r['internal'] * 1000:7.0f}ms "
                       f"{r['raw'] * 1000:6.0f}ms {r['internal'] / r['reset']:15.2f} "
                       f"{r['boot']:7.2f}s {r['boot'] / r['reset']:10.1f}", flush=True)
 
