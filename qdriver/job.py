@@ -81,6 +81,8 @@ class JobView:
         self._mon: qmp.Monitor | None = None
         self._events: EventListener | None = None
         self._status: RunStatus | None = None
+        self._stopped: RunRecord | None = None
+        """The record of the QEMU this job stopped (a revert's next QEMU learns from it)."""
 
     @classmethod
     def peek(cls, paths: DomainPaths, name: str, uuid: str, runtime: Runtime,
@@ -282,7 +284,7 @@ class Job(JobView):
         persistent = self.inactive
         self.record, mon = await self.runtime.launch(
             command, self.next_id(), paused or incoming, self.stack,
-            storable_definition(self.definition))
+            storable_definition(self.definition), known=self._stopped)
         self.persistent = persistent
         assert mon is not None
         self._adopt(mon)
@@ -293,6 +295,7 @@ class Job(JobView):
         rec = self.require_active()
         await self.close_monitor()
         await self.runtime.stop(rec, reason, grace)
+        self._stopped = rec
         self.record = None
         self.definition = self.inactive
         self.persistent = None

@@ -58,6 +58,9 @@ class RunRecord:
     ram_template: str | None = None
     """A clone's template RAM file: its RAM is a private mapping of it, in no file
     of its own (so it cannot be a template itself), and the file must stay."""
+    emulator: str | None = None
+    """Which emulator binary runs (`QemuCommand.emulator`): a QEMU started from the
+    same one, in the same job, inherits ``caps`` and ``background_usable``."""
 
     @property
     def proc(self) -> process.ProcessId:
@@ -87,6 +90,8 @@ class QemuCommand:
     """The user QEMU starts as, when it is not qdriver's own."""
     ram_template: str | None = None
     """The template RAM file a clone maps (copy-on-write)."""
+    emulator: str = ""
+    """The emulator binary's identity: path, device, inode, modification time."""
 
 
 @dataclass
@@ -139,12 +144,18 @@ class Runtime:
         rec = read_record(self.paths.runtime, RunRecord)
         if rec is None:
             return self.last_status().reason
-        return _reason(rec, await self._exit_status())
+        return _reason(rec, await self._exit_status(rec))
 
-    async def _exit_status(self) -> int | None:
+    async def _exit_status(self, rec: RunRecord) -> int | None:
+        """The exit status the supervisor records just after QEMU exits: known the
+        moment the supervisor is gone (its exit is waited on, not polled for)."""
         status = process.exit_status(self.paths.exitfile)
-        with anyio.move_on_after(EXIT_FILE_WAIT):
-            while status is None:  # the supervisor writes it just after QEMU exits
+        sup = rec.supervisor_proc
+        if status is None and sup is not None:
+            await process.wait_exit(sup, EXIT_FILE_WAIT)
+            status = process.exit_status(self.paths.exitfile)
+        with anyio.move_on_after(EXIT_FILE_WAIT if status is None else 0):
+            while status is None:  # no supervisor recorded, or one that hangs
                 await anyio.sleep(0.005)
                 status = process.exit_status(self.paths.exitfile)
         return status
@@ -176,7 +187,7 @@ class Runtime:
         """QEMU is gone: record why, and remove what it left behind (a full state
         disk loses the reason, not the cleanup)."""
         await qmp.kept.release(self.paths.qmp_keep)
-        status = await self._exit_status()  # also: the supervisor is done once it is known
+        status = await self._exit_status(rec)  # also: the supervisor is done once it is known
         reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
         _tolerant(lambda: write_record(self.paths.status,
                                        StatusRecord(reason, exit_recorded=status is not None)),
@@ -221,7 +232,8 @@ class Runtime:
 
     async def launch(self, command: QemuCommand, domain_id: int,
                      paused: bool, keep: AsyncExitStack | None = None,
-                     live_xml: str | None = None) -> tuple[RunRecord, qmp.Monitor | None]:
+                     live_xml: str | None = None, known: RunRecord | None = None
+                     ) -> tuple[RunRecord, qmp.Monitor | None]:
         """Spawn QEMU (started with ``-S``), connect, and run the guest unless ``paused``.
 
         With ``keep`` the monitor connection stays open in that stack and is
@@ -229,6 +241,8 @@ class Runtime:
         the new QEMU (a revert's load) does not connect a second time.  On any
         failure QEMU is killed and its files removed before the error
         propagates.  ``live_xml`` is the definition QEMU runs, kept as long as it does.
+        ``known``: the record of a QEMU this job ran before; what it learned of its
+        emulator holds for this one if the binary is the same.
         """
         if self._earlier_supervisor_possible():
             await process.wait_supervisors_gone(self.paths.exitfile, KILL_WAIT)
@@ -254,7 +268,9 @@ class Runtime:
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, command.accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None,
-                            ram_template=command.ram_template)
+                            ram_template=command.ram_template, emulator=command.emulator)
+            if known is not None and known.emulator == command.emulator:
+                rec.caps, rec.background_usable = known.caps, known.background_usable
             try:
                 mon = await qmp.connect_new(self.paths.qmp,
                                             lambda: process.is_alive(proc, str(self.paths.qmp)))

@@ -6,6 +6,7 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .. import emulator, runas
@@ -44,8 +45,9 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
                          chains=chains, emulator=program.path, ram_template=ram_template,
                          read_only_ram=read_only_ram)
+    st = os.stat(program.path)
     return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
-                       ram_template)
+                       ram_template, f"{program.path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}")
 
 
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,
