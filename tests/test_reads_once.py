@@ -78,3 +78,25 @@ async def test_a_running_delete_reads_its_state_once(
     assert seen["definition"] == 1, seen
     assert seen["snapshot file"] == 2, f"the tree of two snapshots parsed more than once: {seen}"
     assert seen["query-status"] <= 1, seen
+
+
+async def test_a_template_revert_asks_the_new_qemu_nothing_the_last_one_told(
+        booted: Callable[..., Awaitable[qdriver.Domain]], tmp_path: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The revert stops one QEMU and starts another of the same binary: what the
+    first one's emulator could do holds for the second, so it is not probed again
+    (and a QEMU of another binary is, see `RunRecord.emulator`)."""
+    dom = await booted(memory_backing="<memoryBacking><source type='file'/>"
+                                      "<access mode='shared'/></memoryBacking>")
+    await dom.snapshot_create_xml(
+        f"<domainsnapshot><name>t</name><memory snapshot='external' file='{tmp_path}/t.mem'/>"
+        f"<disks><disk name='vda' snapshot='external'><source file='{tmp_path}/vda.t'/>"
+        "</disk></disks></domainsnapshot>", template=True)
+    before = dom.runtime.peek()
+    assert before is not None and before.caps and before.emulator
+    with counted(monkeypatch) as seen:
+        await dom.revert_to_snapshot("t")
+    after = dom.runtime.peek()
+    assert after is not None and after.pid != before.pid
+    assert (after.caps, after.emulator) == (before.caps, before.emulator)
+    assert seen["query-version"] == seen["query-commands"] == 0, seen
