@@ -19,7 +19,7 @@ from ..paths import DomainPaths
 from ..qemuimg.chain import Layer
 from ..xml import layout
 from ..xml.address import Address, DriveAddress, PciAddress, PortAddress
-from ..xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, PortForward
+from ..xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, InterfaceDef
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
@@ -150,7 +150,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     for disk in d.disks:
         _disk(b, disk)
     for i, iface in enumerate(d.interfaces):
-        _interface(b, i, iface.model, iface.mac, iface.forwards, iface.address)
+        _interface(b, i, iface)
     for i, serial in enumerate(d.serials):
         _serial(b, i, serial)
     for i, chan in enumerate(d.channels):
@@ -326,20 +326,32 @@ def _controller(b: _Builder, c: ControllerDef) -> None:
     b.add("-device", f"{device}{extra},id={c.bus_name}{b.place(c.address)}")
 
 
-def _interface(b: _Builder, i: int, model: str, mac: str | None, forwards: list[PortForward],
-               address: Address | None) -> None:
-    if model not in NIC_MODELS:
-        raise ConfigUnsupportedError(f"interface model '{model}' is not supported")
-    netdev = f"user,id=hostnet{i}"
-    for pf in forwards:
-        netdev += (f",hostfwd={opt(pf.proto)}:{opt(pf.address)}:{pf.host_port}"
-                   f"-:{pf.guest_port}")
+SOCKET_NETDEV = {"mcast": "mcast", "udp": "udp", "server": "listen", "client": "connect"}
+"""Each socket interface type's ``-netdev socket`` option, as libvirt writes it."""
+
+
+def _netdev(i: int, iface: InterfaceDef) -> str:
+    """The ``-netdev`` of an interface (addresses and ports are parsed values)."""
+    if iface.type == "user":
+        netdev = f"user,id=hostnet{i}"
+        for pf in iface.forwards:
+            netdev += (f",hostfwd={opt(pf.proto)}:{opt(pf.address)}:{pf.host_port}"
+                       f"-:{pf.guest_port}")
+        return netdev
+    netdev = f"socket,id=hostnet{i},{SOCKET_NETDEV[iface.type]}={iface.source}"
+    return netdev + (f",localaddr={iface.local}" if iface.local is not None else "")
+
+
+def _interface(b: _Builder, i: int, iface: InterfaceDef) -> None:
+    if iface.model not in NIC_MODELS:
+        raise ConfigUnsupportedError(f"interface model '{iface.model}' is not supported")
+    mac = iface.mac
     if mac is None:  # microvm: no layout pass wrote it into the definition
         mac = layout.default_mac(b.d.uuid, i)
-    dev = "virtio-net-device" if b.d.machine == "microvm" and model == "virtio" \
-        else NIC_MODELS[model]
-    b.add("-netdev", netdev, "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}"
-                                        f"{b.place(address)}")
+    dev = "virtio-net-device" if b.d.machine == "microvm" and iface.model == "virtio" \
+        else NIC_MODELS[iface.model]
+    b.add("-netdev", _netdev(i, iface),
+          "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}{b.place(iface.address)}")
 
 
 def _serial(b: _Builder, i: int, c: CharDef) -> None:

@@ -92,14 +92,35 @@ class PortForward:
     address: str = "127.0.0.1"
 
 
+SOCKET_INTERFACES = ("mcast", "udp", "server", "client")
+"""Interface types QEMU's ``socket`` netdev carries: point to point between QEMUs."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An IPv4 address and a port (``<source address= port=>``, ``<local .../>``)."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
 @dataclass
 class InterfaceDef:
-    """A user-mode (slirp) network interface."""
+    """A network interface: user-mode (slirp), or a socket to another QEMU."""
 
     model: str = DEFAULT_NIC_MODEL
     mac: str | None = None
     forwards: list[PortForward] = field(default_factory=list)
     address: Address | None = None
+    type: str = "user"
+    source: Endpoint | None = None
+    """Where a socket interface sends (mcast group, udp peer, server's listening
+    address, the server a client connects to)."""
+    local: Endpoint | None = None
+    """A ``udp`` interface's own address (``<source><local .../></source>``)."""
 
 
 @dataclass
@@ -697,8 +718,9 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
 
 
 def _parse_interface(el: safe.Element, d: DomainDef) -> None:
-    if el.get("type") != "user":
-        d.unsupported.append(f"<interface type='{el.get('type')}'>")
+    itype = el.get("type", "")
+    if itype not in ("user", *SOCKET_INTERFACES):
+        d.unsupported.append(f"<interface type='{itype}'>")
         return
     model = el.find("model")
     mac = el.find("mac")
@@ -707,7 +729,14 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
         raise XMLError(f"unable to parse mac address '{mac_address}'")
     iface = InterfaceDef(model=(model.get("type") if model is not None else None)
                          or DEFAULT_NIC_MODEL,
-                         mac=mac_address, address=address.parse(el))
+                         mac=mac_address, address=address.parse(el), type=itype)
+    backend = el.find("backend")
+    if backend is not None and backend.get("type", "default") != "default":
+        d.unsupported.append(f"<interface><backend type='{backend.get('type')}'>")
+    if itype != "user":
+        _parse_socket_interface(el, iface)
+        d.interfaces.append(iface)
+        return
     for pf in el.findall("portForward"):
         proto, host = pf.get("proto", "tcp"), pf.get("address", "127.0.0.1")
         if proto not in ("tcp", "udp"):
@@ -723,6 +752,38 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
                 guest_port=_int(rng.get("to") or str(start), "<portForward><range to>",
                                 1, 65535)))
     d.interfaces.append(iface)
+
+
+def _parse_socket_interface(el: safe.Element, iface: InterfaceDef) -> None:
+    """``<source address= port=>`` (and a udp one's ``<local>``) of a socket interface;
+    a server without an address listens on loopback only."""
+    source = el.find("source")
+    if source is None:
+        raise XMLError(f"<interface type='{iface.type}'> needs <source address= port=>")
+    default = "127.0.0.1" if iface.type == "server" else None
+    iface.source = _endpoint(source, f"<interface type='{iface.type}'><source>", default)
+    if iface.type == "mcast" and not ipaddress.ip_address(iface.source.address).is_multicast:
+        raise XMLError(f"<interface type='mcast'> address '{iface.source.address}' is not a "
+                       "multicast address")
+    local = source.find("local")
+    if iface.type == "udp":
+        if local is None:
+            raise XMLError("<interface type='udp'> needs <source><local address= port=>")
+        iface.local = _endpoint(local, "<interface type='udp'><source><local>", None)
+
+
+def _endpoint(el: safe.Element, what: str, default: str | None) -> Endpoint:
+    host = el.get("address", default)
+    if host is None:
+        raise XMLError(f"{what} needs an address")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError as e:
+        raise XMLError(f"invalid address '{host}' in {what}") from e
+    if ip.version != 4:
+        raise ConfigUnsupportedError(f"{what}: QEMU's socket network backend takes IPv4 "
+                                     f"addresses only, not '{host}'")
+    return Endpoint(str(ip), _int(el.get("port"), f"{what} port", 1, 65535))
 
 
 def _parse_chardev(el: safe.Element, d: DomainDef) -> None:

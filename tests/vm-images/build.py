@@ -26,6 +26,9 @@ Guest kernel command-line options read by ``/init``:
   qd.noagent=1       leave the guest agent port unanswered
   qd.shell=1         run each line typed on the serial console as a shell command
   qd.busy=1          spin a busy loop beside the counter (a neighbour that loads the host)
+  qd.ip=ADDR/LEN     give eth0 (the first NIC, virtio-net) that address
+  qd.dhcp=1          ask for eth0's address by DHCP (busybox udhcpc), print GUEST-IP ADDR
+  qd.ping=ADDR       ping ADDR until it answers, then print GUEST-PING-OK ADDR
 
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
@@ -50,7 +53,7 @@ from pathlib import Path
 KERNEL_FLAVOUR = os.environ.get("KERNEL_FLAVOUR", "cloud-amd64")
 DISK_MB = int(os.environ.get("DISK_MB", "64"))
 WANTED_MODULES = ["virtio_pci", "virtio_mmio", "virtio_blk", "virtio_console", "button",
-                  "evdev"]
+                  "evdev", "virtio_net"]
 
 INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
@@ -106,6 +109,22 @@ agent() {
     sleep 0.2
   done
 }
+net() {
+  i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  ip link set lo up; ip link set eth0 up
+  [ -n "$1" ] && ip addr add "$1" dev eth0 && echo "GUEST-IP ${1%/*}"
+  if [ "$2" = 1 ]; then
+    mkdir -p /usr/share/udhcpc
+    printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/${mask:-24} dev $interface\n[ -n "$router" ] && ip route add default via ${router%% *}\necho "GUEST-IP $ip" >/dev/console\n' > /usr/share/udhcpc/default.script
+    chmod +x /usr/share/udhcpc/default.script
+    udhcpc -i eth0 -q -n -t 20 -T 1 >/dev/null 2>&1 || echo "GUEST-ERROR no DHCP lease"
+  fi
+}
+IP=$(arg qd.ip ""); DHCP=$(arg qd.dhcp 0)
+[ -n "$IP" ] || [ "$DHCP" = 1 ] && net "$IP" "$DHCP"
+PING=$(arg qd.ping "")
+[ -n "$PING" ] && (until ping -c 1 -W 1 "$PING" >/dev/null 2>&1; do sleep 0.2; done
+                   echo "GUEST-PING-OK $PING") &
 [ "$DISK" = none ] || [ "$(arg qd.noagent 0)" = 1 ] || agent &
 [ "$(arg qd.shell 0)" = 1 ] && (while read -r line; do eval "$line"; done) </dev/console >/dev/console 2>&1 &
 [ "$(arg qd.busy 0)" = 1 ] && (while :; do :; done) &
@@ -146,7 +165,7 @@ def download(cache: Path) -> tuple[Path, Path]:
 def extract(cache: Path, kdeb: Path, bdeb: Path) -> Path:
     """Unpack the kernel (boot/ and the modules we need) and busybox once."""
     root = cache / "root"
-    if (root / ".done").exists():
+    if (root / ".done-2").exists():  # -2: with kernel/net/core (virtio_net's failover)
         return root
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -154,12 +173,13 @@ def extract(cache: Path, kdeb: Path, bdeb: Path) -> Path:
     subprocess.run(["tar", "-x", "-C", str(root), "--wildcards", "./boot/*",
                     "./lib/modules/*/modules.builtin", "./lib/modules/*/kernel/drivers/*",
                     "./lib/modules/*/kernel/lib/*", "./lib/modules/*/kernel/fs/*",
-                    "./lib/modules/*/kernel/crypto/*", "./lib/modules/*/kernel/arch/*"],
+                    "./lib/modules/*/kernel/crypto/*", "./lib/modules/*/kernel/arch/*",
+                    "./lib/modules/*/kernel/net/core/*"],
                    stdin=tar.stdout, check=True)
     if tar.wait() != 0:
         sys.exit("dpkg-deb failed")
     run("dpkg", "-x", str(bdeb), str(root))
-    (root / ".done").touch()
+    (root / ".done-2").touch()
     return root
 
 

@@ -1,0 +1,141 @@
+"""Guests that talk to each other over QEMU sockets: ``<interface type='server'|
+'client'|'udp'|'mcast'>`` as libvirt writes them.
+
+Rows for the parser and the command line (pure), then real guests: a server
+and a client, and a udp pair, each guest pinging the other by address.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+
+import qdriver
+from qdriver.errors import ConfigUnsupportedError, XMLError
+from qdriver.launch import cmdline
+from qdriver.paths import DomainPaths
+from qdriver.xml.domain import DomainDef, Endpoint
+
+from .helpers import GuestImage, wait_console
+from .helpers.guest import domain_xml
+
+BASE = """<domain type='qemu'><name>n</name><memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>/k</kernel></os>
+  <devices>{iface}</devices></domain>"""
+
+
+def parse(iface: str) -> DomainDef:
+    return DomainDef.parse(BASE.format(iface=iface))
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("iface, netdev", [
+    ("<interface type='server'><source address='127.0.0.1' port='5558'/></interface>",
+     "socket,id=hostnet0,listen=127.0.0.1:5558"),
+    ("<interface type='server'><source port='5558'/></interface>",
+     "socket,id=hostnet0,listen=127.0.0.1:5558"),  # loopback unless an address is given
+    ("<interface type='client'><source address='127.0.0.1' port='5558'/></interface>",
+     "socket,id=hostnet0,connect=127.0.0.1:5558"),
+    ("<interface type='mcast'><source address='230.0.0.1' port='5558'/></interface>",
+     "socket,id=hostnet0,mcast=230.0.0.1:5558"),
+    ("<interface type='udp'><source address='127.0.0.1' port='11112'>"
+     "<local address='127.0.0.1' port='11111'/></source></interface>",
+     "socket,id=hostnet0,udp=127.0.0.1:11112,localaddr=127.0.0.1:11111"),
+    ("<interface type='user'/>", "user,id=hostnet0"),
+])
+def test_socket_interfaces_are_qemu_socket_netdevs(tmp_path: Path, iface: str,
+                                                   netdev: str) -> None:
+    d = parse(iface)
+    argv = cmdline.build(d, DomainPaths.of(tmp_path, "n"), "tcg")
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs == [netdev]
+    assert any(a.startswith("rtl8139,netdev=hostnet0,") for a in argv)
+
+
+@pytest.mark.no_qemu
+def test_a_socket_interface_keeps_its_endpoints() -> None:
+    (iface,) = parse("<interface type='udp'><source address='127.0.0.1' port='2'><local "
+                     "address='127.0.0.1' port='1'/></source></interface>").interfaces
+    assert (iface.type, iface.source, iface.local) == (
+        "udp", Endpoint("127.0.0.1", 2), Endpoint("127.0.0.1", 1))
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("iface, error, message", [
+    ("<interface type='client'/>", XMLError, "needs <source address= port=>"),
+    ("<interface type='client'><source port='1'/></interface>", XMLError,
+     "<interface type='client'><source> needs an address"),
+    ("<interface type='mcast'><source address='10.0.0.1' port='1'/></interface>", XMLError,
+     "'10.0.0.1' is not a multicast address"),
+    ("<interface type='client'><source address='::1' port='1'/></interface>",
+     ConfigUnsupportedError, "IPv4 addresses only, not '::1'"),
+    ("<interface type='client'><source address='x' port='1'/></interface>", XMLError,
+     "invalid address 'x'"),
+    ("<interface type='client'><source address='127.0.0.1' port='0'/></interface>", XMLError,
+     "port"),
+    ("<interface type='udp'><source address='127.0.0.1' port='1'/></interface>", XMLError,
+     "needs <source><local address= port=>"),
+])
+def test_bad_socket_interfaces_are_named(iface: str, error: type[Exception],
+                                         message: str) -> None:
+    with pytest.raises(error, match=message):
+        parse(iface)
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("iface, named", [
+    ("<interface type='network'><source network='lab'/></interface>",
+     "<interface type='network'>"),
+    ("<interface type='bridge'><source bridge='br0'/></interface>", "<interface type='bridge'>"),
+    ("<interface type='user'><backend type='passt'/></interface>",
+     "<interface><backend type='passt'>"),
+])
+async def test_interfaces_qdriver_cannot_run_are_refused_at_define(
+        driver: qdriver.Driver, iface: str, named: str) -> None:
+    with pytest.raises(ConfigUnsupportedError, match=named):
+        await driver.define_xml(BASE.format(iface=iface))
+    assert driver.list_domains() == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def pinging_pair(driver: qdriver.Driver, image: GuestImage, a_iface: str,
+                       b_iface: str) -> None:
+    """Two guests on the given interfaces, 10.9.0.1 and .2, each pinging the other."""
+    doms = []
+    for name, me, peer, iface in (("a", 1, 2, a_iface), ("b", 2, 1, b_iface)):
+        xml = domain_xml(image, name, None, cmdline=f"qd.disk=none qd.quiet=1 "
+                         f"qd.ip=10.9.0.{me}/24 qd.ping=10.9.0.{peer}",
+                         extra_devices=iface.replace("</interface>",
+                                                     "<model type='virtio'/></interface>"))
+        doms.append(await driver.define_xml(xml))
+    for dom in doms:  # a server before its client
+        await dom.start()
+    async with anyio.create_task_group() as tg:
+        for dom, peer in zip(doms, (2, 1)):
+            tg.start_soon(wait_console, dom, f"GUEST-PING-OK 10.9.0.{peer}", 120)
+
+
+async def test_a_server_and_a_client_ping_each_other(driver: qdriver.Driver,
+                                                     guest_image: GuestImage) -> None:
+    port = free_port()
+    await pinging_pair(
+        driver, guest_image,
+        f"<interface type='server'><source address='127.0.0.1' port='{port}'/></interface>",
+        f"<interface type='client'><source address='127.0.0.1' port='{port}'/></interface>")
+
+
+async def test_a_udp_pair_pings_each_other(driver: qdriver.Driver,
+                                           guest_image: GuestImage) -> None:
+    pa, pb = free_port(), free_port()
+
+    def udp(me: int, peer: int) -> str:
+        return (f"<interface type='udp'><source address='127.0.0.1' port='{peer}'>"
+                f"<local address='127.0.0.1' port='{me}'/></source></interface>")
+    await pinging_pair(driver, guest_image, udp(pa, pb), udp(pb, pa))
