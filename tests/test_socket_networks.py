@@ -2,11 +2,18 @@
 'client'|'udp'|'mcast'>`` as libvirt writes them.
 
 Rows for the parser and the command line (pure), then real guests: a server
-and a client, and a udp pair, each guest pinging the other by address.
+and a client, a udp pair, and a multicast group (in a network namespace of
+the test's own, whose loopback carries multicast), each guest pinging the
+other by address.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -106,8 +113,9 @@ def free_port() -> int:
 
 
 async def pinging_pair(driver: qdriver.Driver, image: GuestImage, a_iface: str,
-                       b_iface: str) -> None:
-    """Two guests on the given interfaces, 10.9.0.1 and .2, each pinging the other."""
+                       b_iface: str, netns: str | None = None) -> None:
+    """Two guests on the given interfaces, 10.9.0.1 and .2, each pinging the other
+    (started by the CLI inside ``netns`` if given)."""
     doms = []
     for name, me, peer, iface in (("a", 1, 2, a_iface), ("b", 2, 1, b_iface)):
         xml = domain_xml(image, name, None, cmdline=f"qd.disk=none qd.quiet=1 "
@@ -116,7 +124,12 @@ async def pinging_pair(driver: qdriver.Driver, image: GuestImage, a_iface: str,
                                                      "<model type='virtio'/></interface>"))
         doms.append(await driver.define_xml(xml))
     for dom in doms:  # a server before its client
-        await dom.start()
+        if netns is None:
+            await dom.start()
+            continue
+        subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "qdriver",
+                        "--state-dir", str(driver.state_dir), "start", dom.name],
+                       check=True, capture_output=True, timeout=120)
     async with anyio.create_task_group() as tg:
         for dom, peer in zip(doms, (2, 1)):
             tg.start_soon(wait_console, dom, f"GUEST-PING-OK 10.9.0.{peer}", 120)
@@ -139,3 +152,31 @@ async def test_a_udp_pair_pings_each_other(driver: qdriver.Driver,
         return (f"<interface type='udp'><source address='127.0.0.1' port='{peer}'>"
                 f"<local address='127.0.0.1' port='{me}'/></source></interface>")
     await pinging_pair(driver, guest_image, udp(pa, pb), udp(pb, pa))
+
+
+@pytest.fixture
+def multicast_netns() -> Iterator[str]:
+    """A network namespace whose loopback is up and carries multicast."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a network namespace needs root and iproute2")
+    name = f"qdt-mcast-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up", "multicast", "on"],
+                    ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
+            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def test_a_multicast_group_carries_traffic_between_guests(
+        driver: qdriver.Driver, guest_image: GuestImage, multicast_netns: str) -> None:
+    group = f"<interface type='mcast'><source address='230.0.0.1' port='{free_port()}'/>" \
+            "</interface>"
+    try:
+        await pinging_pair(driver, guest_image, group, group, netns=multicast_netns)
+    finally:
+        for dom in driver.list_domains():
+            if dom.is_active:
+                await dom.destroy()
