@@ -15,6 +15,7 @@ import functools
 import glob
 import os
 import re
+import shutil
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -55,6 +56,22 @@ def check(path: str, user: QemuUser | None = None) -> Emulator:
     if problem:
         raise EmulatorRefused(f"refusing emulator '{path}': {problem}")
     return _answers(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, user)
+
+
+def check_program(name: str) -> str:
+    """A helper program qdriver starts beside QEMU (``passt``), found on ``PATH`` and
+    checked as an emulator's file is (owner, nobody else may change it); its path.
+
+    :raise EmulatorRefused: it is missing, or not a file qdriver will run.
+    """
+    found = shutil.which(name)
+    if found is None:
+        raise EmulatorRefused(f"cannot find '{name}' (install Debian's {name} package)")
+    real = os.path.realpath(found)
+    problem = _file_problem(real, os.stat(real))
+    if problem:
+        raise EmulatorRefused(f"refusing to run '{found}': {problem}")
+    return real
 
 
 def _file_problem(real: str, st: os.stat_result) -> str | None:
@@ -126,4 +143,5 @@ def module_env(real: str) -> dict[str, str]:
     return {"QEMU_MODULE_DIR": found[0]} if found else {}
 
 
-__all__ = ["Emulator", "EmulatorRefused", "check", "run", "drop_prefix", "module_env"]
+__all__ = ["Emulator", "EmulatorRefused", "check", "check_program", "run", "drop_prefix",
+           "module_env"]

@@ -102,10 +102,11 @@ def processes() -> Iterator[tuple[int, bytes]]:
             continue
 
 
-def supervisors_of(exitfile: Path) -> list[ProcessId]:
+def supervisors_of(exitfile: Path, prefix: bool = False) -> list[ProcessId]:
     """Live supervisors that will write ``exitfile`` (their QEMU's, or one's that
-    just exited): a new QEMU's supervisor must not share the file with them."""
-    marker = b"\0qdriver-supervise\0" + bytes(exitfile) + b"\0"
+    just exited): a new QEMU's supervisor must not share the file with them.
+    With ``prefix``, those of every exit file whose path begins so."""
+    marker = b"\0qdriver-supervise\0" + bytes(exitfile) + (b"" if prefix else b"\0")
     found = []
     for pid, cmdline in processes():
         st = start_time(pid) if marker in cmdline else None
@@ -127,11 +128,12 @@ async def wait_supervisors_gone(exitfile: Path, timeout: float) -> None:
                 f"a QEMU supervisor (process {sup.pid}) of this domain still runs")
 
 
-async def kill_spawned(exitfile: Path, timeout: float = 10.0) -> None:
+async def kill_spawned(exitfile: Path, timeout: float = 10.0, prefix: bool = False) -> None:
     """SIGKILL every supervisor that writes ``exitfile`` with its QEMU (one session
     each), and wait until the supervisors are gone: a QEMU spawned moments ago, that
-    wrote no pidfile yet, is found through its supervisor."""
-    for sup in supervisors_of(exitfile):
+    wrote no pidfile yet, is found through its supervisor.  With ``prefix``, every
+    supervisor whose exit file's path begins so."""
+    for sup in supervisors_of(exitfile, prefix):
         try:
             group = os.getpgid(sup.pid)  # spawned in a session (and group) of its own
             if start_time(sup.pid) == sup.start_time and group not in (0, os.getpgrp()):

@@ -1,5 +1,6 @@
 """Guests that talk to each other over QEMU sockets: ``<interface type='server'|
-'client'|'udp'|'mcast'>`` as libvirt writes them.
+'client'|'udp'|'mcast'>`` as libvirt writes them; and a guest's way out
+through passt (``<interface type='user'><backend type='passt'/>``).
 
 Rows for the parser and the command line (pure), then real guests: a server
 and a client, a udp pair, and a multicast group (in a network namespace of
@@ -51,11 +52,14 @@ def parse(iface: str) -> DomainDef:
      "<local address='127.0.0.1' port='11111'/></source></interface>",
      "socket,id=hostnet0,udp=127.0.0.1:11112,localaddr=127.0.0.1:11111"),
     ("<interface type='user'/>", "user,id=hostnet0"),
+    ("<interface type='user'><backend type='passt'/></interface>",
+     "stream,id=hostnet0,server=off,addr.type=unix,addr.path=/run/h/sock"),
 ])
 def test_socket_interfaces_are_qemu_socket_netdevs(tmp_path: Path, iface: str,
                                                    netdev: str) -> None:
     d = parse(iface)
-    argv = cmdline.build(d, DomainPaths.of(tmp_path, "n"), "tcg")
+    argv = cmdline.build(d, DomainPaths.of(tmp_path, "n"), "tcg",
+                         helper_sockets={0: Path("/run/h/sock")})
     netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
     assert netdevs == [netdev]
     assert any(a.startswith("rtl8139,netdev=hostnet0,") for a in argv)
@@ -96,8 +100,10 @@ def test_bad_socket_interfaces_are_named(iface: str, error: type[Exception],
     ("<interface type='network'><source network='lab'/></interface>",
      "<interface type='network'>"),
     ("<interface type='bridge'><source bridge='br0'/></interface>", "<interface type='bridge'>"),
-    ("<interface type='user'><backend type='passt'/></interface>",
-     "<interface><backend type='passt'>"),
+    ("<interface type='user'><backend type='vhost'/></interface>",
+     "<interface type='user'><backend type='vhost'>"),
+    ("<interface type='client'><source address='127.0.0.1' port='1'/><backend type='passt'/>"
+     "</interface>", "<interface type='client'><backend type='passt'>"),
 ])
 async def test_interfaces_qdriver_cannot_run_are_refused_at_define(
         driver: qdriver.Driver, iface: str, named: str) -> None:
@@ -180,3 +186,47 @@ async def test_a_multicast_group_carries_traffic_between_guests(
         for dom in driver.list_domains():
             if dom.is_active:
                 await dom.destroy()
+
+
+def passt_helpers() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "passt.*--one-off"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="needs Debian's passt")
+async def test_passt_gives_a_guest_a_way_out_and_goes_with_its_qemu(
+        driver: qdriver.Driver, guest_image: GuestImage) -> None:
+    """The guest gets an address from passt's DHCP and reaches a TCP port on the host
+    through its gateway; passt runs while QEMU does, and no passt is left after."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    before = set(passt_helpers())
+    xml = domain_xml(guest_image, "out", None,
+                     cmdline=f"qd.disk=none qd.quiet=1 qd.dhcp=1 qd.hello={port}",
+                     extra_devices="<interface type='user'><backend type='passt'/>"
+                                   "<model type='virtio'/></interface>")
+    dom = await driver.define_xml(xml)
+    try:
+        await dom.start()
+        assert set(passt_helpers()) - before, "no passt runs beside the guest's QEMU"
+        await wait_console(dom, "GUEST-IP", 120)
+        received = b""
+        with anyio.fail_after(60):
+            while b"GUEST-HELLO" not in received:
+                try:
+                    conn, _ = server.accept()
+                except BlockingIOError:
+                    await anyio.sleep(0.05)
+                    continue
+                with conn:
+                    conn.settimeout(5)
+                    received += conn.recv(100)
+        await wait_console(dom, "GUEST-HELLO-SENT")
+    finally:
+        server.close()
+        if dom.is_active:
+            await dom.destroy()
+    assert set(passt_helpers()) - before == set(), "passt outlived the guest's QEMU"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigUnsupportedError
@@ -92,6 +93,7 @@ class _Builder:
     log_fd: bool = False
     ram_template: str | None = None
     read_only_ram: bool = False
+    helper_sockets: Mapping[int, Path] = field(default_factory=dict)
 
     @property
     def console_log(self) -> str:
@@ -115,14 +117,16 @@ class _Builder:
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
           log_fd: bool = False, chains: Mapping[str, tuple[Layer, ...]] | None = None,
           emulator: str | None = None, ram_template: str | None = None,
-          read_only_ram: bool = False) -> list[str]:
+          read_only_ram: bool = False, helper_sockets: Mapping[int, Path] | None = None
+          ) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
     QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  With
     ``log_fd`` QEMU writes the console log to the descriptor `CONSOLE_LOG_FD` it
     inherits (it starts as a user that cannot open the file).  ``emulator``: the
     checked program (default: `emulator_for`).  ``ram_template``: the guest's RAM is
     a private, copy-on-write mapping of this template file (a clone's start), opened
-    read-only with ``read_only_ram`` (``rom=off``: QEMU 8.2+).
+    read-only with ``read_only_ram`` (``rom=off``: QEMU 8.2+).  ``helper_sockets``:
+    the socket of each passt interface's helper (`launch.helpers`), by index.
     ``chains``: each disk's backing images (by target), every one its own node; a
     qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
@@ -130,7 +134,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
     b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd, ram_template=ram_template,
-                 read_only_ram=read_only_ram)
+                 read_only_ram=read_only_ram, helper_sockets=helper_sockets or {})
     b.add(emulator or emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
@@ -330,8 +334,13 @@ SOCKET_NETDEV = {"mcast": "mcast", "udp": "udp", "server": "listen", "client": "
 """Each socket interface type's ``-netdev socket`` option, as libvirt writes it."""
 
 
-def _netdev(i: int, iface: InterfaceDef) -> str:
+def _netdev(b: _Builder, i: int, iface: InterfaceDef) -> str:
     """The ``-netdev`` of an interface (addresses and ports are parsed values)."""
+    if iface.type == "user" and iface.backend == "passt":  # passt's socket (`helpers`)
+        sock = b.helper_sockets.get(i)
+        if sock is None:
+            raise ConfigUnsupportedError(f"interface {i} needs passt's socket")
+        return f"stream,id=hostnet{i},server=off,addr.type=unix,addr.path={opt(sock)}"
     if iface.type == "user":
         netdev = f"user,id=hostnet{i}"
         for pf in iface.forwards:
@@ -350,7 +359,7 @@ def _interface(b: _Builder, i: int, iface: InterfaceDef) -> None:
         mac = layout.default_mac(b.d.uuid, i)
     dev = "virtio-net-device" if b.d.machine == "microvm" and iface.model == "virtio" \
         else NIC_MODELS[iface.model]
-    b.add("-netdev", _netdev(i, iface),
+    b.add("-netdev", _netdev(b, i, iface),
           "-device", f"{dev},netdev=hostnet{i},id=net{i},mac={opt(mac)}{b.place(iface.address)}")
 
 

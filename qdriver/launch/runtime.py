@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -24,6 +24,8 @@ from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_priva
 from ..runas import QemuUser
 from ..runstatus import DomainState
 from ..testing import faults
+from . import helpers
+from .helpers import Helper
 
 START_TIMEOUT = 30.0
 EXIT_FILE_WAIT = 0.5
@@ -92,6 +94,8 @@ class QemuCommand:
     """The template RAM file a clone maps (copy-on-write)."""
     emulator: str = ""
     """The emulator binary's identity: path, device, inode, modification time."""
+    helpers: list[Helper] = field(default_factory=list)
+    """Processes started before QEMU for it to connect to (passt)."""
 
 
 @dataclass
@@ -187,6 +191,7 @@ class Runtime:
         """QEMU is gone: record why, and remove what it left behind (a full state
         disk loses the reason, not the cleanup)."""
         await qmp.kept.release(self.paths.qmp_keep)
+        await helpers.stop(self.paths)  # passt ends with QEMU; whatever is left goes
         status = await self._exit_status(rec)  # also: the supervisor is done once it is known
         reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
         _tolerant(lambda: write_record(self.paths.status,
@@ -253,6 +258,7 @@ class Runtime:
             open_private_log(log_file)
         self.paths.status.unlink(missing_ok=True)  # before the spawn: see the check above
         log_since = process.log_size(self.paths.qemu_log)
+        await helpers.start(command.helpers, self.paths)
         process.spawn([*command.drop, *command.argv], self.paths.exitfile, self.paths.qemu_log,
                       command.env, self.paths.console_log if command.user else None)
         faults.point("launch:spawned")
@@ -320,6 +326,7 @@ class Runtime:
         proc = rec.proc if rec is not None else pid_from_file(self.paths.pidfile)
         if proc is not None:
             await process.terminate(proc, grace=1.0)
+        await helpers.stop(self.paths)
         self.cleanup()
         write_record(self.paths.status, StatusRecord("failed"))
 

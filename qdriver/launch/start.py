@@ -17,7 +17,7 @@ from ..paths import DomainPaths
 from ..qemuimg.chain import Layer, backing_layers
 from ..runas import LaunchPolicy
 from ..xml.domain import DomainDef
-from . import cmdline
+from . import cmdline, helpers
 from .runtime import QemuCommand
 
 
@@ -42,12 +42,27 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
         read_only_ram = qemucaps.ram_file_opens_read_only(program.path, user)
         template.seal(ram_template, definition.memory_kib * 1024, user, read_only_ram)
         _check_one("template RAM", ram_template, not read_only_ram, policy, {})
+    needed = _helpers(definition, user, launching)
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
                          chains=chains, emulator=program.path, ram_template=ram_template,
-                         read_only_ram=read_only_ram)
+                         read_only_ram=read_only_ram,
+                         helper_sockets={i: h.socket for i, h in needed.items()})
     st = os.stat(program.path)
     return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
-                       ram_template, f"{program.path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}")
+                       ram_template, f"{program.path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}",
+                       list(needed.values()) if launching else [])
+
+
+def _helpers(definition: DomainDef, qemu_user: runas.QemuUser | None,
+             launching: bool) -> dict[int, helpers.Helper]:
+    """The helper processes the definition's interfaces need (passt), by interface."""
+    wanted = [(i, iface) for i, iface in enumerate(definition.interfaces)
+              if iface.backend == "passt"]
+    if not wanted:
+        return {}
+    program = emulator.check_program("passt") if launching else "passt"
+    user = helpers.helper_user(qemu_user)
+    return {i: helpers.passt(program, i, iface, user) for i, iface in wanted}
 
 
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,

@@ -22,6 +22,7 @@ from ..durable import atomic_write, fsync_dir, fsync_path, locked
 from ..errors import NoDomainError, OperationFailedError
 from ..job import Job, read_definition
 from ..journal import Action
+from ..launch import helpers
 from ..launch.runtime import Runtime, pid_from_file
 from ..memory.header import mark_complete
 from ..memory.template import move_ram
@@ -199,6 +200,7 @@ async def _stop_qemu(job: Job, args: j.StopQemu) -> None:
             process.is_alive(pid, str(job.paths.pidfile)):
         await process.terminate(pid, grace=1.0)
     await process.kill_spawned(job.paths.exitfile)  # one that wrote no pidfile yet
+    await helpers.stop(job.paths)
     job.runtime.cleanup()
 
 
@@ -218,6 +220,7 @@ async def _discard_fork(job: Job, args: j.DiscardFork) -> None:
             if rec is not None:
                 await runtime.stop(rec, "destroyed", grace=0.0)
             await process.kill_spawned(paths.exitfile)  # spawned, its record not yet written
+            await helpers.stop(paths)
             runtime.cleanup()
             paths.remove_files()
     except (FileNotFoundError, NotADirectoryError):

@@ -19,7 +19,7 @@ HOST_SIDE: dict[type, frozenset[str]] = {
                           "on_reboot", "on_crash", "emulator", "unsupported", "disks",
                           "interfaces", "serials", "channels", "graphics"}),
     DiskDef: frozenset({"source", "format", "snapshot", "boot_order", "io"}),
-    InterfaceDef: frozenset({"forwards", "type", "source", "local"}),
+    InterfaceDef: frozenset({"forwards", "type", "source", "local", "backend"}),
     CharDef: frozenset({"type", "path", "mode"}),
     GraphicsDef: frozenset({"listen", "port"}),
 }

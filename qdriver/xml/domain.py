@@ -121,6 +121,8 @@ class InterfaceDef:
     address, the server a client connects to)."""
     local: Endpoint | None = None
     """A ``udp`` interface's own address (``<source><local .../></source>``)."""
+    backend: str = "default"
+    """A user interface's ``<backend type=...>``: QEMU's slirp, or ``passt``."""
 
 
 @dataclass
@@ -731,8 +733,9 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
                          or DEFAULT_NIC_MODEL,
                          mac=mac_address, address=address.parse(el), type=itype)
     backend = el.find("backend")
-    if backend is not None and backend.get("type", "default") != "default":
-        d.unsupported.append(f"<interface><backend type='{backend.get('type')}'>")
+    iface.backend = backend.get("type", "default") if backend is not None else "default"
+    if iface.backend not in (("default", "passt") if itype == "user" else ("default",)):
+        d.unsupported.append(f"<interface type='{itype}'><backend type='{iface.backend}'>")
     if itype != "user":
         _parse_socket_interface(el, iface)
         d.interfaces.append(iface)

@@ -29,6 +29,8 @@ Guest kernel command-line options read by ``/init``:
   qd.ip=ADDR/LEN     give eth0 (the first NIC, virtio-net) that address
   qd.dhcp=1          ask for eth0's address by DHCP (busybox udhcpc), print GUEST-IP ADDR
   qd.ping=ADDR       ping ADDR until it answers, then print GUEST-PING-OK ADDR
+  qd.hello=PORT      send GUEST-HELLO to TCP PORT of the default gateway until it is
+                     taken, then print GUEST-HELLO-SENT
 
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
@@ -114,14 +116,17 @@ net() {
   ip link set lo up; ip link set eth0 up
   [ -n "$1" ] && ip addr add "$1" dev eth0 && echo "GUEST-IP ${1%/*}"
   if [ "$2" = 1 ]; then
-    mkdir -p /usr/share/udhcpc
-    printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/${mask:-24} dev $interface\n[ -n "$router" ] && ip route add default via ${router%% *}\necho "GUEST-IP $ip" >/dev/console\n' > /usr/share/udhcpc/default.script
-    chmod +x /usr/share/udhcpc/default.script
-    udhcpc -i eth0 -q -n -t 20 -T 1 >/dev/null 2>&1 || echo "GUEST-ERROR no DHCP lease"
+    printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/${mask:-24} dev $interface\n[ -n "$router" ] && ip route add default via ${router%% *}\necho "GUEST-IP $ip" >/dev/console\n' > /etc/dhcp.script
+    chmod +x /etc/dhcp.script
+    udhcpc -i eth0 -q -n -t 20 -T 1 -s /etc/dhcp.script >/dev/null 2>&1 || echo "GUEST-ERROR no DHCP lease"
   fi
 }
 IP=$(arg qd.ip ""); DHCP=$(arg qd.dhcp 0)
 [ -n "$IP" ] || [ "$DHCP" = 1 ] && net "$IP" "$DHCP"
+HELLO=$(arg qd.hello "")
+[ -n "$HELLO" ] && (until gw=$(ip route | sed -n 's/^default via \([^ ]*\).*/\1/p') && [ -n "$gw" ] &&
+                      echo GUEST-HELLO | nc -w 2 "$gw" "$HELLO" >/dev/null 2>&1; do sleep 0.2; done
+                    echo "GUEST-HELLO-SENT $gw") &
 PING=$(arg qd.ping "")
 [ -n "$PING" ] && (until ping -c 1 -W 1 "$PING" >/dev/null 2>&1; do sleep 0.2; done
                    echo "GUEST-PING-OK $PING") &
