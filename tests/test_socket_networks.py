@@ -230,3 +230,26 @@ async def test_passt_gives_a_guest_a_way_out_and_goes_with_its_qemu(
         if dom.is_active:
             await dom.destroy()
     assert set(passt_helpers()) - before == set(), "passt outlived the guest's QEMU"
+
+
+@pytest.mark.skipif(shutil.which("passt") is None, reason="needs Debian's passt")
+async def test_a_start_killed_after_passt_began_leaves_no_passt(
+        driver: qdriver.Driver, guest_image: GuestImage) -> None:
+    """qdriver killed (SIGKILL) right after spawning QEMU: the next command stops that
+    QEMU and the passt started before it, and removes passt's socket directory."""
+    from qdriver.testing.faults import ENV
+    before = set(passt_helpers())
+    xml = domain_xml(guest_image, "killed", None, cmdline="qd.disk=none qd.quiet=1",
+                     extra_devices="<interface type='user'><backend type='passt'/>"
+                                   "<model type='virtio'/></interface>")
+    dom = await driver.define_xml(xml)
+    killed = subprocess.run([sys.executable, "-m", "qdriver", "--state-dir",
+                             str(driver.state_dir), "start", "killed"],
+                            env={**os.environ, ENV: "launch:spawned"}, capture_output=True,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert set(passt_helpers()) - before, "passt was not started before QEMU"
+    await dom.recover()
+    assert not dom.is_active
+    assert set(passt_helpers()) - before == set(), "passt outlived the killed start"
+    assert list(dom.paths.dir.glob("helper-*")) == []
