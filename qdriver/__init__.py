@@ -17,6 +17,7 @@ from .errors import (
     NoDomainError,
     NoSnapshotError,
     NoSupportError,
+    OperationAbortedError,
     OperationFailedError,
     OperationInvalidError,
     OperationTimeoutError,
@@ -28,6 +29,7 @@ from .errors import (
     XMLError,
 )
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
+from .ops.group import Taken
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
 from .progress import CreateReport, Progress
 from .runstatus import DomainState
@@ -36,10 +38,11 @@ from .snapshots.tree import ListFilter
 
 __all__ = [
     "Domain", "DomainState", "Driver", "CreateFlags", "RunningCaps", "CreatePlan", "plan_snapshot",
-    "RevertFlags", "RevertPlan", "plan_revert", "Snapshot", "ListFilter", "CreateReport",
+    "RevertFlags", "RevertPlan", "plan_revert", "Taken", "Snapshot", "ListFilter", "CreateReport",
     "Progress", "AgentUnresponsiveError", "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
-    "NoDomainError", "NoSnapshotError", "NoSupportError", "OperationFailedError",
+    "NoDomainError", "NoSnapshotError", "NoSupportError", "OperationAbortedError",
+    "OperationFailedError",
     "OperationInvalidError", "OperationTimeoutError", "OperationUnsupportedError",
     "QDriverError", "ShutdownTimeoutError", "SnapshotRevertRiskyError", "SystemError_",
     "XMLError",

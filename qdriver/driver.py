@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import AsyncIterator
 
 import anyio
 
@@ -20,24 +23,28 @@ from .domain import Domain
 from .durable import locked, next_counter
 from .errors import (
     ConfigUnsupportedError,
+    InvalidArgError,
     NoDomainError,
     OperationFailedError,
     OperationInvalidError,
     QDriverError,
     XMLError,
 )
-from .job import storable_definition, write_definition
+from .job import Job, storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
-from .ops import fork_exec, revert_exec
+from .ops import fork_exec, group, revert_exec
+from .ops.create_plan import CreateFlags
 from .ops.fork_plan import ForkPlan
+from .ops.group import Taken
 from .ops.revert_plan import RevertFlags
 from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
 from .xml import abi, layout
 from .xml.domain import DomainDef
+from .xml.snapshot import SnapshotDef
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +250,39 @@ class Driver:
                                       {d.name for d in self.list_domains()})
             return await fork_exec.fork(job, the_plan, self.define_xml,
                                         partial(self._start_fork, the_plan, progress))
+
+    async def snapshot_group(self, name: str, domains: list[Domain], xml: str | None = None,
+                             disk_only: bool = False) -> list[Taken]:
+        """Snapshot ``name`` of every domain at one instant (`ops.group`): all running
+        guests pause, each snapshot is taken (``xml``: the snapshot XML for each, its
+        name replaced; default: libvirt's default snapshot of each), all resume.
+
+        :raise OperationAbortedError: another domain's snapshot failed (no domain
+            keeps one); or that domain's own error.
+        """
+        snap = SnapshotDef.parse(xml) if xml else SnapshotDef()
+        text = replace(snap, name=name).format()
+        async with self._jobs(domains) as jobs:
+            return await group.snapshot(jobs, text, CreateFlags(disk_only=disk_only))
+
+    async def revert_group(self, name: str, domains: list[Domain], running: bool = False,
+                           paused: bool = False) -> None:
+        """Revert every domain to its snapshot ``name``; they resume together."""
+        async with self._jobs(domains) as jobs:
+            await group.revert(jobs, name, running, paused)
+
+    @asynccontextmanager
+    async def _jobs(self, domains: list[Domain]) -> AsyncIterator[list[Job]]:
+        """A job of each domain, opened in name order (two groups over the same
+        domains then wait for each other, never for each other's other lock)."""
+        names = [d.name for d in domains]
+        if len(set(names)) != len(names) or not names:
+            raise InvalidArgError(f"a group needs distinct domains, not {names}")
+        async with AsyncExitStack() as stack:
+            by_name = {}
+            for dom in sorted(domains, key=lambda d: d.name):
+                by_name[dom.name] = await stack.enter_async_context(dom.job())
+            yield [by_name[n] for n in names]
 
     async def _start_fork(self, the_plan: ForkPlan, progress: ProgressFn | None,
                           new: Domain) -> None:

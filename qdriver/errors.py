@@ -28,6 +28,7 @@ class ErrorCode(enum.IntEnum):
     NO_DOMAIN_SNAPSHOT = 72
     ARGUMENT_UNSUPPORTED = 74
     SNAPSHOT_REVERT_RISKY = 77
+    OPERATION_ABORTED = 78
     OPERATION_UNSUPPORTED = 84
     AGENT_UNRESPONSIVE = 86
 
@@ -121,6 +122,13 @@ class ConfigUnsupportedError(QDriverError):
 
     code = ErrorCode.CONFIG_UNSUPPORTED
     prefix = "unsupported configuration: "
+
+
+class OperationAbortedError(QDriverError):
+    """The operation stopped part way, on purpose (another part of it failed)."""
+
+    code = ErrorCode.OPERATION_ABORTED
+    prefix = "operation aborted: "
 
 
 class OperationTimeoutError(QDriverError):

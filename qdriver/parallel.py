@@ -34,4 +34,36 @@ async def side_by_side(*steps: Step) -> None:
         raise failures[0]
 
 
-__all__ = ["side_by_side"]
+class Rendezvous:
+    """A point every member of a group reaches before any goes past it; a member that
+    fails calls `abort`, and the others stop waiting and raise `RendezvousAborted`."""
+
+    def __init__(self, members: int) -> None:
+        self.members = members
+        self.arrived = 0
+        self.aborted: str | None = None
+        self._all_here = anyio.Event()
+
+    async def arrive(self) -> None:
+        """Wait for every member.
+
+        :raise RendezvousAborted: a member failed (its reason is the message).
+        """
+        self.arrived += 1
+        if self.arrived >= self.members:
+            self._all_here.set()
+        await self._all_here.wait()
+        if self.aborted is not None:
+            raise RendezvousAborted(self.aborted)
+
+    def abort(self, reason: str) -> None:
+        if self.aborted is None:
+            self.aborted = reason
+        self._all_here.set()
+
+
+class RendezvousAborted(Exception):
+    """Another member of the group failed."""
+
+
+__all__ = ["side_by_side", "Rendezvous", "RendezvousAborted"]

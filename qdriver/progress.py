@@ -46,11 +46,23 @@ class CreateReport:
     """Size of the external memory file, if any."""
     flush: float = 0.0
     """Time spent making the memory file durable (fsync), after the guest resumed."""
+    stopped_at: float | None = None
+    """When the vCPUs stopped, by QEMU's clock (its STOP event; None if they never did):
+    the instant a group snapshot's guests share."""
 
     @property
     def memory_rate(self) -> float:
         """Memory file write rate in bytes per second over the whole operation."""
         return self.memory_bytes / self.seconds if self.seconds else 0.0
+
+
+def first_stop(events: list[dict[str, Any]]) -> float | None:
+    """The timestamp of the first STOP event, if any."""
+    for ev in events:
+        if ev.get("event") == "STOP":
+            ts = ev.get("timestamp") or {}
+            return float(ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6)
+    return None
 
 
 def guest_pause(events: list[dict[str, Any]], end: float) -> float:
@@ -66,4 +78,5 @@ def guest_pause(events: list[dict[str, Any]], end: float) -> float:
     return total + (end - stopped_at if stopped_at is not None else 0.0)
 
 
-__all__ = ["Progress", "ProgressFn", "ProgressMeter", "CreateReport", "guest_pause"]
+__all__ = ["Progress", "ProgressFn", "ProgressMeter", "CreateReport", "guest_pause",
+           "first_stop"]

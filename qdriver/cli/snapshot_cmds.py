@@ -90,11 +90,34 @@ def _setup_create_as(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diskspec", action="append", default=[],
                    help="DISK[,snapshot=TYPE][,driver=TYPE][,stype=TYPE][,file=FILE]")
     p.add_argument("--print-xml", action="store_true", help="print the XML, create nothing")
+    _group_args(p)
     _flag_args(p)
+
+
+def _group_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", metavar="NAME",
+                   help="snapshot NAME of every domain named (DOM DOM...) at one instant")
+    p.add_argument("more", nargs="*", help=argparse.SUPPRESS)
+
+
+def _group_domains(drv: Driver, a: argparse.Namespace, second: str | None) -> list[Domain]:
+    """``--group NAME DOM DOM...``: every domain named; else an argument too many."""
+    if not a.group:
+        if a.more:
+            raise InvalidArgError(f"unexpected argument '{a.more[0]}'")
+        return []
+    return [drv.lookup(n) for n in (a.domain, *([second] if second else []), *a.more)]
 
 
 @command("snapshot-create-as", "create a snapshot from a set of arguments", _setup_create_as)
 async def cmd_snapshot_create_as(drv: Driver, a: argparse.Namespace) -> int:
+    group = _group_domains(drv, a, a.name)
+    if group:
+        snap_def = snapshot_from_args(a.group, a.description, a.memspec, a.diskspec)
+        for taken in await drv.snapshot_group(a.group, group, snap_def.format(),
+                                              disk_only=a.disk_only):
+            out(f"Domain snapshot {taken.snapshot} of {taken.domain} created")
+        return 0
     snap_def = snapshot_from_args(a.name or a.name_opt, a.description, a.memspec, a.diskspec)
     xml = snap_def.format()
     if a.print_xml:
@@ -352,6 +375,7 @@ def _setup_revert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="revert even where it is risky")
     p.add_argument("--plan", action="store_true",
                    help="print what the revert would do (JSON), do nothing")
+    _group_args(p)
 
 
 def _setup_fork(p: argparse.ArgumentParser) -> None:
@@ -371,6 +395,11 @@ async def cmd_fork(drv: Driver, a: argparse.Namespace) -> int:
 
 @command("snapshot-revert", "revert a domain to a snapshot", _setup_revert)
 async def cmd_snapshot_revert(drv: Driver, a: argparse.Namespace) -> int:
+    group = _group_domains(drv, a, a.snapshot)
+    if group:
+        await drv.revert_group(a.group, group, running=a.running, paused=a.paused)
+        out(f"Domains {', '.join(d.name for d in group)} reverted to snapshot {a.group}")
+        return 0
     snap = _pick(drv, a)
     dom = drv.lookup(a.domain)
     if a.plan:

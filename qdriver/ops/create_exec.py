@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..job import Job, JobView
 from ..memory.template import move_ram
-from ..progress import CreateReport, ProgressFn, ProgressMeter, guest_pause
+from ..progress import CreateReport, ProgressFn, ProgressMeter, first_stop, guest_pause
 from ..snapshots.store import storable
 from ..testing import faults
 from ..xml.domain import DomainDef
@@ -39,18 +39,20 @@ from ..xml.snapshot import SnapshotDef, SnapshotDisk
 from . import actions
 from .create_plan import CreateFlags, CreatePlan, CreateStep, DiskPlan, plan_snapshot
 from .memsave import MemoryFile, check_not_owned, check_place, check_target, load_memory
-from .shared import JOB_TIMEOUT, hmp_word
+from .shared import JOB_TIMEOUT, GroupSync, hmp_word
 from .transaction import StepRunner, Transaction
 
 
-async def plan(job: JobView, xml: str | bytes, flags: CreateFlags) -> CreatePlan:
+async def plan(job: JobView, xml: str | bytes, flags: CreateFlags,
+               group: bool = False) -> CreatePlan:
     """What creating this snapshot would do, from the job's state (and, while QEMU
-    runs, what it says of itself)."""
+    runs, what it says of itself); ``group``: as one of a group (`ops.group`)."""
     if job.record is None or flags.redefine:  # a redefinition asks QEMU nothing
-        return plan_snapshot(job.definition, "shutoff", xml, flags, RunningCaps())
+        return plan_snapshot(job.definition, "shutoff", xml, flags, RunningCaps(),
+                             group=group)
     await job.read_tree_and_connect()
     state, caps = await job.abilities(flags.live)
-    return plan_snapshot(job.definition, state, xml, flags, caps)
+    return plan_snapshot(job.definition, state, xml, flags, caps, group=group)
 
 
 async def create(job: Job, xml: str | bytes, flags: CreateFlags,
@@ -69,8 +71,11 @@ class CreateExecution:
     halt_reason = "from snapshot"
     """What ``domstate --reason`` says after a HALT step."""
 
-    def __init__(self, job: Job, plan: CreatePlan, progress: ProgressFn | None) -> None:
+    def __init__(self, job: Job, plan: CreatePlan, progress: ProgressFn | None,
+                 group: GroupSync | None = None) -> None:
         self.job = job
+        self.group = group
+        """A group snapshot's points to wait at (paused; taken), if one of a group."""
         self.plan = plan
         self.progress = progress
         self.mon: qmp.Monitor | None = None
@@ -121,7 +126,7 @@ class CreateExecution:
         self.report = CreateReport(time.monotonic() - started,
                                    guest_pause(self.events, self.resumed_at or time.time()),
                                    mem.stat().st_size if mem and mem.exists() else 0,
-                                   self.memory.flush_seconds)
+                                   self.memory.flush_seconds, first_stop(self.events))
         return self.record()
 
     async def _online_steps(self) -> None:
@@ -279,8 +284,12 @@ class CreateExecution:
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())
         await self.job.vcpus(False)
+        if self.group is not None:  # every guest of the group stops before any is saved
+            await self.group.paused.arrive()
 
     async def resume(self) -> None:
+        if self.group is not None:  # and none runs until all are saved
+            await self.group.taken.arrive()
         await self.job.vcpus(True)
 
     async def snapshot_save(self) -> None:

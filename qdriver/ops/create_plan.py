@@ -195,9 +195,16 @@ def refusal_json(err: QDriverError) -> dict[str, object]:
 
 def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
                   flags: CreateFlags = CreateFlags(), caps: RunningCaps = RunningCaps(),
-                  now: float | None = None) -> CreatePlan:
-    """Decide what creating this snapshot means; raise the refusal otherwise."""
+                  now: float | None = None, group: bool = False) -> CreatePlan:
+    """Decide what creating this snapshot means; raise the refusal otherwise.
+
+    ``group``: one of a group snapshot's (`ops.group`): a running guest is paused
+    for the whole snapshot, whatever its kind, so that every guest of the group
+    stops and resumes at one instant.
+    """
     check_flags(flags)
+    if group:
+        _check_group_flags(flags)
     if state == "pmsuspended":
         raise OperationUnsupportedError(
             "qemu doesn't support taking snapshots of PMSUSPENDED guests")
@@ -218,7 +225,19 @@ def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
         raise cell.error(cell.message)
     if flags.quiesce:
         _check_quiesce(domain, state)
-    return _build(domain, state, snap, memory, disks, cell, flags, caps, now)
+    return _build(domain, state, snap, memory, disks, cell, flags, caps, now, group)
+
+
+GROUP_REFUSED = ("live", "template", "halt", "quiesce", "redefine", "no_metadata")
+"""Flags a group snapshot does not take: each would end or stretch one guest's
+pause on its own, or take no snapshot to revert the group to."""
+
+
+def _check_group_flags(flags: CreateFlags) -> None:
+    for name in GROUP_REFUSED:
+        if getattr(flags, name):
+            raise InvalidArgError(f"a group snapshot cannot take flag "
+                                  f"'{CreateFlags.libvirt_name(name)}'")
 
 
 def check_flags(flags: CreateFlags) -> None:
@@ -317,7 +336,7 @@ def _check_quiesce(domain: DomainDef, state: str) -> None:
 
 def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
            disks: list[SnapshotDisk], row: Row, flags: CreateFlags, caps: RunningCaps,
-           now: float | None) -> CreatePlan:
+           now: float | None, group: bool = False) -> CreatePlan:
     online = state in ONLINE_STATES
     running = state == "running"
     manual = any(d.snapshot == "manual" for d in disks)
@@ -341,18 +360,30 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
         raise ConfigUnsupportedError(
             "a live snapshot with internal disk snapshots needs the background-snapshot "
             "migration capability, which this host does not offer")
-    steps = _steps(online, running, memory, plan_disks, row, live, manual, flags, caps)
+    steps = _steps(online, running, memory, plan_disks, row, live, manual or group, flags,
+                   caps)
+    if group and running:  # paused throughout: the group resumes every guest together
+        pause = "whole"
+        steps = _resumed_at_the_end(steps)
     if flags.template:  # the clone's start takes the place of the resume
         kept = [s for s in steps if s != CreateStep.RESUME]
         at = kept.index(CreateStep.WRITE_METADATA)
         steps = (*kept[:at], CreateStep.SWITCH_TO_CLONE, *kept[at:])
-    resume = running and not manual and not flags.halt
+    resume = running and (group or not manual) and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
                          creation_time=int(now) if now is not None else snap.creation_time)
     return CreatePlan(name=snap.name or "", memory=memory, memory_file=snap.memory_file,
                 disks=plan_disks, state=snap_state, pause=pause, live=live, steps=steps,
                 resume=resume, libvirt=_libvirt_accepts(online, memory, plan_disks, row, flags),
                 definition=definition, flags=flags)
+
+
+def _resumed_at_the_end(steps: tuple[CreateStep, ...]) -> tuple[CreateStep, ...]:
+    """A group member's steps: one RESUME, after everything that changes QEMU."""
+    kept = [s for s in steps if s != CreateStep.RESUME]
+    at = kept.index(CreateStep.WRITE_METADATA) if CreateStep.WRITE_METADATA in kept \
+        else len(kept)
+    return (*kept[:at], CreateStep.RESUME, *kept[at:])
 
 
 def _libvirt_accepts(online: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,

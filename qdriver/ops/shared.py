@@ -5,7 +5,10 @@ never by importing one another.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import ConfigUnsupportedError
+from ..parallel import Rendezvous
 
 JOB_TIMEOUT = 3600.0
 """How long a QEMU job (snapshot save, load, delete; a commit) may run."""
@@ -21,4 +24,17 @@ def hmp_word(name: str) -> str:
     return name
 
 
-__all__ = ["JOB_TIMEOUT", "hmp_word"]
+@dataclass
+class GroupSync:
+    """The two points of a group snapshot (`ops.group`): every guest paused; every
+    snapshot taken."""
+
+    paused: Rendezvous
+    taken: Rendezvous
+
+    def abort(self, reason: str) -> None:
+        self.paused.abort(reason)
+        self.taken.abort(reason)
+
+
+__all__ = ["JOB_TIMEOUT", "hmp_word", "GroupSync"]

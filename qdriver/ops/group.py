@@ -1,0 +1,86 @@
+"""Group snapshots: one snapshot of several domains at one instant, and the revert
+of them all together (a lab of guests that talk to each other).
+
+The caller opens every domain's job first (in name order, so that two groups
+over the same domains wait for each other instead of deadlocking).  A group
+snapshot plans each domain's snapshot as it is, with the guest paused for the
+whole snapshot whatever its kind (`create_plan`'s ``group``), then runs the
+executions side by side: every running guest is paused, and none goes on
+until all are (`Rendezvous`); each takes its own snapshot, journaled in its
+own domain as any snapshot is; none resumes until all are taken, then all
+resume.  A failure in one cancels the others, which roll back: no guest keeps
+a snapshot of a group that was not taken whole.  A group revert pauses every
+running guest together, reverts each (paused), then resumes together those
+whose snapshot was running (or all with ``running``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from ..errors import OperationAbortedError
+from ..job import Job
+from ..parallel import Rendezvous, RendezvousAborted, side_by_side
+from ..progress import CreateReport
+from . import create_exec, revert_exec
+from .create_plan import CreateFlags, CreateStep
+from .revert_plan import RevertFlags
+from .shared import GroupSync
+
+
+@dataclass(frozen=True)
+class Taken:
+    """One domain's part of a group snapshot."""
+
+    domain: str
+    snapshot: str
+    report: CreateReport | None
+
+
+async def snapshot(jobs: list[Job], xml: str, flags: CreateFlags) -> list[Taken]:
+    """Take snapshot ``xml`` (one name for all) of every job's domain at one instant.
+
+    :raise QDriverError: a domain's snapshot was refused or failed; none is kept.
+    """
+    plans = [await create_exec.plan(job, xml, flags, group=True) for job in jobs]
+    pausing = sum(CreateStep.PAUSE in p.steps for p in plans)
+    sync = GroupSync(Rendezvous(pausing), Rendezvous(pausing))
+    executions = [create_exec.CreateExecution(
+        job, the_plan, None, group=sync if CreateStep.PAUSE in the_plan.steps else None)
+        for job, the_plan in zip(jobs, plans)]
+
+    async def run(job: Job, execution: create_exec.CreateExecution) -> None:
+        try:
+            await execution.run()
+        except RendezvousAborted as e:  # another domain failed: this one rolled back
+            raise OperationAbortedError(f"snapshot of domain '{job.name}' not kept: {e}") \
+                from e
+        except BaseException as e:
+            sync.abort(f"domain '{job.name}': {e}")
+            raise
+    await side_by_side(*(partial(run, job, e) for job, e in zip(jobs, executions)))
+    return [Taken(job.name, the_plan.name, e.report)
+            for job, the_plan, e in zip(jobs, plans, executions)]
+
+
+async def revert(jobs: list[Job], name: str, running: bool = False,
+                 paused: bool = False) -> None:
+    """Revert every job's domain to its snapshot ``name``, then let them run together
+    (those whose snapshot ran, or all with ``running``; none with ``paused``)."""
+    await side_by_side(*(partial(_pause, job) for job in jobs))
+    await side_by_side(*(partial(revert_exec.revert, job, name, RevertFlags(paused=True))
+                         for job in jobs))
+    if paused:
+        return
+    wake = [job for job in jobs if running or job.tree.get(name).state == "running"]
+    await side_by_side(*(job.ensure_running for job in wake))
+    for job in jobs:  # the run records say what QEMU does now
+        await job.sync_run_state()
+
+
+async def _pause(job: Job) -> None:
+    if job.record is not None and (await job.run_status()).running:
+        await job.vcpus(False)
+
+
+__all__ = ["snapshot", "revert", "Taken"]
