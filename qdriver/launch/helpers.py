@@ -120,10 +120,12 @@ async def _wait_socket(helper: Helper, paths: DomainPaths, log: Path, since: int
 
 
 async def stop(paths: DomainPaths) -> None:
-    """Kill every helper of the domain still running, and remove their files."""
-    await process.kill_spawned(paths.dir / "helper-", prefix=True)
-    if not paths.dir.is_dir():
+    """Kill every helper of the domain still running, and remove their files.  A
+    helper's record is written before it starts: with none, nothing is looked for
+    (the look goes through every process)."""
+    if not paths.dir.is_dir() or not any(paths.dir.glob("helper-*.dir")):
         return
+    await process.kill_spawned(paths.dir / "helper-", prefix=True)
     for exitfile in paths.dir.glob("helper-*.exit"):
         exitfile.unlink(missing_ok=True)
     for record in paths.dir.glob("helper-*.dir"):

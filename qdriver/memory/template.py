@@ -66,6 +66,7 @@ def sparse_copy(source: Path, target_fd: int) -> None:
 def _short_copy(source: Path) -> int:
     raise OperationFailedError(f"'{source}' ended while it was being copied")
 
+
 def seal(path: str, size: int, user: QemuUser | None, qemu_reads_only: bool) -> None:
     """Make the template RAM file ``path`` one that QEMU maps and nobody rewrites.
 
