@@ -9,7 +9,6 @@ refused leaves none, and every guest running.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from qdriver.xml.domain import DomainDef
 from .helpers import GuestImage, run_cli, wait_console
 from .helpers.checks import assert_resumes_from
 from .helpers.guest import console_offset, counters_after, domain_xml
+from .helpers.netns import multicast_namespace
 
 DOMAIN = """<domain type='qemu'><name>r</name><uuid>11111111-2222-3333-4444-555555555555</uuid>
 <memory unit='KiB'>262144</memory><os><type arch='x86_64' machine='q35'>hvm</type></os>
@@ -63,17 +63,8 @@ def test_flags_that_would_break_the_instant_are_refused(flag: str) -> None:
 @pytest.fixture
 def lab_netns() -> Iterator[str]:
     """A network namespace whose loopback carries the lab's multicast."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a network namespace needs root and iproute2")
-    name = f"qdt-lab-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (["ip", "link", "set", "lo", "up", "multicast", "on"],
-                    ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
-            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+    with multicast_namespace("qdt-lab") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 NAMES = ("la", "lb", "lc")

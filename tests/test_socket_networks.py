@@ -28,6 +28,7 @@ from qdriver.xml.domain import DomainDef, Endpoint
 
 from .helpers import GuestImage, wait_console
 from .helpers.guest import domain_xml
+from .helpers.netns import multicast_namespace
 
 BASE = """<domain type='qemu'><name>n</name><memory unit='MiB'>128</memory>
   <os><type arch='x86_64' machine='q35'>hvm</type><kernel>/k</kernel></os>
@@ -167,17 +168,8 @@ async def test_a_udp_pair_pings_each_other(driver: qdriver.Driver,
 @pytest.fixture
 def multicast_netns() -> Iterator[str]:
     """A network namespace whose loopback is up and carries multicast."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a network namespace needs root and iproute2")
-    name = f"qdt-mcast-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (["ip", "link", "set", "lo", "up", "multicast", "on"],
-                    ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
-            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+    with multicast_namespace("qdt-mcast") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 async def test_a_multicast_group_carries_traffic_between_guests(
