@@ -9,9 +9,10 @@ executions side by side: every running guest is paused, and none goes on
 until all are (`Rendezvous`); each takes its own snapshot, journaled in its
 own domain as any snapshot is; none resumes until all are taken, then all
 resume.  A failure in one cancels the others, which roll back: no guest keeps
-a snapshot of a group that was not taken whole.  A group revert pauses every
-running guest together, reverts each (paused), then resumes together those
-whose snapshot was running (or all with ``running``).
+a snapshot of a group that was not taken whole.  A group revert reverts each
+domain side by side, each left paused (each revert pauses its own guest first,
+journaled as any revert), then resumes together those whose snapshot was
+running (or all with ``running``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,6 @@ async def revert(jobs: list[Job], name: str, running: bool = False,
                  paused: bool = False) -> None:
     """Revert every job's domain to its snapshot ``name``, then let them run together
     (those whose snapshot ran, or all with ``running``; none with ``paused``)."""
-    await side_by_side(*(partial(_pause, job) for job in jobs))
     await side_by_side(*(partial(revert_exec.revert, job, name, RevertFlags(paused=True))
                          for job in jobs))
     if paused:
@@ -76,11 +76,6 @@ async def revert(jobs: list[Job], name: str, running: bool = False,
     await side_by_side(*(job.ensure_running for job in wake))
     for job in jobs:  # the run records say what QEMU does now
         await job.sync_run_state()
-
-
-async def _pause(job: Job) -> None:
-    if job.record is not None and (await job.run_status()).running:
-        await job.vcpus(False)
 
 
 __all__ = ["snapshot", "revert", "Taken"]
