@@ -1,4 +1,5 @@
-"""A minimal qemu-guest-agent client: freeze and thaw guest filesystems.
+"""A minimal qemu-guest-agent client: freeze and thaw guest filesystems, ask the
+guest's network interfaces.
 
 The agent speaks JSON lines over the virtio-serial channel's UNIX socket.
 A ``guest-sync`` with a random id first drains stale replies; an agent that
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -102,3 +104,36 @@ async def fsfreeze(path: Path, timeout: float = 10.0) -> int:
 async def fsthaw(path: Path, timeout: float = 10.0) -> int:
     """Thaw the guest's filesystems."""
     return int(await execute(path, "guest-fsfreeze-thaw", timeout))  # type: ignore[call-overload,no-any-return]
+
+
+@dataclass(frozen=True)
+class Address:
+    """One address of a guest interface (libvirt's ``virDomainIPAddress``)."""
+
+    type: str
+    """``ipv4`` or ``ipv6``."""
+    addr: str
+    prefix: int
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A guest network interface and its addresses (``virDomainInterface``)."""
+
+    name: str
+    hwaddr: str | None
+    addrs: tuple[Address, ...]
+
+
+async def interfaces(path: Path, timeout: float = 10.0) -> list[Interface]:
+    """The guest's interfaces as its agent reports them (``guest-network-get-interfaces``).
+
+    :raise AgentUnresponsiveError: the agent did not answer.
+    """
+    reply = await execute(path, "guest-network-get-interfaces", timeout)
+    return [Interface(str(i.get("name", "")), i.get("hardware-address"),
+                      tuple(Address(str(a.get("ip-address-type", "")),
+                                    str(a.get("ip-address", "")), int(a.get("prefix", 0)))
+                            for a in i.get("ip-addresses", [])))
+            for i in reply if isinstance(i, dict)] if isinstance(reply, list) else []
+

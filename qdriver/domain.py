@@ -20,6 +20,7 @@ from . import qmp, recovery
 from .console import console_path
 from .durable import locked
 from .errors import DomainBusyError, InvalidArgError, NoDomainError, OperationInvalidError
+from .guestinfo import GuestInfo
 from .job import Job, JobView, read_definition
 from .launch.runtime import Runtime
 from .memory import memfile
@@ -59,7 +60,7 @@ class Host(Protocol):
         ...
 
 
-class Domain(SnapshotReading):
+class Domain(SnapshotReading, GuestInfo):
     """One defined domain (``virDomain``)."""
 
     def __init__(self, driver: Host, name: str, uuid: str) -> None:

@@ -26,7 +26,7 @@ from qdriver.launch import cmdline
 from qdriver.paths import DomainPaths
 from qdriver.xml.domain import DomainDef, Endpoint
 
-from .helpers import GuestImage, wait_console
+from .helpers import GuestImage, run_cli, wait_console
 from .helpers.guest import domain_xml
 from .helpers.netns import multicast_namespace
 
@@ -249,3 +249,31 @@ async def test_a_start_killed_after_passt_began_leaves_no_passt(
     assert not dom.is_active
     assert set(passt_helpers()) - before == set(), "passt outlived the killed start"
     assert list(dom.paths.dir.glob("helper-*")) == []
+
+
+AGENT = ("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
+         "</channel>")
+
+
+async def test_domifaddr_asks_the_guest_agent(driver: qdriver.Driver, guest_image: GuestImage,
+                                              tmp_path: Path, state_dir: Path) -> None:
+    """``domifaddr --source agent`` lists what the guest says of its interfaces; the
+    default source, the leases of qdriver networks, has none for a socket or user
+    interface (as libvirt answers for interfaces on no network)."""
+    disk = tmp_path / "ifa.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    dom = await driver.define_xml(domain_xml(
+        guest_image, "ifa", disk, cmdline="qd.quiet=1 qd.ip=10.9.0.7/24",
+        extra_devices="<interface type='user'><model type='virtio'/></interface>" + AGENT))
+    await dom.start()
+    await wait_console(dom, "GUEST-IP 10.9.0.7", 120)
+    mac = dom.definition.interfaces[0].mac
+    ifaces = {i.name: i for i in await dom.interface_addresses("agent")}
+    assert ifaces["eth0"].hwaddr == mac
+    assert [(a.type, a.addr, a.prefix) for a in ifaces["eth0"].addrs] == [("ipv4", "10.9.0.7",
+                                                                          24)]
+    table = run_cli(state_dir, "domifaddr", "ifa", "--source", "agent").stdout.decode()
+    assert f" eth0   {mac}   ipv4       10.9.0.7/24" in table, table
+    assert run_cli(state_dir, "domifaddr", "ifa").stdout.decode().count("\n") == 2  # header
+    with pytest.raises(qdriver.ArgumentUnsupportedError, match="ARP table"):
+        await dom.interface_addresses("arp")

@@ -162,6 +162,22 @@ async def cmd_dominfo(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_domifaddr(p: argparse.ArgumentParser) -> None:
+    domain_arg(p)
+    p.add_argument("--source", default="lease", choices=["lease", "agent", "arp"],
+                   help="where the addresses come from (default: the networks' leases)")
+
+
+@command("domifaddr", "the guest's network interfaces and their addresses", _setup_domifaddr)
+async def cmd_domifaddr(drv: Driver, a: argparse.Namespace) -> int:
+    rows = []
+    for iface in await drv.lookup(a.domain).interface_addresses(a.source):
+        rows += [[iface.name, iface.hwaddr or "-", addr.type, f"{addr.addr}/{addr.prefix}"]
+                 for addr in iface.addrs] or [[iface.name, iface.hwaddr or "-", "N/A", "N/A"]]
+    sys.stdout.write(format_table(["Name", "MAC address", "Protocol", "Address"], rows))
+    return 0
+
+
 @command("dumpxml", "domain information in XML",
          domain_with(inactive="show the persistent definition"))
 async def cmd_dumpxml(drv: Driver, a: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ Guest kernel command-line options read by ``/init``:
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
 guest-fsfreeze-thaw (busybox fsfreeze on /mnt), printing GUEST-FSFREEZE and
-GUEST-FSTHAW on the console.
+GUEST-FSTHAW on the console, and guest-network-get-interfaces (IPv4).
 """
 from __future__ import annotations
 
@@ -105,6 +105,15 @@ agent() {
                                  echo '{"return": 1}';;
         *guest-fsfreeze-thaw*) fsfreeze --unfreeze /mnt && echo GUEST-FSTHAW >/dev/console
                                echo '{"return": 1}';;
+        *guest-network-get-interfaces*) out=""
+          for d in /sys/class/net/*; do
+            n=${d##*/}; ips=""
+            for a in $(ip -o -4 addr show dev "$n" | sed -n 's/.* inet \([0-9./]*\).*/\1/p'); do
+              ips="$ips${ips:+, }{\"ip-address-type\": \"ipv4\", \"ip-address\": \"${a%/*}\", \"prefix\": ${a#*/}}"
+            done
+            out="$out${out:+, }{\"name\": \"$n\", \"hardware-address\": \"$(cat $d/address)\", \"ip-addresses\": [$ips]}"
+          done
+          echo "{\"return\": [$out]}";;
         *) echo '{"error": {"class": "CommandNotFound", "desc": "not supported"}}';;
       esac
     done 0<>"$port" 1>&0  # a virtio-serial port opens once: read and write on one fd
