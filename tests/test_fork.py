@@ -142,3 +142,17 @@ def test_a_disk_the_snapshot_did_not_freeze_is_refused() -> None:
     with pytest.raises(ConfigUnsupportedError, match="disk 'vda' of snapshot 's' was not "
                        "frozen"):
         plan_fork(snap, ["x"], set())
+
+
+@pytest.mark.no_qemu
+def test_a_fork_name_a_domain_cannot_have_is_refused_before_anything() -> None:
+    from qdriver.ops.fork_plan import plan_fork
+    from qdriver.xml.snapshot import SnapshotDef
+    snap = SnapshotDef.parse(
+        "<domainsnapshot><name>s</name><state>running</state><creationTime>1</creationTime>"
+        "<memory snapshot='external' file='/m/s.mem'/><domain type='qemu'><name>g</name>"
+        "<memory>1024</memory><os><type machine='q35'>hvm</type></os><devices/></domain>"
+        "</domainsnapshot>", redefine=True)
+    for bad in ("a/b", ".hidden"):
+        with pytest.raises(qdriver.InvalidArgError, match=f"name '{bad}' cannot contain"):
+            plan_fork(snap, [bad], set())

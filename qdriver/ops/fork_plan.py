@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigUnsupportedError, InvalidArgError, OperationInvalidError
-from ..xml.domain import NAME_RE, DomainDef, disk_sources
+from ..xml.domain import DomainDef, disk_sources, name_problem
 from ..xml.snapshot import SnapshotDef
 
 
@@ -43,9 +43,9 @@ def plan_fork(snap: SnapshotDef, names: list[str], taken: set[str]) -> ForkPlan:
     if not names:
         raise InvalidArgError("fork needs at least one name for a new domain")
     for new in names:
-        if not NAME_RE.match(new) or new.startswith("."):
-            raise InvalidArgError(f"name '{new}' cannot contain '/', control characters or "
-                                  "start with '.'")
+        problem = name_problem(new)
+        if problem:
+            raise InvalidArgError(problem)
     twice = {n for n in names if names.count(n) > 1} | (set(names) & taken)
     if twice:
         raise OperationInvalidError(f"domain '{sorted(twice)[0]}' already exists or is "

@@ -500,8 +500,9 @@ def _parse(root: safe.Element) -> DomainDef:
     name = _text(root, "name")
     if not name:
         raise XMLError("missing domain name information")
-    if not NAME_RE.match(name) or name.startswith("."):
-        raise XMLError(f"name '{name}' cannot contain '/', control characters or start with '.'")
+    problem = name_problem(name)
+    if problem:
+        raise XMLError(problem)
     memory = parse_size(root.find("memory"))
     if not memory:
         raise XMLError("missing or zero <memory> in domain XML")
@@ -534,6 +535,13 @@ def _parse(root: safe.Element) -> DomainDef:
                           for c in safe.children(clock)]
     _parse_devices(root, d)
     return d
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a domain (its directory's name), or None."""
+    if not NAME_RE.match(name) or name.startswith("."):
+        return f"name '{name}' cannot contain '/', control characters or start with '.'"
+    return None
 
 
 def _uuid(root: safe.Element) -> str:
