@@ -109,6 +109,9 @@ UNRUN_TYPES = ("network", "bridge", "direct", "ethernet", "hostdev", "vhostuser"
      "<interface type='user'><backend type='vhost'>"),
     ("<interface type='client'><source address='127.0.0.1' port='1'/><backend type='passt'/>"
      "</interface>", "<interface type='client'><backend type='passt'>"),
+    ("<interface type='server'><source port='1'/><portForward proto='tcp'><range "
+     "start='2222' to='22'/></portForward></interface>",
+     "<interface type='server'><portForward>"),
 ])
 async def test_interfaces_qdriver_cannot_run_are_refused_at_define(
         driver: qdriver.Driver, iface: str, named: str) -> None:

@@ -76,7 +76,6 @@ class MemoryFile:
             self.fd = None
 
 
-
 async def load_memory(job: Job, path: str, progress: ProgressFn | None,
                       template_ram: str | None = None) -> None:
     """Load a memory file into the job's QEMU, started with ``-incoming defer``

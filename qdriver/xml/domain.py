@@ -745,6 +745,8 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
     if iface.backend not in (("default", "passt") if itype == "user" else ("default",)):
         d.unsupported.append(f"<interface type='{itype}'><backend type='{iface.backend}'>")
     if itype != "user":
+        if el.find("portForward") is not None:  # only a user interface forwards ports
+            d.unsupported.append(f"<interface type='{itype}'><portForward>")
         _parse_socket_interface(el, iface)
         d.interfaces.append(iface)
         return
