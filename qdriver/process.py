@@ -28,7 +28,11 @@ from .errors import InternalError, OperationTimeoutError
 SUPERVISOR = ('exitfile=$1; log=$2; console=$3; shift 3; '
               '( if [ -n "$console" ]; then exec 3>>"$console"; fi; '
               '"$@" </dev/null >>"$log" 2>&1; status=$?; exec 3>&-; '
-              'echo $status >"$exitfile.tmp"; mv -f "$exitfile.tmp" "$exitfile" ) &')
+              'echo $status >"$exitfile" ) &')
+# The status goes in with one write(2) of a few bytes, by the shell itself (a
+# rename would cost an ``mv`` process at every exit, a millisecond): a reader
+# finds no file, an empty one (not exited yet, as far as it can tell) or the
+# whole number.
 
 
 @dataclass(frozen=True)
