@@ -92,8 +92,9 @@ def read_record(path: Path, cls: type[T]) -> T | None:
     except (OSError, ValueError):
         return None
     # 0: written before records had a version (a class that never had one says so)
-    readable = (0, getattr(cls, "FORMAT", 1)) if getattr(cls, "UNVERSIONED_TOO", True) \
-        else (getattr(cls, "FORMAT", 1),)
+    readable: tuple[int, ...] = getattr(cls, "READABLE", None) or (
+        (0, getattr(cls, "FORMAT", 1)) if getattr(cls, "UNVERSIONED_TOO", True)
+        else (getattr(cls, "FORMAT", 1),))
     if not isinstance(raw, dict) or raw.get("format", 0) not in readable:
         got = raw.get("format") if isinstance(raw, dict) else None
         raise FormatError(f"'{path}' is of format {got!r}; this release "

@@ -152,15 +152,24 @@ class DiscardFork:
     uuid: str
 
 
+@dataclass(frozen=True)
+class DiscardStandby:
+    """Take back a claimed standby QEMU: kill it (started, starting, or already the
+    domain's and unrecorded) and remove its overlays."""
+    KIND: ClassVar[str] = "discard-standby"
+    slot: str
+    overlays: list[str]
+
+
 Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest
         | CancelMigration | WaitJobs | Qmp | QmpJob | Hmp | QemuImgSnapshotDelete | Thaw
-        | StopQemu | CompleteMemoryFile | MoveRam | DiscardFork)
+        | StopQemu | CompleteMemoryFile | MoveRam | DiscardFork | DiscardStandby)
 """What one action does, as data another process can run."""
 
 KINDS: dict[str, type[Step]] = {cls.KIND: cls for cls in (
     RemoveFile, RestoreDir, WriteDefinition, FollowOverlays, ResumeGuest, CancelMigration,
     WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile,
-    MoveRam, DiscardFork)}
+    MoveRam, DiscardFork, DiscardStandby)}
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,8 @@ class DomainPaths:
 
     dir: Path
     sockets: Path
+    slot: str = ""
+    """A standby QEMU's slot (`in_slot`); empty for the domain's own files."""
 
     @classmethod
     def of(cls, state_dir: Path, name: str) -> DomainPaths:
@@ -245,7 +247,20 @@ class DomainPaths:
 
     @property
     def exitfile(self) -> Path:
-        return self.dir / "qemu.exit"
+        return self.dir / (f"qemu.exit.{self.slot}" if self.slot else "qemu.exit")
+
+    def in_slot(self, slot: str) -> DomainPaths:
+        """The files of a QEMU started ahead in ``slot`` (a standby): its sockets in a
+        directory beside the domain's, which becomes the domain's when the standby
+        takes over (a listening socket keeps working when its directory is renamed),
+        and an exit file of its own, which its supervisor writes by that name."""
+        return DomainPaths(self.dir, self.sockets.with_name(f"{self.sockets.name}.{slot}"),
+                           slot)
+
+    @property
+    def standby(self) -> Path:
+        """The record of the domain's standby QEMU (`qdriver.launch.standby`)."""
+        return self.dir / "standby.json"
 
     @property
     def managed_save(self) -> Path:

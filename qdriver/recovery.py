@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .errors import FormatError, QDriverError
 from .job import Job
 from .journal import Action, Journal, JournalRecord
+from .launch import standby
 from .ops import actions, delete_exec
 from .paths import DomainPaths
 from .snapshots.store import SnapshotStore
@@ -41,7 +42,10 @@ class RecoveryReport:
 
 
 async def recover(job: Job) -> RecoveryReport | None:
-    """Run a dead operation's journal, in the job that found it."""
+    """Run a dead operation's journal, in the job that found it (and discard the
+    standby QEMU of a domain whose own QEMU is gone: its reap was cut short)."""
+    if job.record is None and job.paths.standby.exists():
+        await _discard_standby(job)
     found = Journal(job.paths.journal).load()
     store = job.store
     if found is None and not store.marks_path.exists():
@@ -70,6 +74,15 @@ async def recover(job: Job) -> RecoveryReport | None:
     job.paths.journal.unlink(missing_ok=True)
     log.warning("%s", report)
     return report
+
+
+async def _discard_standby(job: Job) -> None:
+    try:
+        if await standby.discard(job.paths):
+            log.warning("domain '%s': discarded the standby QEMU of a QEMU that is gone",
+                        job.name)
+    except FormatError:
+        pass  # a newer release's: left to it
 
 
 def _steps(found: JournalRecord | None, report: RecoveryReport) -> list[Action]:

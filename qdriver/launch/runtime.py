@@ -9,6 +9,7 @@ to the next locked operation.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_priva
 from ..runas import QemuUser
 from ..runstatus import DomainState
 from ..testing import faults
-from . import helpers
+from . import helpers, standby
 from .helpers import Helper
 
 START_TIMEOUT = 30.0
@@ -40,8 +41,10 @@ log = logging.getLogger("qdriver")
 class RunRecord:
     """What a later process needs to find and control a running QEMU."""
 
-    FORMAT: ClassVar[int] = 1
-    """The stored file's format version (`statestore.write_record`)."""
+    FORMAT: ClassVar[int] = 2
+    """The stored file's format version (`durable.write_record`); 2 added ``slot``,
+    which a reader of format 1 would ignore and take a standby's QEMU for dead."""
+    READABLE: ClassVar[tuple[int, ...]] = (0, 1, 2)
     pid: int
     start_time: int
     id: int
@@ -63,6 +66,10 @@ class RunRecord:
     emulator: str | None = None
     """Which emulator binary runs (`QemuCommand.emulator`): a QEMU started from the
     same one, in the same job, inherits ``caps`` and ``background_usable``."""
+    slot: str | None = None
+    """The QEMU was started ahead as a standby in this slot (`DomainPaths.in_slot`):
+    its command line names the slot's sockets, and its supervisor writes the slot's
+    exit file."""
 
     @property
     def proc(self) -> process.ProcessId:
@@ -116,6 +123,14 @@ class Runtime:
     def __init__(self, paths: DomainPaths) -> None:
         self.paths = paths
 
+    def own(self, rec: RunRecord) -> DomainPaths:
+        """The paths ``rec``'s QEMU was started with: its command line's monitor path
+        tells it from a recycled pid, and its supervisor writes its exit file there."""
+        return self.paths.in_slot(rec.slot) if rec.slot else self.paths
+
+    def _alive(self, rec: RunRecord) -> bool:
+        return process.is_alive(rec.proc, str(self.own(rec).qmp))
+
     # -- reading (no lock needed) ---------------------------------------------------
 
     def peek(self) -> RunRecord | None:
@@ -128,10 +143,10 @@ class Runtime:
         rec = read_record(self.paths.runtime, RunRecord)
         if rec is None:
             return None
-        if process.is_alive(rec.proc, str(self.paths.qmp)):
+        if self._alive(rec):
             return rec
         sup = rec.supervisor_proc
-        if sup is not None and process.exit_status(self.paths.exitfile) is None \
+        if sup is not None and process.exit_status(self.own(rec).exitfile) is None \
                 and process.is_running(sup):
             return rec
         return None
@@ -141,7 +156,7 @@ class Runtime:
         rec = read_record(self.paths.runtime, RunRecord)
         if rec is None:
             return self.last_status().reason
-        return _reason(rec, process.exit_status(self.paths.exitfile))
+        return _reason(rec, process.exit_status(self.own(rec).exitfile))
 
     async def settled_reason(self) -> str:
         """`ended_reason`, after giving the supervisor a moment to record the exit."""
@@ -153,15 +168,16 @@ class Runtime:
     async def _exit_status(self, rec: RunRecord) -> int | None:
         """The exit status the supervisor records just after QEMU exits: known the
         moment the supervisor is gone (its exit is waited on, not polled for)."""
-        status = process.exit_status(self.paths.exitfile)
+        exitfile = self.own(rec).exitfile
+        status = process.exit_status(exitfile)
         sup = rec.supervisor_proc
         if status is None and sup is not None:
             await process.wait_exit(sup, EXIT_FILE_WAIT)
-            status = process.exit_status(self.paths.exitfile)
+            status = process.exit_status(exitfile)
         with anyio.move_on_after(EXIT_FILE_WAIT if status is None else 0):
             while status is None:  # no supervisor recorded, or one that hangs
                 await anyio.sleep(0.005)
-                status = process.exit_status(self.paths.exitfile)
+                status = process.exit_status(exitfile)
         return status
 
     def last_status(self) -> StatusRecord:
@@ -174,7 +190,7 @@ class Runtime:
         rec = read_record(self.paths.runtime, RunRecord)
         if rec is None:
             return None
-        if process.is_alive(rec.proc, str(self.paths.qmp)):
+        if self._alive(rec):
             return rec
         await self.reap(rec)
         return None
@@ -182,7 +198,7 @@ class Runtime:
     async def still_running(self, rec: RunRecord) -> RunRecord | None:
         """``rec`` if its QEMU still runs, else None, once it is reaped (the record
         held is not read again)."""
-        if process.is_alive(rec.proc, str(self.paths.qmp)):
+        if self._alive(rec):
             return rec
         await self.reap(rec)
         return None
@@ -192,16 +208,19 @@ class Runtime:
         disk loses the reason, not the cleanup)."""
         await qmp.kept.release(self.paths.qmp_keep)
         await helpers.stop(self.paths)  # passt ends with QEMU; whatever is left goes
+        await _discard_standby(self.paths)  # it lives no longer than the QEMU it stands by
         status = await self._exit_status(rec)  # also: the supervisor is done once it is known
         reason = "destroyed" if self.paths.destroy_marker.exists() else _reason(rec, status)
         _tolerant(lambda: write_record(self.paths.status,
                                        StatusRecord(reason, exit_recorded=status is not None)),
                   f"the reason domain '{self.paths.dir.name}' stopped")
-        self.cleanup()
+        self.cleanup(rec)
 
-    def cleanup(self) -> None:
-        """Remove the files of a QEMU that no longer runs."""
+    def cleanup(self, rec: RunRecord | None = None) -> None:
+        """Remove the files of a QEMU that no longer runs (``rec``'s, if known)."""
         p = self.paths
+        if rec is not None and rec.slot:
+            self.own(rec).exitfile.unlink(missing_ok=True)
         for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.qmp_keep,
                      p.keep_lease, p.ram_file, p.console,
                      p.destroy_marker, p.live_definition):
@@ -252,42 +271,91 @@ class Runtime:
         if self._earlier_supervisor_possible():
             await process.wait_supervisors_gone(self.paths.exitfile, KILL_WAIT)
         self.cleanup()  # leftovers of a QEMU that died unseen
-        make_private_dirs(self.paths.sockets, user=command.user)
-        make_private_dir(self.paths.dir)
-        for log_file in (self.paths.qemu_log, self.paths.console_log):
-            open_private_log(log_file)
+        log_since = self._spawn(command, self.paths)
         self.paths.status.unlink(missing_ok=True)  # before the spawn: see the check above
-        log_since = process.log_size(self.paths.qemu_log)
         await helpers.start(command.helpers, self.paths)
         process.spawn([*command.drop, *command.argv], self.paths.exitfile, self.paths.qemu_log,
                       command.env, self.paths.console_log if command.user else None)
         faults.point("launch:spawned")
+        return await self._started(self.paths, command, domain_id, paused, keep, live_xml,
+                                   known, log_since)
+
+    def spawn_ahead(self, command: QemuCommand, slot: str) -> None:
+        """Spawn a standby QEMU in ``slot`` (`DomainPaths.in_slot`) and return at once:
+        it starts up while the domain's own QEMU runs on; `take_over` makes it the
+        domain's.  Its command line must have been built for the slot's paths."""
+        own = self.paths.in_slot(slot)
+        self._spawn(command, own)
+        process.spawn([*command.drop, *command.argv], own.exitfile, self.paths.qemu_log,
+                      command.env, self.paths.console_log if command.user else None)
+
+    async def connect_ahead(self, slot: str, keep: AsyncExitStack) -> qmp.Monitor:
+        """A monitor of the standby QEMU of ``slot``, once it is up, kept open in
+        ``keep`` (work it can do before it is the domain's: loading its memory)."""
+        own = self.paths.in_slot(slot)
+        proc = await process.wait_for_start(own.pidfile, own.qmp, own.exitfile,
+                                            self.paths.qemu_log, START_TIMEOUT)
+        mon = await qmp.connect_new(own.qmp, lambda: process.is_alive(proc, str(own.qmp)))
+        keep.push_async_callback(qmp.close, mon)
+        return mon
+
+    async def take_over(self, command: QemuCommand, slot: str, domain_id: int,
+                        keep: AsyncExitStack | None = None, live_xml: str | None = None,
+                        known: RunRecord | None = None, mon: qmp.Monitor | None = None
+                        ) -> tuple[RunRecord, qmp.Monitor | None]:
+        """The standby QEMU of ``slot`` becomes the domain's, paused (the caller has
+        stopped the domain's own QEMU): once it is up, its socket directory takes the
+        place of the domain's.  ``mon``: a monitor of it (`connect_ahead`) to go on
+        with.  On failure it is killed and its files removed."""
+        self.cleanup()  # what the stopped QEMU left
+        self.paths.status.unlink(missing_ok=True)
+        return await self._started(self.paths.in_slot(slot), command, domain_id, True, keep,
+                                   live_xml, known, 0, mon)
+
+    def _spawn(self, command: QemuCommand, own: DomainPaths) -> int:
+        """Make the directories and logs a QEMU started with ``own`` paths needs; where
+        the QEMU log ends now (its tail after that is this start's)."""
+        make_private_dirs(own.sockets, user=command.user)
+        make_private_dir(self.paths.dir)
+        for log_file in (self.paths.qemu_log, self.paths.console_log):
+            open_private_log(log_file)
+        return process.log_size(self.paths.qemu_log)
+
+    async def _started(self, own: DomainPaths, command: QemuCommand, domain_id: int,
+                       paused: bool, keep: AsyncExitStack | None, live_xml: str | None,
+                       known: RunRecord | None, log_since: int,
+                       connected: qmp.Monitor | None = None
+                       ) -> tuple[RunRecord, qmp.Monitor | None]:
+        """Wait for a spawned QEMU, move a standby's sockets in, connect (unless
+        ``connected``, whose closing the caller has arranged) and record it."""
         # while QEMU starts up: what only matters once it runs (the caller's journal
         # stops a QEMU whose start was not seen through, recorded or not)
         if live_xml is not None:
             atomic_write(self.paths.live_definition, live_xml, durable=False)
         rec: RunRecord | None = None
         try:
-            proc = await process.wait_for_start(self.paths.pidfile, self.paths.qmp,
-                                                self.paths.exitfile, self.paths.qemu_log,
-                                                START_TIMEOUT, log_since)
+            proc = await process.wait_for_start(own.pidfile, own.qmp, own.exitfile,
+                                                self.paths.qemu_log, START_TIMEOUT, log_since)
             sup = process.parent(proc.pid)
             rec = RunRecord(proc.pid, proc.start_time, domain_id, command.accel,
                             supervisor=(sup.pid, sup.start_time) if sup else None,
-                            ram_template=command.ram_template, emulator=command.emulator)
+                            ram_template=command.ram_template, emulator=command.emulator,
+                            slot=own.slot or None)
             if known is not None and known.emulator == command.emulator:
                 rec.caps, rec.background_usable = known.caps, known.background_usable
+            if own.slot:
+                os.rename(own.sockets, self.paths.sockets)
             try:
-                mon = await qmp.connect_new(self.paths.qmp,
-                                            lambda: process.is_alive(proc, str(self.paths.qmp)))
+                mon = connected or await qmp.connect_new(
+                    self.paths.qmp, lambda: process.is_alive(proc, str(own.qmp)))
                 try:
                     rec.console_pty = await _console_pty(mon)
                     if not paused:
                         await mon.execute("cont")
                 finally:
-                    if keep is None:
+                    if keep is None and connected is None:
                         await qmp.close(mon)
-                if keep is not None:
+                if keep is not None and connected is None:
                     keep.push_async_callback(qmp.close, mon)
             except (qmp.MonitorConnectError, qmp.MonitorClosedError) as e:
                 await self._exited_while_connecting(proc, e, log_since)
@@ -297,7 +365,7 @@ class Runtime:
             return rec, mon if keep is not None else None
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._abort_launch(rec)
+                await self._abort_launch(rec, own)
             raise
 
     def _earlier_supervisor_possible(self) -> bool:
@@ -322,12 +390,14 @@ class Runtime:
                                 f"{process.log_tail(self.paths.qemu_log, since=log_since)}"
                                 ) from e
 
-    async def _abort_launch(self, rec: RunRecord | None) -> None:
-        proc = rec.proc if rec is not None else pid_from_file(self.paths.pidfile)
+    async def _abort_launch(self, rec: RunRecord | None, own: DomainPaths) -> None:
+        proc = rec.proc if rec is not None else pid_from_file(own.pidfile)
         if proc is not None:
             await process.terminate(proc, grace=1.0)
+        if own.slot:
+            await standby.kill(self.paths, own.slot)
         await helpers.stop(self.paths)
-        self.cleanup()
+        self.cleanup(rec)
         write_record(self.paths.status, StatusRecord("failed"))
 
     async def stop(self, rec: RunRecord, reason: str, grace: float = 3.0) -> None:
@@ -336,6 +406,13 @@ class Runtime:
         self.update(rec, stop_requested=reason)
         await process.terminate(rec.proc, grace)
         await self.reap(rec)
+
+
+async def _discard_standby(paths: DomainPaths) -> None:
+    try:
+        await standby.discard(paths)
+    except (OSError, FormatError) as e:
+        log.warning("cannot discard the standby QEMU of domain '%s': %s", paths.dir.name, e)
 
 
 def _tolerant(write: Callable[[], object], what: str) -> None:

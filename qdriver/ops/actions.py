@@ -19,10 +19,10 @@ from .. import agent, process, qemuimg, qmp
 from .. import journal as j
 from ..blockdev.nodes import image_file, open_images
 from ..durable import atomic_write, fsync_dir, fsync_path, locked
-from ..errors import NoDomainError, OperationFailedError
+from ..errors import FormatError, NoDomainError, OperationFailedError
 from ..job import Job, read_definition
 from ..journal import Action
-from ..launch import helpers
+from ..launch import helpers, standby
 from ..launch.runtime import Runtime, pid_from_file
 from ..memory.header import mark_complete
 from ..memory.template import move_ram
@@ -228,6 +228,20 @@ async def _discard_fork(job: Job, args: j.DiscardFork) -> None:
     paths.remove_dir()
 
 
+async def _discard_standby(job: Job, args: j.DiscardStandby) -> None:
+    """Kill a claimed standby's QEMU by its slot and remove its overlays (and its
+    record, if a dead process left it)."""
+    await standby.kill(job.paths, args.slot)
+    for overlay in args.overlays:
+        Path(overlay).unlink(missing_ok=True)
+    try:
+        left = standby.read(job.paths)
+    except FormatError:
+        left = None
+    if left is not None and left.slot == args.slot:
+        job.paths.standby.unlink(missing_ok=True)
+
+
 async def _move_ram(job: Job, args: j.MoveRam) -> None:
     """The guest's RAM file becomes the template's (once: a second run finds it moved)."""
     if not os.path.exists(args.target):
@@ -265,6 +279,7 @@ ACTIONS: dict[type, Callable[[Job, Any], Awaitable[None]]] = {
     j.CompleteMemoryFile: _complete_memory_file,
     j.MoveRam: _move_ram,
     j.DiscardFork: _discard_fork,
+    j.DiscardStandby: _discard_standby,
 }
 """The code that runs each kind of journal record (every kind in `journal.KINDS`)."""
 
@@ -359,6 +374,10 @@ def stop_qemu(reason: str, what: str = "the QEMU the operation started") -> Acti
 
 def discard_fork(name: str, uuid: str) -> Action:
     return Action(j.DiscardFork(name, uuid), f"fork '{name}'")
+
+
+def discard_standby(slot: str, overlays: list[str]) -> Action:
+    return Action(j.DiscardStandby(slot, overlays), f"standby QEMU {slot}")
 
 
 __all__ = ["Action", "run", "ACTIONS", "dir_snapshot"]
