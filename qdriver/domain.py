@@ -171,10 +171,7 @@ class Domain(SnapshotReading, GuestInfo):
     async def start(self, paused: bool = False, force_boot: bool = False,
                     progress: ProgressFn | None = None) -> None:
         """Launch QEMU; return once QMP is ready (and the guest runs unless paused).
-
-        A managed save image is restored instead of booting, and removed once the
-        guest runs from it, as libvirt does; ``force_boot`` discards it and boots.
-        """
+        A managed save image is restored instead, as libvirt does (``force_boot``: boot)."""
         async with self.job() as job:
             managed = self.paths.managed_save
             if job.record is None and managed.exists() and not force_boot:
@@ -298,8 +295,8 @@ class Domain(SnapshotReading, GuestInfo):
 
     async def plan_snapshot(self, xml: str | bytes, flags: CreateFlags = CreateFlags(),
                             assume_state: str | None = None) -> CreatePlan:
-        """What creating this snapshot would do, without doing it or waiting for the
-        lock (``assume_state``: as if the domain were in that state, asking nothing)."""
+        """What creating this snapshot would do, doing nothing (``assume_state``: as
+        if the domain were in that state)."""
         if assume_state:
             return plan_snapshot(self.definition, assume_state, xml, flags)
         async with self._view() as view:
@@ -308,15 +305,17 @@ class Domain(SnapshotReading, GuestInfo):
     async def revert_to_snapshot(self, snapshot: Snapshot | str, running: bool = False,
                                  paused: bool = False, force: bool = False,
                                  progress: ProgressFn | None = None) -> None:
-        """``virDomainRevertToSnapshot``: go back to ``snapshot``, which becomes current.
-
-        The state afterwards is the snapshot's unless ``running``/``paused`` says
-        otherwise; an internal snapshot of the definition QEMU runs is loaded in
-        the same QEMU (no restart).
-        """
+        """``virDomainRevertToSnapshot``: go back to ``snapshot``, which becomes current,
+        in the snapshot's state unless ``running``/``paused`` says otherwise."""
         name = snapshot if isinstance(snapshot, str) else snapshot.name
         async with self.job() as job:
             await revert_exec.revert(job, name, RevertFlags(running, paused, force), progress)
+
+    async def prepare_standby(self, snapshot: str) -> bool:
+        """Start and load ahead the QEMU the next revert to ``snapshot`` needs
+        (`qdriver.launch.standby`); False if that revert cannot use one."""
+        async with self.job() as job:
+            return await revert_exec.prepare_standby(job, snapshot)
 
     async def plan_revert(self, snapshot: str, running: bool = False, paused: bool = False,
                           force: bool = False) -> RevertPlan:

@@ -88,12 +88,16 @@ class Driver:
     """Entry point of the API: ``async with Driver(state_dir) as drv: ...``."""
 
     def __init__(self, state_dir: str | Path | None = None, lock_timeout: float = 30.0,
-                 qemu_user: str | None = None, allow_host_secrets: bool = False) -> None:
+                 qemu_user: str | None = None, allow_host_secrets: bool = False,
+                 standby: bool = True) -> None:
         """``qemu_user``: the account QEMU drops to (default ``$QDRIVER_QEMU_USER``,
-        else QEMU runs as this process); ``allow_host_secrets``: see `qdriver.runas`."""
+        else QEMU runs as this process); ``allow_host_secrets``: see `qdriver.runas`;
+        ``standby``: after a template revert, keep the next one's QEMU started ahead
+        (`qdriver.launch.standby`: one more QEMU per domain, idle, for reverts in
+        milliseconds)."""
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.lock_timeout = lock_timeout
-        self.policy = runas.policy(qemu_user, allow_host_secrets)
+        self.policy = runas.policy(qemu_user, allow_host_secrets, standby)
         make_private_dir(self.state_dir / "domains")
 
     async def __aenter__(self) -> Driver:

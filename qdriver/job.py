@@ -31,7 +31,8 @@ from .caps.qemucaps import QemuCaps
 from .caps.running import RunningCaps, probe, qemu_caps
 from .durable import atomic_write
 from .errors import NoDomainError, OperationInvalidError, QDriverError
-from .launch.runtime import RunRecord, Runtime
+from .launch.runtime import QemuCommand, RunRecord, Runtime
+from .launch.standby import StandbyRecord
 from .launch.start import qemu_command
 from .parallel import side_by_side
 from .paths import DomainPaths
@@ -285,6 +286,27 @@ class Job(JobView):
         self.record, mon = await self.runtime.launch(
             command, self.next_id(), paused or incoming, self.stack,
             storable_definition(self.definition), known=self._stopped)
+        self.persistent = persistent
+        assert mon is not None
+        self._adopt(mon)
+        return mon
+
+    async def connect_ahead(self, standby: StandbyRecord) -> qmp.Monitor:
+        """A monitor of a claimed standby QEMU, before it is the domain's; it closes
+        with the job."""
+        return await self.runtime.connect_ahead(standby.slot, self.stack)
+
+    async def take_over(self, standby: StandbyRecord, mon: qmp.Monitor | None = None
+                        ) -> qmp.Monitor:
+        """Make a claimed standby QEMU the domain's, paused, for ``definition`` (the
+        standby's own, which the caller made the domain's); ``mon``: its monitor
+        from `connect_ahead`."""
+        command = QemuCommand([], standby.accel, {}, [], ram_template=standby.ram_template,
+                              emulator=standby.emulator)
+        persistent = self.inactive
+        self.record, mon = await self.runtime.take_over(
+            command, standby.slot, self.next_id(), self.stack,
+            storable_definition(self.definition), known=self._stopped, mon=mon)
         self.persistent = persistent
         assert mon is not None
         self._adopt(mon)

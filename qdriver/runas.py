@@ -78,12 +78,15 @@ class LaunchPolicy:
 
     qemu_user: QemuUser | None = None
     allow_host_secrets: bool = False
+    standby: bool = True
+    """After a template revert, start the next revert's QEMU ahead (a standby)."""
 
 
-def policy(qemu_user: str | None, allow_host_secrets: bool = False) -> LaunchPolicy:
+def policy(qemu_user: str | None, allow_host_secrets: bool = False,
+           standby: bool = True) -> LaunchPolicy:
     """The policy for a user name (None: ``$QDRIVER_QEMU_USER``, else QEMU runs as us)."""
     name = qemu_user if qemu_user is not None else os.environ.get(ENV_QEMU_USER) or None
-    return LaunchPolicy(QemuUser.resolve(name) if name else None, allow_host_secrets)
+    return LaunchPolicy(QemuUser.resolve(name) if name else None, allow_host_secrets, standby)
 
 
 def access_problem(user: QemuUser, path: str, write: bool) -> str | None:

@@ -2,7 +2,6 @@
 and disks, the template never written; a real guest counts on in each."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,9 @@ from qdriver.errors import ConfigUnsupportedError
 
 from .helpers import GuestImage, run_cli, wait_console
 from .helpers.checks import assert_resumes_from
-from .helpers.guest import console_offset, counters_after, domain_xml
+from .helpers.guest import console_offset, counters_after
 from .helpers.images import backing_of, sha256
-
-SHARED_FILE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
-NIC = "<interface type='user'><model type='virtio'/></interface>"
-
-
-async def counting_guest(driver: qdriver.Driver, image: GuestImage, tmp_path: Path,
-                         name: str = "src", extra: str = "") -> qdriver.Domain:
-    disk = tmp_path / f"{name}.qcow2"
-    shutil.copyfile(image.disk, disk)
-    dom = await driver.define_xml(domain_xml(image, name, disk, extra_devices=NIC,
-                                             memory_backing=SHARED_FILE_RAM + extra))
-    await dom.start()
-    await wait_console(dom, "COUNTER 2")
-    return dom
-
-
-def memory_snapshot(name: str, where: Path) -> str:
-    return (f"<domainsnapshot><name>{name}</name><memory snapshot='external' "
-            f"file='{where}/{name}.mem'/><disks><disk name='vda' snapshot='external'><source "
-            f"file='{where}/vda.{name}'/></disk></disks></domainsnapshot>")
+from .helpers.templates import counting_guest, generation_id, memory_snapshot
 
 
 async def test_forks_of_a_template_run_on_from_it_with_identities_of_their_own(
@@ -66,12 +46,6 @@ async def test_forks_of_a_template_run_on_from_it_with_identities_of_their_own(
     assert sha256(ram) == pristine, "a fork wrote into the template's RAM file"
     with pytest.raises(qdriver.QDriverError, match="running domain.*'f1', 'f2', 'f3'"):
         await src.delete_snapshot("t")
-
-
-async def generation_id(dom: qdriver.Domain) -> str:
-    """The VM generation ID the guest's vmgenid device shows, as QEMU reports it."""
-    async with dom.monitor() as mon:
-        return str((await mon.execute("query-vm-generation-id"))["guid"]).lower()
 
 
 async def test_clones_and_reverted_guests_get_a_new_generation_id(

@@ -28,10 +28,12 @@ from pathlib import Path
 import pytest
 
 import qdriver
+from qdriver.launch import standby
 from qdriver.testing.faults import ENV, TRACE_ENV
 
 from .helpers import SavedGuests, assert_consistent, qemu_pids
 from .helpers.images import sha256
+from .helpers.templates import SHARED_FILE_RAM
 
 
 def cli(state_dir: Path, *args: str, fault: str | None = None, trace: Path | None = None,
@@ -120,6 +122,10 @@ class Crashed:
 
     def consistent(self, point: str) -> None:
         assert_consistent(self.state_dir, self.work, point)
+
+    def qemu_count(self) -> int:
+        """The QEMUs of this state dir that run."""
+        return len(qemu_pids(self.state_dir))
 
 
 @pytest.fixture
@@ -265,7 +271,6 @@ async def test_revert_killed_at_every_point(running_guest: Crashed, tmp_path: Pa
         guest.consistent(point + " (reverted again)")
 
 
-SHARED_FILE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
 
 
 async def not_a_clone(guest: Crashed) -> None:
@@ -307,16 +312,35 @@ async def test_template_snapshot_and_revert_killed_at_every_point(
             assert name not in guest.snapshots(), (point, report)
         await guest.assert_running(point)
     pristine = sha256(f"{work}/t0.mem.ram")
-    points = [p for p in points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest", "t0")
-              if p != "memfile:migrating"]
-    for point in points:
-        await guest.kill_and_recover(point, "snapshot-revert", "guest", "t0")
-        guest.consistent(point)
-        await guest.start_if_off()
-        await guest.assert_running(point)
-        await guest.dom.revert_to_snapshot("t0")  # still revertible
-        guest.consistent(point + " (reverted again)")
+    for ahead in (False, True):  # the revert starts a QEMU, or takes over a standby
+        await standby_for(guest.dom, "t0" if ahead else None)
+        points = [p for p in points_of(guest.state_dir, tmp_path, "snapshot-revert", "guest",
+                                       "t0") if p != "memfile:migrating"]
+        assert ("snapshot-revert:recorded:discard-standby" in points) == ahead, points
+        assert {"standby:recorded", "standby:spawned"} <= set(points), points
+        for point in points:
+            await standby_for(guest.dom, "t0" if ahead else None)
+            if point.startswith("standby:"):  # the revert is done; the next one's QEMU
+                r = cli(guest.state_dir, "snapshot-revert", "guest", "t0", fault=point)
+                assert r.returncode == -9, (point, r.stderr)  # is half made: no journal
+            else:
+                await guest.kill_and_recover(point, "snapshot-revert", "guest", "t0")
+            guest.consistent(f"{point} (standby: {ahead})")
+            await guest.start_if_off()
+            await guest.assert_running(point)
+            await guest.dom.revert_to_snapshot("t0")  # still revertible
+            guest.consistent(f"{point} (standby: {ahead}, reverted again)")
+            assert guest.qemu_count() == 2, f"{point}: not just the domain's QEMU and a standby"
     assert sha256(f"{work}/t0.mem.ram") == pristine, "a clone wrote into the template"
+
+
+async def standby_for(dom: qdriver.Domain, snapshot: str | None) -> None:
+    """A standby QEMU loaded for the next revert to ``snapshot``, or (None) none."""
+    if snapshot is not None:
+        assert await dom.prepare_standby(snapshot)
+        return
+    async with dom.job():
+        await standby.discard(dom.paths)
 
 
 async def test_fork_killed_at_every_point(driver: qdriver.Driver, saved_guests: SavedGuests,

@@ -19,16 +19,18 @@ from .. import qemuimg, qmp, runas
 from ..blockdev.nodes import open_images, top_nodes
 from ..errors import OperationFailedError, OperationInvalidError, SystemError_
 from ..job import Job, JobView
+from ..launch.standby import StandbyRecord
 from ..memory import memfile
+from ..parallel import side_by_side
 from ..progress import ProgressFn, ProgressMeter
 from ..qemuimg.graph import ImageGraph
 from ..snapshots.tree import SnapshotTree
 from ..xml.domain import DomainDef, disk_sources
 from ..xml.snapshot import SnapshotDisk
-from . import actions
+from . import actions, standby
 from .memsave import load_memory
 from .revert_plan import RevertFlags, RevertPlan, RevertStep, plan_restore, plan_revert
-from .shared import JOB_TIMEOUT, hmp_word
+from .shared import JOB_TIMEOUT, free_overlay_name, hmp_word
 from .transaction import StepRunner, Transaction
 
 
@@ -46,8 +48,23 @@ async def plan(job: JobView, name: str, flags: RevertFlags) -> RevertPlan:
 
 async def revert(job: Job, name: str, flags: RevertFlags,
                  progress: ProgressFn | None = None) -> None:
-    """Go back to snapshot ``name``, which becomes current."""
-    await RevertExecution(job, await plan(job, name, flags), progress).run()
+    """Go back to snapshot ``name``, which becomes current; a template revert leaves
+    the next one's QEMU started ahead (`ops.standby`)."""
+    the_plan = await plan(job, name, flags)
+    await RevertExecution(job, the_plan, progress).run()
+    if job.record is not None and job.policy.standby and standby.usable(the_plan):
+        await standby.prepare(job, the_plan)
+
+
+async def prepare_standby(job: Job, name: str) -> bool:
+    """Have the QEMU the next revert to ``name`` needs started and loaded ahead (what
+    a template revert begins when the driver's ``standby`` is on); False if a
+    revert to ``name`` cannot use one now."""
+    the_plan = await plan(job, name, RevertFlags())
+    if job.record is None or not standby.usable(the_plan):
+        return False
+    await standby.ensure(job, the_plan)
+    return True
 
 
 async def restore(job: Job, path: str, xml: str, was_running: bool, flags: RevertFlags,
@@ -86,6 +103,10 @@ class RevertExecution:
         self.new_overlays: dict[str, str] = {}
         self.replaced: list[str] = []
         """Files of an earlier revert to this snapshot, no longer recorded after this one."""
+        self.standby: StandbyRecord | None = None
+        """The QEMU started ahead for this revert, claimed from the domain."""
+        self.loaded_ahead: qmp.Monitor | None = None
+        """The standby's monitor, once it loaded the memory file while the old QEMU stopped."""
 
     def preflight(self) -> None:
         """Refuse before the first change if an image the revert builds on is missing."""
@@ -98,14 +119,34 @@ class RevertExecution:
         """Do every step; undo what would leave a lie and re-raise on failure."""
         self.preflight()
         table = {step: partial(method, self) for step, method in STEPS.items()}
-        await self.txn.attempt(partial(StepRunner(table, self.txn.op).run, self.plan.steps))
+        runner = StepRunner(table, self.txn.op)
+
+        async def body() -> None:
+            if RevertStep.START_INCOMING in self.plan.steps and self.plan.name:
+                self.standby = await standby.claim(self.job, self.plan, self.txn)
+            if self.standby is not None:  # it runs its own definition, on its overlays
+                self.new_overlays = dict(self.standby.overlays)
+                self.definition = DomainDef.parse(self.standby.definition)
+            await runner.run(self.plan.steps)
+        await self.txn.attempt(body)
         if self.job.record is not None:
             await self.job.sync_run_state()
 
     # -- steps -------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        await self.job.stop("from snapshot")
+        if self.standby is None or RevertStep.LOAD_MEMORY_FILE not in self.plan.steps:
+            await self.job.stop("from snapshot")
+            return
+        await side_by_side(partial(self.job.stop, "from snapshot"), self._load_ahead)
+
+    async def _load_ahead(self) -> None:
+        """The standby loads the devices' state (unless it has) while the old QEMU
+        goes: the two share nothing (the standby's disks are overlays of its own;
+        both map the template's RAM privately)."""
+        assert self.standby is not None
+        self.loaded_ahead = await standby.load_ahead(self.job, self.standby,
+                                                     self.plan.memory_file or "", self.progress)
 
     async def qemu_img_apply(self) -> None:
         await self.mark_stale()
@@ -132,9 +173,11 @@ class RevertExecution:
         memfile.check(self.plan.memory_file or "")
 
     async def create_overlays(self) -> None:
+        if self.standby is not None:  # made with it; its journal entry removes them
+            return
         stamp = int(time.time())
         for target, image, fmt in self.plan.overlays:
-            path = _free_name(image, stamp)
+            path = free_overlay_name(image, stamp)
             undo = self.txn.on_undo(actions.remove_file(path, "revert overlay"))
             try:
                 await qemuimg.create_overlay(path, image, fmt)
@@ -160,9 +203,14 @@ class RevertExecution:
 
     async def start_incoming(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
+        if self.standby is not None:
+            await self.job.take_over(self.standby, self.loaded_ahead)
+            return
         await self.job.launch(paused=True, incoming=True, ram_template=self.plan.template_ram)
 
     async def load_memory_file(self) -> None:
+        if self.loaded_ahead is not None:
+            return
         await load_memory(self.job, self.plan.memory_file or "", self.progress,
                           self.plan.template_ram)
 
@@ -253,16 +301,6 @@ class RevertExecution:
             self.job.store.set_current(self.job.tree, self.plan.name)
 
 
-def _free_name(image: str, stamp: int) -> str:
-    """libvirt's revert overlay name, ``<image without suffix>.<epoch>``, made unique."""
-    base = str(Path(image).with_suffix("")) + f".{stamp}"
-    path, n = base, 0
-    while Path(path).exists():
-        n += 1
-        path = f"{base}.{n}"
-    return path
-
-
 def stale_snapshots(tree: SnapshotTree, graph: ImageGraph, changed: set[str],
                     reverted: str) -> list[str]:
     """The snapshots whose disk state an internal revert rewriting ``changed`` spoils:
@@ -306,4 +344,5 @@ STEPS: dict[RevertStep, StepMethod] = {
     RevertStep.SET_CURRENT: RevertExecution.set_current,
 }
 
-__all__ = ["RevertExecution", "STEPS", "plan", "revert", "restore", "stale_snapshots"]
+__all__ = ["RevertExecution", "STEPS", "plan", "revert", "restore", "prepare_standby",
+           "stale_snapshots"]

@@ -170,6 +170,27 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
                       snap.template_ram if memory_file else None)
 
 
+def standby_problem(definition: DomainDef) -> str | None:
+    """Why a second QEMU for ``definition`` cannot be started ahead while the first
+    runs it (a standby, `qdriver.launch.standby`), or None: both would claim one
+    host resource, or the second would spoil the first's file."""
+    for iface in definition.interfaces:
+        if iface.forwards:
+            return "a port forwarded from the host"
+        if iface.type != "user" or iface.backend != "default":
+            return f"an interface of type '{iface.type}' (backend '{iface.backend}')"
+    for char in (*definition.serials, *definition.channels):
+        if char.type not in ("pty", "unix") or (char.type == "unix" and char.path):
+            return f"a {char.kind} of type '{char.type}'{_at(char.path)}"
+    if definition.graphics:
+        return "a graphical display"
+    return None
+
+
+def _at(path: str | None) -> str:
+    return f" at '{path}'" if path else ""
+
+
 def plan_restore(definition: DomainDef, memory_file: str, was_running: bool,
                  flags: RevertFlags = RevertFlags(), managed_save: bool = False,
                  template_ram: str | None = None) -> RevertPlan:
@@ -268,4 +289,5 @@ def _steps(mechanism: Mechanism, live: bool, running: bool, final: FinalState,
     return (*stop, *apply, *overlays, S.SWITCH_DEFINITION, *start, *resume, *finish)
 
 
-__all__ = ["RevertFlags", "RevertPlan", "RevertStep", "plan_revert", "plan_restore"]
+__all__ = ["RevertFlags", "RevertPlan", "RevertStep", "plan_revert", "plan_restore",
+           "standby_problem"]

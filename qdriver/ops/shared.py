@@ -6,6 +6,7 @@ never by importing one another.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigUnsupportedError
 from ..parallel import Rendezvous
@@ -24,6 +25,16 @@ def hmp_word(name: str) -> str:
     return name
 
 
+def free_overlay_name(image: str, stamp: int) -> str:
+    """libvirt's revert overlay name, ``<image without suffix>.<epoch>``, made unique."""
+    base = str(Path(image).with_suffix("")) + f".{stamp}"
+    path, n = base, 0
+    while Path(path).exists():
+        n += 1
+        path = f"{base}.{n}"
+    return path
+
+
 @dataclass
 class GroupSync:
     """The two points of a group snapshot (`ops.group`): every guest paused; every
@@ -37,4 +48,4 @@ class GroupSync:
         self.taken.abort(reason)
 
 
-__all__ = ["JOB_TIMEOUT", "hmp_word", "GroupSync"]
+__all__ = ["JOB_TIMEOUT", "hmp_word", "free_overlay_name", "GroupSync"]

@@ -364,6 +364,15 @@ class DomainDef:
         root.insert(list(root).index(memory) + 1 if memory is not None else 0, backing)
         return _parse(root)
 
+    def xml_but_genid(self) -> str:
+        """The XML with the generation ID's value left out: two definitions equal in
+        it start the same machine, but for the ID its guest sees."""
+        root = safe.copy(self.root)
+        el = root.find("genid")
+        if el is not None:
+            el.text = None
+        return safe.tostring(root)
+
     def with_new_genid(self) -> DomainDef:
         """A copy with a new generation ID where it has one (itself otherwise)."""
         if self.genid is None:
