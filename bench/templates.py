@@ -5,8 +5,12 @@ internal snapshot of the same guest, one run.
   internal   revert of a running guest to an internal snapshot (memory and disk):
              snapshot-load in the same QEMU, bound by loading the RAM.
   template   revert of a running guest (its RAM a shared file) to a template
-             snapshot: a new QEMU maps the template's RAM file copy-on-write and
-             loads only the devices' state.
+             snapshot, as a plain `Driver` does it: the QEMU the previous revert
+             started ahead (a standby, on by default) loads the devices' state
+             while the old QEMU stops, and takes over; the revert starts the next
+             standby.
+  cold       the same revert with no standby: it starts a QEMU that maps the
+             template's RAM file copy-on-write and loads the devices' state.
   template snapshot   the template snapshot itself: total and guest pause.
   fork       8 forks of one 256 MiB template: the time until all eight run, and the
              guest RAM each holds privately right after (the pages of the template
@@ -36,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from common import fill_cmdline, guest_xml, wait_booted  # noqa: E402
 
 import qdriver  # noqa: E402
+from qdriver.launch import standby  # noqa: E402
 
 SHARED_FILE_RAM = "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
 
@@ -68,9 +73,16 @@ async def one_size(work: Path, mib: int, rounds: int) -> dict[str, list[float]]:
         times["template snapshot"] = [time.monotonic() - t0]
         times["template snapshot pause"] = [snap.report.pause if snap.report else 0.0]
         for i in range(rounds):
-            order = [("internal", internal, "i"), ("template", template, "t")]
+            order = [("internal", internal, "i"), ("template", template, "t"),
+                     ("cold", template, "t")]
             for label, dom, name in (order if i % 2 == 0 else order[::-1]):
                 await anyio.sleep(0.3)
+                if label == "cold":
+                    async with dom.job():
+                        await standby.discard(dom.paths)
+                elif label == "template" and not dom.paths.standby.exists():
+                    await dom.revert_to_snapshot(name)  # its first: none started ahead yet
+                    await anyio.sleep(0.3)
                 t0 = time.monotonic()
                 await dom.revert_to_snapshot(name)
                 times.setdefault(label, []).append(time.monotonic() - t0)
@@ -129,12 +141,12 @@ def main(rounds: int, sizes: list[int], fork_count: int) -> None:
         results[mib] = {k: statistics.median(v) * 1000 for k, v in raw.items()}
         print(f"{mib} MiB done", file=sys.stderr)
     print(f"\nrevert of a running guest, median of {rounds} interleaved rounds (ms)")
-    print(f"{'guest':>8}{'internal':>10}{'template':>10}{'ratio':>8}"
+    print(f"{'guest':>8}{'internal':>10}{'template':>10}{'ratio':>8}{'cold':>8}"
           f"{'template snapshot':>19}{'its pause':>11}")
     for mib, r in results.items():
         print(f"{mib:>4} MiB{r['internal']:10.1f}{r['template']:10.1f}"
-              f"{r['internal'] / r['template']:8.1f}{r['template snapshot']:19.1f}"
-              f"{r['template snapshot pause']:11.1f}")
+              f"{r['internal'] / r['template']:8.1f}{r['cold']:8.1f}"
+              f"{r['template snapshot']:19.1f}{r['template snapshot pause']:11.1f}")
     if len(results) > 1:
         low, high = min(results), max(results)
         print(f"template revert {high} MiB / {low} MiB: "

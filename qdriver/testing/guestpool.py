@@ -9,8 +9,10 @@ the guest agent answering), runs an optional ``prepare`` step, and takes an
 snapshot there.  A guest whose XML asks nothing of its RAM's backing gets
 its RAM in a shared file and a template snapshot: `GuestPool.reset` then
 starts a clone that maps the template's RAM copy-on-write and loads only the
-devices' state, in a time that does not grow with the guest's RAM.  Other
-guests get an internal snapshot, which a reset loads inside the same QEMU.
+devices' state, in a time that does not grow with the guest's RAM; while a
+test runs, the next reset's QEMU is started and loaded ahead (`prepare_next`),
+so that the reset itself only swaps QEMUs.  Other guests get an internal
+snapshot, which a reset loads inside the same QEMU.
 
 Pools of several processes (pytest-xdist workers) can share one boot: given a
 shared directory (`open_shared`, made by the process that outlives them), the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,6 +60,8 @@ KEPT_FILE = "kept"
 """Marks a pool directory kept for a failed test: `reap_stale` leaves it."""
 BOOTS_FILE = "boots"
 """A shared directory's list of the guests booted in it, a line each."""
+
+log = logging.getLogger("qdriver")
 
 Prepare = Callable[["Guest"], Awaitable[None] | None]
 
@@ -196,7 +201,7 @@ class GuestPool:
         reaped = await reap_stale(self.base)
         make_private_dirs(self.dir, self.base, "test guests")
         (self.dir / OWNER_FILE).write_text(json.dumps(_owner(os.getpid())))
-        self.driver = Driver(self.dir)
+        self.driver = Driver(self.dir, standby=False)  # made by `prepare_next` instead
         if self.shared is not None:
             self.shared_driver = Driver(self.shared)
         return reaped
@@ -226,6 +231,18 @@ class GuestPool:
             raise GuestSetupError(f"cannot revert '{guest.domain.name}' to its snapshot "
                                   f"'{guest.snapshot}': {e}") from e
         await _relink(guest)
+
+    async def prepare_next(self, guest: Guest) -> None:
+        """Have the next reset's QEMU started and loaded ahead, while the test runs
+        (`Domain.prepare_standby`): the reset then only swaps QEMUs.  A failure
+        costs the next reset its head start, nothing else."""
+        if guest.seed is not None or not guest.template:
+            return
+        try:
+            await guest.domain.prepare_standby(guest.snapshot)
+        except QDriverError as e:
+            log.warning("qdriver: no QEMU started ahead for the next reset of '%s': %s",
+                        guest.domain.name, e)
 
     async def keep(self, guest: Guest, test: str) -> str:
         """Snapshot the guest as it is now under a name from ``test``; kept after close."""
@@ -549,8 +566,8 @@ def qemu_pids(directory: Path) -> list[int]:
     """Live QEMU processes whose command line names ``directory``."""
     marker = f"{directory}/".encode()  # not another directory that begins the same
     return [pid for pid, cmdline in process.processes()
-            if b"qemu-system" in cmdline and marker in cmdline
-            and process.start_time(pid) is not None]
+            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and marker in cmdline
+            and process.start_time(pid) is not None]  # not its supervisor (a shell)
 
 
 def _remove_dir(directory: Path) -> None:

@@ -149,6 +149,8 @@ class PluginSession:
         self._stack.enter_context(_sigterm_interrupts())
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         self._inflight: set[concurrent.futures.Future[Any]] = set()
+        self._ahead: dict[int, concurrent.futures.Future[Any]] = {}
+        """Per guest: the next reset's QEMU being prepared while a test runs."""
         self.closed = False
         self.kept: list[tuple[str, str]] = []
         try:
@@ -165,6 +167,18 @@ class PluginSession:
             return future.result()
         finally:
             self._inflight.discard(future)
+
+    def reset(self, guest: Guest) -> None:
+        """Reset the guest (once what was started ahead for it is ready), then start
+        the next reset's QEMU ahead, in the background, while the test runs."""
+        ahead = self._ahead.pop(id(guest), None)
+        if ahead is not None:
+            concurrent.futures.wait([ahead])
+            self._inflight.discard(ahead)
+        self.call(self.pool.reset, guest)
+        future = self._portal.start_task_soon(self.pool.prepare_next, guest)
+        self._ahead[id(guest)] = future
+        self._inflight.add(future)
 
     def spec(self, request: pytest.FixtureRequest) -> GuestSpec:
         """What this test asks for: options, then its ``qdriver`` markers, then an
@@ -255,7 +269,7 @@ def qdriver_guest(request: pytest.FixtureRequest, qdriver_driver: Driver) -> Gue
     problem: str | None = None
     try:
         guest = session.call(session.pool.guest, spec)
-        session.call(session.pool.reset, guest)
+        session.reset(guest)
     except GuestSetupError as e:
         problem = str(e)  # failed outside the handler: no chained exception in the report
     if problem is not None:
