@@ -16,7 +16,8 @@
 Run for the test guest's two kernel images: ``vmlinux`` (PVH, what the test
 suite boots) and ``vmlinuz`` (the bzImage a distribution boots), each with the
 disk's ``io='io_uring'`` and with QEMU's default I/O (threads).
-Medians; ratios in the same run.
+Each kind in turn, the other guests paused (a test process runs one guest);
+medians; ratios in the same run.
 Usage: python3 bench/pytest_reset.py [--resets N] [--boots N]
 """
 from __future__ import annotations
@@ -101,25 +102,27 @@ async def measure(work: Path, kernel: str, io: str | None, resets: int,
         guest, internal = await pool.guest(spec), await pool.guest(internal_spec)
         forked = await fork_pool.guest(spec)
         await fork_pool.reset(forked)  # the first reset of a new fork has nothing to do
-        reset: list[float] = []
-        internal_reset: list[float] = []
-        fork_reset: list[float] = []
-        raw: list[float] = []
-        for _ in range(resets):
-            for owner, which, times in ((pool, guest, reset), (pool, internal, internal_reset),
-                                        (fork_pool, forked, fork_reset)):
+        kinds = ((pool, guest, "reset"), (pool, internal, "internal"),
+                 (fork_pool, forked, "fork"))
+        times: dict[str, list[float]] = {}
+        for owner, which, label in kinds:  # one guest runs at a time, as in a test process
+            others = [w for _, w, _ in kinds if w is not which]
+            for other in others:
+                await other.domain.suspend()
+            for _ in range(resets):
                 t0 = time.monotonic()
                 await owner.reset(which)
-                times.append(time.monotonic() - t0)
+                times.setdefault(label, []).append(time.monotonic() - t0)
                 async with anyio.create_task_group() as tg:  # the test runs a little
                     tg.start_soon(owner.prepare_next, which)
-                    await anyio.sleep(0.2)
-            await anyio.sleep(0.2)
-            raw.append(await raw_reset(pool, internal_spec))
+                    await anyio.sleep(0.3)
+                if label == "internal":
+                    times.setdefault("raw", []).append(await raw_reset(pool, internal_spec))
+            for other in others:
+                await other.domain.resume()
         boot = [await boot_once(pool, spec, work / f"boot-{i}.qcow2") for i in range(boots)]
-        return {"reset": statistics.median(reset), "raw": statistics.median(raw),
-                "internal": statistics.median(internal_reset),
-                "fork": statistics.median(fork_reset), "boot": statistics.median(boot)}
+        return {**{k: statistics.median(v) for k, v in times.items()},
+                "boot": statistics.median(boot)}
     finally:
         await pool.close()
         await fork_pool.close()

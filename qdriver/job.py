@@ -310,6 +310,7 @@ class Job(JobView):
         self.persistent = persistent
         assert mon is not None
         self._adopt(mon)
+        self._status = RunStatus("paused")  # as every QEMU waiting for its state is
         return mon
 
     async def stop(self, reason: str, grace: float = 3.0) -> None:

@@ -160,3 +160,15 @@ def test_qemu_without_the_snapshot_delete_job_uses_hmp_delvm() -> None:
     assert isinstance(internal_json, list) and internal_json[0]["via"] == "hmp delvm"
     plan = plan_delete(tree, dom(f"{W}/orig"), False, ["i"], g, snapshot_job=False)
     assert plan.internal[0].hmp is False  # shut off: qemu-img whatever the QEMU
+
+
+def test_the_files_a_revert_leaves_named_but_the_revert_disks_it_replaces() -> None:
+    """What decides whether a revert may kill the running QEMU at once: the overlay of
+    an earlier revert to ``t`` is named by ``t`` alone, which the revert replaces;
+    one that a later snapshot froze stays named."""
+    tree = SnapshotTree({"t": ext("t", f"{W}/orig", f"{W}/t-top", revert=f"{W}/rev1"),
+                         "u": ext("u", f"{W}/rev2", f"{W}/u-top", "t")}, "u")
+    assert f"{W}/rev1" in tree.files()
+    assert f"{W}/rev1" not in tree.files(but_revert_disks_of="t")
+    assert f"{W}/rev2" in tree.files(but_revert_disks_of="t")  # u froze it
+    assert f"{W}/rev1" in tree.files(but_revert_disks_of="u")

@@ -36,12 +36,16 @@ from .transaction import StepRunner, Transaction
 
 async def plan(job: JobView, name: str, flags: RevertFlags) -> RevertPlan:
     """What reverting to ``name`` would do, from the job's state (and, while QEMU
-    runs, what it says of itself)."""
-    await job.read_tree_and_connect()
+    runs, what it says of itself: not for a snapshot with external memory, whose
+    revert replaces the QEMU whatever its state, so that the QEMU going away is
+    never even connected to)."""
     snap = job.tree.get(name)
     managed = job.paths.managed_save.exists()
     if job.record is None:
         return plan_revert(job.definition, "shutoff", snap, flags, managed_save=managed)
+    if snap.memory == "external":
+        state = "paused" if job.record.paused else "running"
+        return plan_revert(job.definition, state, snap, flags, managed_save=managed)
     state, caps = await job.abilities()
     return plan_revert(job.definition, state, snap, flags, caps, managed)
 
@@ -135,10 +139,19 @@ class RevertExecution:
     # -- steps -------------------------------------------------------------------------
 
     async def stop(self) -> None:
+        stop = partial(self.job.stop, "from snapshot", 0.0 if self._writes_discarded() else 3.0)
         if self.standby is None or RevertStep.LOAD_MEMORY_FILE not in self.plan.steps:
-            await self.job.stop("from snapshot")
+            await stop()
             return
-        await side_by_side(partial(self.job.stop, "from snapshot"), self._load_ahead)
+        await side_by_side(stop, self._load_ahead)
+
+    def _writes_discarded(self) -> bool:
+        """Whether no image the running QEMU writes outlives the revert in anything's
+        name (no snapshot but this one's replaced revert disks names it): then QEMU
+        may be killed at once, its writes not flushed."""
+        named = self.job.tree.files(but_revert_disks_of=self.plan.name)
+        return all(d.readonly or not d.source or d.source not in named
+                   for d in self.job.definition.disks)
 
     async def _load_ahead(self) -> None:
         """The standby loads the devices' state (unless it has) while the old QEMU

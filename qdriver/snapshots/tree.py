@@ -103,12 +103,14 @@ class SnapshotTree:
             parent = self.parent(parent)
         return out
 
-    def files(self) -> set[str]:
-        """Every image file some snapshot names (its disks, revert disks, domain)."""
+    def files(self, but_revert_disks_of: str | None = None) -> set[str]:
+        """Every image file some snapshot names (its disks, revert disks, domain);
+        ``but_revert_disks_of``: not counting that snapshot's revert disks (which
+        a revert to it replaces)."""
         named: set[str] = set()
-        for snap in self.snaps.values():
-            named.update(d.source for d in [*snap.disks, *(snap.revert_disks or ())]
-                         if d.source)
+        for name, snap in self.snaps.items():
+            reverts = snap.revert_disks or () if name != but_revert_disks_of else ()
+            named.update(d.source for d in [*snap.disks, *reverts] if d.source)
             if snap.domain is not None:
                 named.update(disk_sources(snap.domain).values())
         return named
