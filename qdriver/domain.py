@@ -52,7 +52,7 @@ class Host(Protocol):
     def next_id(self) -> int: ...
 
     async def fork(self, dom: Domain, snapshot: str, names: list[str],
-                   progress: ProgressFn | None) -> list[Domain]: ...
+                   progress: ProgressFn | None, paused: bool = False) -> list[Domain]: ...
 
     async def same_hardware(self, saved: DomainDef, xml: str | bytes) -> DomainDef:
         """``xml`` as stored, if it gives the guest saved from ``saved`` the same
@@ -323,10 +323,10 @@ class Domain(SnapshotReading, GuestInfo):
         async with self._view() as view:
             return await revert_exec.plan(view, snapshot, RevertFlags(running, paused, force))
 
-    async def fork(self, snapshot: str, *names: str,
-                   progress: ProgressFn | None = None) -> list[Domain]:
-        """New running domains from an external memory snapshot (`Driver.fork`)."""
-        return await self.driver.fork(self, snapshot, list(names), progress)
+    async def fork(self, snapshot: str, *names: str, progress: ProgressFn | None = None,
+                   paused: bool = False) -> list[Domain]:
+        """New running (or ``paused``) domains from an external memory snapshot."""
+        return await self.driver.fork(self, snapshot, list(names), progress, paused)
 
     async def delete_snapshot(self, name: str, metadata_only: bool = False,
                               children: bool = False, children_only: bool = False,

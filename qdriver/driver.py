@@ -241,10 +241,11 @@ class Driver:
         dom.paths.remove_dir()
 
     async def fork(self, dom: Domain, snapshot: str, names: list[str],
-                   progress: ProgressFn | None = None) -> list[Domain]:
+                   progress: ProgressFn | None = None, paused: bool = False) -> list[Domain]:
         """New running domains ``names`` from an external memory snapshot of ``dom``
         (`ops.fork_plan`, `ops.fork_exec`): from a template in milliseconds, from a
-        memory file by loading it.  All of them, or (on a failure) none.
+        memory file by loading it.  All of them, or (on a failure) none.  ``paused``:
+        loaded, their vCPUs not yet started (a fork made ahead, resumed when needed).
 
         :raise OperationInvalidError: the snapshot has no external memory, or a
             name is taken.
@@ -253,7 +254,7 @@ class Driver:
             the_plan = fork_exec.plan(job, snapshot, names,
                                       {d.name for d in self.list_domains()})
             return await fork_exec.fork(job, the_plan, self.define_xml,
-                                        partial(self._start_fork, the_plan, progress))
+                                        partial(self._start_fork, the_plan, progress, paused))
 
     async def snapshot_group(self, name: str, domains: list[Domain], xml: str | None = None,
                              disk_only: bool = False) -> list[Taken]:
@@ -289,12 +290,12 @@ class Driver:
             yield [by_name[n] for n in names]
 
     async def _start_fork(self, the_plan: ForkPlan, progress: ProgressFn | None,
-                          new: Domain) -> None:
+                          paused: bool, new: Domain) -> None:
         """Start a defined fork, like a restore of the snapshot's memory."""
         async with new.job() as job:
             await revert_exec.restore(job, the_plan.memory_file, job.definition.to_xml(),
-                                      True, RevertFlags(running=True), progress,
-                                      template_ram=the_plan.template_ram)
+                                      True, RevertFlags(running=not paused, paused=paused),
+                                      progress, template_ram=the_plan.template_ram)
 
     def native_argv(self, domain: str) -> list[str]:
         """The QEMU command line ``domain`` (a defined domain's name, or a domain XML

@@ -24,9 +24,12 @@ FRESH_TESTS = r'''
 import json, os
 import pytest
 
-def record(driver):
+def record(driver, domain):
+    run = domain.runtime.peek()
     with open(os.environ["QD_RECORD"], "a") as f:
-        f.write(json.dumps({"dir": str(driver.state_dir), "pid": os.getpid()}) + "\n")
+        f.write(json.dumps({"dir": str(driver.state_dir), "pid": os.getpid(),
+                            "domain": domain.name, "qemu": run.pid,
+                            "ahead": run.slot is not None}) + "\n")
 
 LAST_SEEN = []  # the last counter each earlier test of this process saw
 
@@ -44,12 +47,12 @@ def check_fresh_and_dirty_it(console):
     LAST_SEEN.append(first + 5)
 
 @pytest.mark.parametrize("i", range(3))
-def test_sync(qdriver_driver, qdriver_console, i):
-    record(qdriver_driver)
+def test_sync(qdriver_driver, qdriver_domain, qdriver_console, i):
+    record(qdriver_driver, qdriver_domain)
     check_fresh_and_dirty_it(qdriver_console)
 
 async def test_async(qdriver_driver, qdriver_domain, qdriver_console):
-    record(qdriver_driver)
+    record(qdriver_driver, qdriver_domain)
     await qdriver_console.wait_async(r"^COUNTER", 20)
     assert (await qdriver_domain.get_state())[0] == 1  # running, asked on this test's loop
     check_fresh_and_dirty_it(qdriver_console)
@@ -104,6 +107,9 @@ def test_every_test_gets_a_fresh_guest(pytester: pytest.Pytester, plugin_env: Pa
     entries = recorded(plugin_env)
     assert len({e["dir"] for e in entries}) == 1  # one guest, booted once, for all four
     assert sha256(guest_image.disk) == before, "the XML's image was written"
+    # every reset after the first took over the QEMU started ahead while a test ran
+    assert [e["ahead"] for e in entries] == [False, True, True, True], entries
+    assert len({e["qemu"] for e in entries}) == 4
     assert_nothing_left(plugin_env)
 
 
@@ -118,6 +124,9 @@ def test_xdist_workers_fork_their_guests_from_one_boot(pytester: pytest.Pytester
     entries = recorded(plugin_env)
     assert len({e["pid"] for e in entries}) == 2
     assert len({e["dir"] for e in entries}) == 1  # the controller's shared directory
+    for worker in {e["pid"] for e in entries}:  # each reset resumed a fork made ahead
+        mine = [e["domain"] for e in entries if e["pid"] == worker]
+        assert len(set(mine)) == len(mine), entries
     result.stdout.fnmatch_lines(["qdriver: 1 guest(s) booted for the xdist workers*"])
     assert_nothing_left(plugin_env)
 

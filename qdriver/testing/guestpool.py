@@ -101,6 +101,10 @@ class Guest:
     """The shared booted domain this guest is a fork of (its reset forks it again)."""
     fresh: bool = False
     """A fork that no test used yet: its reset has nothing to do."""
+    next: Domain | None = None
+    """A fork made ahead, paused, that the next reset resumes in this one's place."""
+    retired: Domain | None = None
+    """The fork a reset replaced, to discard (`GuestPool.prepare_next`)."""
 
     @property
     def console_log(self) -> Path:
@@ -221,7 +225,9 @@ class GuestPool:
     async def reset(self, guest: Guest) -> None:
         """Put the guest back to its starting snapshot, running (a fork: a new fork)."""
         if guest.seed is not None:
-            if not guest.fresh:
+            if guest.next is not None and not guest.fresh:
+                await self._switch(guest)
+            elif not guest.fresh:
                 await self._refork(guest)
             guest.fresh = False
             return
@@ -236,13 +242,39 @@ class GuestPool:
         """Have the next reset's QEMU started and loaded ahead, while the test runs
         (`Domain.prepare_standby`): the reset then only swaps QEMUs.  A failure
         costs the next reset its head start, nothing else."""
-        if guest.seed is not None or not guest.template:
-            return
         try:
-            await guest.domain.prepare_standby(guest.snapshot)
+            if guest.seed is not None:
+                await self._fork_ahead(guest)
+            elif guest.template:
+                await guest.domain.prepare_standby(guest.snapshot)
         except QDriverError as e:
-            log.warning("qdriver: no QEMU started ahead for the next reset of '%s': %s",
+            log.warning("qdriver: nothing started ahead for the next reset of '%s': %s",
                         guest.domain.name, e)
+
+    async def _fork_ahead(self, guest: Guest) -> None:
+        """Discard the fork the last reset replaced; make the next one, paused."""
+        assert guest.seed is not None and self.shared_driver is not None
+        if guest.retired is not None:
+            await _discard(self.shared_driver, guest.retired, _fork_overlays(guest.retired))
+            guest.retired = None
+        if guest.next is None:
+            self._count += 1
+            name = _safe(f"{_read_definition(guest.spec).name}-{self.label}-{self._count}")
+            (guest.next,) = await guest.seed.fork(READY_SNAPSHOT, name, paused=True)
+
+    async def _switch(self, guest: Guest) -> None:
+        """The fork made ahead takes the used one's place, running: a reset that
+        resumes vCPUs (the used one goes at the next `prepare_next`)."""
+        assert guest.next is not None
+        _unlink(guest)
+        guest.retired, guest.domain, guest.next = guest.domain, guest.next, None
+        guest.overlays = _fork_overlays(guest.domain)
+        try:
+            await guest.domain.resume()
+        except QDriverError as e:
+            raise GuestSetupError(f"cannot resume '{guest.domain.name}', forked ahead "
+                                  f"from '{guest.seed.name if guest.seed else ''}': {e}") from e
+        await _relink(guest)
 
     async def keep(self, guest: Guest, test: str) -> str:
         """Snapshot the guest as it is now under a name from ``test``; kept after close."""
@@ -266,6 +298,10 @@ class GuestPool:
         for guest in list(self.guests.values()):
             _unlink(guest)
             driver = self.shared_driver or self.driver
+            if driver is not None:
+                for extra in (guest.next, guest.retired):
+                    if extra is not None:
+                        await _discard(driver, extra, _fork_overlays(extra))
             if not guest.kept and driver is not None:
                 await _discard(driver, guest.domain, guest.overlays)
         await _stop_all(self.dir)
@@ -327,9 +363,7 @@ class GuestPool:
         except QDriverError as e:
             raise GuestSetupError(f"cannot fork '{name}' from the booted guest "
                                   f"'{guest.seed.name}': {e}") from e
-        guest.domain, guest.fresh = dom, True
-        guest.overlays = [Path(d.source) for d in dom.definition.disks
-                          if d.source and not d.readonly]
+        guest.domain, guest.fresh, guest.overlays = dom, True, _fork_overlays(dom)
         await _relink(guest)
 
     async def _boot(self, spec: GuestSpec, driver: Driver, directory: Path,
@@ -483,6 +517,11 @@ def _unlink(guest: Guest) -> None:
     if guest.link is not None:
         guest.link.close()
     guest.link = guest.linked_pid = None
+
+
+def _fork_overlays(dom: Domain) -> list[Path]:
+    """A fork's own images (its overlays on the template snapshot's)."""
+    return [Path(d.source) for d in dom.definition.disks if d.source and not d.readonly]
 
 
 async def _discard(driver: Driver, dom: Domain, overlays: list[Path]) -> None:
