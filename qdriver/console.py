@@ -123,14 +123,15 @@ class SerialLink:
         self.target = str(target)
         self._fd, self._sock = _open(target)
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # `close` ends the drain's wait at once
         self._thread = threading.Thread(target=self._drain, name=f"serial {target}",
                                         daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.2)
-            if ready:
+            ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            if self._fd in ready:
                 try:
                     if not os.read(self._fd, 65536):
                         return
@@ -154,7 +155,10 @@ class SerialLink:
     def close(self) -> None:
         """Stop draining and let go of the console."""
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         if self._sock is not None:
             self._sock.close()
         else:
