@@ -2,13 +2,15 @@
 """The pytest plugin's per-test reset beside booting a guest per test, one run.
 
   reset   what ``qdriver_domain`` does before each test (`GuestPool.reset`), timed
-          from the fixture's side: the booted 256 MiB guest goes back to its ready
-          snapshot, a template: the QEMU started and loaded ahead while the last
-          test ran (`GuestPool.prepare_next`, as the plugin does) takes over.
+          from the fixture's side: each test's 256 MiB guest is a fork of the
+          boot's template, made paused while the test before ran
+          (`GuestPool.prepare_next`, as the plugin does); the reset resumes it.
+          The same under xdist, the boot then shared by the workers.
+  revert  the reset with ``--qdriver-keep-failed``: the booted guest goes back to
+          its template snapshot; the QEMU started and loaded ahead while the test
+          before ran takes over.
   internal  the same for a guest the pool cannot make a template of (its XML asks
           for memfd RAM): an internal snapshot loaded inside the same QEMU.
-  fork    the reset of an xdist worker's guest, forked from the one boot all workers
-          share: the fork is discarded and forked again from the template.
   raw     that internal reset as bare QMP: stop + snapshot-load job + cont.
   boot    what a test pays without the plugin: define the XML on a new
           overlay, start, wait for GUEST-READY, destroy, undefine.
@@ -39,7 +41,7 @@ from common import IMAGES  # noqa: E402
 
 from qdriver import qemuimg, qmp  # noqa: E402
 from qdriver.blockdev.nodes import top_nodes
-from qdriver.testing.guestpool import GuestPool, GuestSpec, close_shared, open_shared
+from qdriver.testing.guestpool import GuestPool, GuestSpec
 from qdriver.xml.domain import DomainDef  # noqa: E402
 from tests.helpers.guest import GuestImage, domain_xml  # noqa: E402
 
@@ -95,15 +97,14 @@ async def measure(work: Path, kernel: str, io: str | None, resets: int,
     internal_spec = GuestSpec(write_xml(work, kernel, io, memfd=True), READY)
     pool = GuestPool(work / "pools", f"{kernel}-{io}")
     await pool.open()
-    shared = open_shared(work / "pools")
-    fork_pool = GuestPool(work / "pools", f"fork-{kernel}-{io}", shared)
+    fork_pool = GuestPool(work / "pools", f"fork-{kernel}-{io}", forks=True)
     await fork_pool.open()
     try:
         guest, internal = await pool.guest(spec), await pool.guest(internal_spec)
         forked = await fork_pool.guest(spec)
         await fork_pool.reset(forked)  # the first reset of a new fork has nothing to do
-        kinds = ((pool, guest, "reset"), (pool, internal, "internal"),
-                 (fork_pool, forked, "fork"))
+        kinds = ((fork_pool, forked, "reset"), (pool, guest, "revert"),
+                 (pool, internal, "internal"))
         times: dict[str, list[float]] = {}
         for owner, which, label in kinds:  # one guest runs at a time, as in a test process
             others = [w for _, w, _ in kinds if w is not which]
@@ -126,7 +127,6 @@ async def measure(work: Path, kernel: str, io: str | None, resets: int,
     finally:
         await pool.close()
         await fork_pool.close()
-        await close_shared(shared)
 
 
 async def main() -> None:
@@ -134,14 +134,14 @@ async def main() -> None:
     ap.add_argument("--resets", type=int, default=15)
     ap.add_argument("--boots", type=int, default=3)
     args = ap.parse_args()
-    print(f"{'guest (256 MiB, TCG)':34} {'reset':>8} {'fork':>8} {'internal':>9} "
+    print(f"{'guest (256 MiB, TCG)':34} {'reset':>8} {'revert':>8} {'internal':>9} "
           f"{'raw QMP':>8} {'internal/reset':>15} {'boot':>8} {'boot/reset':>10}")
     with tempfile.TemporaryDirectory(prefix="qdriver-bench-") as tmp:
         for kernel in ("vmlinux", "vmlinuz"):
             for io in ("io_uring", None):
                 r = await measure(Path(tmp), kernel, io, args.resets, args.boots)
                 label = f"{kernel}, io={io or 'threads'}"
-                print(f"{label:34} {r['reset'] * 1000:6.0f}ms {r['fork'] * 1000:6.0f}ms "
+                print(f"{label:34} {r['reset'] * 1000:6.0f}ms {r['revert'] * 1000:6.0f}ms "
                       f"{r['internal'] * 1000:7.0f}ms "
                       f"{r['raw'] * 1000:6.0f}ms {r['internal'] / r['reset']:15.2f} "
                       f"{r['boot']:7.2f}s {r['boot'] / r['reset']:10.1f}", flush=True)

@@ -107,9 +107,8 @@ def test_every_test_gets_a_fresh_guest(pytester: pytest.Pytester, plugin_env: Pa
     entries = recorded(plugin_env)
     assert len({e["dir"] for e in entries}) == 1  # one guest, booted once, for all four
     assert sha256(guest_image.disk) == before, "the XML's image was written"
-    # every reset after the first took over the QEMU started ahead while a test ran
-    assert [e["ahead"] for e in entries] == [False, True, True, True], entries
-    assert len({e["qemu"] for e in entries}) == 4
+    # every reset after the first resumed a fork made ahead while a test ran
+    assert len({e["domain"] for e in entries}) == len({e["qemu"] for e in entries}) == 4
     assert_nothing_left(plugin_env)
 
 
@@ -276,7 +275,8 @@ def test_a_guest_that_never_gets_ready_is_a_clear_setup_error(
     result.assert_outcomes(errors=2)
     out = result.stdout.str()
     assert "not ready within 4 s" in out and "NEVER-PRINTED" in out
-    assert "plug-1" in out and "plug-2" not in out  # the second test does not boot again
+    assert "plug-seed-" in out
+    assert out.count("not tried again") == 1  # the second test does not boot again
     assert "During handling" not in out
     assert_nothing_left(plugin_env)
 

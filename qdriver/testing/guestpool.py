@@ -187,12 +187,16 @@ class Console:
 class GuestPool:
     """The booted guests of one test process, in a private state directory."""
 
-    def __init__(self, base: Path, label: str, shared: Path | None = None) -> None:
+    def __init__(self, base: Path, label: str, shared: Path | None = None,
+                 forks: bool = False) -> None:
         self.base = base
         self.label = _safe(label)
         self.dir = base / f"{self.label}-{os.getpid()}"
         self.shared = shared
         """A directory (`open_shared`) whose booted guests this pool forks from."""
+        self.forks = forks or shared is not None
+        """Guests are forks of a boot (in ``shared``, else in the pool's directory),
+        and a reset resumes one made ahead; else a reset reverts the booted guest."""
         self.driver: Driver | None = None
         self.shared_driver: Driver | None = None
         self.guests: dict[GuestSpec, Guest] = {}
@@ -212,8 +216,9 @@ class GuestPool:
 
     async def guest(self, spec: GuestSpec) -> Guest:
         """The booted guest for ``spec`` (booting it the first time)."""
-        if spec in self.failures:
-            raise GuestSetupError(self.failures[spec])
+        if spec in self.failures:  # not tried again: each test would wait as long
+            raise GuestSetupError(f"{self.failures[spec]} (an earlier test's attempt; "
+                                  "not tried again)")
         if spec not in self.guests:
             try:
                 self.guests[spec] = await self._make(spec)
@@ -253,9 +258,9 @@ class GuestPool:
 
     async def _fork_ahead(self, guest: Guest) -> None:
         """Discard the fork the last reset replaced; make the next one, paused."""
-        assert guest.seed is not None and self.shared_driver is not None
+        assert guest.seed is not None
         if guest.retired is not None:
-            await _discard(self.shared_driver, guest.retired, _fork_overlays(guest.retired))
+            await _discard(self._seeds, guest.retired, _fork_overlays(guest.retired))
             guest.retired = None
         if guest.next is None:
             self._count += 1
@@ -317,15 +322,22 @@ class GuestPool:
     async def _make(self, spec: GuestSpec) -> Guest:
         """A guest of this pool's own: booted here, or forked from the shared boot."""
         assert self.driver is not None, "GuestPool.open() first"
+        definition = _read_definition(spec)
+        if self.forks and _shareable(definition):
+            return await self._fork_seed(spec, self._seeds)
         shared = self.shared_driver
         if shared is None:
             return await self._boot(spec, self.driver, self.dir)
-        definition = _read_definition(spec)
-        if _shareable(definition):
-            return await self._fork_seed(spec, shared)
         self._count += 1  # booted for this pool alone, beside the others' in the shared dir
         return await self._boot(spec, shared, shared.state_dir,
                                 _safe(f"{definition.name}-{self.label}-{self._count}"))
+
+    @property
+    def _seeds(self) -> Driver:
+        """The driver of the booted guests forks are made from."""
+        driver = self.shared_driver or self.driver
+        assert driver is not None, "GuestPool.open() first"
+        return driver
 
     async def _fork_seed(self, spec: GuestSpec, shared: Driver) -> Guest:
         """A fork of the spec's guest booted in the shared directory (booted now, under
@@ -353,11 +365,11 @@ class GuestPool:
 
     async def _refork(self, guest: Guest, name: str | None = None) -> None:
         """Replace the guest's fork (if any) with a new one of its seed's template."""
-        assert guest.seed is not None and self.shared_driver is not None
+        assert guest.seed is not None
         if name is None:
             name = guest.domain.name
             _unlink(guest)
-            await _discard(self.shared_driver, guest.domain, guest.overlays)
+            await _discard(self._seeds, guest.domain, guest.overlays)
         try:
             (dom,) = await guest.seed.fork(READY_SNAPSHOT, name)
         except QDriverError as e:

@@ -1,12 +1,15 @@
 """The pytest plugin: a booted guest, freshly reverted, for every test that asks.
 
 Loaded through the ``pytest11`` entry point (``-p no:qdriver`` turns it off).
-``qdriver_domain`` boots the domain XML once per session, snapshots it when
-ready and reverts to that snapshot before each test (`qdriver.testing.guestpool`).
+``qdriver_domain`` boots the domain XML once per session and takes a template
+snapshot when it is ready; each test gets a fork of that template, made while
+the test before ran and resumed by the reset (`qdriver.testing.guestpool`).
+With ``--qdriver-keep-failed`` (a failed test's guest is kept with a snapshot)
+the booted guest itself is reverted to its snapshot before each test instead.
 Under pytest-xdist the controller owns a shared directory: the first worker
-to ask boots the guest there once, and every worker forks its own guest from
-that boot's template (each reset forks it again); the controller stops and
-removes it all at the end.  The plugin's own work runs on an event
+to ask boots the guest there once, and every worker forks its own guests from
+that boot's template; the controller stops and removes it all at the end.  The
+plugin's own work runs on an event
 loop in a thread of its own, so that sync tests and async (pytest-asyncio)
 tests get the same fixtures; a `qdriver.Domain` holds no loop, so an async
 test may ``await`` its methods on its own loop.
@@ -143,8 +146,10 @@ class PluginSession:
         self.base = _base(config)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         shared = getattr(config, "workerinput", {}).get(SHARED_KEY)
-        self.pool = GuestPool(self.base, worker, Path(shared) if shared else None)
         self.keep_failed = bool(_setting(config, "keep-failed"))
+        # a failed test's guest is kept with a snapshot: reverted guests, not forks
+        self.pool = GuestPool(self.base, worker, Path(shared) if shared else None,
+                              forks=not self.keep_failed)
         self._stack = ExitStack()
         self._stack.enter_context(_sigterm_interrupts())
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
