@@ -15,6 +15,7 @@ from .errors import (
     InvalidArgError,
     InvalidSnapshotError,
     NoDomainError,
+    NoNetworkError,
     NoSnapshotError,
     NoSupportError,
     OperationAbortedError,
@@ -28,6 +29,7 @@ from .errors import (
     SystemError_,
     XMLError,
 )
+from .network import Lease, Network
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
 from .ops.group import Taken
 from .ops.revert_plan import RevertFlags, RevertPlan, plan_revert
@@ -41,8 +43,8 @@ __all__ = [
     "RevertFlags", "RevertPlan", "plan_revert", "Taken", "Snapshot", "ListFilter", "CreateReport",
     "Progress", "AgentUnresponsiveError", "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
-    "NoDomainError", "NoSnapshotError", "NoSupportError", "OperationAbortedError",
-    "OperationFailedError",
+    "NoDomainError", "NoNetworkError", "Network", "Lease", "NoSnapshotError", "NoSupportError",
+    "OperationAbortedError", "OperationFailedError",
     "OperationInvalidError", "OperationTimeoutError", "OperationUnsupportedError",
     "QDriverError", "ShutdownTimeoutError", "SnapshotRevertRiskyError", "SystemError_",
     "XMLError",

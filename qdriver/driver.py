@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import anyio
 
-from . import emulator, qmp, runas
+from . import emulator, network, qmp, runas
 from .caps import accel, qemucaps
 from .domain import Domain
 from .durable import locked, next_counter
@@ -34,6 +34,7 @@ from .job import Job, storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
 from .memory import memfile
+from .network import Network
 from .ops import fork_exec, group, revert_exec
 from .ops.create_plan import CreateFlags
 from .ops.fork_plan import ForkPlan
@@ -239,6 +240,22 @@ class Driver:
                     f"cannot delete inactive domain with {len(snaps)} snapshots")
             dom.paths.remove_files()
         dom.paths.remove_dir()
+
+    # -- networks -----------------------------------------------------------
+
+    def define_network(self, xml: str | bytes) -> Network:
+        """``virNetworkDefineXML``: a network, not yet started."""
+        return network.define(self.state_dir, xml, self.policy)
+
+    def lookup_network(self, name: str) -> Network:
+        """:raise NoNetworkError: no network of that name."""
+        net = Network(self.state_dir, name, self.policy)
+        net.definition  # noqa: B018 - raises for a network that is not defined
+        return net
+
+    def list_networks(self) -> list[Network]:
+        return [Network(self.state_dir, n, self.policy)
+                for n in network.list_names(self.state_dir)]
 
     async def fork(self, dom: Domain, snapshot: str, names: list[str],
                    progress: ProgressFn | None = None, paused: bool = False) -> list[Domain]:

@@ -21,6 +21,7 @@ class ErrorCode(enum.IntEnum):
     XML_DETAIL = 35
     SYSTEM_ERROR = 38
     NO_DOMAIN = 42
+    NO_NETWORK = 43
     OPERATION_INVALID = 55
     CONFIG_UNSUPPORTED = 67
     OPERATION_TIMEOUT = 68
@@ -108,6 +109,13 @@ class NoDomainError(QDriverError):
 
     code = ErrorCode.NO_DOMAIN
     prefix = "Domain not found: "
+
+
+class NoNetworkError(QDriverError):
+    """No network with that name."""
+
+    code = ErrorCode.NO_NETWORK
+    prefix = "Network not found: "
 
 
 class OperationInvalidError(QDriverError):

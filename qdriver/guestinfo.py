@@ -8,11 +8,13 @@ from __future__ import annotations
 import enum
 
 from . import agent
-from .agent import Interface
+from .agent import Address, Interface
 from .errors import ArgumentUnsupportedError, OperationInvalidError
+from .launch.netprocs import NetworkPaths, leases
 from .launch.runtime import Runtime
 from .paths import DomainPaths
 from .xml.domain import DomainDef
+from .xml.network import NetworkDef
 
 
 class AddressSource(enum.StrEnum):
@@ -41,9 +43,11 @@ class GuestInfo:
     async def interface_addresses(self, source: str = "lease") -> list[Interface]:
         """The guest's interfaces and addresses (``virsh domifaddr``).
 
-        ``lease``: none yet, as libvirt answers for interfaces on no network
-        (qdriver runs no networks of its own yet); ``agent``: what the guest agent
-        reports; ``arp`` is not offered (the guests' sockets are no host interface).
+        ``lease``: the addresses the DHCP servers of the qdriver networks the
+        interfaces join gave their MACs (``netN``: the domain's Nth interface; none
+        for an interface on no network, as libvirt answers); ``agent``: what the
+        guest agent reports; ``arp`` is not offered (the guests' links are no host
+        interface).
 
         :raise OperationInvalidError: the domain is not running.
         :raise ArgumentUnsupportedError: no guest agent channel, or an unknown source.
@@ -56,7 +60,7 @@ class GuestInfo:
         if self.runtime.peek() is None:
             raise OperationInvalidError("domain is not running")
         if src is AddressSource.LEASE:
-            return []
+            return self._leased()
         if src is AddressSource.ARP:
             raise ArgumentUnsupportedError("interface addresses from the host's ARP table are "
                                            "not offered: the guests' links are no host "
@@ -65,6 +69,21 @@ class GuestInfo:
         if path is None:
             raise ArgumentUnsupportedError("QEMU guest agent is not configured")
         return await agent.interfaces(path)
+
+
+    def _leased(self) -> list[Interface]:
+        found = []
+        for i, iface in enumerate(self.definition.interfaces):
+            if iface.type != "network" or not iface.network or not iface.mac:
+                continue
+            paths = NetworkPaths.of(self.paths.state_dir, iface.network)
+            prefix = NetworkDef.parse(paths.definition.read_bytes()).subnet.prefixlen \
+                if paths.definition.exists() else 0
+            addrs = tuple(Address("ipv4", ip, prefix) for _, mac, ip, _ in leases(paths)
+                          if mac == iface.mac.lower())
+            if addrs:
+                found.append(Interface(f"net{i}", iface.mac, addrs))
+        return found
 
 
 __all__ = ["AddressSource", "GuestInfo"]

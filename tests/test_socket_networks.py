@@ -96,8 +96,7 @@ def test_bad_socket_interfaces_are_named(iface: str, error: type[Exception],
         parse(iface)
 
 
-UNRUN_TYPES = ("network", "bridge", "direct", "ethernet", "hostdev", "vhostuser", "vdpa",
-               "null", "vds")
+UNRUN_TYPES = ("bridge", "direct", "ethernet", "hostdev", "vhostuser", "vdpa", "null", "vds")
 """libvirt's interface types (its domain schema) qdriver does not run (yet)."""
 
 
@@ -112,6 +111,8 @@ UNRUN_TYPES = ("network", "bridge", "direct", "ethernet", "hostdev", "vhostuser"
     ("<interface type='server'><source port='1'/><portForward proto='tcp'><range "
      "start='2222' to='22'/></portForward></interface>",
      "<interface type='server'><portForward>"),
+    ("<interface type='network'><source network='lab'/><backend type='passt'/></interface>",
+     "<interface type='network'><backend type='passt'>"),
 ])
 async def test_interfaces_qdriver_cannot_run_are_refused_at_define(
         driver: qdriver.Driver, iface: str, named: str) -> None:

@@ -14,7 +14,7 @@ import anyio
 
 from ..driver import Driver
 from ..errors import QDriverError
-from . import domain_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
+from . import domain_cmds, network_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
 from .registry import COMMANDS, progress_lines
 
 

@@ -126,7 +126,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     checked program (default: `emulator_for`).  ``ram_template``: the guest's RAM is
     a private, copy-on-write mapping of this template file (a clone's start), opened
     read-only with ``read_only_ram`` (``rom=off``: QEMU 8.2+).  ``helper_sockets``:
-    the socket of each passt interface's helper (`launch.helpers`), by index.
+    by interface index, the socket of each passt interface's helper
+    (`launch.helpers`) and the switch of each network interface's network.
     ``chains``: each disk's backing images (by target), every one its own node; a
     qcow2 disk not in it gets no backing at all (QEMU never follows a header)."""
     if d.unsupported:
@@ -341,6 +342,11 @@ def _netdev(b: _Builder, i: int, iface: InterfaceDef) -> str:
         if sock is None:
             raise ConfigUnsupportedError(f"interface {i} needs passt's socket")
         return f"stream,id=hostnet{i},server=off,addr.type=unix,addr.path={opt(sock)}"
+    if iface.type == "network":  # the qdriver network's switch (`launch.netprocs`)
+        switch = b.helper_sockets.get(i)
+        if switch is None:
+            raise ConfigUnsupportedError(f"interface {i} needs its network's switch")
+        return f"vde,id=hostnet{i},sock={opt(switch)}"
     if iface.type == "user":
         netdev = f"user,id=hostnet{i}"
         for pf in iface.forwards:

@@ -17,7 +17,7 @@ from ..paths import DomainPaths
 from ..qemuimg.chain import Layer, backing_layers
 from ..runas import LaunchPolicy
 from ..xml.domain import DomainDef
-from . import cmdline, helpers
+from . import cmdline, helpers, netprocs
 from .runtime import QemuCommand
 
 
@@ -43,10 +43,11 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
         template.seal(ram_template, definition.memory_kib * 1024, user, read_only_ram)
         _check_one("template RAM", ram_template, not read_only_ram, policy, {})
     needed = _helpers(definition, user, launching)
+    sockets = {i: h.socket for i, h in needed.items()} | _switches(definition, paths,
+                                                                    launching)
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
                          chains=chains, emulator=program.path, ram_template=ram_template,
-                         read_only_ram=read_only_ram,
-                         helper_sockets={i: h.socket for i, h in needed.items()})
+                         read_only_ram=read_only_ram, helper_sockets=sockets)
     st = os.stat(program.path)
     return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
                        ram_template, f"{program.path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}",
@@ -63,6 +64,18 @@ def _helpers(definition: DomainDef, qemu_user: runas.QemuUser | None,
     program = emulator.check_program("passt") if launching else "passt"
     user = helpers.helper_user(qemu_user)
     return {i: helpers.passt(program, i, iface, user) for i, iface in wanted}
+
+
+def _switches(definition: DomainDef, paths: DomainPaths, launching: bool
+              ) -> dict[int, Path]:
+    """The switch of each ``network`` interface's qdriver network, by interface;
+    `OperationInvalidError` if a network is not started (only when launching)."""
+    found: dict[int, Path] = {}
+    for i, iface in enumerate(definition.interfaces):
+        if iface.type == "network" and iface.network:
+            found[i] = netprocs.switch_socket(paths.state_dir, iface.network) if launching \
+                else netprocs.NetworkPaths.of(paths.state_dir, iface.network).switch
+    return found
 
 
 def native_argv(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy,

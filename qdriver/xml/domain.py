@@ -123,6 +123,8 @@ class InterfaceDef:
     """A ``udp`` interface's own address (``<source><local .../></source>``)."""
     backend: str = "default"
     """A user interface's ``<backend type=...>``: QEMU's slirp, or ``passt``."""
+    network: str | None = None
+    """A ``network`` interface's qdriver network (``<source network=...>``)."""
 
 
 @dataclass
@@ -738,7 +740,7 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
 
 def _parse_interface(el: safe.Element, d: DomainDef) -> None:
     itype = el.get("type", "")
-    if itype not in ("user", *SOCKET_INTERFACES):
+    if itype not in ("user", "network", *SOCKET_INTERFACES):
         d.unsupported.append(f"<interface type='{itype}'>")
         return
     model = el.find("model")
@@ -756,7 +758,13 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
     if itype != "user":
         if el.find("portForward") is not None:  # only a user interface forwards ports
             d.unsupported.append(f"<interface type='{itype}'><portForward>")
-        _parse_socket_interface(el, iface)
+        if itype == "network":
+            source = el.find("source")
+            iface.network = source.get("network") if source is not None else None
+            if not iface.network:
+                raise XMLError("<interface type='network'> needs <source network=...>")
+        else:
+            _parse_socket_interface(el, iface)
         d.interfaces.append(iface)
         return
     for pf in el.findall("portForward"):
