@@ -5,6 +5,10 @@
           defined to "each has pinged its neighbour" (the guest's own ping),
           qdriver (started side by side) beside libvirt (Debian's, embedded, no
           daemon, the same XML; started one after the other as its API does).
+  up, network  the same lab on a qdriver network (net-start included), each
+          guest's address from its DHCP server (fixed hosts).  libvirt cannot run
+          this here: its networks need its network driver (a daemon) and a host
+          bridge (root).
   rtt     guest-to-guest ping round trip (average of 20) for each socket backend.
   tput    guest-to-guest TCP throughput (busybox nc, 40 MiB) for each backend,
           timed on the host from the command to the receiver's byte count (checked).
@@ -57,30 +61,50 @@ def pair_backends(port: int) -> dict[str, tuple[str, str]]:
                 f"<local address='127.0.0.1' port='{me}'/></source>"
                 "<model type='virtio'/></interface>")
     tcp = f"<source address='127.0.0.1' port='{port + 2}'/><model type='virtio'/></interface>"
-    return {"mcast": (mcast(port + 3), mcast(port + 3)),
+    return {"qdriver network": (on_network(1), on_network(2)),
+            "mcast": (mcast(port + 3), mcast(port + 3)),
             "udp": (udp(port, port + 1), udp(port + 1, port)),
             "server/client": (f"<interface type='server'>{tcp}",
                               f"<interface type='client'>{tcp}")}
 
 
-def lab_xml(image: GuestImage, work: Path, tag: str, i: int, iface: str) -> tuple[str, Path]:
-    """Guest ``i`` (1-3) of a lab: a file console, its address, pinging the next one."""
+NETWORK = ("<network><name>lab</name><ip address='10.9.0.254' prefix='24'><dhcp>"
+           + "".join(f"<host mac='52:54:00:09:00:0{i}' ip='10.9.0.{i}'/>" for i in (1, 2, 3))
+           + "</dhcp></ip></network>")
+"""An isolated qdriver network; DHCP gives guest i (its MAC) 10.9.0.i."""
+
+
+def on_network(i: int) -> str:
+    return (f"<interface type='network'><source network='lab'/>"
+            f"<mac address='52:54:00:09:00:0{i}'/><model type='virtio'/></interface>")
+
+
+def lab_xml(image: GuestImage, work: Path, tag: str, i: int, iface: str,
+            dhcp: bool = False) -> tuple[str, Path]:
+    """Guest ``i`` (1-3) of a lab: a file console, its address (or DHCP), pinging the
+    next one."""
     console = work / f"{tag}-{i}.log"
+    address = "qd.dhcp=1" if dhcp else f"qd.ip=10.9.0.{i}/24"
     xml = domain_xml(image, f"{tag}-{i}", None, serial="file",
-                     cmdline=f"qd.quiet=1 qd.ip=10.9.0.{i}/24 qd.ping=10.9.0.{i % 3 + 1}",
+                     cmdline=f"qd.quiet=1 {address} qd.ping=10.9.0.{i % 3 + 1}",
                      extra_devices=iface).replace(
         "<serial type='file'/>", f"<serial type='file'><source path='{console}'/></serial>")
     return xml, console
 
 
-async def qdriver_up(work: Path, rounds: int) -> list[float]:
+async def qdriver_up(work: Path, rounds: int, network: bool = False) -> list[float]:
     image = GuestImage(IMAGES)
     times = []
     for r in range(rounds):
         drv = qdriver.Driver(work / "state")
-        xmls = [lab_xml(image, work, f"q{r}", i, mcast(5600 + r)) for i in (1, 2, 3)]
+        xmls = [lab_xml(image, work, f"q{r}{'n' if network else ''}", i,
+                        on_network(i) if network else mcast(5600 + r), dhcp=network)
+                for i in (1, 2, 3)]
         doms = [await drv.define_xml(x) for x, _ in xmls]
+        net = drv.define_network(NETWORK) if network else None
         t0 = time.monotonic()
+        if net is not None:
+            await net.start()
         async with anyio.create_task_group() as tg:
             for dom in doms:
                 tg.start_soon(dom.start)
@@ -90,6 +114,8 @@ async def qdriver_up(work: Path, rounds: int) -> list[float]:
         for dom in doms:
             await dom.destroy()
             await drv.undefine(dom)
+        if net is not None:
+            await net.destroy()
     return times
 
 
@@ -113,6 +139,8 @@ async def network(work: Path) -> dict[str, dict[str, float]]:
     image = GuestImage(IMAGES)
     drv = qdriver.Driver(work / "state")
     out: dict[str, dict[str, float]] = {}
+    net = drv.define_network(NETWORK)
+    await net.start()
     for b, (name, (a_if, b_if)) in enumerate(pair_backends(5700).items()):
         doms = []
         for i, iface in ((1, a_if), (2, b_if)):
@@ -140,6 +168,7 @@ async def network(work: Path) -> dict[str, dict[str, float]]:
         for dom in doms:
             await dom.destroy()
             await drv.undefine(dom)
+    await net.destroy()
     return out
 
 
@@ -165,11 +194,12 @@ def libvirt_up(work: Path, rounds: int) -> list[float]:
 
 def inside(work: Path, rounds: int, libvirt: bool) -> None:
     """Everything measured, from inside the namespace; one JSON line."""
-    async def qdriver_side() -> tuple[list[float], dict[str, dict[str, float]]]:
-        return await qdriver_up(work, rounds), await network(work)
-    up, net = anyio.run(qdriver_side)
-    print(json.dumps({"up": up, "net": net, "libvirt": libvirt_up(work, rounds)
-                      if libvirt else []}))
+    async def qdriver_side() -> tuple[list[float], list[float], dict[str, dict[str, float]]]:
+        return (await qdriver_up(work, rounds), await qdriver_up(work, rounds, network=True),
+                await network(work))
+    up, up_net, net = anyio.run(qdriver_side)
+    print(json.dumps({"up": up, "up_net": up_net, "net": net,
+                      "libvirt": libvirt_up(work, rounds) if libvirt else []}))
 
 
 def main() -> None:
@@ -209,6 +239,8 @@ def main() -> None:
         lv = statistics.median(r["libvirt"])
         line += f"   libvirt {lv:.2f} s   libvirt/qdriver {lv / up:.2f}"
     print(line)
+    print(f"  on a qdriver network, DHCP: qdriver {statistics.median(r['up_net']):.2f} s   "
+          "libvirt cannot here (network driver daemon, host bridge)")
     print("\nguest to guest, by backend (TCG):")
     print(f"  {'backend':14} {'rtt ms':>8} {'Mbit/s':>8}")
     for name, v in r["net"].items():
