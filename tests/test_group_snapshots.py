@@ -20,6 +20,7 @@ import pytest
 
 import qdriver
 from qdriver.console import SerialLink
+from qdriver.ops import create_exec
 from qdriver.ops.create_plan import CreateFlags, CreateStep, plan_snapshot
 from qdriver.xml.domain import DomainDef
 
@@ -150,6 +151,27 @@ async def test_a_group_whose_one_snapshot_is_refused_keeps_none(
         await counters_after(dom, offset, 2)  # and counting
     with anyio.fail_after(5):
         assert lab[0].interrupted_operation() is None
+
+
+async def test_a_group_that_fails_after_the_instant_keeps_none(
+        driver: qdriver.Driver, lab: list[qdriver.Domain],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One domain's metadata write fails once every snapshot is taken: the domains
+    that finished delete theirs, and every guest runs on."""
+    keep = create_exec.STEPS[CreateStep.WRITE_METADATA]
+
+    async def failing(execution: create_exec.CreateExecution) -> None:
+        if execution.job.name == lab[1].name:
+            raise qdriver.OperationFailedError("the metadata disk broke")
+        await keep(execution)
+    monkeypatch.setitem(create_exec.STEPS, CreateStep.WRITE_METADATA, failing)
+    with pytest.raises(qdriver.QDriverError, match="the metadata disk broke"):
+        await driver.snapshot_group("g", lab)
+    for dom in lab:
+        assert [s.name for s in dom.list_snapshots()] == [], dom.name
+        assert dom.state == qdriver.DomainState.RUNNING, dom.name
+        assert dom.interrupted_operation() is None
+        await counters_after(dom, console_offset(dom), 2)  # and counting
 
 
 async def test_the_cli_takes_and_reverts_a_group(

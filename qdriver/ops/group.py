@@ -8,25 +8,35 @@ whole snapshot whatever its kind (`create_plan`'s ``group``), then runs the
 executions side by side: every running guest is paused, and none goes on
 until all are (`Rendezvous`); each takes its own snapshot, journaled in its
 own domain as any snapshot is; none resumes until all are taken, then all
-resume.  A failure in one cancels the others, which roll back: no guest keeps
-a snapshot of a group that was not taken whole.  A group revert reverts each
+resume.  A failure in one before every snapshot is taken cancels the others,
+which roll back; one after it (a domain's metadata write, say) deletes the
+snapshots the others finished.  Either way no guest keeps a snapshot of a
+group that was not taken whole.  (A process killed in the middle is recovered
+domain by domain, by each domain's journal: then a group can be left taken in
+some domains only; each of those snapshots is whole.)  A group revert reverts each
 domain side by side, each left paused (each revert pauses its own guest first,
 journaled as any revert), then resumes together those whose snapshot was
 running (or all with ``running``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 
-from ..errors import OperationAbortedError
+import anyio
+
+from ..errors import OperationAbortedError, QDriverError
 from ..job import Job
 from ..parallel import Rendezvous, RendezvousAborted, side_by_side
 from ..progress import CreateReport
-from . import create_exec, revert_exec
-from .create_plan import CreateFlags, CreateStep
+from . import create_exec, delete_exec, revert_exec
+from .create_plan import CreateFlags, CreatePlan, CreateStep
+from .delete_plan import DeleteFlags
 from .revert_plan import RevertFlags
 from .shared import GroupSync
+
+log = logging.getLogger("qdriver")
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,10 @@ async def snapshot(jobs: list[Job], xml: str, flags: CreateFlags) -> list[Taken]
         job, the_plan, None, group=sync if CreateStep.PAUSE in the_plan.steps else None)
         for job, the_plan in zip(jobs, plans)]
 
-    async def run(job: Job, execution: create_exec.CreateExecution) -> None:
+    finished: list[tuple[Job, str]] = []
+
+    async def run(job: Job, the_plan: CreatePlan,
+                  execution: create_exec.CreateExecution) -> None:
         try:
             await execution.run()
         except RendezvousAborted as e:  # another domain failed: this one rolled back
@@ -59,9 +72,27 @@ async def snapshot(jobs: list[Job], xml: str, flags: CreateFlags) -> list[Taken]
         except BaseException as e:
             sync.abort(f"domain '{job.name}': {e}")
             raise
-    await side_by_side(*(partial(run, job, e) for job, e in zip(jobs, executions)))
+        finished.append((job, the_plan.name))
+    try:
+        await side_by_side(*(partial(run, job, p, e)
+                             for job, p, e in zip(jobs, plans, executions)))
+    except BaseException:
+        if len(finished) < len(jobs):  # failed past the instant: the others' go too
+            with anyio.CancelScope(shield=True):
+                for job, name in finished:
+                    await _take_back(job, name)
+        raise
     return [Taken(job.name, the_plan.name, e.report)
             for job, the_plan, e in zip(jobs, plans, executions)]
+
+
+async def _take_back(job: Job, name: str) -> None:
+    """Delete a snapshot of a group that failed after it was taken."""
+    try:
+        await delete_exec.delete(job, name, DeleteFlags())
+    except (QDriverError, OSError) as e:
+        log.warning("domain '%s' keeps snapshot '%s' of a group that failed: %s",
+                    job.name, name, e)
 
 
 async def revert(jobs: list[Job], name: str, running: bool = False,
