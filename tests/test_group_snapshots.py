@@ -9,6 +9,7 @@ refused leaves none, and every guest running.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import qdriver
 from qdriver.console import SerialLink
 from qdriver.ops import create_exec
 from qdriver.ops.create_plan import CreateFlags, CreateStep, plan_snapshot
+from qdriver.testing import faults
 from qdriver.xml.domain import DomainDef
 
 from .helpers import GuestImage, run_cli, wait_console
@@ -172,6 +174,31 @@ async def test_a_group_that_fails_after_the_instant_keeps_none(
         assert dom.state == qdriver.DomainState.RUNNING, dom.name
         assert dom.interrupted_operation() is None
         await counters_after(dom, console_offset(dom), 2)  # and counting
+
+
+async def test_a_group_revert_killed_before_the_guests_resume_is_rolled_forward(
+        driver: qdriver.Driver, lab: list[qdriver.Domain]) -> None:
+    """Killed once every guest is reverted (paused) but before they run: each guest's
+    next command resumes it, from the snapshot."""
+    await driver.snapshot_group("g", lab)
+    offsets = [console_offset(dom) for dom in lab]
+    at_snapshot = [(await counters_after(dom, off, 1))[0] for dom, off in zip(lab, offsets)]
+    for dom, at in zip(lab, at_snapshot):
+        await wait_console(dom, f"COUNTER {at + 3}")
+    env = {**os.environ, faults.ENV: "group-revert:reverted"}
+    killed = subprocess.run([sys.executable, "-m", "qdriver", "--state-dir",
+                             str(driver.state_dir), "snapshot-revert", "--group", "g",
+                             *NAMES], env=env, capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    for dom in lab:
+        assert dom.state == qdriver.DomainState.PAUSED, dom.name
+        assert "group-revert" in (dom.interrupted_operation() or ""), dom.name
+    for dom, at in zip(lab, at_snapshot):
+        offset = console_offset(dom)
+        report = await dom.recover()
+        assert report is not None and "rolled forward" in str(report), report
+        assert dom.state == qdriver.DomainState.RUNNING, dom.name
+        assert_resumes_from(await counters_after(dom, offset, 2), at, at + 3)
 
 
 async def test_the_cli_takes_and_reverts_a_group(

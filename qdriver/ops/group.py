@@ -16,7 +16,8 @@ domain by domain, by each domain's journal: then a group can be left taken in
 some domains only; each of those snapshots is whole.)  A group revert reverts each
 domain side by side, each left paused (each revert pauses its own guest first,
 journaled as any revert), then resumes together those whose snapshot was
-running (or all with ``running``).
+running (or all with ``running``); a journal in each of those says so until
+then (`revert`).
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ import anyio
 
 from ..errors import OperationAbortedError, QDriverError
 from ..job import Job
+from ..journal import Journal
 from ..parallel import Rendezvous, RendezvousAborted, side_by_side
 from ..progress import CreateReport
-from . import create_exec, delete_exec, revert_exec
+from ..testing import faults
+from . import actions, create_exec, delete_exec, revert_exec
 from .create_plan import CreateFlags, CreatePlan, CreateStep
 from .delete_plan import DeleteFlags
 from .revert_plan import RevertFlags
@@ -98,15 +101,34 @@ async def _take_back(job: Job, name: str) -> None:
 async def revert(jobs: list[Job], name: str, running: bool = False,
                  paused: bool = False) -> None:
     """Revert every job's domain to its snapshot ``name``, then let them run together
-    (those whose snapshot ran, or all with ``running``; none with ``paused``)."""
-    await side_by_side(*(partial(revert_exec.revert, job, name, RevertFlags(paused=True))
-                         for job in jobs))
-    if paused:
-        return
-    wake = [job for job in jobs if running or job.tree.get(name).state == "running"]
-    await side_by_side(*(job.ensure_running for job in wake))
-    for job in jobs:  # the run records say what QEMU does now
-        await job.sync_run_state()
+    (those whose snapshot ran, or all with ``running``; none with ``paused``).
+
+    Each guest that is to run gets a journal the moment its revert is done: a
+    process killed before the guests resume leaves them to the next command,
+    which resumes them (rolled forward); a revert that fails in another domain
+    resumes the ones that were reverted, and raises.
+    """
+    wake = {job.name for job in jobs
+            if not paused and (running or job.tree.get(name).state == "running")}
+    waiting: list[tuple[Job, Journal]] = []
+
+    async def one(job: Job) -> None:
+        await revert_exec.revert(job, name, RevertFlags(paused=True))
+        if job.name in wake:  # no await between the revert's journal and this one
+            journal = Journal(job.paths.journal)
+            journal.begin("group-revert")
+            journal.update([actions.resume_guest()], committed=True)
+            waiting.append((job, journal))
+    try:
+        await side_by_side(*(partial(one, job) for job in jobs))
+        faults.point("group-revert:reverted")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await side_by_side(*(job.ensure_running for job, _ in waiting))
+            for _, journal in waiting:
+                journal.end()
+            for job in jobs:  # the run records say what QEMU does now
+                await job.sync_run_state()
 
 
 __all__ = ["snapshot", "revert", "Taken"]
