@@ -2,6 +2,8 @@
 
 ``async with Driver(state_dir) as drv: dom = await drv.define_xml(xml)``
 """
+from importlib import metadata as _metadata
+
 from .caps.running import RunningCaps
 from .domain import Domain
 from .driver import Driver
@@ -37,6 +39,11 @@ from .progress import CreateReport, Progress
 from .runstatus import DomainState
 from .snapshots.handle import Snapshot
 from .snapshots.tree import ListFilter
+
+try:
+    __version__ = _metadata.version("qdriver")
+except _metadata.PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Domain", "DomainState", "Driver", "CreateFlags", "RunningCaps", "CreatePlan", "plan_snapshot",

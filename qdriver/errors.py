@@ -33,6 +33,12 @@ class ErrorCode(enum.IntEnum):
     OPERATION_UNSUPPORTED = 84
     AGENT_UNRESPONSIVE = 86
 
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
 
 class QDriverError(Exception):
     """Base class: a libvirt-like error with a code and a detail message."""

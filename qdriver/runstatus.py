@@ -34,6 +34,12 @@ class DomainState(enum.IntEnum):
         """The word ``virsh domstate`` prints."""
         return STATE_LABELS[self]
 
+    def __str__(self) -> str:  # ``print(dom.state)``: the name, not libvirt's number
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
 
 STATE_LABELS = {
     DomainState.NOSTATE: "no state", DomainState.RUNNING: "running",

@@ -12,6 +12,7 @@ import sys
 
 import anyio
 
+from .. import __version__
 from ..driver import Driver
 from ..errors import QDriverError
 from . import domain_cmds, network_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "such as /etc/shadow")
     parser = argparse.ArgumentParser(prog="qdriver", parents=[common],
                                      description="virsh-compatible QEMU driver, no daemon")
+    parser.add_argument("--version", action="version", version=f"qdriver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, parents=[common])
