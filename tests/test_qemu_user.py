@@ -280,8 +280,16 @@ async def test_a_template_made_by_the_qemu_user_is_handed_back_and_sealed(
         assert st.st_mode & 0o777 == (0o440 if read_only else 0o660)
         assert qemu_uid(dom) == nobody.pw_uid  # the clone, as the QEMU user
         await wait_console(dom, "COUNTER", after=dom.paths.console_log.stat().st_size)
+        for _ in range(2):  # the second takes over the QEMU the first started ahead
+            await dom.revert_to_snapshot("t")
+            assert qemu_uid(dom) == nobody.pw_uid
+            await wait_console(dom, "COUNTER", after=dom.paths.console_log.stat().st_size)
+        rec = dom.runtime.peek()
+        assert rec is not None and rec.slot is not None, "the revert started its own QEMU"
+        assert dom.paths.sockets.stat().st_uid == nobody.pw_uid
     finally:
         await dom.destroy()
+    assert qemu_pids(state_dir) == [] and not dom.paths.standby.exists()
 
 
 @pytest.mark.no_qemu
