@@ -16,11 +16,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import anyio
 
-from .errors import InternalError, OperationTimeoutError
+from .errors import InternalError, OperationFailedError, OperationTimeoutError
 
 # $1 exit file, $2 log file, $3 console log to hand over as fd 3 (or empty), then
 # QEMU's argv.  Arguments are passed as positional parameters, never interpolated
@@ -176,6 +176,22 @@ async def wait_for_start(pidfile: Path, socket: Path, exitfile: Path, logfile: P
         if time.monotonic() > deadline:
             raise OperationTimeoutError(f"QEMU did not start within {timeout:g} s")
         await anyio.sleep(0.001)  # QEMU needs 30-100 ms; do not overshoot it
+
+
+async def wait_ready(ready: Callable[[], bool], exitfile: Path, logfile: Path, since: int,
+                     timeout: float, what: str) -> None:
+    """Wait until ``ready()`` says a spawned helper is ready.
+
+    :raise OperationFailedError: it exited first (its log's tail says why), or was
+        not ready within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if exit_status(exitfile) is not None:
+            raise OperationFailedError(f"{what} exited: {log_tail(logfile, since=since)}")
+        if time.monotonic() > deadline:
+            raise OperationFailedError(f"{what} was not ready within {timeout:g} s")
+        await anyio.sleep(0.005)
 
 
 def log_tail(logfile: Path, lines: int = 5, since: int = 0) -> str:

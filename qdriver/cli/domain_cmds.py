@@ -18,13 +18,15 @@ from ..memory.header import rewrite_xml
 from ..xml.caps import domcapabilities
 from ..xml.domain import DomainDef
 from .registry import (
-    Handler,
     ProgressPrinter,
     command,
     domain_arg,
     domain_with,
     format_fields,
     format_table,
+    list_options,
+    listed,
+    method_commands,
     out,
 )
 
@@ -71,16 +73,8 @@ SIMPLE = {
 }
 
 
-def _simple(method: str, done: str) -> Handler:
-    async def handler(drv: Driver, a: argparse.Namespace) -> int:
-        await getattr(drv.lookup(a.domain), method)()
-        out(f"Domain '{a.domain}' {done}")
-        return 0
-    return handler
-
-
-for _name, (_help, _method, _done) in SIMPLE.items():
-    command(_name, _help, domain_arg)(_simple(_method, _done))
+method_commands(SIMPLE, lambda drv, a: drv.lookup(a.domain), "Domain '{a.domain}' {done}",
+                domain_arg)
 
 
 def _setup_shutdown(p: argparse.ArgumentParser) -> None:
@@ -104,18 +98,12 @@ async def cmd_shutdown(drv: Driver, a: argparse.Namespace) -> int:
 
 # -- inspection ---------------------------------------------------------------
 
-def _setup_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all", action="store_true", help="list inactive domains too")
-    p.add_argument("--inactive", action="store_true", help="list inactive domains only")
-    p.add_argument("--name", action="store_true", help="list domain names only")
-
-
-@command("list", "list domains", _setup_list)
+@command("list", "list domains", list_options("domains"))
 async def cmd_list(drv: Driver, a: argparse.Namespace) -> int:
     rows = []
     for dom in drv.list_domains():
         active = dom.is_active
-        if (active and a.inactive) or (not active and not (a.all or a.inactive)):
+        if not listed(active, a):
             continue
         state = (await dom.get_state())[0] if active else DomainState.SHUTOFF
         rows.append((str(dom.id) if active else "-", dom.name, state.label))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..driver import Driver
-from .registry import command, format_table, out
+from .registry import command, format_table, list_options, listed, method_commands, out
 
 
 def network_arg(p: argparse.ArgumentParser) -> None:
@@ -22,41 +22,21 @@ async def cmd_net_define(drv: Driver, a: argparse.Namespace) -> int:
     return 0
 
 
-@command("net-start", "start a network: its switch, DHCP server and NAT", network_arg)
-async def cmd_net_start(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup_network(a.network).start()
-    out(f"Network {a.network} started")
-    return 0
+NET_ACTIONS = {
+    "net-start": ("start a network: its switch, DHCP server and NAT", "start", "started"),
+    "net-destroy": ("stop a network's processes", "destroy", "destroyed"),
+    "net-undefine": ("remove a stopped network's definition", "undefine", "has been undefined"),
+}
+"""The commands that call one method of a network: help, method, virsh's word."""
+method_commands(NET_ACTIONS, lambda drv, a: drv.lookup_network(a.network),
+                "Network {a.network} {done}", network_arg)
 
 
-@command("net-destroy", "stop a network's processes", network_arg)
-async def cmd_net_destroy(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup_network(a.network).destroy()
-    out(f"Network {a.network} destroyed")
-    return 0
-
-
-@command("net-undefine", "remove a stopped network's definition", network_arg)
-async def cmd_net_undefine(drv: Driver, a: argparse.Namespace) -> int:
-    await drv.lookup_network(a.network).undefine()
-    out(f"Network {a.network} has been undefined")
-    return 0
-
-
-def _setup_net_list(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all", action="store_true", help="list inactive networks too")
-    p.add_argument("--inactive", action="store_true", help="list inactive networks only")
-    p.add_argument("--name", action="store_true", help="list network names only")
-
-
-@command("net-list", "list networks", _setup_net_list)
+@command("net-list", "list networks", list_options("networks"))
 async def cmd_net_list(drv: Driver, a: argparse.Namespace) -> int:
-    rows = []
-    for net in drv.list_networks():
-        active = net.is_active
-        if (active and a.inactive) or (not active and not (a.all or a.inactive)):
-            continue
-        rows.append([net.name, "active" if active else "inactive", "no", "yes"])
+    rows = [[net.name, "active" if net.is_active else "inactive", "no", "yes"]
+            for net in drv.list_networks()]
+    rows = [row for row in rows if listed(row[1] == "active", a)]
     if a.name:
         for row in rows:
             out(row[0])

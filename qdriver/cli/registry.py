@@ -6,7 +6,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator, Sequence, TextIO
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence, TextIO
 
 from ..driver import Driver
 from ..progress import Progress
@@ -36,6 +36,23 @@ def command(name: str, help: str,
     return register
 
 
+def method_commands(table: Mapping[str, tuple[str, str, str]],
+                    lookup: Callable[[Driver, argparse.Namespace], Any], message: str,
+                    setup: Callable[[argparse.ArgumentParser], object]) -> None:
+    """Register commands that each call one method of one object: ``table`` maps a
+    command to (help, method, virsh's past participle); ``message`` is formatted
+    with the arguments (``a``) and that word (``done``)."""
+    for name, (help, method, done) in table.items():
+        def handler(drv: Driver, a: argparse.Namespace, method: str = method,
+                    done: str = done) -> Awaitable[int]:
+            async def call() -> int:
+                await getattr(lookup(drv, a), method)()
+                out(message.format(a=a, done=done))
+                return 0
+            return call()
+        command(name, help, setup)(handler)
+
+
 def domain_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", help="domain name")
 
@@ -48,6 +65,20 @@ def domain_with(**flags: str) -> Callable[[argparse.ArgumentParser], None]:
             p.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
                            help=help)
     return setup
+
+
+def list_options(what: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``list``'s and ``net-list``'s flags: which ones, and names only."""
+    def setup(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--all", action="store_true", help=f"list inactive {what} too")
+        p.add_argument("--inactive", action="store_true", help=f"list inactive {what} only")
+        p.add_argument("--name", action="store_true", help=f"list {what} names only")
+    return setup
+
+
+def listed(active: bool, a: argparse.Namespace) -> bool:
+    """Whether ``--all``/``--inactive`` (or neither: active only) shows this one."""
+    return (a.inactive and not active) or (not a.inactive and (active or a.all))
 
 
 def format_fields(rows: Sequence[tuple[str, str]]) -> str:

@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import anyio
 
 from .. import process
 from ..emulator import drop_prefix
-from ..errors import OperationFailedError
 from ..paths import DomainPaths
 from ..runas import QemuUser
 from ..xml.domain import InterfaceDef
@@ -89,7 +87,8 @@ async def start(helpers: list[Helper], paths: DomainPaths) -> None:
             since = process.log_size(log)
             process.spawn([*drop_prefix(helper.user), *helper.argv],
                           exit_file(paths, helper.name), log)
-            await _wait_socket(helper, paths, log, since)
+            await process.wait_ready(helper.socket.exists, exit_file(paths, helper.name),
+                                     log, since, START_TIMEOUT, helper.name)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stop(paths)
@@ -105,18 +104,6 @@ def _socket_dir(helper: Helper, paths: DomainPaths) -> None:
     directory.mkdir(mode=0o700)
     if helper.user is not None and os.geteuid() == 0:
         os.chown(directory, helper.user.uid, helper.user.gid)
-
-
-async def _wait_socket(helper: Helper, paths: DomainPaths, log: Path, since: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not helper.socket.exists():
-        if process.exit_status(exit_file(paths, helper.name)) is not None:
-            raise OperationFailedError(f"{helper.name} exited before QEMU could connect: "
-                                       f"{process.log_tail(log, since=since)}")
-        if time.monotonic() > deadline:
-            raise OperationFailedError(f"{helper.name} made no socket within "
-                                       f"{START_TIMEOUT:g} s")
-        await anyio.sleep(0.005)
 
 
 async def stop(paths: DomainPaths) -> None:

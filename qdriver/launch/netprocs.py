@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -202,15 +201,8 @@ async def _start_one(paths: NetworkPaths, name: str, argv: list[str]) -> list[in
     log = paths.log(name)
     since = process.log_size(log)
     process.spawn(argv, paths.exit_file(name), log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready_check(paths, name):
-        if process.exit_status(paths.exit_file(name)) is not None:
-            raise OperationFailedError(f"the network's {name} process exited: "
-                                       f"{process.log_tail(log, since=since)}")
-        if time.monotonic() > deadline:
-            raise OperationFailedError(f"the network's {name} process was not ready within "
-                                       f"{START_TIMEOUT:g} s")
-        await anyio.sleep(0.005)
+    await process.wait_ready(lambda: ready_check(paths, name), paths.exit_file(name), log,
+                             since, START_TIMEOUT, f"the network's {name} process")
     found = process.supervisors_of(paths.exit_file(name))
     if not found:
         raise OperationFailedError(f"the network's {name} process exited at once")
