@@ -116,13 +116,13 @@ def define(state_dir: Path, xml: str | bytes, policy: LaunchPolicy) -> Network:
     net = NetworkDef.parse(xml)
     for other in list_names(state_dir):
         theirs = Network(state_dir, other, policy).definition
-        if other == net.name and "<uuid>" in str(xml) and theirs.uuid != net.uuid:
+        if other == net.name and not net.uuid_given:
+            net.uuid = theirs.uuid  # a redefinition keeps the network's uuid
+        elif other == net.name and theirs.uuid != net.uuid:
             raise OperationInvalidError(f"network '{net.name}' is already defined with "
                                         f"uuid {theirs.uuid}")
-        if other != net.name and theirs.uuid == net.uuid:
+        elif other != net.name and theirs.uuid == net.uuid:
             raise OperationInvalidError(f"network '{other}' already has uuid {net.uuid}")
-        if other == net.name and "<uuid>" not in str(xml):
-            net.uuid = theirs.uuid  # a redefinition keeps the network's uuid
     paths = NetworkPaths.of(state_dir, net.name)
     paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(paths.definition, net.to_xml())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import qdriver
 from qdriver import process
 from qdriver.console import SerialLink
 from qdriver.errors import ConfigUnsupportedError, XMLError
@@ -87,8 +88,13 @@ def lab(ip: str = "<ip address='192.168.120.1' prefix='24'/>", extra: str = "") 
          "ip='192.168.120.3'/></dhcp></ip>", "<forward/>"), XMLError, "the NAT's DNS"),
     (lab("<ip address='192.168.120.1' prefix='24'><dhcp><host mac='nope' "
          "ip='192.168.120.9'/></dhcp></ip>"), XMLError, "mac address 'nope'"),
+    (lab("<ip address='192.168.120.1' prefix='24'><dhcp><host mac='52:54:00:00:00:01' "
+         "ip='192.168.120.9' name='x,set:evil'/></dhcp></ip>"), XMLError,
+     "invalid DHCP host name 'x,set:evil'"),
     ("<network><name>a/b</name><ip address='192.168.120.1' prefix='24'/></network>",
      XMLError, "not a valid name"),
+    ("<network><name>n</name><uuid>nope</uuid><ip address='192.168.120.1' prefix='24'/>"
+     "</network>", XMLError, "malformed uuid element 'nope'"),
 ])
 def test_what_a_network_cannot_be_is_refused_by_name(xml: str, error: type[Exception],
                                                       message: str) -> None:
@@ -230,3 +236,28 @@ def test_three_guests_on_one_network_started_by_an_unprivileged_user(
     assert qemu_pids(nobody.state) == []
     nobody.run("net-undefine", "lab")
     assert nobody.run("net-list", "--all", "--name").stdout.strip() == ""
+
+
+@pytest.mark.no_qemu
+async def test_defining_networks_keeps_names_and_uuids_apart(tmp_path: Path) -> None:
+    drv = qdriver.Driver(tmp_path / "state")
+    net = drv.define_network(LAB)
+    uuid = net.uuid
+    assert drv.define_network(LAB.replace("<forward mode='nat'/>", "")).uuid == uuid
+    assert drv.lookup_network("lab").definition.forward is None  # redefined, same uuid
+    with pytest.raises(qdriver.OperationInvalidError, match="'lab' already has uuid"):
+        drv.define_network(LAB.replace("<name>lab</name>",
+                                       f"<name>other</name><uuid>{uuid}</uuid>"))
+    with pytest.raises(qdriver.OperationInvalidError, match="already defined with uuid"):
+        drv.define_network(LAB.replace("<name>lab</name>", "<name>lab</name><uuid>"
+                                       "11111111-2222-3333-4444-555555555555</uuid>"))
+    assert [n.name for n in drv.list_networks()] == ["lab"]
+    with pytest.raises(qdriver.NoNetworkError, match="no network with matching name 'x'"):
+        drv.lookup_network("x")
+    with pytest.raises(qdriver.OperationInvalidError, match="network 'lab' is not active"):
+        await net.destroy()
+    assert net.leases() == [] and not net.is_active
+    await net.undefine()
+    assert drv.list_networks() == [] and not (tmp_path / "state" / "networks" / "lab").exists()
+    with pytest.raises(qdriver.NoNetworkError):
+        await net.start()

@@ -18,6 +18,8 @@ from . import safe
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+"""A DHCP host's name: one DNS label (it reaches dnsmasq's comma-separated options)."""
 FORWARD_MODES = ("nat",)
 TOP_LEVEL = {"name", "uuid", "forward", "ip", "title", "description"}
 NAT_GATEWAY = 2
@@ -48,6 +50,8 @@ class NetworkDef:
     ranges: list[tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]] = \
         field(default_factory=list)
     hosts: list[DhcpHost] = field(default_factory=list)
+    uuid_given: bool = field(default=True, compare=False)
+    """The XML named the uuid (else one was made, and a redefinition keeps the old)."""
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -76,12 +80,12 @@ class NetworkDef:
         name = (root.findtext("name") or "").strip()
         if not NAME_RE.match(name):
             raise XMLError(f"network name '{name}' is not a valid name")
-        uuid = (root.findtext("uuid") or "").strip() or str(uuidlib.uuid4())
+        given = (root.findtext("uuid") or "").strip()
         try:
-            uuid = str(uuidlib.UUID(uuid))
+            uuid = str(uuidlib.UUID(given)) if given else str(uuidlib.uuid4())
         except ValueError as e:
-            raise XMLError(f"malformed uuid element '{uuid}'") from e
-        net = cls(name, uuid, _address(root), _forward(root))
+            raise XMLError(f"malformed uuid element '{given}'") from e
+        net = cls(name, uuid, _address(root), _forward(root), uuid_given=bool(given))
         _dhcp(root, net)
         _check(net)
         return net
@@ -151,8 +155,11 @@ def _dhcp(root: safe.Element, net: NetworkDef) -> None:
             mac = (el.get("mac") or "").lower()
             if not MAC_RE.match(mac):
                 raise XMLError(f"unable to parse mac address '{el.get('mac')}'")
-            net.hosts.append(DhcpHost(mac, _in(net, el.get("ip"), "<host ip>"),
-                                      el.get("name")))
+            name = el.get("name")
+            if name is not None and not HOSTNAME_RE.match(name):
+                raise XMLError(f"invalid DHCP host name '{name}': one DNS label, letters, "
+                               "digits and hyphens")
+            net.hosts.append(DhcpHost(mac, _in(net, el.get("ip"), "<host ip>"), name))
         else:
             raise ConfigUnsupportedError(f"qdriver networks cannot honour <dhcp><{el.tag}>")
 
