@@ -60,8 +60,10 @@ async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,
             return reply["return"]
 
 
-async def execute(path: Path, command: str | None, timeout: float = 10.0) -> object:
-    """Sync with the agent on ``path``, then run ``command`` (None: the sync is all).
+async def execute(path: Path, command: str | None, timeout: float = 10.0,
+                  arguments: dict[str, object] | None = None) -> object:
+    """Sync with the agent on ``path``, then run ``command`` with ``arguments`` (None:
+    the sync is all).
 
     :raise AgentNotReachedError: no answer to the sync; ``command`` was not sent.
     :raise AgentUnresponsiveError: no answer to ``command`` within ``timeout``.
@@ -85,7 +87,7 @@ async def execute(path: Path, command: str | None, timeout: float = 10.0) -> obj
             return None
         try:
             with anyio.fail_after(timeout):
-                return await _call(stream, buf, command)
+                return await _call(stream, buf, command, arguments)
         except TimeoutError as e:
             raise AgentUnresponsiveError(
                 f"the guest agent did not answer '{command}' within {timeout:g} s") from e

@@ -6,10 +6,12 @@ agent changes nothing.
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 from . import agent
 from .agent import Address, Interface
-from .errors import ArgumentUnsupportedError, OperationInvalidError
+from .errors import ArgumentUnsupportedError, InvalidArgError, OperationInvalidError
 from .launch.netprocs import NetworkPaths, leases
 from .launch.runtime import Runtime
 from .paths import DomainPaths
@@ -71,6 +73,23 @@ class GuestInfo:
         return await agent.interfaces(path)
 
 
+    async def agent_command(self, command: str | dict[str, Any],
+                            timeout: float = 10.0) -> object:
+        """``virsh qemu-agent-command``: run one guest-agent command, given as its JSON
+        (``{"execute": NAME, "arguments": {...}}``); its ``return`` value.
+
+        :raise InvalidArgError: not such a command.
+        :raise OperationInvalidError: the domain is not running.
+        :raise ArgumentUnsupportedError: no guest agent channel.
+        """
+        msg = _agent_message(command)
+        if self.runtime.peek() is None:
+            raise OperationInvalidError("domain is not running")
+        path = agent.socket_path(self.definition, self.paths)
+        if path is None:
+            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        return await agent.execute(path, msg["execute"], timeout, msg.get("arguments"))
+
     def _leased(self) -> list[Interface]:
         found = []
         for i, iface in enumerate(self.definition.interfaces):
@@ -84,6 +103,20 @@ class GuestInfo:
             if addrs:
                 found.append(Interface(f"net{i}", iface.mac, addrs))
         return found
+
+
+def _agent_message(command: str | dict[str, Any]) -> dict[str, Any]:
+    """A guest-agent command as parsed JSON, checked for its shape."""
+    try:
+        msg = json.loads(command) if isinstance(command, str) else command
+    except ValueError as e:
+        raise InvalidArgError(f"guest agent command is not JSON: {e}") from e
+    if not isinstance(msg, dict) or not isinstance(msg.get("execute"), str) \
+            or not isinstance(msg.get("arguments", {}), dict) \
+            or set(msg) - {"execute", "arguments"}:
+        raise InvalidArgError("a guest agent command is {\"execute\": NAME, "
+                              "\"arguments\": {...}}")
+    return msg
 
 
 __all__ = ["AddressSource", "GuestInfo"]

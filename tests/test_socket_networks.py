@@ -9,6 +9,7 @@ other by address.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -281,3 +282,11 @@ async def test_domifaddr_asks_the_guest_agent(driver: qdriver.Driver, guest_imag
     assert run_cli(state_dir, "domifaddr", "ifa").stdout.decode().count("\n") == 2  # header
     with pytest.raises(qdriver.ArgumentUnsupportedError, match="ARP table"):
         await dom.interface_addresses("arp")
+    said = run_cli(state_dir, "qemu-agent-command", "ifa",
+                   '{"execute": "guest-network-get-interfaces"}').stdout
+    assert any(i.get("name") == "eth0" for i in json.loads(said)["return"]), said
+    with pytest.raises(qdriver.OperationFailedError, match="'guest-halt' failed"):
+        await dom.agent_command({"execute": "guest-halt"})  # not one the test agent knows
+    for bad in ("not json", '{"run": "guest-ping"}', '{"execute": "x", "arguments": 1}'):
+        with pytest.raises(qdriver.InvalidArgError, match="guest agent command"):
+            await dom.agent_command(bad)

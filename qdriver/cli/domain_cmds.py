@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -163,6 +164,19 @@ async def cmd_domifaddr(drv: Driver, a: argparse.Namespace) -> int:
         rows += [[iface.name, iface.hwaddr or "-", addr.type, f"{addr.addr}/{addr.prefix}"]
                  for addr in iface.addrs] or [[iface.name, iface.hwaddr or "-", "N/A", "N/A"]]
     sys.stdout.write(format_table(["Name", "MAC address", "Protocol", "Address"], rows))
+    return 0
+
+
+def _setup_agent_command(p: argparse.ArgumentParser) -> None:
+    domain_arg(p)
+    p.add_argument("cmd", help='the command, JSON: {"execute": "guest-ping"}')
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it")
+
+
+@command("qemu-agent-command", "run a guest-agent command", _setup_agent_command)
+async def cmd_qemu_agent_command(drv: Driver, a: argparse.Namespace) -> int:
+    result = await drv.lookup(a.domain).agent_command(a.cmd, a.timeout)
+    out(json.dumps({"return": result}))
     return 0
 
 
