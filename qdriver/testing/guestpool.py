@@ -7,12 +7,15 @@ become qcow2 overlays in the pool's directory (the XML's images are only
 read), it waits until the guest is ready (a regex on the serial console, or
 the guest agent answering), runs an optional ``prepare`` step, and takes an
 snapshot there.  A guest whose XML asks nothing of its RAM's backing gets
-its RAM in a shared file and a template snapshot: `GuestPool.reset` then
-starts a clone that maps the template's RAM copy-on-write and loads only the
-devices' state, in a time that does not grow with the guest's RAM; while a
-test runs, the next reset's QEMU is started and loaded ahead (`prepare_next`),
-so that the reset itself only swaps QEMUs.  Other guests get an internal
-snapshot, which a reset loads inside the same QEMU.
+its RAM in a shared file and a template snapshot.  A pool with ``forks``
+(the plugin's, but with keep-failed) then shuts the booted guest off and hands
+each test a fork of the template, made paused while the test before ran
+(`prepare_next`): the reset only resumes it.  Otherwise `GuestPool.reset`
+reverts the booted guest to the template: a clone that maps the template's
+RAM copy-on-write, its QEMU started and loaded while the test before ran, so
+that the reset only swaps QEMUs.  Either way the time does not grow with the
+guest's RAM.  Other guests get an internal snapshot, which a reset loads
+inside the same QEMU.
 
 Pools of several processes (pytest-xdist workers) can share one boot: given a
 shared directory (`open_shared`, made by the process that outlives them), the
