@@ -1,13 +1,11 @@
 """Domains: define, start, pause, stop and snapshot, like libvirt's virDomain.
 
-A `Domain` is a handle by name and uuid; it caches nothing.  Each method
-that changes the domain opens a `Job` (the lock, the state read once under
-it, recovery of a dead process's operation) and calls one operation
-function of `qdriver.ops`, which acts on the job and writes back before the
-lock goes, so a handle held for hours stays correct while other processes
-change the same domain.  State queries read the files without the lock and
-never clean up: a QEMU that died is reported as shut off and reaped by the
-next job.
+A `Domain` is a handle by name and uuid; it caches nothing.  Each method that
+changes the domain opens a `Job` (the lock, the state read once under it,
+recovery of a dead process's operation) and calls one operation of
+`qdriver.ops`, which acts on the job and writes back before the lock goes.
+State queries read the files without the lock and never clean up: a QEMU that
+died is reported as shut off and reaped by the next job.
 """
 from __future__ import annotations
 
@@ -156,8 +154,7 @@ class Domain(SnapshotReading, GuestInfo):
             return self.last_recovery
 
     async def get_state(self) -> tuple[DomainState, str]:
-        """The state asked from QEMU itself (sees guest-initiated pauses); a QEMU
-        found dead is reaped if the domain lock is free at once."""
+        """The state asked from QEMU itself; a dead QEMU is reaped if the lock is free."""
         return await lifecycle.queried_state(self.paths, self.runtime, self.name)
 
     @asynccontextmanager
@@ -192,6 +189,11 @@ class Domain(SnapshotReading, GuestInfo):
         async with self.job() as job:
             await lifecycle.resume(job)
 
+    async def reset(self) -> None:
+        """Reset the guest at once, as its reset button would (``virsh reset``)."""
+        async with self.job() as job:
+            await lifecycle.reset(job)
+
     async def shutdown(self, timeout: float = 60.0, escalate: bool = True) -> bool:
         """ACPI power-down; wait up to ``timeout`` s, then destroy if ``escalate``.
         True if the guest powered off by itself; without ``escalate`` a guest that
@@ -201,8 +203,7 @@ class Domain(SnapshotReading, GuestInfo):
 
     async def destroy(self) -> None:
         """Stop QEMU at once (``virsh destroy``): SIGKILL first, without the lock, so an
-        operation in progress fails on the dead QEMU and rolls back, as a libvirt job
-        does; the bookkeeping follows in a job (or in the operation holding the lock)."""
+        operation in progress fails and rolls back, as a libvirt job does."""
         rec = self.runtime.peek()
         if rec is not None:
             await self.runtime.kill_now(rec)

@@ -54,6 +54,20 @@ async def test_destroy_running_guest(booted: MakeDomain, state_dir: Path) -> Non
         await dom.destroy()
 
 
+async def test_reset_boots_the_guest_again_in_the_same_qemu(booted: MakeDomain,
+                                                           state_dir: Path) -> None:
+    dom = await booted()
+    pid = dom.runtime.peek().pid  # type: ignore[union-attr]
+    offset = dom.paths.console_log.stat().st_size
+    out = run_cli(state_dir, "reset", "guest").stdout.decode()
+    assert "Domain 'guest' was reset" in out
+    await wait_console(dom, "GUEST-READY", 120, after=offset)  # booted from the start
+    assert dom.state == DomainState.RUNNING and dom.runtime.peek().pid == pid  # type: ignore[union-attr]
+    await dom.destroy()
+    with pytest.raises(qdriver.OperationInvalidError, match="domain is not running"):
+        await dom.reset()
+
+
 async def test_start_paused(make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start(paused=True)

@@ -69,6 +69,7 @@ async def cmd_start(drv: Driver, a: argparse.Namespace) -> int:
 # command: (help, Domain method, what virsh prints after "Domain 'x'")
 SIMPLE = {
     "suspend": ("suspend a domain", "suspend", "suspended"),
+    "reset": ("reset a domain (its reset button)", "reset", "was reset"),
     "resume": ("resume a domain", "resume", "resumed"),
     "destroy": ("destroy (stop) a domain", "destroy", "destroyed"),
 }

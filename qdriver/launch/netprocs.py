@@ -32,7 +32,7 @@ import anyio
 
 from .. import emulator, process
 from ..durable import read_record, write_record
-from ..errors import OperationFailedError, OperationInvalidError
+from ..errors import NoNetworkError, OperationFailedError, OperationInvalidError
 from ..paths import make_private_dirs, socket_root
 from ..runas import QemuUser
 from ..xml.network import NetworkDef
@@ -41,14 +41,14 @@ from .helpers import helper_user
 START_TIMEOUT = 10.0
 TUN = "/dev/net/tun"
 DHCP_SCRIPT = (
-    'sw=$1; addr=$2; shift 2; '
-    'vde_plug2tap -s "$sw" tap0 & '
-    'i=0; until ip link show tap0 >/dev/null 2>&1; do i=$((i+1)); '
+    'plug=$1; ip=$2; sw=$3; addr=$4; shift 4; '
+    '"$plug" -s "$sw" tap0 & '
+    'i=0; until "$ip" link show tap0 >/dev/null 2>&1; do i=$((i+1)); '
     '[ $i -gt 500 ] && { echo "no tap device"; exit 1; }; sleep 0.01; done; '
-    'ip addr add "$addr" dev tap0 && ip link set tap0 up && ip link set lo up && '
+    '"$ip" addr add "$addr" dev tap0 && "$ip" link set tap0 up && "$ip" link set lo up && '
     'exec "$@"')
 """Inside the namespace: the tap joined to the switch, its address, then dnsmasq.
-Arguments are positional parameters, never interpolated."""
+Programs (checked) and values are positional parameters, never interpolated."""
 SWITCH_SCRIPT = 'tail -f /dev/null | "$@"'
 """vde_switch ends at the end of its standard input: give it one that never ends."""
 
@@ -121,8 +121,7 @@ def switch_socket(state_dir: Path, name: str) -> Path:
     """
     paths = NetworkPaths.of(state_dir, name)
     if not paths.definition.exists():
-        raise OperationInvalidError(f"Network not found: no network with matching name "
-                                    f"'{name}'")
+        raise NoNetworkError(f"no network with matching name '{name}'")
     if running(paths) is None:
         raise OperationInvalidError(f"network '{name}' is not active")
     return paths.switch
@@ -148,21 +147,22 @@ def commands(net: NetworkDef, paths: NetworkPaths) -> dict[str, list[str]]:
     else:
         dhcp += ["--dhcp-option=option:router"]  # isolated: no way out
     cmds["dhcp"] = [emulator.check_program("unshare"), "-Urn", "/bin/sh", "-c", DHCP_SCRIPT,
-                    "sh", str(paths.switch), str(net.address), *dhcp]
-    emulator.check_program("vde_plug2tap")
+                    "sh", emulator.check_program("vde_plug2tap"),
+                    emulator.check_program("ip"), str(paths.switch), str(net.address), *dhcp]
     if net.forward:
         cmds["nat"] = [emulator.check_program("slirpvde"), "-s", str(paths.switch),
                        "-n", str(net.subnet)]
     return cmds
 
 
-def ready_check(paths: NetworkPaths, proc: str) -> bool:
-    """Whether a just started process is ready for the next (and for guests)."""
+def ready_check(paths: NetworkPaths, proc: str, since: int = 0) -> bool:
+    """Whether a just started process is ready for the next (and for guests);
+    ``since``: where its log began for this start."""
     if proc == "switch":
         return (paths.switch / "ctl").exists()
     if proc == "dhcp":
         return paths.leases.exists()
-    return b"virtual_host" in _read(paths.log(proc))
+    return b"virtual_host" in _read(paths.log(proc))[since:]
 
 
 def _read(path: Path) -> bytes:
@@ -201,7 +201,7 @@ async def _start_one(paths: NetworkPaths, name: str, argv: list[str]) -> list[in
     log = paths.log(name)
     since = process.log_size(log)
     process.spawn(argv, paths.exit_file(name), log)
-    await process.wait_ready(lambda: ready_check(paths, name), paths.exit_file(name), log,
+    await process.wait_ready(lambda: ready_check(paths, name, since), paths.exit_file(name), log,
                              since, START_TIMEOUT, f"the network's {name} process")
     found = process.supervisors_of(paths.exit_file(name))
     if not found:

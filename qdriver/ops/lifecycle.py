@@ -35,6 +35,13 @@ async def boot(job: Job, paused: bool = False) -> None:
     await txn.attempt(launch)
 
 
+async def reset(job: Job) -> None:
+    """The guest's reset button (``virsh reset``): QEMU's ``system_reset``; the guest
+    boots again in the same QEMU, paused or running as it was."""
+    job.require_active()
+    await (await job.monitor()).execute("system_reset")
+
+
 async def suspend(job: Job) -> None:
     """Pause the guest's vCPUs (``virsh suspend``)."""
     job.require_active()
