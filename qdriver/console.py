@@ -1,20 +1,25 @@
-"""Attach a terminal to a domain's serial console (``virsh console``).
+"""A domain's serial console: a terminal attached (``virsh console``), a link
+held open, and a view for programs (read what came since, type, wait for a
+pattern).
 
-Bytes are relayed both ways between stdin/stdout and the console's pty or
-UNIX socket.  Ctrl-] (0x1d) detaches, as in virsh; so does end of input.
+A terminal's bytes are relayed both ways between stdin/stdout and the
+console's pty or UNIX socket.  Ctrl-] (0x1d) detaches, as in virsh; so does
+end of input.
 """
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import sys
 import termios
 import threading
+import time
 import tty
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import anyio
 
@@ -163,3 +168,89 @@ class SerialLink:
             self._sock.close()
         else:
             os.close(self._fd)
+
+
+class ConsoleView:
+    """A serial console from one point on: what came since, typing, waiting."""
+
+    def __init__(self, read: Callable[[int], str], write: Callable[[bytes], None],
+                 name: str, offset: int) -> None:
+        """``read(offset)``: the console's text from that byte; ``write``: type bytes."""
+        self._read = read
+        self._write = write
+        self._name = name
+        self._offset = offset
+
+    def text(self) -> str:
+        """Everything the guest printed since this view began."""
+        return self._read(self._offset)
+
+    def write(self, data: str | bytes) -> None:
+        """Type ``data`` on the console (add the newline a command needs)."""
+        self._write(data.encode() if isinstance(data, str) else data)
+
+    def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
+        """Block until ``pattern`` matches the text since this view began; return the
+        match.  :raise TimeoutError: not within ``timeout`` (with the last lines)."""
+        deadline = time.monotonic() + timeout
+        while (match := self._search(pattern, deadline, timeout)) is None:
+            time.sleep(0.02)
+        return match
+
+    async def wait_async(self, pattern: str | re.Pattern[str],
+                         timeout: float = 30.0) -> re.Match[str]:
+        """`wait` for async code: yields to the event loop while waiting."""
+        deadline = time.monotonic() + timeout
+        while (match := self._search(pattern, deadline, timeout)) is None:
+            await anyio.sleep(0.02)
+        return match
+
+    def _search(self, pattern: str | re.Pattern[str], deadline: float,
+                timeout: float) -> re.Match[str] | None:
+        """The match now; None to wait on; `TimeoutError` once ``deadline`` passed."""
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
+        match = regex.search(self.text())
+        if match is None and time.monotonic() >= deadline:
+            shown = regex.pattern
+            last = "\n".join(self.text().splitlines()[-10:])
+            raise TimeoutError(f"/{shown}/ not on the console of '{self._name}' within "
+                               f"{timeout:g} s; its last lines:\n{last}")
+        return match
+
+
+def read_from(path: Path, offset: int) -> str:
+    """A console log's text from byte ``offset`` (empty before it exists)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+class DomainConsole(ConsoleView):
+    """A domain's serial console for a program (`Domain.console`): it holds the console
+    open once it has typed (QEMU reads a pty only while its other end is open);
+    ``close`` (or the ``with`` block's end) lets go."""
+
+    def __init__(self, log: Path, target: Callable[[], Path | str], name: str,
+                 offset: int) -> None:
+        self._target = target
+        self._link: SerialLink | None = None
+        super().__init__(lambda since: read_from(log, since), self._send, name, offset)
+
+    def _send(self, data: bytes) -> None:
+        if self._link is None:
+            self._link = SerialLink(self._target())
+        self._link.write(data)
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def __enter__(self) -> DomainConsole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import enum
 import json
+from pathlib import Path
 from typing import Any
 
 from . import agent
 from .agent import Address, Interface
+from .console import DomainConsole
 from .errors import ArgumentUnsupportedError, InvalidArgError, OperationInvalidError
 from .launch.netprocs import NetworkPaths, leases
 from .launch.runtime import Runtime
@@ -41,6 +43,17 @@ class GuestInfo:
     def definition(self) -> DomainDef:
         """What QEMU runs (the domain's own property overrides this one)."""
         raise NotImplementedError  # pragma: no cover - `Domain.definition` is the one used
+
+    def console_path(self) -> Path | str:
+        raise NotImplementedError  # pragma: no cover - `Domain.console_path` is the one used
+
+    def console(self, from_start: bool = False) -> DomainConsole:
+        """The serial console as a program uses it: the text from now on (``from_start``:
+        the whole console log), typing, waiting for a pattern; close it when done.
+        Typing needs the domain running; reading does not."""
+        log = self.paths.console_log
+        offset = 0 if from_start or not log.exists() else log.stat().st_size
+        return DomainConsole(log, self.console_path, self.name, offset)
 
     async def interface_addresses(self, source: str = "lease") -> list[Interface]:
         """The guest's interfaces and addresses (``virsh domifaddr``).

@@ -68,6 +68,21 @@ async def test_reset_boots_the_guest_again_in_the_same_qemu(booted: MakeDomain,
         await dom.reset()
 
 
+async def test_a_domain_console_reads_types_and_waits(make_domain: MakeDomain) -> None:
+    dom = await make_domain(cmdline="qd.shell=1")
+    await dom.start()
+    with dom.console(from_start=True) as whole:
+        await whole.wait_async("GUEST-READY", 120)
+        with dom.console() as now:
+            now.write("echo HI$((6*7))\n")
+            assert (await now.wait_async(r"^HI42", 30)).group(0) == "HI42"
+            assert "GUEST-READY" not in now.text()  # only what came since it began
+        assert "HI42" in whole.text()
+        with pytest.raises(TimeoutError, match="/NEVER/ not on the console of 'guest'"):
+            whole.wait("NEVER", 0.2)
+    await dom.destroy()
+
+
 async def test_start_paused(make_domain: MakeDomain) -> None:
     dom = await make_domain()
     await dom.start(paused=True)

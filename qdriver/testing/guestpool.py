@@ -46,7 +46,7 @@ from typing import Awaitable, Callable
 import anyio
 
 from .. import agent, process, qemuimg, runas
-from ..console import SerialLink
+from ..console import ConsoleView, SerialLink, read_from
 from ..domain import Domain
 from ..driver import Driver
 from ..durable import locked
@@ -122,12 +122,7 @@ class Guest:
 
     def console_text(self, since: int = 0) -> str:
         """The serial console's text from byte offset ``since``."""
-        try:
-            with self.console_log.open("rb") as f:
-                f.seek(since)
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_from(self.console_log, since)
 
     def write_console(self, data: str | bytes) -> None:
         """Type ``data`` on the guest's serial console."""
@@ -141,50 +136,11 @@ class Guest:
         return Console(self, self.console_offset())
 
 
-class Console:
+class Console(ConsoleView):
     """A guest's serial console from one point on (a test's start): read, write, wait."""
 
     def __init__(self, guest: Guest, offset: int) -> None:
-        self._guest = guest
-        self._offset = offset
-
-    def text(self) -> str:
-        """Everything the guest printed since this view began."""
-        return self._guest.console_text(self._offset)
-
-    def write(self, data: str | bytes) -> None:
-        """Type ``data`` on the console (add the newline a command needs)."""
-        self._guest.write_console(data)
-
-    def wait(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
-        """Block until ``pattern`` matches the text since this view began; return the match."""
-        deadline = time.monotonic() + timeout
-        while (match := self._search(pattern, deadline, timeout)) is None:
-            time.sleep(0.02)
-        return match
-
-    async def wait_async(self, pattern: str | re.Pattern[str],
-                         timeout: float = 30.0) -> re.Match[str]:
-        """`wait` for async code: yields to the event loop while waiting."""
-        deadline = time.monotonic() + timeout
-        while (match := self._search(pattern, deadline, timeout)) is None:
-            await anyio.sleep(0.02)
-        return match
-
-    def _search(self, pattern: str | re.Pattern[str], deadline: float,
-                timeout: float) -> re.Match[str] | None:
-        """The match now; None to wait on; `TimeoutError` once ``deadline`` passed."""
-        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.M)
-        match = regex.search(self.text())
-        if match is None and time.monotonic() >= deadline:
-            raise TimeoutError(self._timeout_message(pattern, timeout))
-        return match
-
-    def _timeout_message(self, pattern: str | re.Pattern[str], timeout: float) -> str:
-        shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
-        tail = "\n".join(self.text().splitlines()[-10:])
-        return f"/{shown}/ not on the console of '{self._guest.domain.name}' within " \
-               f"{timeout:g} s; its last lines:\n{tail}"
+        super().__init__(guest.console_text, guest.write_console, guest.domain.name, offset)
 
 
 class GuestPool:
