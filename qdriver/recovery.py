@@ -77,12 +77,8 @@ async def recover(job: Job) -> RecoveryReport | None:
 
 
 async def _discard_standby(job: Job) -> None:
-    try:
-        if await standby.discard(job.paths):
-            log.warning("domain '%s': discarded the standby QEMU of a QEMU that is gone",
-                        job.name)
-    except FormatError:
-        pass  # a newer release's: left to it
+    if await standby.discard(job.paths):
+        log.warning("domain '%s': discarded the standby QEMU of a QEMU that is gone", job.name)
 
 
 def _steps(found: JournalRecord | None, report: RecoveryReport) -> list[Action]:

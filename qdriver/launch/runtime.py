@@ -411,7 +411,7 @@ class Runtime:
 async def _discard_standby(paths: DomainPaths) -> None:
     try:
         await standby.discard(paths)
-    except (OSError, FormatError) as e:
+    except OSError as e:
         log.warning("cannot discard the standby QEMU of domain '%s': %s", paths.dir.name, e)
 
 

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from .. import process
 from ..durable import read_record, write_record
+from ..errors import FormatError
 from ..paths import DomainPaths
 
 
@@ -80,16 +81,31 @@ def alive(paths: DomainPaths, rec: StandbyRecord) -> bool:
 
 async def discard(paths: DomainPaths) -> bool:
     """Kill the domain's standby QEMU, if any, and remove everything its record
-    names, the record last; True if there was one."""
-    rec = read(paths)  # FormatError: a newer release's, left to it
+    names, the record last; True if there was one.  A record of a newer release's
+    format is left to it."""
+    try:
+        rec = read(paths)
+    except FormatError:
+        return False
     if rec is None:
         paths.standby.unlink(missing_ok=True)  # unreadable: nothing it names can be known
         return False
-    await kill(paths, rec.slot)
-    for overlay in rec.overlays.values():
-        Path(overlay).unlink(missing_ok=True)
-    paths.standby.unlink(missing_ok=True)
+    await remove(paths, rec.slot, list(rec.overlays.values()))
     return True
+
+
+async def remove(paths: DomainPaths, slot: str, overlays: list[str]) -> None:
+    """Kill the standby of ``slot`` and remove its files and ``overlays``, then its
+    record if the domain's record is still that standby's."""
+    await kill(paths, slot)
+    for overlay in overlays:
+        Path(overlay).unlink(missing_ok=True)
+    try:
+        left = read(paths)
+    except FormatError:
+        return
+    if left is not None and left.slot == slot:
+        paths.standby.unlink(missing_ok=True)
 
 
 async def kill(paths: DomainPaths, slot: str) -> None:
@@ -108,4 +124,5 @@ def remove_socket_dir(directory: Path) -> None:
         directory.rmdir()
 
 
-__all__ = ["StandbyRecord", "read", "write", "alive", "discard", "kill", "remove_socket_dir"]
+__all__ = ["StandbyRecord", "read", "write", "alive", "discard", "remove", "kill",
+           "remove_socket_dir"]

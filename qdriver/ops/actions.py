@@ -19,7 +19,7 @@ from .. import agent, process, qemuimg, qmp
 from .. import journal as j
 from ..blockdev.nodes import image_file, open_images
 from ..durable import atomic_write, fsync_dir, fsync_path, locked
-from ..errors import FormatError, NoDomainError, OperationFailedError
+from ..errors import NoDomainError, OperationFailedError
 from ..job import Job, read_definition
 from ..journal import Action
 from ..launch import helpers, standby
@@ -231,15 +231,7 @@ async def _discard_fork(job: Job, args: j.DiscardFork) -> None:
 async def _discard_standby(job: Job, args: j.DiscardStandby) -> None:
     """Kill a claimed standby's QEMU by its slot and remove its overlays (and its
     record, if a dead process left it)."""
-    await standby.kill(job.paths, args.slot)
-    for overlay in args.overlays:
-        Path(overlay).unlink(missing_ok=True)
-    try:
-        left = standby.read(job.paths)
-    except FormatError:
-        left = None
-    if left is not None and left.slot == args.slot:
-        job.paths.standby.unlink(missing_ok=True)
+    await standby.remove(job.paths, args.slot, args.overlays)
 
 
 async def _move_ram(job: Job, args: j.MoveRam) -> None:

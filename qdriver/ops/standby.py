@@ -28,7 +28,6 @@ from ..launch import standby
 from ..launch.standby import StandbyRecord
 from ..launch.start import qemu_command
 from ..memory import memfile
-from ..paths import DomainPaths
 from ..progress import ProgressFn, ProgressMeter
 from ..testing import faults
 from . import actions
@@ -97,7 +96,7 @@ async def prepare(job: Job, plan: RevertPlan, load: bool = False) -> None:
     except (QDriverError, OSError) as e:
         log.warning("domain '%s': no standby QEMU for the next revert to '%s': %s",
                     job.name, plan.name, e)
-        await _discard(paths)
+        await standby.discard(paths)
 
 
 async def load_ahead(job: Job, rec: StandbyRecord, memory_file: str,
@@ -116,7 +115,7 @@ async def ensure(job: Job, plan: RevertPlan) -> None:
     fits, else a new one."""
     rec = _fitting(job, plan)
     if rec is None:
-        await _discard(job.paths)
+        await standby.discard(job.paths)
         await prepare(job, plan, load=True)
     elif not rec.loaded:
         await load_ahead(job, rec, plan.memory_file or "")
@@ -129,7 +128,7 @@ def _fitting(job: Job, plan: RevertPlan) -> StandbyRecord | None:
     try:
         rec = standby.read(job.paths)
     except FormatError:
-        return None  # a newer release's: left to it
+        return None  # a newer release's: left to it (`standby.discard` leaves it too)
     if rec is None or rec.snapshot != plan.name or rec.basis != basis(plan, job) \
             or not standby.alive(job.paths, rec):
         return None
@@ -143,18 +142,11 @@ async def claim(job: Job, plan: RevertPlan, txn: Transaction) -> StandbyRecord |
     rec = _fitting(job, plan)
     if rec is None:
         if paths.standby.exists():
-            await _discard(paths)
+            await standby.discard(paths)
         return None
     txn.on_undo(actions.discard_standby(rec.slot, list(rec.overlays.values())))
     paths.standby.unlink()
     return rec
-
-
-async def _discard(paths: DomainPaths) -> None:
-    try:
-        await standby.discard(paths)
-    except FormatError:
-        pass  # a newer release's: left to it
 
 
 __all__ = ["usable", "ensure", "basis", "prepare", "load_ahead", "claim"]
