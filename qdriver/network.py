@@ -8,9 +8,10 @@ Each change holds the network's lock.  Guests join with
 """
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
 from .durable import atomic_write, locked
 from .errors import NoNetworkError, OperationInvalidError
@@ -65,8 +66,7 @@ class Network:
 
     async def start(self) -> None:
         """Start its processes (``net-start``)."""
-        async with self._locked():
-            net = self.definition
+        async with self._locked() as net:
             if netprocs.running(self.paths) is not None:
                 raise OperationInvalidError("network is already active")
             await netprocs.stop(self.paths)  # what a dead process or crash left
@@ -75,16 +75,14 @@ class Network:
     async def destroy(self) -> None:
         """Stop its processes (``net-destroy``); guests on it lose their link."""
         async with self._locked():
-            self.definition  # noqa: B018 - raises for a network that is gone
-            if netprocs.running(self.paths) is None:
-                await netprocs.stop(self.paths)
+            active = netprocs.running(self.paths) is not None
+            await netprocs.stop(self.paths)  # what a dead process left goes too
+            if not active:
                 raise OperationInvalidError(f"network '{self.name}' is not active")
-            await netprocs.stop(self.paths)
 
     async def undefine(self) -> None:
         """Remove a stopped network's definition (``net-undefine``)."""
         async with self._locked():
-            self.definition  # noqa: B018
             if netprocs.running(self.paths) is not None:
                 raise OperationInvalidError(f"cannot undefine active network '{self.name}'; "
                                             "destroy it first")
@@ -103,9 +101,20 @@ class Network:
         return [Lease(exp, mac, ip, prefix, host)
                 for exp, mac, ip, host in netprocs.leases(self.paths)]
 
-    def _locked(self) -> AbstractAsyncContextManager[None]:
-        self.definition  # noqa: B018 - raises for a network that is not defined
-        return locked(self.paths.lock, LOCK_WAIT, f"network '{self.name}'", create_dir=False)
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[NetworkDef]:
+        """Hold the network's lock; the definition, read once under it.
+
+        :raise NoNetworkError: the network is not defined (any more).
+        """
+        try:
+            async with locked(self.paths.lock, LOCK_WAIT, f"network '{self.name}'",
+                              create_dir=False):
+                yield self.definition
+        except (FileNotFoundError, NotADirectoryError):
+            if self.paths.definition.exists():
+                raise
+            raise NoNetworkError(f"no network with matching name '{self.name}'") from None
 
 
 def define(state_dir: Path, xml: str | bytes, policy: LaunchPolicy) -> Network:
