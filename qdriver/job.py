@@ -283,13 +283,9 @@ class Job(JobView):
         command = qemu_command(self.definition, self.paths, self.policy, incoming,
                                ram_template=ram_template)
         persistent = self.inactive
-        self.record, mon = await self.runtime.launch(
+        return self._running(persistent, *await self.runtime.launch(
             command, self.next_id(), paused or incoming, self.stack,
-            storable_definition(self.definition), known=self._stopped)
-        self.persistent = persistent
-        assert mon is not None
-        self._adopt(mon)
-        return mon
+            storable_definition(self.definition), known=self._stopped))
 
     async def connect_ahead(self, standby: StandbyRecord) -> qmp.Monitor:
         """A monitor of a claimed standby QEMU, before it is the domain's; it closes
@@ -304,13 +300,19 @@ class Job(JobView):
         command = QemuCommand([], standby.accel, {}, [], ram_template=standby.ram_template,
                               emulator=standby.emulator)
         persistent = self.inactive
-        self.record, mon = await self.runtime.take_over(
+        mon = self._running(persistent, *await self.runtime.take_over(
             command, standby.slot, self.next_id(), self.stack,
-            storable_definition(self.definition), known=self._stopped, mon=mon)
-        self.persistent = persistent
-        assert mon is not None
-        self._adopt(mon)
+            storable_definition(self.definition), known=self._stopped, mon=mon))
         self._status = RunStatus("paused")  # as every QEMU waiting for its state is
+        return mon
+
+    def _running(self, persistent: DomainDef, record: RunRecord,
+                 mon: qmp.Monitor | None) -> qmp.Monitor:
+        """A QEMU this job started (or took over) runs: its record and monitor are
+        the job's; the persistent definition read before stays the domain's."""
+        assert mon is not None
+        self.record, self.persistent = record, persistent
+        self._adopt(mon)
         return mon
 
     async def stop(self, reason: str, grace: float = 3.0) -> None:

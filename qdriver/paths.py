@@ -51,11 +51,16 @@ def _is_own_unshared_dir(path: str) -> bool:
 
 def socket_root(state_dir: Path) -> Path:
     """A short directory for this state dir's sockets."""
-    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    return runtime_base() / tag
+    return runtime_base() / name_tag(str(state_dir.resolve()))
 
 
 SOCKETS = "QEMU's sockets"
+
+
+def name_tag(name: str) -> str:
+    """A short, fixed-length stand-in for a domain's or network's name in socket paths
+    (which the 108-byte limit keeps short)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:10]
 
 
 MKDIR_ATTEMPTS = 5
@@ -192,8 +197,7 @@ class DomainPaths:
 
     @classmethod
     def of(cls, state_dir: Path, name: str) -> DomainPaths:
-        tag = hashlib.sha256(name.encode()).hexdigest()[:10]
-        return cls(state_dir / "domains" / name, socket_root(state_dir) / tag)
+        return cls(state_dir / "domains" / name, socket_root(state_dir) / name_tag(name))
 
     @property
     def state_dir(self) -> Path:

@@ -338,15 +338,10 @@ SOCKET_NETDEV = {"mcast": "mcast", "udp": "udp", "server": "listen", "client": "
 def _netdev(b: _Builder, i: int, iface: InterfaceDef) -> str:
     """The ``-netdev`` of an interface (addresses and ports are parsed values)."""
     if iface.type == "user" and iface.backend == "passt":  # passt's socket (`helpers`)
-        sock = b.helper_sockets.get(i)
-        if sock is None:
-            raise ConfigUnsupportedError(f"interface {i} needs passt's socket")
+        sock = _helper_socket(b, i, "passt's socket")
         return f"stream,id=hostnet{i},server=off,addr.type=unix,addr.path={opt(sock)}"
     if iface.type == "network":  # the qdriver network's switch (`launch.netprocs`)
-        switch = b.helper_sockets.get(i)
-        if switch is None:
-            raise ConfigUnsupportedError(f"interface {i} needs its network's switch")
-        return f"vde,id=hostnet{i},sock={opt(switch)}"
+        return f"vde,id=hostnet{i},sock={opt(_helper_socket(b, i, 'its network switch'))}"
     if iface.type == "user":
         netdev = f"user,id=hostnet{i}"
         for pf in iface.forwards:
@@ -355,6 +350,14 @@ def _netdev(b: _Builder, i: int, iface: InterfaceDef) -> str:
         return netdev
     netdev = f"socket,id=hostnet{i},{SOCKET_NETDEV[iface.type]}={iface.source}"
     return netdev + (f",localaddr={iface.local}" if iface.local is not None else "")
+
+
+def _helper_socket(b: _Builder, i: int, what: str) -> Path:
+    """The socket interface ``i`` connects to (the caller's ``helper_sockets``)."""
+    sock = b.helper_sockets.get(i)
+    if sock is None:
+        raise ConfigUnsupportedError(f"interface {i} needs {what}")
+    return sock
 
 
 def _interface(b: _Builder, i: int, iface: InterfaceDef) -> None:

@@ -21,7 +21,6 @@ The tap device needs ``/dev/net/tun`` open to all, as Debian's udev leaves it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import anyio
 from .. import emulator, process
 from ..durable import read_record, write_record
 from ..errors import NoNetworkError, OperationFailedError, OperationInvalidError
-from ..paths import make_private_dirs, socket_root
+from ..paths import make_private_dirs, name_tag, socket_root
 from ..runas import QemuUser
 from ..xml.network import NetworkDef
 from .helpers import helper_user
@@ -63,8 +62,7 @@ class NetworkPaths:
 
     @classmethod
     def of(cls, state_dir: Path, name: str) -> NetworkPaths:
-        tag = hashlib.sha256(name.encode()).hexdigest()[:10]
-        return cls(state_dir / "networks" / name, socket_root(state_dir) / f"net-{tag}")
+        return cls(state_dir / "networks" / name, socket_root(state_dir) / f"net-{name_tag(name)}")
 
     @property
     def definition(self) -> Path:

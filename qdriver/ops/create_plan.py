@@ -364,11 +364,9 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
                    caps)
     if group and running:  # paused throughout: the group resumes every guest together
         pause = "whole"
-        steps = _resumed_at_the_end(steps)
+        steps = _resume_replaced(steps, CreateStep.RESUME)
     if flags.template:  # the clone's start takes the place of the resume
-        kept = [s for s in steps if s != CreateStep.RESUME]
-        at = kept.index(CreateStep.WRITE_METADATA)
-        steps = (*kept[:at], CreateStep.SWITCH_TO_CLONE, *kept[at:])
+        steps = _resume_replaced(steps, CreateStep.SWITCH_TO_CLONE)
     resume = running and (group or not manual) and not flags.halt
     definition = replace(snap, state=snap_state, memory=memory, disks=disks,
                          creation_time=int(now) if now is not None else snap.creation_time)
@@ -378,12 +376,14 @@ def _build(domain: DomainDef, state: str, snap: SnapshotDef, memory: MemoryMode,
                 definition=definition, flags=flags)
 
 
-def _resumed_at_the_end(steps: tuple[CreateStep, ...]) -> tuple[CreateStep, ...]:
-    """A group member's steps: one RESUME, after everything that changes QEMU."""
+def _resume_replaced(steps: tuple[CreateStep, ...], by: CreateStep) -> tuple[CreateStep, ...]:
+    """``steps`` with their RESUME taken out and ``by`` put after everything that
+    changes QEMU (just before WRITE_METADATA, else last): a group member's one
+    late resume, or a template's switch to the clone."""
     kept = [s for s in steps if s != CreateStep.RESUME]
     at = kept.index(CreateStep.WRITE_METADATA) if CreateStep.WRITE_METADATA in kept \
         else len(kept)
-    return (*kept[:at], CreateStep.RESUME, *kept[at:])
+    return (*kept[:at], by, *kept[at:])
 
 
 def _libvirt_accepts(online: bool, memory: str, disks: tuple[DiskPlan, ...], row: Row,
