@@ -24,6 +24,8 @@ import qdriver
 from qdriver import process
 from qdriver.console import SerialLink
 from qdriver.errors import ConfigUnsupportedError, XMLError
+from qdriver.paths import socket_root
+from qdriver.testing import faults
 from qdriver.xml.network import NetworkDef
 
 from .helpers import GuestImage, qemu_pids
@@ -236,6 +238,34 @@ def test_three_guests_on_one_network_started_by_an_unprivileged_user(
     assert qemu_pids(nobody.state) == []
     nobody.run("net-undefine", "lab")
     assert nobody.run("net-list", "--all", "--name").stdout.strip() == ""
+
+
+@pytest.mark.no_qemu
+def test_a_network_start_killed_half_way_is_not_active_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    """Killed once its switch runs: the network is not active, the next start
+    starts it whole, and destroy leaves no process."""
+    state = tmp_path / "state"
+    (tmp_path / "lab.xml").write_text(LAB)
+
+    def cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+        if fault:
+            env[faults.ENV] = fault
+        return subprocess.run([sys.executable, "-m", "qdriver", "--state-dir", str(state),
+                               *args], capture_output=True, text=True, env=env, timeout=60)
+    assert cli("net-define", str(tmp_path / "lab.xml")).returncode == 0
+    try:
+        assert cli("net-start", "lab", fault="net-start:switch").returncode == -9
+        switch = str(next(socket_root(state).glob("net-*")))
+        assert network_processes(switch), "the switch it started"
+        assert re.search(r"lab\s+inactive", cli("net-list", "--all").stdout)
+        started = cli("net-start", "lab")
+        assert started.returncode == 0, started.stderr
+        assert re.search(r"lab\s+active", cli("net-list").stdout)
+    finally:
+        cli("net-destroy", "lab")
+    assert network_processes(switch) == []
 
 
 @pytest.mark.no_qemu

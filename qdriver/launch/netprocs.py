@@ -34,6 +34,7 @@ from ..durable import read_record, write_record
 from ..errors import NoNetworkError, OperationFailedError, OperationInvalidError
 from ..paths import make_private_dirs, name_tag, socket_root
 from ..runas import QemuUser
+from ..testing import faults
 from ..xml.network import NetworkDef
 from .helpers import helper_user
 
@@ -99,6 +100,9 @@ class NetworkRun:
     FORMAT: ClassVar[int] = 1
     UNVERSIONED_TOO: ClassVar[bool] = False
     procs: dict[str, list[int]]
+    complete: bool = False
+    """Every process started: a start killed half-way leaves a network that is not
+    active (the next start or destroy stops what it left)."""
 
 
 def running(paths: NetworkPaths) -> NetworkRun | None:
@@ -109,7 +113,7 @@ def running(paths: NetworkPaths) -> NetworkRun | None:
     alive = all(process.is_running(process.ProcessId(*sup)) and
                 process.exit_status(paths.exit_file(name)) is None
                 for name, sup in rec.procs.items())
-    return rec if alive and rec.procs else None
+    return rec if alive and rec.complete else None
 
 
 def switch_socket(state_dir: Path, name: str) -> Path:
@@ -189,6 +193,8 @@ async def start(net: NetworkDef, paths: NetworkPaths, qemu_user: QemuUser | None
         for name, argv in cmds.items():
             procs[name] = await _start_one(paths, name, [*emulator.drop_prefix(user), *argv])
             write_record(paths.record, NetworkRun(procs))
+            faults.point(f"net-start:{name}")
+        write_record(paths.record, NetworkRun(procs, complete=True))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stop(paths)
