@@ -90,6 +90,9 @@ def test_a_socket_interface_keeps_its_endpoints() -> None:
      "port"),
     ("<interface type='udp'><source address='127.0.0.1' port='1'/></interface>", XMLError,
      "needs <source><local address= port=>"),
+    ("<interface type='network'/>", XMLError, "needs <source network=...>"),
+    ("<interface type='network'><source network='../../etc'/></interface>", XMLError,
+     "network name '../../etc' is not a valid name"),
 ])
 def test_bad_socket_interfaces_are_named(iface: str, error: type[Exception],
                                          message: str) -> None:

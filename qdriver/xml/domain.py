@@ -29,6 +29,8 @@ DISK_IO_MODES = ("threads", "io_uring")
 NAME_RE = re.compile(r"^[^/\x00-\x1f]+$")
 TARGET_RE = re.compile(r"^[a-z]{2,4}[a-z]*$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+"""A qdriver network's name (`xml.network`), as an interface's source names it too."""
 TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 """Machine types and CPU models: what QEMU names them with, nothing else."""
 
@@ -763,6 +765,8 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
             iface.network = source.get("network") if source is not None else None
             if not iface.network:
                 raise XMLError("<interface type='network'> needs <source network=...>")
+            if not NETWORK_NAME_RE.match(iface.network):
+                raise XMLError(f"network name '{iface.network}' is not a valid name")
         else:
             _parse_socket_interface(el, iface)
         d.interfaces.append(iface)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigUnsupportedError, XMLError
 from . import safe
+from .domain import MAC_RE
+from .domain import NETWORK_NAME_RE as NAME_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
-MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 """A DHCP host's name: one DNS label (it reaches dnsmasq's comma-separated options)."""
 FORWARD_MODES = ("nat",)
