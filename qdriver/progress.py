@@ -56,21 +56,22 @@ class CreateReport:
         return self.memory_bytes / self.seconds if self.seconds else 0.0
 
 
+def event_time(ev: dict[str, Any]) -> float:
+    """A QMP event's timestamp (QEMU's clock), in seconds."""
+    ts = ev.get("timestamp") or {}
+    return float(ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6)
+
+
 def first_stop(events: list[dict[str, Any]]) -> float | None:
     """The timestamp of the first STOP event, if any."""
-    for ev in events:
-        if ev.get("event") == "STOP":
-            ts = ev.get("timestamp") or {}
-            return float(ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6)
-    return None
+    return next((event_time(ev) for ev in events if ev.get("event") == "STOP"), None)
 
 
 def guest_pause(events: list[dict[str, Any]], end: float) -> float:
     """Seconds between STOP and RESUME events (an unmatched STOP runs to ``end``)."""
     total, stopped_at = 0.0, None
     for ev in events:
-        ts = ev.get("timestamp") or {}
-        at = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+        at = event_time(ev)
         if ev.get("event") == "STOP" and stopped_at is None:
             stopped_at = at
         elif ev.get("event") == "RESUME" and stopped_at is not None:

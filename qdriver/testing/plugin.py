@@ -1,4 +1,4 @@
-"""The pytest plugin: a booted guest, freshly reverted, for every test that asks.
+"""The pytest plugin: a booted guest, freshly reset, for every test that asks.
 
 Loaded through the ``pytest11`` entry point (``-p no:qdriver`` turns it off).
 ``qdriver_domain`` boots the domain XML once per session and takes a template
@@ -9,10 +9,9 @@ the booted guest itself is reverted to its snapshot before each test instead.
 Under pytest-xdist the controller owns a shared directory: the first worker
 to ask boots the guest there once, and every worker forks its own guests from
 that boot's template; the controller stops and removes it all at the end.  The
-plugin's own work runs on an event
-loop in a thread of its own, so that sync tests and async (pytest-asyncio)
-tests get the same fixtures; a `qdriver.Domain` holds no loop, so an async
-test may ``await`` its methods on its own loop.
+plugin's own work runs on an event loop in a thread of its own, so that sync
+tests and async (pytest-asyncio) tests get the same fixtures; a `qdriver.Domain`
+holds no loop, so an async test may ``await`` its methods on its own loop.
 """
 from __future__ import annotations
 
