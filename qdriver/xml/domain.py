@@ -760,15 +760,8 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
     if itype != "user":
         if el.find("portForward") is not None:  # only a user interface forwards ports
             d.unsupported.append(f"<interface type='{itype}'><portForward>")
-        if itype == "network":
-            source = el.find("source")
-            iface.network = source.get("network") if source is not None else None
-            if not iface.network:
-                raise XMLError("<interface type='network'> needs <source network=...>")
-            if not NETWORK_NAME_RE.match(iface.network):
-                raise XMLError(f"network name '{iface.network}' is not a valid name")
-        else:
-            _parse_socket_interface(el, iface)
+        parse = _parse_network_interface if itype == "network" else _parse_socket_interface
+        parse(el, iface)
         d.interfaces.append(iface)
         return
     for pf in el.findall("portForward"):
@@ -786,6 +779,16 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
                 guest_port=_int(rng.get("to") or str(start), "<portForward><range to>",
                                 1, 65535)))
     d.interfaces.append(iface)
+
+
+def _parse_network_interface(el: safe.Element, iface: InterfaceDef) -> None:
+    """``<source network=...>``: the qdriver network the interface joins."""
+    source = el.find("source")
+    iface.network = source.get("network") if source is not None else None
+    if not iface.network:
+        raise XMLError("<interface type='network'> needs <source network=...>")
+    if not NETWORK_NAME_RE.match(iface.network):
+        raise XMLError(f"network name '{iface.network}' is not a valid name")
 
 
 def _parse_socket_interface(el: safe.Element, iface: InterfaceDef) -> None:
