@@ -31,6 +31,8 @@ from .errors import (
     SystemError_,
     XMLError,
 )
+from .events import Event, EventType
+from .events.stream import EventStream
 from .network import Lease, Network
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
 from .ops.group import Taken
@@ -48,7 +50,8 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was not in
 __all__ = [
     "Domain", "DomainState", "Driver", "CreateFlags", "RunningCaps", "CreatePlan", "plan_snapshot",
     "RevertFlags", "RevertPlan", "plan_revert", "Taken", "Snapshot", "ListFilter", "CreateReport",
-    "Progress", "AgentUnresponsiveError", "ArgumentUnsupportedError", "ConfigUnsupportedError",
+    "Progress", "Event", "EventType", "EventStream", "AgentUnresponsiveError",
+    "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
     "NoDomainError", "NoNetworkError", "Network", "Lease", "NoSnapshotError", "NoSupportError",
     "OperationAbortedError", "OperationFailedError",

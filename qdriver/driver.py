@@ -30,6 +30,9 @@ from .errors import (
     QDriverError,
     XMLError,
 )
+from .events import log as events_log
+from .events.kinds import EventType
+from .events.stream import EventStream
 from .job import Job, storable_definition, write_definition
 from .launch import cmdline
 from .launch import start as launch
@@ -173,11 +176,13 @@ class Driver:
                 # finishes a dead one first: its rollback must not undo this definition
                 async with existing.job() as job:
                     job.save_persistent(definition)
+                    job.emit(EventType.DEFINED, "updated")
                 return existing
             paths = DomainPaths.of(self.state_dir, definition.name)
             make_private_dir(paths.dir)
             async with locked(paths.lock, self.lock_timeout, f"domain '{definition.name}'"):
                 write_definition(paths, definition)
+                events_log.append(self.state_dir, definition.name, EventType.DEFINED, "added")
             return Domain(self, definition.name, definition.uuid)
 
     async def restore(self, path: str | Path, running: bool = False, paused: bool = False,
@@ -239,6 +244,7 @@ class Driver:
                 raise OperationInvalidError(
                     f"cannot delete inactive domain with {len(snaps)} snapshots")
             dom.paths.remove_files()
+            job.emit(EventType.UNDEFINED, "removed")
         dom.paths.remove_dir()
 
     # -- networks -----------------------------------------------------------
@@ -325,6 +331,12 @@ class Driver:
             definition = self.lookup(domain).inactive_definition
         paths = DomainPaths.of(self.state_dir, definition.name)
         return launch.native_argv(definition, paths, self.policy)[0]
+
+    def events(self) -> EventStream:
+        """The lifecycle events of every domain here from now on, whichever process or
+        guest causes them: ``async for event in drv.events()`` (`qdriver.events`).
+        While it is open this process also records its running guests' own events."""
+        return EventStream(self.state_dir)
 
     def next_id(self) -> int:
         """A fresh libvirt-style domain id."""

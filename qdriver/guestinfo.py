@@ -14,6 +14,7 @@ from . import agent
 from .agent import Address, Interface
 from .console import DomainConsole
 from .errors import ArgumentUnsupportedError, InvalidArgError, OperationInvalidError
+from .events.stream import EventStream
 from .launch.netprocs import NetworkPaths, leases
 from .launch.runtime import Runtime
 from .paths import DomainPaths
@@ -46,6 +47,10 @@ class GuestInfo:
 
     def console_path(self) -> Path | str:
         raise NotImplementedError  # pragma: no cover - `Domain.console_path` is the one used
+
+    def events(self) -> EventStream:
+        """This domain's lifecycle events from now on (`Driver.events`)."""
+        return EventStream(self.paths.state_dir, self.name)
 
     def console(self, from_start: bool = False) -> DomainConsole:
         """The serial console as a program uses it: the text from now on (``from_start``:

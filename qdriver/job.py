@@ -31,6 +31,8 @@ from .caps.qemucaps import QemuCaps
 from .caps.running import RunningCaps, probe, qemu_caps
 from .durable import atomic_write
 from .errors import NoDomainError, OperationInvalidError, QDriverError
+from .events import log as events_log
+from .events.kinds import EventType
 from .launch.runtime import QemuCommand, RunRecord, Runtime
 from .launch.standby import StandbyRecord
 from .launch.start import qemu_command
@@ -334,25 +336,36 @@ class Job(JobView):
         self._events = None
         self._status = None
 
-    async def vcpus(self, run: bool) -> None:
-        """``cont`` or ``stop``, remembered as the run status."""
+    async def vcpus(self, run: bool, detail: str | None = None) -> None:
+        """``cont`` or ``stop``, remembered as the run status and recorded as the event
+        resumed or suspended (``detail``: its word, default ``unpaused``/``paused``;
+        ``""``: no event)."""
         mon = await self.monitor()
         await mon.execute("cont" if run else "stop")
         self._follow_events()
         self._status = RunStatus("running" if run else "paused")
+        if detail != "":
+            self.emit(EventType.RESUMED if run else EventType.SUSPENDED,
+                      detail or ("unpaused" if run else "paused"))
+
+    def emit(self, type_: EventType, detail: str, snapshot: str | None = None) -> None:
+        """Record an event of this domain (`qdriver.events`): the job holds the lock,
+        so the domain's events are recorded in the order they happen."""
+        events_log.append(self.paths.state_dir, self.name, type_, detail, snapshot)
 
     async def leave_postmigrate(self) -> None:
         """Bring a paused guest out of ``postmigrate``, where an earlier memory save
         left it: QEMU offers no way from there to plain ``paused`` except through
         running, so the vCPUs run for the two commands' round trip (well under a
         millisecond) and the images become active again."""
-        await self.vcpus(True)
-        await self.vcpus(False)
+        await self.vcpus(True, "")
+        await self.vcpus(False, "")
 
-    async def ensure_running(self) -> None:
-        """``cont`` unless the vCPUs already run (``cont`` on a running guest is an error)."""
+    async def ensure_running(self, detail: str | None = None) -> None:
+        """``cont`` unless the vCPUs already run (``cont`` on a running guest is an
+        error); ``detail`` as for `vcpus`."""
         if not (await self.run_status()).running:
-            await self.vcpus(True)
+            await self.vcpus(True, detail)
 
     async def sync_run_state(self) -> None:
         """Bring the run record in line with QEMU (after a change that may have

@@ -289,6 +289,12 @@ class DomainPaths:
         return self.sockets / "keep.sock"
 
     @property
+    def events(self) -> Path:
+        """The monitor a listening process records the guest's events from
+        (`qdriver.events.recorder`)."""
+        return self.sockets / "events.sock"
+
+    @property
     def keep_lease(self) -> Path:
         """flocked by the process that keeps ``qmp_keep`` open."""
         return self.sockets / "keep.lease"

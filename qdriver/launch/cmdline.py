@@ -20,7 +20,7 @@ from ..paths import DomainPaths
 from ..qemuimg.chain import Layer
 from ..xml import layout
 from ..xml.address import Address, DriveAddress, PciAddress, PortAddress
-from ..xml.domain import CharDef, ControllerDef, DiskDef, DomainDef, InterfaceDef
+from ..xml.domain import PANIC_ACTIONS, CharDef, ControllerDef, DiskDef, DomainDef, InterfaceDef
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
@@ -172,6 +172,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     if d.rng:
         b.add("-object", "rng-random,id=objrng0,filename=/dev/urandom",
               "-device", f"virtio-rng-pci,rng=objrng0,id=rng0{b.place(d.rng_address)}")
+    if d.panic:
+        b.add("-device", "pvpanic,ioport=1285", "-action", f"panic={PANIC_ACTIONS[d.on_crash]}")
     if d.genid is not None:  # a parsed UUID: nothing to escape
         b.add("-device", f"vmgenid,guid={d.genid},id=vmgenid0")
     for audio in d.audio_ids:  # as libvirt: a silent backend, no sound device
@@ -261,7 +263,7 @@ def _boot(b: _Builder) -> None:
 
 def _monitors(b: _Builder) -> None:
     for cid, path in (("qmp", b.paths.qmp), ("qmpquery", b.paths.qmp_query),
-                      ("qmpkeep", b.paths.qmp_keep)):
+                      ("qmpkeep", b.paths.qmp_keep), ("qmpevents", b.paths.events)):
         b.add("-chardev", f"socket,id={cid},path={opt(path)},server=on,wait=off",
               "-mon", f"chardev={cid},mode=control")
 

@@ -21,6 +21,8 @@ import anyio
 from .. import process, qmp
 from ..durable import atomic_write, read_record, write_record
 from ..errors import FormatError, InternalError, OperationFailedError
+from ..events import log as events_log
+from ..events.kinds import EventType
 from ..paths import DomainPaths, make_private_dir, make_private_dirs, open_private_log
 from ..runas import QemuUser
 from ..runstatus import DomainState
@@ -35,6 +37,17 @@ KILL_WAIT = 5.0
 """How long a SIGKILLed QEMU may take to be gone (a stopped one goes at once)."""
 
 log = logging.getLogger("qdriver")
+
+STOP_EVENTS: dict[str, tuple[tuple[EventType, str], ...]] = {
+    "destroyed": ((EventType.SHUTDOWN, "host"), (EventType.STOPPED, "destroyed")),
+    "shutdown": ((EventType.STOPPED, "shutdown"),),
+    "crashed": ((EventType.STOPPED, "crashed"),),
+    "saved": ((EventType.STOPPED, "saved"),),
+    "from snapshot": ((EventType.STOPPED, "from_snapshot"),),
+    "failed": ((EventType.STOPPED, "failed"),),
+}
+"""The events a QEMU's end records, by the reason the domain stopped (libvirt's: a
+destroy is a host's shutdown, then the stop)."""
 
 
 @dataclass
@@ -215,13 +228,15 @@ class Runtime:
                                        StatusRecord(reason, exit_recorded=status is not None)),
                   f"the reason domain '{self.paths.dir.name}' stopped")
         self.cleanup(rec)
+        for type_, detail in STOP_EVENTS.get(reason, STOP_EVENTS["failed"]):
+            events_log.append(self.paths.state_dir, self.paths.dir.name, type_, detail)
 
     def cleanup(self, rec: RunRecord | None = None) -> None:
         """Remove the files of a QEMU that no longer runs (``rec``'s, if known)."""
         p = self.paths
         if rec is not None and rec.slot:
             self.own(rec).exitfile.unlink(missing_ok=True)
-        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.qmp_keep,
+        for path in (p.runtime, p.pidfile, p.exitfile, p.qmp, p.qmp_query, p.qmp_keep, p.events,
                      p.keep_lease, p.ram_file, p.console,
                      p.destroy_marker, p.live_definition):
             path.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from ..errors import (
     OperationUnsupportedError,
     SystemError_,
 )
+from ..events.kinds import EventType
 from ..job import Job, JobView
 from ..memory.template import move_ram
 from ..progress import CreateReport, ProgressFn, ProgressMeter, first_stop, guest_pause
@@ -61,6 +62,7 @@ async def create(job: Job, xml: str | bytes, flags: CreateFlags,
     the_plan = await plan(job, xml, flags)
     execution = CreateExecution(job, the_plan, progress)
     await execution.run()
+    job.emit(EventType.SNAPSHOT, "created", the_plan.name)
     return the_plan.name, execution.report
 
 

@@ -33,6 +33,7 @@ from .. import qemuimg, qmp
 from ..blockdev import jobs as blockjobs
 from ..blockdev.nodes import OpenImages, open_images, writable
 from ..errors import OperationFailedError, OperationInvalidError
+from ..events.kinds import EventType
 from ..job import Job, JobView
 from ..launch.runtime import template_users
 from ..parallel import side_by_side
@@ -85,6 +86,8 @@ async def delete(job: Job, name: str, flags: DeleteFlags,
     """Delete ``name`` (and its children if asked) with its data; the names removed."""
     the_plan = await plan(job, name, flags)
     await DeleteExecution(job, the_plan, progress).run()
+    for removed in the_plan.names:
+        job.emit(EventType.SNAPSHOT, "deleted", removed)
     return the_plan.names
 
 

@@ -13,6 +13,7 @@ import anyio
 from .. import process, qmp, runstatus
 from ..durable import locked
 from ..errors import DomainBusyError, OperationInvalidError, ShutdownTimeoutError
+from ..events.kinds import EventType
 from ..job import Job
 from ..launch.runtime import Runtime
 from ..paths import DomainPaths
@@ -33,6 +34,16 @@ async def boot(job: Job, paused: bool = False) -> None:
         txn.on_undo(actions.stop_qemu("failed", "the QEMU being started"))
         await job.launch(paused)
     await txn.attempt(launch)
+    for type_, detail in BOOT_EVENTS[paused]:
+        job.emit(type_, detail)
+
+
+BOOT_EVENTS = {
+    False: ((EventType.RESUMED, "unpaused"), (EventType.STARTED, "booted")),
+    True: ((EventType.STARTED, "booted"), (EventType.SUSPENDED, "paused")),
+}
+"""The events of a start, running or paused, in libvirt's order (its ``cont`` is seen
+before its start job ends)."""
 
 
 async def reset(job: Job) -> None:

@@ -18,6 +18,7 @@ from typing import Awaitable, Callable
 from .. import qemuimg, qmp, runas
 from ..blockdev.nodes import open_images, top_nodes
 from ..errors import OperationFailedError, OperationInvalidError, SystemError_
+from ..events.kinds import EventType
 from ..job import Job, JobView
 from ..launch.standby import StandbyRecord
 from ..memory import memfile
@@ -56,6 +57,8 @@ async def revert(job: Job, name: str, flags: RevertFlags,
     the next one's QEMU started ahead (`ops.standby`)."""
     the_plan = await plan(job, name, flags)
     await RevertExecution(job, the_plan, progress).run()
+    job.emit(EventType.DEFINED, "from_snapshot")  # as libvirt: the snapshot's definition
+    job.emit(EventType.SNAPSHOT, "reverted", name)
     if job.record is not None and job.policy.standby and standby.usable(the_plan):
         await standby.prepare(job, the_plan)
 
@@ -213,13 +216,19 @@ class RevertExecution:
     async def start_paused(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
         await self.job.launch(paused=True)
+        self._started()
+
+    def _started(self) -> None:
+        self.job.emit(EventType.STARTED, "restored" if self.plan.is_restore else "from_snapshot")
 
     async def start_incoming(self) -> None:
         self.txn.on_undo(actions.stop_qemu("destroyed", "the QEMU started for the revert"))
         if self.standby is not None:
             await self.job.take_over(self.standby, self.loaded_ahead)
-            return
-        await self.job.launch(paused=True, incoming=True, ram_template=self.plan.template_ram)
+        else:
+            await self.job.launch(paused=True, incoming=True,
+                                  ram_template=self.plan.template_ram)
+        self._started()
 
     async def load_memory_file(self) -> None:
         if self.loaded_ahead is not None:
@@ -268,7 +277,7 @@ class RevertExecution:
 
     async def pause(self) -> None:
         self.txn.on_undo(actions.resume_guest())
-        await self.job.vcpus(False)
+        await self.job.vcpus(False, "from_snapshot")
 
     async def snapshot_load(self) -> None:
         await self.mark_stale()
@@ -307,7 +316,7 @@ class RevertExecution:
             # a restored guest that ran has changed its disks: the save file no
             # longer matches them, so from here the restore only goes forward
             self.txn.commit(self._restore_finish())
-        await self.job.ensure_running()
+        await self.job.ensure_running("from_snapshot")  # a restore's too, as libvirt's
 
     async def set_current(self) -> None:
         if self.job.tree.current != self.plan.name:

@@ -45,7 +45,7 @@ FEATURES = {"acpi", "apic", "pae", "vmport"}
 PM_STATES = {"suspend-to-mem": "s3", "suspend-to-disk": "s4"}
 """``<pm>`` children and the ACPI sleep state each turns on or off."""
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
-           "controller", "memballoon", "input", "video", "rng", "audio"}
+           "controller", "memballoon", "input", "video", "rng", "audio", "panic"}
 CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
     "pci": ("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge"),
     "usb": ("qemu-xhci", "piix3-uhci", "none"),
@@ -59,6 +59,9 @@ DEFAULT_NIC_MODEL = "rtl8139"
 """libvirt's model for an x86 ``<interface>`` without ``<model>``."""
 INPUTS = {("mouse", "ps2"), ("keyboard", "ps2"), ("tablet", "usb"), ("mouse", "usb"),
           ("keyboard", "usb")}
+PANIC_ACTIONS = {"destroy": "exit-failure", "preserve": "pause"}
+"""What QEMU does when a guest with a ``<panic>`` device panics (``-action panic=``),
+by ``<on_crash>``: exit (the domain stops, crashed), or stay paused, crashed."""
 LIFECYCLE = {"on_poweroff": ("destroy", "preserve"), "on_reboot": ("restart", "destroy"),
              "on_crash": ("destroy", "preserve", "restart", "coredump-destroy",
                           "coredump-restart")}
@@ -257,6 +260,9 @@ class DomainDef:
     balloon_address: Address | None = None
     rng: bool = False
     rng_address: Address | None = None
+    panic: bool = False
+    """``<panic model='isa'/>``: QEMU's pvpanic device, through which a guest tells
+    QEMU it panicked (the crashed event; ``<on_crash>`` says what follows)."""
     controllers: list[ControllerDef] = field(default_factory=list)
     videos: list[VideoDef] = field(default_factory=list)
     inputs: list[InputDef] = field(default_factory=list)
@@ -547,6 +553,8 @@ def _parse(root: safe.Element) -> DomainDef:
         d.unsupported += [f"<clock><{c.tag} name='{c.get('name')}'>"
                           for c in safe.children(clock)]
     _parse_devices(root, d)
+    if d.panic and d.on_crash not in PANIC_ACTIONS:
+        d.unsupported.append(f"<on_crash>{d.on_crash}</on_crash> with a <panic> device")
     return d
 
 
@@ -893,6 +901,15 @@ def _parse_rng(el: safe.Element, d: DomainDef) -> None:
     d.rng_address = address.parse(el)
 
 
+def _parse_panic(el: safe.Element, d: DomainDef) -> None:
+    iobase = el.find("address")
+    if el.get("model", "isa") != "isa" or (iobase is not None and (
+            iobase.get("type") != "isa" or iobase.get("iobase", "0x505").lower() != "0x505")):
+        d.unsupported.append("<panic> other than model 'isa' at iobase 0x505")
+        return
+    d.panic = True
+
+
 def _parse_controller(el: safe.Element, d: DomainDef) -> None:
     ctype = el.get("type", "")
     models = CONTROLLER_MODELS.get(ctype)
@@ -946,5 +963,5 @@ DEVICE_PARSERS = {
     "serial": _parse_chardev, "console": _parse_chardev, "channel": _parse_chardev,
     "graphics": _parse_graphics, "memballoon": _parse_memballoon, "rng": _parse_rng,
     "audio": _parse_audio, "controller": _parse_controller, "video": _parse_video,
-    "input": _parse_input,
+    "input": _parse_input, "panic": _parse_panic,
 }
