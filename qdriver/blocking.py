@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import logging
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 import anyio.from_thread
 
 from . import driver as _driver
 from .domain import Domain as _Domain
+from .events.kinds import Event
+from .events.stream import EventStream
 from .network import Network as _Network
 from .snapshots.handle import Snapshot as _Snapshot
+
+log = logging.getLogger("qdriver")
 
 
 class _Handle:
@@ -64,6 +71,46 @@ class Network(_Handle):
     """A blocking `qdriver.Network`."""
 
 
+class EventIterator:
+    """A blocking `qdriver.EventStream`: ``for event in drv.events()``, or `get` with a
+    timeout; `close` (or ``with``) stops listening."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, stream: EventStream) -> None:
+        self._portal = portal
+        self._stream = stream
+
+    def __iter__(self) -> EventIterator:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return self._portal.call(self._stream.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None if none comes within ``timeout`` seconds (or the
+        iterator was closed)."""
+        async def one() -> Event | None:
+            with anyio.move_on_after(timeout):
+                try:
+                    return await self._stream.__anext__()
+                except StopAsyncIteration:
+                    return None
+            return None
+        return self._portal.call(one)
+
+    def close(self) -> None:
+        self._portal.call(self._stream.aclose)
+
+    def __enter__(self) -> EventIterator:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 HANDLES: dict[type, type[_Handle]] = {_Domain: Domain, _Snapshot: Snapshot, _Network: Network}
 """Each async handle class, and its blocking one."""
 
@@ -73,6 +120,8 @@ def _convert(portal: anyio.from_thread.BlockingPortal, value: Any) -> Any:
     for cls, blocking in HANDLES.items():
         if isinstance(value, cls):
             return blocking(portal, value)
+    if isinstance(value, EventStream):
+        return EventIterator(portal, value)
     if isinstance(value, list):
         return [_convert(portal, v) for v in value]
     if isinstance(value, tuple):
@@ -114,11 +163,43 @@ class Driver(_Handle):
             self._stack.close()
             raise
         super().__init__(portal, target)
+        self._callbacks: dict[int, tuple[EventIterator, threading.Thread]] = {}
+        self._next_callback = itertools.count(1)
+
+    def register_event_callback(self, callback: Callable[[Event], object],
+                                domain: str | None = None) -> int:
+        """Call ``callback(event)`` for each event from now on (of ``domain`` only, if
+        given), in a thread of its own, in order; the id `deregister_event_callback`
+        takes."""
+        stream = self._portal.call(lambda: EventStream(self._target.state_dir, domain))
+        events = EventIterator(self._portal, stream)
+
+        def deliver() -> None:
+            for event in events:
+                try:
+                    callback(event)
+                except Exception:  # a callback's failure must not end the others' events
+                    log.exception("event callback %r failed on %s", callback, event)
+        thread = threading.Thread(target=deliver, name="qdriver-events", daemon=True)
+        key = next(self._next_callback)
+        self._callbacks[key] = (events, thread)
+        thread.start()
+        return key
+
+    def deregister_event_callback(self, key: int) -> None:
+        """Stop a callback (the event it is handling, if any, is its last)."""
+        events, thread = self._callbacks.pop(key)
+        events.close()
+        if thread is not threading.current_thread():
+            thread.join()
 
     def close(self) -> None:
-        """Let go of the monitors kept open, and stop the driver's loop thread."""
+        """Stop the event callbacks, let go of the monitors kept open, and stop the
+        driver's loop thread."""
         if self._stack is None:
             return
+        for key in list(self._callbacks):
+            self.deregister_event_callback(key)
         try:
             self._portal.call(self._target.__aexit__, None, None, None)
         finally:
@@ -133,4 +214,4 @@ class Driver(_Handle):
         self.close()
 
 
-__all__ = ["Driver", "Domain", "Snapshot", "Network"]
+__all__ = ["Driver", "Domain", "Snapshot", "Network", "EventIterator"]

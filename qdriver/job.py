@@ -336,17 +336,24 @@ class Job(JobView):
         self._events = None
         self._status = None
 
-    async def vcpus(self, run: bool, detail: str | None = None) -> None:
-        """``cont`` or ``stop``, remembered as the run status and recorded as the event
-        resumed or suspended (``detail``: its word, default ``unpaused``/``paused``;
-        ``""``: no event)."""
+    async def vcpus(self, run: bool, detail: str | None = None,
+                    reason: str | None = None) -> None:
+        """``cont`` or ``stop``, remembered as the run status and in the run record
+        (``reason``: why, as ``domstate --reason`` says it; default ``unpaused`` or
+        ``user``), and recorded as the event resumed or suspended (``detail``: its
+        word, default ``unpaused``/``paused``).  ``detail=""``: a passing change,
+        neither recorded nor an event."""
         mon = await self.monitor()
         await mon.execute("cont" if run else "stop")
         self._follow_events()
         self._status = RunStatus("running" if run else "paused")
-        if detail != "":
-            self.emit(EventType.RESUMED if run else EventType.SUSPENDED,
-                      detail or ("unpaused" if run else "paused"))
+        if detail == "":
+            return
+        self.emit(EventType.RESUMED if run else EventType.SUSPENDED,
+                  detail or ("unpaused" if run else "paused"))
+        if self.record is not None:
+            self.runtime.update(self.record, paused=not run,
+                                reason=reason or ("unpaused" if run else "user"))
 
     def emit(self, type_: EventType, detail: str, snapshot: str | None = None) -> None:
         """Record an event of this domain (`qdriver.events`): the job holds the lock,
@@ -361,11 +368,12 @@ class Job(JobView):
         await self.vcpus(True, "")
         await self.vcpus(False, "")
 
-    async def ensure_running(self, detail: str | None = None) -> None:
+    async def ensure_running(self, detail: str | None = None,
+                             reason: str | None = None) -> None:
         """``cont`` unless the vCPUs already run (``cont`` on a running guest is an
-        error); ``detail`` as for `vcpus`."""
+        error); ``detail`` and ``reason`` as for `vcpus`."""
         if not (await self.run_status()).running:
-            await self.vcpus(True, detail)
+            await self.vcpus(True, detail, reason)
 
     async def sync_run_state(self) -> None:
         """Bring the run record in line with QEMU (after a change that may have
@@ -380,8 +388,8 @@ class Job(JobView):
             status = await self.run_status()
         except QDriverError:
             return
-        paused = not status.running
-        if (self.record.paused, self.record.reason) != (paused, status.reason):
+        paused = not status.running  # a running guest keeps why it runs (booted, restored)
+        if self.record.paused != paused or (paused and self.record.reason != status.reason):
             self.runtime.update(self.record, paused=paused, reason=status.reason)
 
 

@@ -43,13 +43,13 @@ def opts(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
-def test_starts_paused_with_three_monitors(tmp_path: Path) -> None:
+def test_starts_paused_with_four_monitors(tmp_path: Path) -> None:
     argv = build(tmp_path)
     assert "-S" in argv
     assert opts(argv, "-machine") == ["q35,accel=tcg"]
     assert opts(argv, "-m") == ["size=262144k"] and opts(argv, "-smp") == ["2"]
     assert opts(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmpquery,mode=control",
-                                 "chardev=qmpkeep,mode=control"]
+                                 "chardev=qmpkeep,mode=control", "chardev=qmpevents,mode=control"]
     paths = DomainPaths.of(tmp_path, "c")
     assert len(str(paths.qmp)) <= 107
     assert any(str(paths.qmp) in c for c in opts(argv, "-chardev"))

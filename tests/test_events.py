@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 import anyio
 
 import qdriver
+from qdriver.console import DomainConsole
 from qdriver.events import Event, EventType
 from qdriver.events.log import MAX_SIZE, Tail, append
 from tests.helpers.cli import run_cli
@@ -47,7 +48,7 @@ async def test_events_from_the_cli_and_the_guest_arrive_in_order_once(
             await anyio.to_thread.run_sync(lambda: run_cli(state_dir, *args))
             done[args[0]] = time.time()
 
-        async def boot() -> qdriver.DomainConsole:
+        async def boot() -> DomainConsole:
             console = dom.console()
             await dom.start()
             await console.wait_async("GUEST-READY", 60)

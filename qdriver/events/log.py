@@ -33,8 +33,8 @@ def append(state_dir: Path, domain: str, type_: EventType, detail: str,
     """Record one event (``when`` it happened, if not now).  A full or read-only
     state disk loses the event with a warning, never the operation that caused it."""
     assert detail in DETAILS[type_], (type_, detail)
-    line: dict[str, object] = {"v": FORMAT, "t": time.time() if when is None else when, "domain": domain, "type": type_.name.lower(),
-            "detail": detail}
+    line: dict[str, object] = {"v": FORMAT, "t": time.time() if when is None else when,
+                               "domain": domain, "type": type_.name.lower(), "detail": detail}
     if snapshot is not None:
         line["snapshot"] = snapshot
     try:

@@ -57,7 +57,6 @@ async def suspend(job: Job) -> None:
     """Pause the guest's vCPUs (``virsh suspend``)."""
     job.require_active()
     await job.vcpus(False)
-    job.update_record(paused=True, reason="user")
 
 
 async def resume(job: Job) -> None:
@@ -66,7 +65,6 @@ async def resume(job: Job) -> None:
     if (await job.run_status()).running:
         raise OperationInvalidError("domain is already running")
     await job.vcpus(True)
-    job.update_record(paused=False, reason="unpaused")
 
 
 async def shutdown(job: Job, timeout: float, escalate: bool) -> bool:
@@ -82,6 +80,8 @@ async def _power_down(job: Job, timeout: float, escalate: bool) -> bool:
     rec = job.require_active()
     job.update_record(stop_requested="shutdown")
     await (await job.monitor()).execute("system_powerdown")
+    if timeout <= 0:
+        return False  # the button pressed, as libvirt's virDomainShutdown returns
     faults.point("shutdown:waiting")
     if await process.wait_exit(rec.proc, timeout):
         await job.sync_run_state()  # QEMU is gone: reaped, the persistent definition back

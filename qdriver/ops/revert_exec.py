@@ -316,7 +316,9 @@ class RevertExecution:
             # a restored guest that ran has changed its disks: the save file no
             # longer matches them, so from here the restore only goes forward
             self.txn.commit(self._restore_finish())
-        await self.job.ensure_running("from_snapshot")  # a restore's too, as libvirt's
+        # the event says "from snapshot" for a restore too, as libvirt's does
+        await self.job.ensure_running(
+            "from_snapshot", "restored" if self.plan.is_restore else "from snapshot")
 
     async def set_current(self) -> None:
         if self.job.tree.current != self.plan.name:
