@@ -22,6 +22,9 @@ from .xml.domain import DomainDef
 
 CHANNEL = "org.qemu.guest_agent.0"
 """The virtio-serial port name qemu-guest-agent listens on."""
+NO_REPLY = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram",
+                      "guest-suspend-hybrid"})
+"""Commands the agent carries out without answering (the guest goes away)."""
 SYNC_TIMEOUT = 5.0
 """Seconds an agent has to answer ``guest-sync`` before a command (libvirt's wait)."""
 
@@ -84,6 +87,10 @@ async def execute(path: Path, command: str | None, timeout: float = 10.0,
             raise AgentNotReachedError(
                 f"the guest agent did not answer within {sync_timeout:g} s") from e
         if command is None:
+            return None
+        if command in NO_REPLY:
+            await stream.send(json.dumps({"execute": command, "arguments": arguments or {}})
+                              .encode() + b"\n")
             return None
         try:
             with anyio.fail_after(timeout):

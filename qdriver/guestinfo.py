@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import enum
 import json
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import agent
 from .agent import Address, Interface
 from .console import DomainConsole
-from .errors import ArgumentUnsupportedError, InvalidArgError, OperationInvalidError
+from .errors import (
+    ArgumentUnsupportedError,
+    InvalidArgError,
+    OperationFailedError,
+    OperationInvalidError,
+)
 from .events.stream import EventStream
+from .job import Job
 from .launch.netprocs import NetworkPaths, leases
 from .launch.runtime import Runtime
+from .ops import lifecycle
 from .paths import DomainPaths
 from .xml.domain import DomainDef
 from .xml.network import NetworkDef
@@ -47,6 +55,20 @@ class GuestInfo:
 
     def console_path(self) -> Path | str:
         raise NotImplementedError  # pragma: no cover - `Domain.console_path` is the one used
+
+    def job(self, lock_timeout: float | None = None) -> AbstractAsyncContextManager[Job]:
+        raise NotImplementedError  # pragma: no cover - `Domain.job` is the one used
+
+    async def reboot(self, mode: str = "acpi", timeout: float = 60.0) -> None:
+        """``virsh reboot``: ask the guest to restart, by its power button (``acpi``,
+        which waits until it has powered off and runs it again) or by its agent
+        (``agent``, which returns once the agent has the request).
+
+        :raise ShutdownTimeoutError: the guest ignored the button for ``timeout`` s.
+        :raise ArgumentUnsupportedError: an unknown mode, or no guest agent.
+        """
+        async with self.job() as job:
+            await lifecycle.reboot(job, mode, timeout)
 
     def events(self) -> EventStream:
         """This domain's lifecycle events from now on (`Driver.events`)."""
@@ -108,6 +130,35 @@ class GuestInfo:
             raise ArgumentUnsupportedError("QEMU guest agent is not configured")
         return await agent.execute(path, msg["execute"], timeout, msg.get("arguments"))
 
+    async def guest_info(self, types: tuple[str, ...] = ()) -> dict[str, str | int]:
+        """``virsh guestinfo``: what the guest agent tells of the guest, under
+        libvirt's keys (``hostname``, ``os.name``, ``timezone.offset``, ...).
+        ``types``: the groups asked for (`GUEST_INFO`; default all, each one the
+        agent cannot answer left out, as libvirt does).
+
+        :raise OperationInvalidError: the domain is not running.
+        :raise ArgumentUnsupportedError: no guest agent, or an unknown group.
+        """
+        unknown = set(types) - set(GUEST_INFO)
+        if unknown:
+            raise ArgumentUnsupportedError(f"unknown guest info type '{sorted(unknown)[0]}'")
+        if self.runtime.peek() is None:
+            raise OperationInvalidError("domain is not running")
+        path = agent.socket_path(self.definition, self.paths)
+        if path is None:
+            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        info: dict[str, str | int] = {}
+        for group in types or tuple(GUEST_INFO):
+            command, read = GUEST_INFO[group]
+            try:
+                reply = await agent.execute(path, command)
+            except OperationFailedError:
+                if types:
+                    raise
+                continue  # the agent has not that command
+            info.update(read(reply if isinstance(reply, (dict, list)) else {}))
+        return info
+
     def _leased(self) -> list[Interface]:
         found = []
         for i, iface in enumerate(self.definition.interfaces):
@@ -121,6 +172,31 @@ class GuestInfo:
             if addrs:
                 found.append(Interface(f"net{i}", iface.mac, addrs))
         return found
+
+
+def _os(reply: Any) -> dict[str, str | int]:
+    return {f"os.{k}": str(reply[k]) for k in OS_KEYS if k in reply}
+
+
+def _users(reply: Any) -> dict[str, str | int]:
+    users: dict[str, str | int] = {"user.count": len(reply)}
+    for i, user in enumerate(reply):
+        users[f"user.{i}.name"] = str(user.get("user", ""))
+        users[f"user.{i}.login-time"] = int(float(user.get("login-time", 0)) * 1000)
+    return users
+
+
+OS_KEYS = ("id", "name", "pretty-name", "version", "version-id", "kernel-release",
+           "kernel-version", "machine", "variant", "variant-id")
+GUEST_INFO: dict[str, tuple[str, Callable[[Any], dict[str, str | int]]]] = {
+    "users": ("guest-get-users", _users),
+    "os": ("guest-get-osinfo", _os),
+    "timezone": ("guest-get-timezone", lambda r: {
+        "timezone.name": str(r.get("zone", "")), "timezone.offset": int(r.get("offset", 0))}),
+    "hostname": ("guest-get-host-name", lambda r: {"hostname": str(r.get("host-name", ""))}),
+}
+"""``guestinfo``'s groups: the agent command each asks, and how its answer reads as
+libvirt's keys."""
 
 
 def _agent_message(command: str | dict[str, Any]) -> dict[str, Any]:

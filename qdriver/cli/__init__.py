@@ -15,7 +15,7 @@ import anyio
 from .. import __version__
 from ..driver import Driver
 from ..errors import QDriverError
-from . import domain_cmds, network_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
+from . import domain_cmds, event_cmds, network_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
 from .registry import COMMANDS, progress_lines
 
 

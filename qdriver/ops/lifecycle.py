@@ -10,9 +10,14 @@ from functools import partial
 
 import anyio
 
-from .. import process, qmp, runstatus
+from .. import agent, process, qmp, runstatus
 from ..durable import locked
-from ..errors import DomainBusyError, OperationInvalidError, ShutdownTimeoutError
+from ..errors import (
+    ArgumentUnsupportedError,
+    DomainBusyError,
+    OperationInvalidError,
+    ShutdownTimeoutError,
+)
 from ..events.kinds import EventType
 from ..job import Job
 from ..launch.runtime import Runtime
@@ -51,6 +56,44 @@ async def reset(job: Job) -> None:
     boots again in the same QEMU, paused or running as it was."""
     job.require_active()
     await (await job.monitor()).execute("system_reset")
+
+
+REBOOT_MODES = ("acpi", "agent")
+
+
+async def reboot(job: Job, mode: str, timeout: float) -> None:
+    """``virsh reboot``: the guest restarts in the same QEMU.  ``acpi``: its power
+    button, and once it has powered off, QEMU (told to pause rather than exit)
+    resets it and runs it again; ``agent``: the guest agent's ``guest-shutdown``
+    in mode reboot.
+
+    :raise ShutdownTimeoutError: the guest did not power off within ``timeout`` s.
+    :raise ArgumentUnsupportedError: an unknown mode, or no agent for ``agent``.
+    """
+    if mode not in REBOOT_MODES:
+        raise ArgumentUnsupportedError(f"unknown reboot mode '{mode}'")
+    job.require_active()
+    if mode == "agent":
+        path = agent.socket_path(job.definition, job.paths)
+        if path is None:
+            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+        await agent.execute(path, "guest-shutdown", timeout, {"mode": "reboot"})
+        return
+    mon = await job.monitor()
+    after = "pause" if job.definition.on_poweroff == "preserve" else "poweroff"
+    await mon.execute("set-action", {"shutdown": "pause"})
+    try:
+        await mon.execute("system_powerdown")
+        with anyio.move_on_after(timeout):
+            while (await runstatus.query(mon)).qmp != "shutdown":
+                await anyio.sleep(0.05)
+        if (await runstatus.query(mon)).qmp != "shutdown":
+            raise ShutdownTimeoutError(
+                f"domain '{job.name}' did not power off to reboot within {timeout:g} s")
+        await mon.execute("system_reset")
+        await job.vcpus(True, "")
+    finally:
+        await mon.execute("set-action", {"shutdown": after})
 
 
 async def suspend(job: Job) -> None:

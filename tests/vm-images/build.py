@@ -35,7 +35,9 @@ Guest kernel command-line options read by ``/init``:
 A virtio-serial port named org.qemu.guest_agent.0, when the domain has one, is
 served by a minimal guest agent in /init: guest-sync, guest-fsfreeze-freeze and
 guest-fsfreeze-thaw (busybox fsfreeze on /mnt), printing GUEST-FSFREEZE and
-GUEST-FSTHAW on the console, and guest-network-get-interfaces (IPv4).
+GUEST-FSTHAW on the console, guest-network-get-interfaces (IPv4), guest-shutdown
+(mode reboot or powerdown), guest-get-host-name, guest-get-osinfo and
+guest-get-timezone.
 """
 from __future__ import annotations
 
@@ -105,6 +107,10 @@ agent() {
                                  echo '{"return": 1}';;
         *guest-fsfreeze-thaw*) fsfreeze --unfreeze /mnt && echo GUEST-FSTHAW >/dev/console
                                echo '{"return": 1}';;
+        *guest-shutdown*) case "$line" in *reboot*) reboot -f;; *) poweroff -f;; esac;;
+        *guest-get-host-name*) echo "{\"return\": {\"host-name\": \"$(hostname)\"}}";;
+        *guest-get-osinfo*) echo "{\"return\": {\"id\": \"qdriver-test\", \"name\": \"qdriver test guest\", \"kernel-release\": \"$(uname -r)\", \"machine\": \"$(uname -m)\"}}";;
+        *guest-get-timezone*) echo '{"return": {"offset": 0, "zone": "UTC"}}';;
         *guest-network-get-interfaces*) out=""
           for d in /sys/class/net/*; do
             n=${d##*/}; ips=""
