@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
 
 import anyio
 
@@ -71,6 +73,19 @@ async def execute(path: Path, command: str | None, timeout: float = 10.0,
     :raise AgentNotReachedError: no answer to the sync; ``command`` was not sent.
     :raise AgentUnresponsiveError: no answer to ``command`` within ``timeout``.
     """
+    async with session(path, timeout) as call:
+        return None if command is None else await call(command, arguments)
+
+
+@asynccontextmanager
+async def session(path: Path, timeout: float = 10.0
+                  ) -> AsyncIterator[Callable[[str, dict[str, object] | None],
+                                              Awaitable[object]]]:
+    """One connection to the agent, synced once, for several commands: ``await
+    call(command, arguments)`` returns each one's answer (within ``timeout``).
+
+    :raise AgentNotReachedError: no answer to the sync.
+    """
     try:
         stream = await anyio.connect_unix(str(path))
     except OSError as e:
@@ -86,18 +101,19 @@ async def execute(path: Path, command: str | None, timeout: float = 10.0,
         except TimeoutError as e:
             raise AgentNotReachedError(
                 f"the guest agent did not answer within {sync_timeout:g} s") from e
-        if command is None:
-            return None
-        if command in NO_REPLY:
-            await stream.send(json.dumps({"execute": command, "arguments": arguments or {}})
-                              .encode() + b"\n")
-            return None
-        try:
-            with anyio.fail_after(timeout):
-                return await _call(stream, buf, command, arguments)
-        except TimeoutError as e:
-            raise AgentUnresponsiveError(
-                f"the guest agent did not answer '{command}' within {timeout:g} s") from e
+
+        async def call(command: str, arguments: dict[str, object] | None = None) -> object:
+            if command in NO_REPLY:
+                await stream.send(json.dumps({"execute": command,
+                                              "arguments": arguments or {}}).encode() + b"\n")
+                return None
+            try:
+                with anyio.fail_after(timeout):
+                    return await _call(stream, buf, command, arguments)
+            except TimeoutError as e:
+                raise AgentUnresponsiveError(
+                    f"the guest agent did not answer '{command}' within {timeout:g} s") from e
+        yield call
 
 
 async def ping(path: Path, timeout: float = 1.0) -> None:

@@ -148,15 +148,16 @@ class GuestInfo:
         if path is None:
             raise ArgumentUnsupportedError("QEMU guest agent is not configured")
         info: dict[str, str | int] = {}
-        for group in types or tuple(GUEST_INFO):
-            command, read = GUEST_INFO[group]
-            try:
-                reply = await agent.execute(path, command)
-            except OperationFailedError:
-                if types:
-                    raise
-                continue  # the agent has not that command
-            info.update(read(reply if isinstance(reply, (dict, list)) else {}))
+        async with agent.session(path) as call:
+            for group in types or tuple(GUEST_INFO):
+                command, read = GUEST_INFO[group]
+                try:
+                    reply = await call(command, None)
+                except OperationFailedError:
+                    if types:
+                        raise
+                    continue  # the agent has not that command
+                info.update(read(reply if isinstance(reply, (dict, list)) else {}))
         return info
 
     def _leased(self) -> list[Interface]:

@@ -1,11 +1,14 @@
 """Lifecycle events: heard by one process whichever process or guest causes them."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import anyio
+import pytest
 
 import qdriver
 from qdriver.console import DomainConsole
@@ -119,3 +122,63 @@ def test_the_log_rotates_without_losing_a_line(tmp_path: Path) -> None:
     assert (tmp_path / "events.log.1").exists()
     assert read + len(times) == count and times[-1] == count - 1
     tail.close()
+
+
+async def _agent_up(dom: qdriver.Domain) -> None:
+    """Wait until the guest's agent answers (it starts beside GUEST-READY)."""
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await dom.agent_command({"execute": "guest-get-timezone"}, timeout=2)
+                return
+            except qdriver.AgentUnresponsiveError:
+                await anyio.sleep(0.2)
+
+
+AGENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+
+
+async def test_reboot_by_button_and_by_agent_guestinfo_and_the_event_command(
+        make_domain: Callable[..., Awaitable[qdriver.Domain]], state_dir: Path) -> None:
+    dom = await make_domain("rb", extra_devices=AGENT)
+    console = dom.console()
+    await dom.start()
+    await console.wait_async("GUEST-READY", 60)
+    pid = dom.runtime.peek().pid  # type: ignore[union-attr]
+    heard: Heard = []
+    async with dom.events() as stream, anyio.create_task_group() as tg:
+        tg.start_soon(_listen, stream, heard)
+        for mode in ("acpi", "agent"):
+            await _agent_up(dom)
+            again = dom.console()
+            said = await anyio.to_thread.run_sync(
+                run_cli, state_dir, "reboot", "rb", "--mode", mode)
+            assert said.stdout.decode() == "Domain 'rb' is being rebooted\n"
+            await again.wait_async("GUEST-READY", 60)  # booted again...
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    assert dom.runtime.peek().pid == pid  # type: ignore[union-attr]  # ...in the same QEMU
+    assert dom.state_reason() == (qdriver.DomainState.RUNNING, "booted")
+    assert _words(heard) == [("shutdown", "guest"), ("reboot", "host"), ("reboot", "guest")]
+    await _agent_up(dom)
+    info = await dom.guest_info()
+    assert info["os.id"] == "qdriver-test" and str(info["os.kernel-release"]).startswith("6.")
+    assert (info["timezone.name"], info["timezone.offset"]) == ("UTC", 0)
+    assert "user.count" not in info  # the agent has no guest-get-users: left out
+    shown = run_cli(state_dir, "guestinfo", "rb", "--timezone").stdout.decode()
+    assert shown == "timezone.name       : UTC\ntimezone.offset     : 0\n"
+    with pytest.raises(qdriver.ArgumentUnsupportedError, match="unknown guest info type"):
+        await dom.guest_info(("bogus",))
+    with pytest.raises(qdriver.OperationFailedError, match="guest-get-users"):
+        await dom.guest_info(("users",))  # asked for by name: the agent's refusal is told
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "qdriver", "--state-dir", str(state_dir), "event", "rb",
+         "--count", "2", "--timeout", "30"], stdout=subprocess.PIPE, text=True)
+    await anyio.sleep(1.0)  # the listener is up
+    await dom.suspend()
+    await dom.resume()
+    printed, _ = listener.communicate(timeout=30)
+    assert printed.splitlines() == ["event 'lifecycle' for domain 'rb': Suspended Paused",
+                                    "event 'lifecycle' for domain 'rb': Resumed Unpaused",
+                                    "events received: 2"]
+    await dom.destroy()
