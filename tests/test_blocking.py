@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,24 @@ def test_a_plain_script_runs_a_guest_without_an_event_loop(guest_image: GuestIma
     ]
 
 
+LIFE = [("defined", "added"), ("resumed", "unpaused"), ("started", "booted"),
+        ("suspended", "paused"), ("resumed", "unpaused"), ("snapshot", "created"),
+        ("suspended", "from_snapshot"), ("resumed", "from_snapshot"),
+        ("defined", "from_snapshot"), ("snapshot", "reverted"),
+        ("shutdown", "host"), ("stopped", "destroyed"), ("snapshot", "deleted"),
+        ("undefined", "removed")]
+"""The events of one thread's domain, as its life below causes them."""
+
+
 def test_several_threads_drive_their_own_domains_on_one_driver(
         guest_image: GuestImage, tmp_path: Path) -> None:
     state = tmp_path / "state"
     failures: list[BaseException] = []
+    called: list[tuple[str, qdriver.Event]] = []
     with blocking.Driver(state) as drv:
+        callback = drv.register_event_callback(
+            lambda e: called.append((threading.current_thread().name, e)))
+        t0_events = drv.events()
         def life(name: str) -> None:
             try:
                 dom = drv.define_xml(guest(guest_image, tmp_path, name))
@@ -93,6 +107,16 @@ def test_several_threads_drive_their_own_domains_on_one_driver(
             t.join(timeout=300)
         assert failures == []
         assert drv.list_domains() == []
+        t0 = [e for e in iter(lambda: t0_events.get(timeout=1.0), None) if e.domain == "t0"]
+        t0_events.close()
+        deadline = time.monotonic() + 5
+        while len(called) < 3 * len(LIFE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drv.deregister_event_callback(callback)
+        for name in ("t0", "t1", "t2"):  # each domain's events in order, each once
+            assert [(str(e.type), e.detail) for _, e in called if e.domain == name] == LIFE
+        assert {thread for thread, _ in called} == {"qdriver-events"}  # not the caller's
+        assert [(str(e.type), e.detail) for e in t0] == LIFE
         with pytest.raises(qdriver.NoDomainError, match="no domain with matching name 't0'"):
             drv.lookup("t0")
     assert qemu_pids(state) == []
