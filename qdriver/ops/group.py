@@ -28,6 +28,7 @@ from functools import partial
 import anyio
 
 from ..errors import OperationAbortedError, QDriverError
+from ..events.kinds import EventType
 from ..job import Job
 from ..journal import Journal
 from ..parallel import Rendezvous, RendezvousAborted, side_by_side
@@ -85,6 +86,8 @@ async def snapshot(jobs: list[Job], xml: str, flags: CreateFlags) -> list[Taken]
                 for job, name in finished:
                     await _take_back(job, name)
         raise
+    for job, the_plan in zip(jobs, plans):
+        job.emit(EventType.SNAPSHOT, "created", the_plan.name)
     return [Taken(job.name, the_plan.name, e.report)
             for job, the_plan, e in zip(jobs, plans, executions)]
 
