@@ -16,7 +16,7 @@ import inspect
 import itertools
 import logging
 import threading
-from contextlib import ExitStack
+from contextlib import AbstractAsyncContextManager, ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
@@ -71,6 +71,25 @@ class Network(_Handle):
     """A blocking `qdriver.Network`."""
 
 
+class _Context:
+    """A blocking form of an async context manager (``with dom.monitor() as mon``):
+    what it yields is a blocking handle of it."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal,
+                 manager: AbstractAsyncContextManager[Any]) -> None:
+        self._inner = portal.wrap_async_context_manager(manager)
+        self._portal = portal
+
+    def __enter__(self) -> Any:
+        value = self._inner.__enter__()
+        return _convert(self._portal, value) if type(value) in HANDLES \
+            else _Handle(self._portal, value)
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> bool | None:
+        return self._inner.__exit__(et, e, tb)
+
+
 class EventIterator:
     """A blocking `qdriver.EventStream`: ``for event in drv.events()``, or `get` with a
     timeout; `close` (or ``with``) stops listening."""
@@ -122,6 +141,8 @@ def _convert(portal: anyio.from_thread.BlockingPortal, value: Any) -> Any:
             return blocking(portal, value)
     if isinstance(value, EventStream):
         return EventIterator(portal, value)
+    if isinstance(value, AbstractAsyncContextManager):
+        return _Context(portal, value)
     if isinstance(value, list):
         return [_convert(portal, v) for v in value]
     if isinstance(value, tuple):

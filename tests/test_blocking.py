@@ -37,6 +37,8 @@ def test_a_plain_script_runs_a_guest_without_an_event_loop(guest_image: GuestIma
             print(type(dom).__name__, dom.name, dom.state)
             dom.start()
             print(dom.state, dom.get_state()[0])
+            with dom.monitor() as mon:  # an async context manager, blocking
+                print(mon.execute("query-status")["status"])
             snap = dom.snapshot_create_xml("<domainsnapshot><name>s1</name></domainsnapshot>")
             print(type(snap).__name__, snap.name, [s.name for s in dom.list_snapshots()])
             dom.suspend()
@@ -59,6 +61,7 @@ def test_a_plain_script_runs_a_guest_without_an_event_loop(guest_image: GuestIma
     assert run.stdout.splitlines() == [
         "Domain g DomainState.SHUTOFF",
         "DomainState.RUNNING DomainState.RUNNING",
+        "running",
         "Snapshot s1 ['s1']",
         "DomainState.PAUSED",
         "DomainState.RUNNING s1",

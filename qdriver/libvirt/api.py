@@ -20,7 +20,7 @@ from ..errors import ErrorCode, QDriverError
 from ..events.kinds import Event, EventType
 from ..paths import default_state_dir
 from ..runstatus import DomainState
-from . import constants as c
+from .constants import ALL, LIFECYCLE_TYPES, SNAPSHOT_LIST_FLAGS, reason_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +40,7 @@ class libvirtError(Exception):  # noqa: N801 - libvirt-python's name
         return self._message
 
     def get_error_domain(self) -> int:
-        return c.ALL["VIR_FROM_QEMU"]
+        return ALL["VIR_FROM_QEMU"]
 
     def get_error_level(self) -> int:
         return 2  # VIR_ERR_ERROR
@@ -156,12 +156,12 @@ class virDomain(_Unsupported):  # noqa: N801
 
     @_translated
     def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802
-        return str(self._dom.xml_desc(inactive=bool(flags & c.ALL["VIR_DOMAIN_XML_INACTIVE"])))
+        return str(self._dom.xml_desc(inactive=bool(flags & ALL["VIR_DOMAIN_XML_INACTIVE"])))
 
     @_translated
     def state(self, flags: int = 0) -> list[int]:
         state, reason = self._dom.state_reason()
-        return [int(state), c.reason_code(state, reason)]
+        return [int(state), reason_code(state, reason)]
 
     @_translated
     def info(self) -> list[int]:
@@ -284,7 +284,7 @@ class virDomain(_Unsupported):  # noqa: N801
     @_translated
     def listAllSnapshots(self, flags: int = 0) -> list[virDomainSnapshot]:  # noqa: N802
         _flags(flags, (1 << 11) - 1, "virDomainListAllSnapshots")
-        snaps = self._dom.list_snapshots(**_bits(flags, c.SNAPSHOT_LIST_FLAGS))
+        snaps = self._dom.list_snapshots(**_bits(flags, SNAPSHOT_LIST_FLAGS))
         return [virDomainSnapshot(self, s) for s in snaps]
 
     def snapshotListNames(self, flags: int = 0) -> list[str]:  # noqa: N802
@@ -399,7 +399,7 @@ class virConnect(_Unsupported):  # noqa: N801
                                ErrorCode.NO_SUPPORT)
 
         def deliver(event: Event) -> None:
-            lifecycle = eventID == 0 and event.type in c.LIFECYCLE_TYPES
+            lifecycle = eventID == 0 and event.type in LIFECYCLE_TYPES
             if lifecycle or event.type is wanted[eventID]:
                 _EVENT_LOOP.put(functools.partial(self._dispatch, cb, opaque, eventID, event))
         key = self._drv.register_event_callback(deliver, dom.name() if dom else None)
