@@ -18,7 +18,7 @@ from typing import AsyncIterator
 import anyio
 
 from . import emulator, network, qmp, runas
-from .caps import accel, qemucaps
+from .caps import accel, firmware, qemucaps
 from .domain import Domain
 from .durable import locked, next_counter
 from .errors import (
@@ -43,7 +43,7 @@ from .ops.create_plan import CreateFlags
 from .ops.fork_plan import ForkPlan
 from .ops.group import Taken
 from .ops.revert_plan import RevertFlags
-from .paths import DomainPaths, default_state_dir, make_private_dir, socket_root
+from .paths import DomainPaths, default_state_dir, make_private_dir, nvram_path, socket_root
 from .progress import ProgressFn
 from .runas import QemuUser
 from .xml import abi, layout
@@ -75,6 +75,30 @@ def pin_machine(definition: DomainDef, user: QemuUser | None = None) -> DomainDe
         raise ConfigUnsupportedError(f"Emulator '{program}' does not support machine type "
                                      f"'{definition.machine}'")
     return definition.with_machine(machine) if machine != definition.machine else definition
+
+
+def fill_firmware(definition: DomainDef, state_dir: Path) -> DomainDef:
+    """UEFI settled as libvirt settles it: ``<os firmware='efi'>`` resolved to a
+    firmware (`caps.firmware.select`), and a variable store of the domain's own
+    (``STATE/nvram/NAME_VARS.fd``, made from the template at the first start).
+
+    :raise ConfigUnsupportedError: UEFI on a machine without ACPI.
+    :raise OperationFailedError: no firmware has the features asked for.
+    """
+    loader = definition.loader
+    if loader is None:
+        return definition
+    firmware.check_machine(definition.machine, definition.acpi)
+    code, secure, template = loader.path, loader.secure, definition.nvram_template
+    if code is None:
+        chosen = firmware.select(definition.arch, definition.machine,
+                                 definition.firmware_features)
+        code, secure, template = chosen.executable, chosen.secure, \
+            template or chosen.nvram_template
+    nvram = definition.nvram or str(nvram_path(state_dir, definition.name))
+    if (code, nvram, template) == (loader.path, definition.nvram, definition.nvram_template):
+        return definition
+    return definition.with_firmware(code, secure, nvram, template or firmware.template_for(code))
 
 
 def checked_definition(xml: str | bytes) -> DomainDef:
@@ -156,8 +180,9 @@ class Driver:
         As libvirt does, the stored definition gets the implicit devices and an
         address on every device (`layout.assign`): they are the guest's ABI, fixed
         from now on, so memory files and internal snapshots keep loading."""
-        definition = await anyio.to_thread.run_sync(
-            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user)
+        definition = fill_firmware(await anyio.to_thread.run_sync(
+            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user),
+            self.state_dir)
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -218,8 +243,9 @@ class Driver:
     async def same_hardware(self, saved: DomainDef, xml: str | bytes) -> DomainDef:
         """``xml`` as define would store it, if it gives the saved guest the same
         hardware (`abi.differences`); `ConfigUnsupportedError` names what differs."""
-        replacement = await anyio.to_thread.run_sync(
-            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user)
+        replacement = fill_firmware(await anyio.to_thread.run_sync(
+            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user),
+            self.state_dir)
         problems = abi.differences(saved, replacement)
         if problems:
             raise ConfigUnsupportedError(problems[0])
@@ -230,9 +256,17 @@ class Driver:
         return replacement
 
     async def undefine(self, dom: Domain, snapshots_metadata: bool = False,
-                       managed_save: bool = False) -> None:
-        """Remove a shut-off domain's definition and its files."""
+                       managed_save: bool = False, nvram: bool = False,
+                       keep_nvram: bool = False) -> None:
+        """Remove a shut-off domain's definition and its files; its UEFI variable
+        store only with ``nvram`` (``keep_nvram``: keep it; one of the two is needed
+        when it has one, as libvirt asks)."""
+        if nvram and keep_nvram:
+            raise InvalidArgError("cannot both keep and delete nvram")
         async with dom.job() as job:
+            store = job.inactive.nvram if job.inactive.loader is not None else None
+            if store and os.path.lexists(store) and not (nvram or keep_nvram):
+                raise OperationInvalidError("cannot undefine domain with nvram")
             if dom.has_managed_save() and not managed_save:
                 raise OperationInvalidError(
                     "Refusing to undefine while domain managed save image exists")
@@ -244,6 +278,8 @@ class Driver:
                 raise OperationInvalidError(
                     f"cannot delete inactive domain with {len(snaps)} snapshots")
             dom.paths.remove_files()
+            if store and nvram:
+                Path(store).unlink(missing_ok=True)
             job.emit(EventType.UNDEFINED, "removed")
         dom.paths.remove_dir()
 
@@ -325,8 +361,8 @@ class Driver:
         file) starts with here (``virsh domxml-to-native qemu-argv``)."""
         path = Path(domain)
         if path.is_file():
-            definition = pin_machine(layout.assign(checked_definition(path.read_bytes())),
-                                     self.policy.qemu_user)
+            definition = fill_firmware(pin_machine(layout.assign(checked_definition(
+                path.read_bytes())), self.policy.qemu_user), self.state_dir)
         else:
             definition = self.lookup(domain).inactive_definition
         paths = DomainPaths.of(self.state_dir, definition.name)

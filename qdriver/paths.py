@@ -49,6 +49,12 @@ def _is_own_unshared_dir(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
+def nvram_path(state_dir: Path, name: str) -> Path:
+    """A domain's own UEFI variable store (libvirt's ``NAME_VARS.fd``): beside the
+    domains, so that ``undefine --keep-nvram`` can keep it."""
+    return state_dir / "nvram" / f"{name}_VARS.fd"
+
+
 def socket_root(state_dir: Path) -> Path:
     """A short directory for this state dir's sockets."""
     return runtime_base() / name_tag(str(state_dir.resolve()))

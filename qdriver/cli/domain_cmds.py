@@ -43,11 +43,13 @@ async def cmd_define(drv: Driver, a: argparse.Namespace) -> int:
 
 @command("undefine", "undefine a domain",
          domain_with(snapshots_metadata="also remove the domain's snapshot metadata",
-                     managed_save="also remove the managed save image"))
+                     managed_save="also remove the managed save image",
+                     nvram="also remove the UEFI variable store",
+                     keep_nvram="keep the UEFI variable store"))
 async def cmd_undefine(drv: Driver, a: argparse.Namespace) -> int:
     dom = drv.lookup(a.domain)
     await drv.undefine(dom, snapshots_metadata=a.snapshots_metadata,
-                       managed_save=a.managed_save)
+                       managed_save=a.managed_save, nvram=a.nvram, keep_nvram=a.keep_nvram)
     out(f"Domain '{dom.name}' has been undefined")
     return 0
 

@@ -143,6 +143,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
         # opaque: the file's name, so the command line still says which domain this is
         b.add("-add-fd", f"fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FDSET},"
                          f"opaque={opt(paths.console_log)}")
+    _firmware(b)
     _machine(b, accel)
     _memory(b)
     b.add("-smp", str(d.vcpus))
@@ -218,9 +219,29 @@ def _memory(b: _Builder) -> None:
     b.add("-object", json.dumps(props))
 
 
+def _firmware(b: _Builder) -> None:
+    """UEFI on two flash devices, as libvirt gives it: the code read-only, the
+    domain's variable store writable (`DomainDef.loader`, `DomainDef.nvram`)."""
+    d = b.d
+    if d.loader is None:
+        return
+    if d.loader.path is None or d.nvram is None:
+        raise ConfigUnsupportedError(f"the UEFI firmware of domain '{d.name}' is not chosen "
+                                     "yet: define the domain first")
+    for unit, path, ro in ((0, d.loader.path, True), (1, d.nvram, False)):
+        b.add("-blockdev", json.dumps({
+            "driver": "file", "filename": path, "node-name": f"file-pflash{unit}",
+            "auto-read-only": True, "discard": "unmap"}))
+        b.add("-blockdev", json.dumps({
+            "node-name": f"fmt-pflash{unit}", "read-only": ro, "driver": "raw",
+            "file": f"file-pflash{unit}"}))
+
+
 def _machine(b: _Builder, accel: str) -> None:
     d = b.d
     opts = [opt(d.machine), f"accel={accel}"]
+    if d.loader is not None and d.loader.secure:
+        opts.append("smm=on")  # secure boot: only SMM code writes the variable store
     if not d.acpi:
         opts.append("acpi=off")
     if d.vmport is not None:
@@ -229,7 +250,11 @@ def _machine(b: _Builder, accel: str) -> None:
         opts.append(f"memory-backend={RAM_ID}")
     elif not d.memory_backing.merge:
         opts.append("mem-merge=off")
+    if d.loader is not None:
+        opts += ["pflash0=fmt-pflash0", "pflash1=fmt-pflash1"]
     b.add("-machine", ",".join(opts))
+    if d.loader is not None and d.loader.secure:
+        b.add("-global", "driver=cfi.pflash01,property=secure,value=on")
     power = "ICH9-LPC" if d.q35 else "PIIX4_PM"  # as libvirt: the chipset's power device
     for state, enabled in sorted(d.sleep_states.items()):
         b.add("-global", f"{power}.disable_{state}={0 if enabled else 1}")

@@ -7,13 +7,19 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .. import emulator, runas
 from ..caps import accel, qemucaps
-from ..errors import ConfigUnsupportedError, InvalidArgError, SystemError_
+from ..errors import (
+    ConfigUnsupportedError,
+    InvalidArgError,
+    OperationFailedError,
+    SystemError_,
+)
 from ..memory import template
-from ..paths import DomainPaths
+from ..paths import DomainPaths, make_private_dir
 from ..qemuimg.chain import Layer, backing_layers
 from ..runas import LaunchPolicy
 from ..xml.domain import DomainDef
@@ -29,6 +35,8 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     ``launching`` (``domxml-to-native``), images that are missing are left out of
     the chains instead of refused.  ``ram_template``: a clone's RAM file (checked
     and sealed here: `memory.template.seal`; QEMU 8.2+ opens it read-only)."""
+    if launching:
+        prepare_nvram(definition, policy)
     chains = check_files(definition, policy) if launching else readable_chains(definition)
     status = accel.probe(definition.type)
     if not status.usable:
@@ -109,6 +117,9 @@ def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
     chains: dict[str, tuple[Layer, ...]] = {}
     wanted: list[tuple[str, str | None, bool]] = [
         ("kernel", definition.kernel, False), ("initrd", definition.initrd, False)]
+    if definition.loader is not None:
+        wanted += [("UEFI firmware", definition.loader.path, False),
+                   ("UEFI variable store", definition.nvram, True)]
     for disk in definition.disks:
         if not disk.source:
             continue
@@ -127,6 +138,32 @@ def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
             _check_exists(what, path)
             _check_one(what, path, write, policy, secrets)
     return chains
+
+
+def prepare_nvram(definition: DomainDef, policy: LaunchPolicy) -> None:
+    """Make the domain's UEFI variable store from its template, if it has none yet
+    (libvirt's first start): private, and the QEMU user's, who writes it.
+
+    :raise OperationFailedError: no template to make it from.
+    """
+    if definition.loader is None or definition.nvram is None or \
+            os.path.lexists(definition.nvram):
+        return
+    template = definition.nvram_template
+    if template is None:
+        raise OperationFailedError(f"unable to find any master var store for loader: "
+                                   f"{definition.loader.path}")
+    _check_exists("UEFI variable store template", template)
+    make_private_dir(Path(definition.nvram).parent)
+    tmp = Path(definition.nvram).with_name(f".{Path(definition.nvram).name}.tmp")
+    with open(template, "rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT
+                                                   | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+                                           "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    user = policy.qemu_user
+    if user is not None:
+        os.chown(tmp, user.uid, user.gid)
+    os.replace(tmp, definition.nvram)
 
 
 def _check_exists(what: str, path: str) -> None:

@@ -266,9 +266,10 @@ class virDomain(_Unsupported):  # noqa: N801
 
     @_translated
     def undefineFlags(self, flags: int = 0) -> int:  # noqa: N802
-        _flags(flags, 1 | 2 | 8, "virDomainUndefineFlags")
+        _flags(flags, 1 | 2 | 4 | 8, "virDomainUndefineFlags")
         self._conn._drv.undefine(self._dom, snapshots_metadata=bool(flags & 2),
-                                 managed_save=bool(flags & 1))
+                                 managed_save=bool(flags & 1), nvram=bool(flags & 4),
+                                 keep_nvram=bool(flags & 8))
         return 0
 
     # -- snapshots ------------------------------------------------------------------

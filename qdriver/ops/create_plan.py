@@ -220,6 +220,10 @@ def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
     disks = align_disks(snap, domain, default_location)
     _check_disks(disks, domain, flags)
     kinds = _kinds(disks)
+    if domain.loader is not None and (memory == "internal" or kinds in ("int", "mix")):
+        # its variable store is a raw image, which holds no internal snapshot
+        raise OperationUnsupportedError(
+            "internal snapshots of a VM with pflash based firmware are not supported")
     cell = TABLE[(online, memory, kinds)]
     if isinstance(cell, Refuse):
         raise cell.error(cell.message)

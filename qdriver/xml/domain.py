@@ -102,6 +102,20 @@ SOCKET_INTERFACES = ("mcast", "udp", "server", "client")
 
 
 @dataclass(frozen=True)
+class LoaderDef:
+    """``<loader type='pflash'>``: UEFI code on read-only flash (``path`` None until
+    ``<os firmware='efi'>`` is resolved, at define); ``secure``: flash only SMM may
+    write (secure boot)."""
+
+    path: str | None = None
+    secure: bool = False
+
+
+FIRMWARE_FEATURES = ("secure-boot", "enrolled-keys")
+"""``<os><firmware><feature name=...>`` that choose among the firmware descriptors."""
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """An IPv4 address and a port (``<source address= port=>``, ``<local .../>``)."""
 
@@ -266,6 +280,13 @@ class DomainDef:
     controllers: list[ControllerDef] = field(default_factory=list)
     videos: list[VideoDef] = field(default_factory=list)
     inputs: list[InputDef] = field(default_factory=list)
+    firmware: str | None = None
+    """``<os firmware='efi'|'bios'>``: let the firmware be chosen (`caps.firmware`)."""
+    firmware_features: dict[str, bool] = field(default_factory=dict)
+    loader: LoaderDef | None = None
+    nvram: str | None = None
+    """``<nvram>``: the domain's own UEFI variable store, made from ``nvram_template``."""
+    nvram_template: str | None = None
     vmport: bool | None = None
     """``<features><vmport state=...>``: VMware's I/O port (None: QEMU's default)."""
     sleep_states: dict[str, bool] = field(default_factory=dict)
@@ -337,6 +358,24 @@ class DomainDef:
             os_type = safe.sub(os_el if os_el is not None else safe.sub(root, "os"), "type",
                                text="hvm")
         safe.set_value(os_type, "machine", machine)
+        return _parse(root)
+
+    def with_firmware(self, code: str, secure: bool, nvram: str,
+                      template: str | None) -> DomainDef:
+        """A copy whose ``<loader>`` and ``<nvram>`` name the chosen firmware and the
+        domain's variable store (what libvirt stores once it chose)."""
+        root = safe.copy(self.root)
+        os_el = root.find("os")
+        assert os_el is not None
+        for old in (os_el.find("loader"), os_el.find("nvram")):
+            if old is not None:
+                os_el.remove(old)
+        at = 1 if os_el.find("type") is not None else 0
+        loader = safe.new("loader", {"readonly": "yes", "secure": "yes" if secure else "no",
+                                         "type": "pflash"}, text=code)
+        store = safe.new("nvram", {"template": template} if template else {}, text=nvram)
+        os_el.insert(at, loader)
+        os_el.insert(at + 1, store)
         return _parse(root)
 
     def renamed(self, name: str) -> DomainDef:
@@ -641,9 +680,39 @@ def _parse_os(root: safe.Element, d: DomainDef) -> None:
     d.initrd = _text(os_el, "initrd")
     d.cmdline = _text(os_el, "cmdline")
     d.boot_devs = [b.get("dev", "hd") for b in os_el.findall("boot")]
-    known = {"type", "kernel", "initrd", "cmdline", "boot"}
+    _parse_firmware(os_el, d)
+    known = {"type", "kernel", "initrd", "cmdline", "boot", "loader", "nvram", "firmware"}
     d.unsupported += [f"<os><{safe.written_name(c)}>" for c in safe.children(os_el)
                       if c.tag not in known]
+
+
+def _parse_firmware(os_el: safe.Element, d: DomainDef) -> None:
+    """``<os firmware=>``, ``<firmware><feature>``, ``<loader>``, ``<nvram>``."""
+    d.firmware = os_el.get("firmware")
+    if d.firmware not in (None, "bios", "efi"):
+        raise XMLError(f"invalid firmware '{d.firmware}' in <os firmware>")
+    features = os_el.find("firmware")
+    for f in safe.children(features) if features is not None else ():
+        name = f.get("name", "")
+        if f.tag != "feature" or name not in FIRMWARE_FEATURES:
+            d.unsupported.append(f"<os><firmware><{f.tag} name='{name}'>")
+        else:
+            d.firmware_features[name] = _on_off(f.get("enabled", ""),
+                                                f"<firmware><feature name='{name}' enabled>")
+    loader, nvram = os_el.find("loader"), os_el.find("nvram")
+    if loader is not None:
+        if loader.get("type", "pflash") != "pflash" or loader.get("readonly", "yes") != "yes" \
+                or loader.get("format", "raw") != "raw" or loader.get("stateless") == "yes":
+            d.unsupported.append("<loader> other than read-only raw pflash")
+        d.loader = LoaderDef((loader.text or "").strip() or None,
+                             _on_off(loader.get("secure", "no"), "<loader secure>"))
+    elif d.firmware == "efi":
+        d.loader = LoaderDef()
+    if nvram is not None:
+        if nvram.get("format", "raw") != "raw" or nvram.get("type", "file") != "file":
+            d.unsupported.append("<nvram> other than a raw file")
+        d.nvram = (nvram.text or "").strip() or None
+        d.nvram_template = nvram.get("template")
 
 
 def _parse_features(root: safe.Element, d: DomainDef) -> None:

@@ -1,0 +1,180 @@
+"""UEFI as libvirt does it: the firmware chosen from QEMU's descriptors, a variable
+store of the domain's own, the same QEMU arguments as libvirt's."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import qdriver
+from qdriver.caps import firmware
+from tests.helpers.cli import run_cli
+from tests.helpers.guest import GuestImage, domain_xml
+from tests.helpers.libvirt_oracle import Libvirt, needs_libvirt
+
+OVMF = Path("/usr/share/qemu/firmware/60-edk2-x86_64.json")
+needs_ovmf = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf is not installed: "
+                                "see .ci/setup")
+EFI_VAR = "/sys/firmware/efi/efivars/QdriverTest-4e8f1c2a-6b1d-4f7e-9a3b-2c5d7e9f0a11"
+"""A variable the guest writes, under a vendor GUID of our own (the kernel takes only
+the specification's names under the global one)."""
+
+
+def _descriptor(where: Path, name: str, features: list[str], machines: list[str],
+                interface: str = "uefi") -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / name).write_text(json.dumps({
+        "interface-types": [interface],
+        "mapping": {"device": "flash", "executable": {"filename": f"/fw/{name}.code"},
+                    "nvram-template": {"filename": f"/fw/{name}.vars"}},
+        "targets": [{"architecture": "x86_64", "machines": machines}],
+        "features": features}))
+
+
+@pytest.mark.no_qemu
+@pytest.mark.parametrize("wanted, machine, chosen", [
+    ({}, "pc-q35-7.2", "40-secure.json"),                        # file-name order
+    ({"secure-boot": False}, "pc-q35-7.2", "60-plain.json"),
+    ({"secure-boot": True, "enrolled-keys": False}, "pc-q35-7.2", "50-secure-empty.json"),
+    ({}, "pc-i440fx-7.2", "60-plain.json"),                       # machine globs
+    ({"secure-boot": True}, "pc-i440fx-7.2", None),
+])
+def test_firmware_is_chosen_as_libvirt_chooses(tmp_path: Path, wanted: dict[str, bool],
+                                               machine: str, chosen: str | None) -> None:
+    etc, share = tmp_path / "etc", tmp_path / "share"
+    _descriptor(share, "40-secure.json", ["secure-boot", "enrolled-keys", "requires-smm"],
+                ["pc-q35-*"])
+    _descriptor(share, "50-secure-empty.json", ["secure-boot", "requires-smm"], ["pc-q35-*"])
+    _descriptor(share, "60-plain.json", [], ["pc-q35-*", "pc-i440fx-*"])
+    _descriptor(share, "10-bios.json", [], ["pc-q35-*"], interface="bios")
+    (share / "20-broken.json").write_text("{")
+    _descriptor(etc, "60-plain.json", [], ["pc-i440fx-*", "pc-q35-*"])  # /etc hides /usr
+    if chosen is None:
+        with pytest.raises(qdriver.OperationFailedError, match="Unable to find any firmware"):
+            firmware.select("x86_64", machine, wanted, (etc, share))
+        return
+    got = firmware.select("x86_64", machine, wanted, (etc, share))
+    assert got.descriptor == chosen and got.executable == f"/fw/{chosen}.code"
+    assert got.secure == ("secure" in chosen)
+    assert [p.parent.name for p in firmware.descriptors((etc, share))
+            if p.name == "60-plain.json"] == ["etc"]
+
+
+def _efi_xml(image: GuestImage, name: str, disk: Path | None, features: str = "",
+             cmdline: str = "") -> str:
+    xml = domain_xml(image, name, disk, cmdline=cmdline)
+    xml = xml.replace(str(image.kernel), str(image.dir / "vmlinuz"))  # the EFI stub's kernel
+    return xml.replace("<os>", f"<os firmware='efi'>{features}")
+
+
+@needs_ovmf
+@needs_libvirt
+@pytest.mark.system_qemu
+async def test_uefi_arguments_are_libvirts(driver: qdriver.Driver, guest_image: GuestImage,
+                                           tmp_path: Path) -> None:
+    """Devices and their addresses, flash images, machine options: as libvirt's."""
+    lv = Libvirt(Path(tempfile.mkdtemp(prefix="qdfw-", dir="/tmp")))
+    try:
+        for i, features in enumerate(
+                ("", "<firmware><feature enabled='no' name='secure-boot'/></firmware>")):
+            xml = _efi_xml(guest_image, f"fw{i}", None, features).replace(
+                "<devices>", "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>")
+            theirs = lv.call("to_native", xml).split()
+            dom = await driver.define_xml(xml)
+            ours = driver.native_argv(f"fw{i}")
+            assert _flash(ours) == _flash(theirs)
+            assert _machine_flags(ours) == _machine_flags(theirs)
+            assert ("driver=cfi.pflash01,property=secure,value=on" in ours) == \
+                ("driver=cfi.pflash01,property=secure,value=on" in theirs)
+            assert _devices(ours) == _devices(theirs)
+            await driver.undefine(dom, nvram=True)
+    finally:
+        lv.cleanup()
+
+
+def _flash(argv: list[str]) -> list[tuple[str, bool]]:
+    """The flash images and whether each is read-only."""
+    nodes = [json.loads(a.strip("'")) for a in argv if "pflash" in a and a.lstrip("'")
+             .startswith("{")]
+    files = {n["node-name"]: n["filename"] for n in nodes if n.get("driver") == "file"}
+    return [(Path(files[n["file"]]).name, n["read-only"])
+            for n in nodes if n.get("driver") == "raw"]
+
+
+def _machine_flags(argv: list[str]) -> set[str]:
+    machine = argv[argv.index("-machine") + 1].split(",")
+    return {o.split("=")[0] for o in machine if o.startswith(("smm", "pflash"))} | \
+        {o for o in machine if o.startswith("smm")}
+
+
+def _options(text: str) -> dict[str, str]:
+    """A ``driver,key=value,...`` option string."""
+    found = {}
+    for i, item in enumerate(text.split(",")):
+        key, _, value = item.partition("=")
+        found.update({"driver": key} if i == 0 and not value else {key: value})
+    return found
+
+
+def _devices(argv: list[str]) -> list[str]:
+    """Each device's driver and address, in order."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "-device":
+            text = argv[i + 1].strip("'")
+            d = json.loads(text) if text.startswith("{") else _options(text)
+            out.append(f"{d['driver']}@{d.get('bus', '')}/{d.get('addr', '')}")
+    return out
+
+
+@needs_ovmf
+async def test_a_guest_boots_under_uefi_and_keeps_its_variables(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path,
+        state_dir: Path) -> None:
+    disk = tmp_path / "efi.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    dom = await driver.define_xml(_efi_xml(
+        guest_image, "efi", disk, "<firmware><feature enabled='no' name='secure-boot'/>"
+        "</firmware>", cmdline="qd.shell=1"))
+    definition = dom.inactive_definition
+    assert definition.loader is not None and \
+        definition.loader.path == "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    nvram = Path(definition.nvram or "")
+    assert nvram == state_dir / "nvram" / "efi_VARS.fd" and not nvram.exists()
+    console = dom.console()
+    await dom.start()
+    await console.wait_async("GUEST-READY", 120)
+    assert nvram.stat().st_mode & 0o777 == 0o600
+    console.write("mount -t efivarfs none /sys/firmware/efi/efivars; echo MOUNT-$?\n")
+    await console.wait_async("MOUNT-0", 30)
+    # efivarfs takes a variable (attributes, then data) in one write: cat writes it so
+    console.write(f"printf '\\007\\000\\000\\000qd-1' > /tmp/v; cat /tmp/v > {EFI_VAR}; "
+                  "echo SET-$?\n")
+    await console.wait_async("SET-0", 30)
+    await dom.shutdown(timeout=60)
+    console = dom.console()
+    await dom.start()  # the variable is in the domain's store, across QEMUs
+    await console.wait_async("GUEST-READY", 120)
+    console.write(f"mount -t efivarfs none /sys/firmware/efi/efivars; "
+                  f"echo VAR-$(tail -c 4 {EFI_VAR})\n")
+    await console.wait_async("VAR-qd-1", 30)
+    with pytest.raises(qdriver.OperationUnsupportedError, match="pflash based firmware"):
+        await dom.snapshot_create_xml("<domainsnapshot><name>i</name></domainsnapshot>")
+    await dom.destroy()
+    with pytest.raises(qdriver.OperationInvalidError, match="cannot undefine domain with nvram"):
+        await driver.undefine(dom)
+    run_cli(state_dir, "undefine", "efi", "--nvram")
+    assert not nvram.exists()
+
+
+async def test_uefi_on_a_machine_without_acpi_is_refused(
+        driver: qdriver.Driver, guest_image: GuestImage) -> None:
+    xml = _efi_xml(guest_image, "noacpi", None).replace("<features><acpi/></features>", "")
+    with pytest.raises(qdriver.ConfigUnsupportedError, match="UEFI requires ACPI"):
+        await driver.define_xml(xml)
+    assert driver.list_domains() == []
+
+
