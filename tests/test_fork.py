@@ -130,3 +130,18 @@ def test_a_fork_name_a_domain_cannot_have_is_refused_before_anything() -> None:
     for bad in ("a/b", ".hidden"):
         with pytest.raises(qdriver.InvalidArgError, match=f"name '{bad}' cannot contain"):
             plan_fork(snap, [bad], set())
+
+
+@pytest.mark.no_qemu
+def test_a_uefi_guest_is_not_forked_onto_one_variable_store() -> None:
+    from qdriver.ops.fork_plan import plan_fork
+    from qdriver.xml.snapshot import SnapshotDef
+    snap = SnapshotDef.parse(
+        "<domainsnapshot><name>s</name><state>running</state><creationTime>1</creationTime>"
+        "<memory snapshot='external' file='/m/s.mem'/><domain type='qemu'><name>g</name>"
+        "<memory>1024</memory><os firmware='efi'><type machine='pc-q35-7.2'>hvm</type>"
+        "<loader readonly='yes' type='pflash'>/fw/code.fd</loader><nvram>/s/g_VARS.fd</nvram>"
+        "</os><features><acpi/></features><devices/></domain></domainsnapshot>",
+        redefine=True)
+    with pytest.raises(ConfigUnsupportedError, match="forks would share one variable store"):
+        plan_fork(snap, ["x"], set())

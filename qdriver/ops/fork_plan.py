@@ -54,6 +54,10 @@ def plan_fork(snap: SnapshotDef, names: list[str], taken: set[str]) -> ForkPlan:
         raise OperationInvalidError(f"snapshot '{name}' has no external memory state to "
                                     "fork from (a fork starts where the guest was)")
     definition = DomainDef.from_element(snap.domain)
+    if definition.loader is not None:
+        raise ConfigUnsupportedError(
+            f"snapshot '{name}' is of a UEFI guest: its forks would share one variable "
+            "store, which only one QEMU may open (fork a guest on BIOS, or boot each one)")
     frozen = {d.name for d in snap.disks if d.snapshot == "external"}
     then = disk_sources(snap.domain)
     images = []
