@@ -136,7 +136,10 @@ async def test_standbys_off_and_made_on_request(guest_image: GuestImage, tmp_pat
 
 def parts(devices: str = "", serial: str = "pty") -> DomainDef:
     image = GuestImage(Path("/nonexistent"))
-    return DomainDef.parse(domain_xml(image, "g", None, serial=serial, extra_devices=devices))
+    xml = domain_xml(image, "g", None, serial=serial, extra_devices=devices)
+    if devices == "UEFI":
+        return DomainDef.parse(xml.replace("UEFI", "").replace("<os>", "<os firmware='efi'>"))
+    return DomainDef.parse(xml)
 
 
 @pytest.mark.parametrize(("devices", "serial", "problem"), [
@@ -155,6 +158,7 @@ def parts(devices: str = "", serial: str = "pty") -> DomainDef:
     ("<channel type='unix'><source mode='bind' path='/tmp/x.sock'/><target type='virtio' "
      "name='x.0'/></channel>", "pty", "a channel of type 'unix' at '/tmp/x.sock'"),
     ("<graphics type='vnc'/>", "pty", "a graphical display"),
+    ("UEFI", "pty", "a UEFI variable store"),
 ])
 def test_what_a_second_qemu_cannot_have_beside_the_first(devices: str, serial: str,
                                                          problem: str | None) -> None:

@@ -184,6 +184,8 @@ def standby_problem(definition: DomainDef) -> str | None:
             return f"a {char.kind} of type '{char.type}'{_at(char.path)}"
     if definition.graphics:
         return "a graphical display"
+    if definition.loader is not None:
+        return "a UEFI variable store (one QEMU at a time may open it)"
     return None
 
 
