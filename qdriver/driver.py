@@ -106,6 +106,9 @@ def checked_definition(xml: str | bytes) -> DomainDef:
     thing in it qdriver cannot honour, so nothing is stored that cannot start."""
     definition = DomainDef.parse(xml)
     problems = definition.unsupported + layout.machine_problems(definition)
+    if any(fs.driver == "virtiofs" for fs in definition.filesystems) and \
+            not definition.memory_backing.shared:
+        raise ConfigUnsupportedError("'virtiofs' requires shared memory")
     if problems:
         raise ConfigUnsupportedError(
             f"qdriver cannot honour {problems[0]} in domain '{definition.name}'")

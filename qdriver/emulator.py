@@ -58,14 +58,14 @@ def check(path: str, user: QemuUser | None = None) -> Emulator:
     return _answers(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, user)
 
 
-def check_program(name: str) -> str:
+def check_program(name: str, also: str = "") -> str:
     """A helper program qdriver starts beside QEMU (``passt``), found on ``PATH`` (or
     in ``/usr/sbin``, where ``dnsmasq`` is, not on a user's ``PATH``) and
     checked as an emulator's file is (owner, nobody else may change it); its path.
 
     :raise EmulatorRefused: it is missing, or not a file qdriver will run.
     """
-    found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin{also}")
     if found is None:
         raise EmulatorRefused(f"cannot find '{name}' (install Debian's {name} package)")
     real = os.path.realpath(found)

@@ -20,7 +20,15 @@ from ..paths import DomainPaths
 from ..qemuimg.chain import Layer
 from ..xml import layout
 from ..xml.address import Address, DriveAddress, PciAddress, PortAddress
-from ..xml.domain import PANIC_ACTIONS, CharDef, ControllerDef, DiskDef, DomainDef, InterfaceDef
+from ..xml.domain import (
+    PANIC_ACTIONS,
+    CharDef,
+    ControllerDef,
+    DiskDef,
+    DomainDef,
+    FilesystemDef,
+    InterfaceDef,
+)
 
 NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
               "rtl8139": "rtl8139"}
@@ -94,6 +102,8 @@ class _Builder:
     ram_template: str | None = None
     read_only_ram: bool = False
     helper_sockets: Mapping[int, Path] = field(default_factory=dict)
+    fs_sockets: Mapping[int, Path] = field(default_factory=dict)
+    """By filesystem index, the socket of each virtiofs folder's virtiofsd."""
 
     @property
     def console_log(self) -> str:
@@ -117,8 +127,8 @@ class _Builder:
 def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
           log_fd: bool = False, chains: Mapping[str, tuple[Layer, ...]] | None = None,
           emulator: str | None = None, ram_template: str | None = None,
-          read_only_ram: bool = False, helper_sockets: Mapping[int, Path] | None = None
-          ) -> list[str]:
+          read_only_ram: bool = False, helper_sockets: Mapping[int, Path] | None = None,
+          fs_sockets: Mapping[int, Path] | None = None) -> list[str]:
     """The full argument list that starts ``d`` paused (``-S``); with ``incoming``
     QEMU waits for ``migrate-incoming`` (a memory file to load) instead.  With
     ``log_fd`` QEMU writes the console log to the descriptor `CONSOLE_LOG_FD` it
@@ -135,7 +145,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
             f"qdriver cannot honour {d.unsupported[0]} in domain '{d.name}'")
     d = layout.assign(d)  # a definition stored before addresses were assigned at define
     b = _Builder(d, paths, chains=chains or {}, log_fd=log_fd, ram_template=ram_template,
-                 read_only_ram=read_only_ram, helper_sockets=helper_sockets or {})
+                 read_only_ram=read_only_ram, helper_sockets=helper_sockets or {},
+                 fs_sockets=fs_sockets or {})
     b.add(emulator or emulator_for(d), "-name", f"guest={opt(d.name)},debug-threads=on", "-S",
           "-uuid", d.uuid, "-no-user-config", "-nodefaults", "-display", "none",
           "-msg", "timestamp=on", "-sandbox", SANDBOX, "-pidfile", str(paths.pidfile))
@@ -168,6 +179,8 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     for i, inp in enumerate(i for i in d.inputs if i.bus == "usb"):
         port = f",port={inp.address.port}" if isinstance(inp.address, PortAddress) else ""
         b.add("-device", f"{USB_INPUTS[inp.type]},id=input{i},bus=usb.0{port}")
+    for i, fs in enumerate(d.filesystems):
+        _filesystem(b, i, fs)
     if d.balloon:
         b.add("-device", f"virtio-balloon-pci,id=balloon0{b.place(d.balloon_address)}")
     if d.rng:
@@ -235,6 +248,20 @@ def _firmware(b: _Builder) -> None:
         b.add("-blockdev", json.dumps({
             "node-name": f"fmt-pflash{unit}", "read-only": ro, "driver": "raw",
             "file": f"file-pflash{unit}"}))
+
+
+def _filesystem(b: _Builder, i: int, fs: FilesystemDef) -> None:
+    """A host folder: 9p inside QEMU, or virtiofs through its virtiofsd's socket."""
+    if fs.driver == "path":
+        b.add("-fsdev", f"local,security_model={fs.accessmode},id=fsdev-fs{i},"
+              f"path={opt(fs.source)}" + (",readonly=on" if fs.readonly else ""),
+              "-device", f"virtio-9p-pci,id=fs{i},fsdev=fsdev-fs{i},mount_tag={opt(fs.target)}"
+              f"{b.place(fs.address)}")
+        return
+    sock = b.fs_sockets.get(i, b.paths.sockets / f"fs{i}.sock")
+    b.add("-chardev", f"socket,id=chr-vu-fs{i},path={opt(sock)}",
+          "-device", f"vhost-user-fs-pci,id=fs{i},chardev=chr-vu-fs{i},"
+          f"tag={opt(fs.target)}{b.place(fs.address)}")
 
 
 def _machine(b: _Builder, accel: str) -> None:

@@ -28,7 +28,7 @@ from .. import process
 from ..emulator import drop_prefix
 from ..paths import DomainPaths
 from ..runas import QemuUser
-from ..xml.domain import InterfaceDef
+from ..xml.domain import FilesystemDef, InterfaceDef
 
 START_TIMEOUT = 10.0
 """How long a helper may take to make its socket."""
@@ -68,6 +68,21 @@ def passt(program: str, index: int, iface: InterfaceDef, user: QemuUser | None) 
         argv += ["--tcp-ports" if pf.proto == "tcp" else "--udp-ports",
                  f"{pf.address}/{pf.host_port}:{pf.guest_port}"]
     return Helper(f"passt{index}", argv, sock, user)
+
+
+VIRTIOFSD_DIRS = ":/usr/libexec:/usr/lib/qemu"
+"""Where ``virtiofsd`` is when it is not on ``PATH``: Debian's virtiofsd package, and
+QEMU's own (``qemu-system-common`` up to QEMU 7.2)."""
+
+
+def virtiofsd(program: str, index: int, fs: FilesystemDef) -> Helper:
+    """virtiofsd serving ``fs`` to QEMU.  It runs as root, as libvirt runs it: it serves
+    each file as its owner; its own sandbox (a mount, PID and network namespace with
+    the folder as its root, capabilities dropped) is what confines it."""
+    sock = socket_path(f"virtiofs{index}")
+    argv = [program, f"--socket-path={sock}", "-o", f"source={fs.source}",
+            "-o", "cache=auto", "-o", "sandbox=namespace"]
+    return Helper(f"virtiofs{index}", argv, sock, None)
 
 
 def exit_file(paths: DomainPaths, name: str) -> Path:
@@ -123,4 +138,4 @@ async def stop(paths: DomainPaths) -> None:
         record.unlink(missing_ok=True)
 
 
-__all__ = ["Helper", "helper_user", "passt", "start", "stop", "START_TIMEOUT"]
+__all__ = ["Helper", "helper_user", "passt", "virtiofsd", "start", "stop", "START_TIMEOUT"]

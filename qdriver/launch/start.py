@@ -53,13 +53,15 @@ def qemu_command(definition: DomainDef, paths: DomainPaths, policy: LaunchPolicy
     needed = _helpers(definition, user, launching)
     sockets = {i: h.socket for i, h in needed.items()} | _switches(definition, paths,
                                                                     launching)
+    folders = _folders(definition, user, launching)
     argv = cmdline.build(definition, paths, status.name, incoming, log_fd=bool(drop),
                          chains=chains, emulator=program.path, ram_template=ram_template,
-                         read_only_ram=read_only_ram, helper_sockets=sockets)
+                         read_only_ram=read_only_ram, helper_sockets=sockets,
+                         fs_sockets={i: h.socket for i, h in folders.items()})
     st = os.stat(program.path)
     return QemuCommand(argv, status.name, program.env, drop, user if drop else None,
                        ram_template, f"{program.path}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}",
-                       list(needed.values()) if launching else [])
+                       [*needed.values(), *folders.values()] if launching else [])
 
 
 def _helpers(definition: DomainDef, qemu_user: runas.QemuUser | None,
@@ -72,6 +74,25 @@ def _helpers(definition: DomainDef, qemu_user: runas.QemuUser | None,
     program = emulator.check_program("passt") if launching else "passt"
     user = helpers.helper_user(qemu_user)
     return {i: helpers.passt(program, i, iface, user) for i, iface in wanted}
+
+
+def _folders(definition: DomainDef, qemu_user: runas.QemuUser | None,
+             launching: bool) -> dict[int, helpers.Helper]:
+    """The virtiofsd of each virtiofs folder, by filesystem.
+
+    :raise ConfigUnsupportedError: qdriver does not run as root (virtiofsd serves
+        files as their owners), or QEMU runs as a user of its own.
+    """
+    wanted = [(i, fs) for i, fs in enumerate(definition.filesystems) if fs.driver == "virtiofs"]
+    if not wanted:
+        return {}
+    if launching and (os.geteuid() != 0 or qemu_user is not None):
+        raise ConfigUnsupportedError(
+            "a virtiofs folder needs qdriver running as root, and QEMU as root too: "
+            "virtiofsd serves each file as its owner (use <driver type='path'/>, 9p)")
+    program = emulator.check_program("virtiofsd", helpers.VIRTIOFSD_DIRS) if launching \
+        else "virtiofsd"
+    return {i: helpers.virtiofsd(program, i, fs) for i, fs in wanted}
 
 
 def _switches(definition: DomainDef, paths: DomainPaths, launching: bool

@@ -215,6 +215,12 @@ def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
         return _plan_redefine(snap, flags)
     online = state in ONLINE_STATES
     memory, default_location = _memory_defaults(snap, online, flags)
+    if memory != "no" and domain.filesystems:
+        shared = domain.filesystems[0]
+        raise OperationUnsupportedError(
+            f"the guest's memory cannot be saved while it shares host folder "
+            f"'{shared.target}' ({'virtiofs' if shared.driver == 'virtiofs' else '9p'}: QEMU "
+            "migrates neither): take a disk-only snapshot")
     if flags.template:
         snap = _template(snap, domain, online, memory, flags)
     disks = align_disks(snap, domain, default_location)

@@ -45,7 +45,8 @@ FEATURES = {"acpi", "apic", "pae", "vmport"}
 PM_STATES = {"suspend-to-mem": "s3", "suspend-to-disk": "s4"}
 """``<pm>`` children and the ACPI sleep state each turns on or off."""
 DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "graphics",
-           "controller", "memballoon", "input", "video", "rng", "audio", "panic"}
+           "controller", "memballoon", "input", "video", "rng", "audio", "panic",
+           "filesystem"}
 CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
     "pci": ("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge"),
     "usb": ("qemu-xhci", "piix3-uhci", "none"),
@@ -99,6 +100,20 @@ class PortForward:
 
 SOCKET_INTERFACES = ("mcast", "udp", "server", "client")
 """Interface types QEMU's ``socket`` netdev carries: point to point between QEMUs."""
+
+
+@dataclass(frozen=True)
+class FilesystemDef:
+    """``<filesystem type='mount'>``: a host directory the guest mounts by its tag."""
+
+    driver: str
+    """``virtiofs`` (a virtiofsd process, shared guest RAM) or ``path`` (9p in QEMU)."""
+    source: str
+    target: str
+    """The mount tag the guest names."""
+    accessmode: str = "passthrough"
+    readonly: bool = False
+    address: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +295,7 @@ class DomainDef:
     controllers: list[ControllerDef] = field(default_factory=list)
     videos: list[VideoDef] = field(default_factory=list)
     inputs: list[InputDef] = field(default_factory=list)
+    filesystems: list[FilesystemDef] = field(default_factory=list)
     firmware: str | None = None
     """``<os firmware='efi'|'bios'>``: let the firmware be chosen (`caps.firmware`)."""
     firmware_features: dict[str, bool] = field(default_factory=dict)
@@ -970,6 +986,27 @@ def _parse_rng(el: safe.Element, d: DomainDef) -> None:
     d.rng_address = address.parse(el)
 
 
+def _parse_filesystem(el: safe.Element, d: DomainDef) -> None:
+    driver = el.find("driver")
+    kind = driver.get("type", "path") if driver is not None else "path"
+    source, target = el.find("source"), el.find("target")
+    mode = el.get("accessmode", "passthrough")
+    if el.get("type", "mount") != "mount" or kind not in ("virtiofs", "path") or \
+            (kind == "virtiofs" and mode != "passthrough") or \
+            mode not in ("passthrough", "mapped", "squash") or el.find("binary") is not None:
+        d.unsupported.append(f"<filesystem type='{el.get('type', 'mount')}' accessmode="
+                             f"'{mode}'> with <driver type='{kind}'> or a <binary>")
+        return
+    if kind == "virtiofs" and el.find("readonly") is not None:
+        d.unsupported.append("<filesystem><readonly/> with <driver type='virtiofs'>")
+        return
+    if source is None or not source.get("dir") or target is None or not target.get("dir"):
+        raise XMLError("a <filesystem> needs <source dir=...> and <target dir=...>")
+    d.filesystems.append(FilesystemDef(
+        kind, str(source.get("dir")), _token(str(target.get("dir")), "filesystem target"),
+        mode, el.find("readonly") is not None, address.parse(el)))
+
+
 def _parse_panic(el: safe.Element, d: DomainDef) -> None:
     iobase = el.find("address")
     if el.get("model", "isa") != "isa" or (iobase is not None and (
@@ -1032,5 +1069,5 @@ DEVICE_PARSERS = {
     "serial": _parse_chardev, "console": _parse_chardev, "channel": _parse_chardev,
     "graphics": _parse_graphics, "memballoon": _parse_memballoon, "rng": _parse_rng,
     "audio": _parse_audio, "controller": _parse_controller, "video": _parse_video,
-    "input": _parse_input, "panic": _parse_panic,
+    "input": _parse_input, "panic": _parse_panic, "filesystem": _parse_filesystem,
 }

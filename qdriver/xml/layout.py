@@ -228,7 +228,7 @@ def _fixed_addresses(devices: safe.Element, d: DomainDef
 
 def _endpoints(devices: safe.Element, d: DomainDef) -> list[safe.Element]:
     """Devices that take a PCI address, in the order libvirt gives them one."""
-    out = list(devices.findall("interface"))
+    out = list(devices.findall("filesystem")) + list(devices.findall("interface"))
     for el, c in zip(devices.findall("controller"), d.controllers):
         if c.type in ("usb", "scsi", "virtio-serial", "sata") and c.model != "none" \
                 or c.model in ("pci-bridge", "pcie-to-pci-bridge"):

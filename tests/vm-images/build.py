@@ -57,7 +57,7 @@ from pathlib import Path
 KERNEL_FLAVOUR = os.environ.get("KERNEL_FLAVOUR", "cloud-amd64")
 DISK_MB = int(os.environ.get("DISK_MB", "64"))
 WANTED_MODULES = ["virtio_pci", "virtio_mmio", "virtio_blk", "virtio_console", "button",
-                  "evdev", "virtio_net", "pvpanic_mmio", "efivarfs"]
+                  "evdev", "virtio_net", "pvpanic_mmio", "efivarfs", "virtiofs"]
 
 INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
