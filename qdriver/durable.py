@@ -11,6 +11,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,6 +53,27 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
         raise
     if sync_dir and durable:
         fsync_dir(path.parent)
+
+
+def copy_file(source: str | Path, target: str | Path, owner: tuple[int, int] | None = None
+              ) -> None:
+    """Replace ``target`` with a private copy of ``source`` (``owner``: uid and gid to
+    give it), atomically and durably: a crash leaves the old file or the new one."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(source, "rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                                     | os.O_NOFOLLOW, 0o600), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if owner is not None:
+            os.chown(tmp, *owner)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
 
 
 def fsync_path(path: str | Path) -> None:

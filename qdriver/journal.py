@@ -153,6 +153,15 @@ class DiscardFork:
 
 
 @dataclass(frozen=True)
+class RestoreFile:
+    """Put a file back from the copy taken before it was overwritten (a UEFI variable
+    store a revert replaced); nothing if the copy is gone (already put back)."""
+    KIND: ClassVar[str] = "restore-file"
+    backup: str
+    target: str
+
+
+@dataclass(frozen=True)
 class DiscardStandby:
     """Take back a claimed standby QEMU: kill it (started, starting, or already the
     domain's and unrecorded) and remove its overlays."""
@@ -163,13 +172,14 @@ class DiscardStandby:
 
 Step = (RemoveFile | RestoreDir | WriteDefinition | FollowOverlays | ResumeGuest
         | CancelMigration | WaitJobs | Qmp | QmpJob | Hmp | QemuImgSnapshotDelete | Thaw
-        | StopQemu | CompleteMemoryFile | MoveRam | DiscardFork | DiscardStandby)
+        | StopQemu | CompleteMemoryFile | MoveRam | DiscardFork | DiscardStandby
+        | RestoreFile)
 """What one action does, as data another process can run."""
 
 KINDS: dict[str, type[Step]] = {cls.KIND: cls for cls in (
     RemoveFile, RestoreDir, WriteDefinition, FollowOverlays, ResumeGuest, CancelMigration,
     WaitJobs, Qmp, QmpJob, Hmp, QemuImgSnapshotDelete, Thaw, StopQemu, CompleteMemoryFile,
-    MoveRam, DiscardFork, DiscardStandby)}
+    MoveRam, DiscardFork, DiscardStandby, RestoreFile)}
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,10 @@ class DomainPaths:
     def snapshots(self) -> Path:
         return self.dir / "snapshots"
 
+    def nvram_copy(self, snapshot: str) -> Path:
+        """A snapshot's copy of the domain's UEFI variable store, beside its metadata."""
+        return self.snapshots / f"{snapshot}.nvram"
+
     @property
     def qmp(self) -> Path:
         return self.sockets / "qmp.sock"

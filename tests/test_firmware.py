@@ -11,6 +11,7 @@ import pytest
 
 import qdriver
 from qdriver.caps import firmware
+from qdriver.console import DomainConsole
 from tests.helpers.cli import run_cli
 from tests.helpers.guest import GuestImage, domain_xml
 from tests.helpers.libvirt_oracle import Libvirt, needs_libvirt
@@ -130,40 +131,82 @@ def _devices(argv: list[str]) -> list[str]:
     return out
 
 
+async def _shell(console: DomainConsole, command: str, marker: str) -> str:
+    """Run ``command`` on the guest's console; the text up to ``marker``."""
+    console.write(command + "\n")
+    return (await console.wait_async(marker, 30)).group(0)
+
+
+async def _variable(dom: qdriver.Domain) -> str:
+    """The test variable's value as the guest reads it (``none``: not set)."""
+    console = dom.console()
+    said = await _shell(console, "mount -t efivarfs none /sys/firmware/efi/efivars 2>/dev/null;"
+                        f" echo VAR-$(tail -c 4 {EFI_VAR} 2>/dev/null || echo none)-END",
+                        "VAR-[^-]*(-[0-9])?-END")
+    console.close()
+    return said[4:-4]
+
+
+async def _set_variable(dom: qdriver.Domain, value: str) -> None:
+    console = dom.console()
+    # efivarfs takes a variable (attributes, then data) in one write: cat writes it so
+    await _shell(console, "mount -t efivarfs none /sys/firmware/efi/efivars 2>/dev/null; "
+                 f"printf '\\007\\000\\000\\000{value}' > /tmp/v; cat /tmp/v > {EFI_VAR}; "
+                 "echo SET-$?", "SET-0")
+    console.close()
+
+
+async def _boot(dom: qdriver.Domain) -> None:
+    console = dom.console()
+    await dom.start()
+    await console.wait_async("GUEST-READY", 120)
+    console.close()
+
+
 @needs_ovmf
-async def test_a_guest_boots_under_uefi_and_keeps_its_variables(
+async def test_a_uefi_guest_keeps_its_variables_and_snapshots_take_them_back(
         driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path,
         state_dir: Path) -> None:
     disk = tmp_path / "efi.qcow2"
     shutil.copyfile(guest_image.disk, disk)
     dom = await driver.define_xml(_efi_xml(
         guest_image, "efi", disk, "<firmware><feature enabled='no' name='secure-boot'/>"
-        "</firmware>", cmdline="qd.shell=1"))
+        "</firmware>", cmdline="qd.shell=1 qd.quiet=1"))
     definition = dom.inactive_definition
     assert definition.loader is not None and \
         definition.loader.path == "/usr/share/OVMF/OVMF_CODE_4M.fd"
     nvram = Path(definition.nvram or "")
     assert nvram == state_dir / "nvram" / "efi_VARS.fd" and not nvram.exists()
-    console = dom.console()
-    await dom.start()
-    await console.wait_async("GUEST-READY", 120)
+    await _boot(dom)
     assert nvram.stat().st_mode & 0o777 == 0o600
-    console.write("mount -t efivarfs none /sys/firmware/efi/efivars; echo MOUNT-$?\n")
-    await console.wait_async("MOUNT-0", 30)
-    # efivarfs takes a variable (attributes, then data) in one write: cat writes it so
-    console.write(f"printf '\\007\\000\\000\\000qd-1' > /tmp/v; cat /tmp/v > {EFI_VAR}; "
-                  "echo SET-$?\n")
-    await console.wait_async("SET-0", 30)
+    await dom.snapshot_create_xml("<domainsnapshot><name>i</name></domainsnapshot>")
+    await _set_variable(dom, "qd-1")
     await dom.shutdown(timeout=60)
-    console = dom.console()
-    await dom.start()  # the variable is in the domain's store, across QEMUs
-    await console.wait_async("GUEST-READY", 120)
-    console.write(f"mount -t efivarfs none /sys/firmware/efi/efivars; "
-                  f"echo VAR-$(tail -c 4 {EFI_VAR})\n")
-    await console.wait_async("VAR-qd-1", 30)
-    with pytest.raises(qdriver.OperationUnsupportedError, match="pflash based firmware"):
-        await dom.snapshot_create_xml("<domainsnapshot><name>i</name></domainsnapshot>")
+    await _boot(dom)  # the variable is in the domain's store, across QEMUs
+    assert await _variable(dom) == "qd-1"
+    await dom.revert_to_snapshot("i")  # internal: in the QEMU that runs
+    assert await _variable(dom) == "none"
+    await dom.shutdown(timeout=60)
+    await _boot(dom)  # ... and in the store: the snapshot's copy went back
+    assert await _variable(dom) == "none"
+    await _set_variable(dom, "qd-1")
+    await dom.snapshot_create_xml(
+        f"<domainsnapshot><name>e</name><memory snapshot='external' file='{tmp_path}/e.mem'/>"
+        f"<disks><disk name='vda' snapshot='external'><source file='{tmp_path}/e.qcow2'/>"
+        "</disk></disks></domainsnapshot>")
+    await _set_variable(dom, "qd-2")
+    assert await _variable(dom) == "qd-2"
+    await dom.revert_to_snapshot("e")  # external: a new QEMU loads the memory file
+    assert await _variable(dom) == "qd-1"
+    await dom.shutdown(timeout=60)
+    await _boot(dom)
+    assert await _variable(dom) == "qd-1"
+    copies = sorted(p.name for p in dom.paths.snapshots.glob("*.nvram"))
+    assert copies == ["e.nvram", "i.nvram"]
     await dom.destroy()
+    await dom.delete_snapshot("i", metadata_only=True)
+    await dom.delete_snapshot("e", metadata_only=True)
+    assert not list(dom.paths.snapshots.glob("*.nvram"))  # gone with their snapshots
     with pytest.raises(qdriver.OperationInvalidError, match="cannot undefine domain with nvram"):
         await driver.undefine(dom)
     run_cli(state_dir, "undefine", "efi", "--nvram")

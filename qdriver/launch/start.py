@@ -7,11 +7,11 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from .. import emulator, runas
 from ..caps import accel, qemucaps
+from ..durable import copy_file
 from ..errors import (
     ConfigUnsupportedError,
     InvalidArgError,
@@ -176,15 +176,8 @@ def prepare_nvram(definition: DomainDef, policy: LaunchPolicy) -> None:
                                    f"{definition.loader.path}")
     _check_exists("UEFI variable store template", template)
     make_private_dir(Path(definition.nvram).parent)
-    tmp = Path(definition.nvram).with_name(f".{Path(definition.nvram).name}.tmp")
-    with open(template, "rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT
-                                                   | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
-                                           "wb") as dst:
-        shutil.copyfileobj(src, dst)
     user = policy.qemu_user
-    if user is not None:
-        os.chown(tmp, user.uid, user.gid)
-    os.replace(tmp, definition.nvram)
+    copy_file(template, definition.nvram, (user.uid, user.gid) if user else None)
 
 
 def _check_exists(what: str, path: str) -> None:

@@ -240,6 +240,12 @@ async def _move_ram(job: Job, args: j.MoveRam) -> None:
         await anyio.to_thread.run_sync(move_ram, Path(args.source), args.target)
 
 
+async def _restore_file(job: Job, args: j.RestoreFile) -> None:
+    """Put the file back from its copy."""
+    if os.path.exists(args.backup):
+        os.replace(args.backup, args.target)
+
+
 async def _complete_memory_file(job: Job, args: j.CompleteMemoryFile) -> None:
     """Mark a memory file whose migration completed as complete (a roll-forward)."""
     path = args.path
@@ -272,6 +278,7 @@ ACTIONS: dict[type, Callable[[Job, Any], Awaitable[None]]] = {
     j.MoveRam: _move_ram,
     j.DiscardFork: _discard_fork,
     j.DiscardStandby: _discard_standby,
+    j.RestoreFile: _restore_file,
 }
 """The code that runs each kind of journal record (every kind in `journal.KINDS`)."""
 
@@ -354,6 +361,10 @@ def qemu_img_snapshot_delete(image: str, name: str) -> Action:
 
 def thaw(path: Path) -> Action:
     return Action(j.Thaw(str(path)), "the guest filesystem freeze")
+
+
+def restore_file(backup: str, target: str, what: str) -> Action:
+    return Action(j.RestoreFile(backup, target), what)
 
 
 def move_ram_file(source: Path, target: str) -> Action:

@@ -11,6 +11,7 @@ state it read under it (`OpContext`).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from functools import partial
@@ -22,6 +23,7 @@ import anyio
 from .. import agent, qemuimg, qmp, runas
 from ..blockdev.nodes import add_overlay, open_images, overlay_nodes, top_nodes
 from ..caps.running import RunningCaps
+from ..durable import copy_file
 from ..errors import (
     ConfigUnsupportedError,
     OperationFailedError,
@@ -458,6 +460,17 @@ class CreateExecution:
         self.txn.commit([actions.stop_qemu(self.halt_reason)])
         await self.job.stop(self.halt_reason)
 
+    async def copy_nvram(self) -> None:
+        """Keep the UEFI variable store as it is now, beside the snapshot's metadata
+        (the store is a raw image: no internal snapshot, no overlay holds it)."""
+        store = self.job.definition.nvram
+        if not store or not os.path.exists(store):
+            return  # never started: the template is what a revert would give
+        copy = self.job.paths.nvram_copy(self.plan.name)
+        self.txn.on_undo(actions.remove_file(str(copy), "the copy of the UEFI variable store"))
+        copy.parent.mkdir(mode=0o700, exist_ok=True)
+        await anyio.to_thread.run_sync(copy_file, store, copy)
+
     async def write_metadata(self) -> None:
         await self.memory.complete()
         store, tree = self.job.store, self.job.tree
@@ -501,6 +514,7 @@ def _check_overlay_target(d: DiskPlan, reuse: bool) -> None:
 
 StepMethod = Callable[[CreateExecution], Awaitable[None]]
 STEPS: dict[CreateStep, StepMethod] = {
+    CreateStep.COPY_NVRAM: CreateExecution.copy_nvram,
     CreateStep.QEMU_IMG_SNAPSHOT: CreateExecution.qemu_img_snapshot,
     CreateStep.QEMU_IMG_CREATE: CreateExecution.qemu_img_create,
     CreateStep.CHECK_REUSED_OVERLAYS: CreateExecution.check_reused_overlays,

@@ -64,6 +64,7 @@ class CreateStep(enum.StrEnum):
     WRITE_METADATA = "write-metadata"
     REDEFINE_METADATA = "redefine-metadata"
     SET_CURRENT = "set-current"
+    COPY_NVRAM = "copy-nvram"
 
 
 @dataclass(frozen=True)
@@ -226,16 +227,23 @@ def plan_snapshot(domain: DomainDef, state: str, xml: str | bytes | SnapshotDef,
     disks = align_disks(snap, domain, default_location)
     _check_disks(disks, domain, flags)
     kinds = _kinds(disks)
-    if domain.loader is not None and (memory == "internal" or kinds in ("int", "mix")):
-        # its variable store is a raw image, which holds no internal snapshot
-        raise OperationUnsupportedError(
-            "internal snapshots of a VM with pflash based firmware are not supported")
     cell = TABLE[(online, memory, kinds)]
     if isinstance(cell, Refuse):
         raise cell.error(cell.message)
     if flags.quiesce:
         _check_quiesce(domain, state)
-    return _build(domain, state, snap, memory, disks, cell, flags, caps, now, group)
+    the_plan = _build(domain, state, snap, memory, disks, cell, flags, caps, now, group)
+    if domain.loader is None or flags.no_metadata:
+        return the_plan
+    return replace(the_plan, steps=_with_nvram_copy(the_plan.steps))
+
+
+def _with_nvram_copy(steps: tuple[CreateStep, ...]) -> tuple[CreateStep, ...]:
+    """The UEFI variable store is copied while the guest is paused for the snapshot
+    (before it resumes), else just before the metadata is written."""
+    at = next((steps.index(s) for s in (CreateStep.RESUME, CreateStep.WRITE_METADATA)
+               if s in steps), len(steps))
+    return (*steps[:at], CreateStep.COPY_NVRAM, *steps[at:])
 
 
 GROUP_REFUSED = ("live", "template", "halt", "quiesce", "redefine", "no_metadata")

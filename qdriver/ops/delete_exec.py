@@ -86,9 +86,19 @@ async def delete(job: Job, name: str, flags: DeleteFlags,
     """Delete ``name`` (and its children if asked) with its data; the names removed."""
     the_plan = await plan(job, name, flags)
     await DeleteExecution(job, the_plan, progress).run()
+    drop_nvram_copies(job)
     for removed in the_plan.names:
         job.emit(EventType.SNAPSHOT, "deleted", removed)
     return the_plan.names
+
+
+def drop_nvram_copies(job: Job) -> None:
+    """Remove every copy of the UEFI variable store whose snapshot is gone (the
+    copies of the snapshots just deleted, and any a dead process left)."""
+    directory = job.paths.snapshots
+    for copy in directory.glob("*.nvram") if directory.is_dir() else ():
+        if copy.stem not in job.tree.snaps:
+            copy.unlink(missing_ok=True)
 
 
 class DeleteExecution:

@@ -9,14 +9,19 @@ is left as it was.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable
 
+import anyio
+
 from .. import qemuimg, qmp, runas
 from ..blockdev.nodes import open_images, top_nodes
+from ..durable import copy_file
 from ..errors import OperationFailedError, OperationInvalidError, SystemError_
 from ..events.kinds import EventType
 from ..job import Job, JobView
@@ -33,6 +38,8 @@ from .memsave import load_memory
 from .revert_plan import RevertFlags, RevertPlan, RevertStep, plan_restore, plan_revert
 from .shared import JOB_TIMEOUT, free_overlay_name, hmp_word
 from .transaction import StepRunner, Transaction
+
+log = logging.getLogger("qdriver")
 
 
 async def plan(job: JobView, name: str, flags: RevertFlags) -> RevertPlan:
@@ -136,6 +143,8 @@ class RevertExecution:
                 self.definition = DomainDef.parse(self.standby.definition)
             await runner.run(self.plan.steps)
         await self.txn.attempt(body)
+        if self.definition.nvram:  # through: the store it replaced is not needed
+            Path(f"{self.definition.nvram}.before-revert").unlink(missing_ok=True)
         if self.job.record is not None:
             await self.job.sync_run_state()
 
@@ -320,6 +329,23 @@ class RevertExecution:
         await self.job.ensure_running(
             "from_snapshot", "restored" if self.plan.is_restore else "from snapshot")
 
+    async def restore_nvram(self) -> None:
+        """The UEFI variable store as the snapshot kept it; the one it replaces is
+        kept aside until the revert is through (a rollback puts it back)."""
+        copy = self.job.paths.nvram_copy(self.plan.name)
+        store = self.definition.nvram
+        if not store or not copy.exists():
+            log.warning("snapshot '%s' of domain '%s' kept no UEFI variable store: the "
+                        "current one stays", self.plan.name, self.job.name)
+            return
+        aside = f"{store}.before-revert"
+        if os.path.exists(store):
+            await anyio.to_thread.run_sync(copy_file, store, aside)
+            self.txn.on_undo(actions.restore_file(aside, store, "the UEFI variable store"))
+        user = self.job.policy.qemu_user
+        await anyio.to_thread.run_sync(copy_file, copy, store,
+                                       (user.uid, user.gid) if user else None)
+
     async def set_current(self) -> None:
         if self.job.tree.current != self.plan.name:
             self.job.store.set_current(self.job.tree, self.plan.name)
@@ -350,6 +376,7 @@ def stale_snapshots(tree: SnapshotTree, graph: ImageGraph, changed: set[str],
 
 StepMethod = Callable[[RevertExecution], Awaitable[None]]
 STEPS: dict[RevertStep, StepMethod] = {
+    RevertStep.RESTORE_NVRAM: RevertExecution.restore_nvram,
     RevertStep.CHECK_MEMORY_FILE: RevertExecution.check_memory_file,
     RevertStep.CREATE_OVERLAYS: RevertExecution.create_overlays,
     RevertStep.START_INCOMING: RevertExecution.start_incoming,

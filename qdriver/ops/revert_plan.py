@@ -69,6 +69,7 @@ class RevertStep(enum.StrEnum):
     SET_CURRENT = "set-current"
     DROP_DISCARDED = "drop-discarded"
     REMOVE_MANAGED_SAVE = "remove-managed-save"
+    RESTORE_NVRAM = "restore-nvram"
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,19 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
                    bool(external))
     if managed_save:
         steps += (RevertStep.REMOVE_MANAGED_SAVE,)
+    if target.loader is not None:
+        steps = _with_nvram_restore(steps)
     return RevertPlan(name, mechanism, final, steps, target, internal, overlays, memory_file,
                       snap.template_ram if memory_file else None)
+
+
+def _with_nvram_restore(steps: tuple[RevertStep, ...]) -> tuple[RevertStep, ...]:
+    """The snapshot's UEFI variable store goes back before a QEMU opens it, or (in the
+    QEMU that runs, its flash loaded with the guest's state) before the guest runs."""
+    order = (RevertStep.START_PAUSED, RevertStep.START_INCOMING, RevertStep.RESUME,
+             RevertStep.SET_CURRENT)
+    at = next((steps.index(s) for s in order if s in steps), len(steps))
+    return (*steps[:at], RevertStep.RESTORE_NVRAM, *steps[at:])
 
 
 def standby_problem(definition: DomainDef) -> str | None:
