@@ -445,3 +445,30 @@ def test_planner_does_no_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(os, "stat", forbidden)
     plan = plan_snapshot(domain(TWO_DISKS), "running", snapshot_xml("external", None))
     assert plan.steps
+
+
+UEFI = ONE_DISK.replace("<devices>", "<os firmware='efi'><type machine='pc-q35-7.2'>hvm</type>"
+                        "<loader readonly='yes' type='pflash'>/fw/code.fd</loader>"
+                        "<nvram>/s/g_VARS.fd</nvram></os><features><acpi/></features>"
+                        "<devices>")
+
+
+@pytest.mark.parametrize(("state", "memory", "disks", "flags", "before"), [
+    ("running", "internal", "internal", CreateFlags(), "resume"),       # while paused
+    ("running", "external", "external", CreateFlags(), "resume"),
+    ("running", None, "external", CreateFlags(disk_only=True), "write-metadata"),
+    ("shutoff", None, "internal", CreateFlags(), "write-metadata"),
+    ("running", "internal", "internal", CreateFlags(no_metadata=True), None),  # nothing kept
+])
+def test_a_uefi_snapshot_copies_the_variable_store_while_the_guest_is_paused(
+        state: str, memory: str | None, disks: str, flags: CreateFlags,
+        before: str | None) -> None:
+    steps = [str(s) for s in plan_snapshot(domain(UEFI), state, snapshot_xml(memory, disks),
+                                           flags).steps]
+    if before is None:
+        assert "copy-nvram" not in steps
+        return
+    assert steps.count("copy-nvram") == 1
+    assert steps[steps.index("copy-nvram") + 1] == before, steps
+    assert "copy-nvram" not in [str(s) for s in plan_snapshot(
+        domain(), state, snapshot_xml(memory, disks), flags).steps]  # BIOS: no store

@@ -585,3 +585,27 @@ def test_a_genid_guest_reverts_in_place_only_by_restarting_with_force() -> None:
     plan = plan_revert(dom, "running", snap, RevertFlags(force=True))
     assert plan.mechanism == "restart-and-load" and plan.steps[0] == S.STOP
     assert plan.definition.genid not in (None, GENID)
+
+
+UEFI_DOMAIN = DOMAIN.replace(
+    "<os><type arch='x86_64' machine='q35'>hvm</type></os>",
+    "<os firmware='efi'><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><loader "
+    "readonly='yes' type='pflash'>/fw/code.fd</loader><nvram>/s/r_VARS.fd</nvram></os>"
+    "<features><acpi/></features>")
+
+
+@pytest.mark.parametrize("dom_state, snap_state, memory, disk, before", [
+    ("running", "running", "internal", "internal", S.RESUME),  # loaded in place
+    ("shutoff", "running", "internal", "internal", S.START_PAUSED),  # before QEMU opens it
+    ("running", "running", "external", "external", S.START_INCOMING),
+    ("running", "shutoff", "no", "internal", S.SET_CURRENT),
+])
+@pytest.mark.no_qemu
+def test_a_uefi_revert_puts_the_variable_store_back_before_it_is_used(
+        dom_state: str, snap_state: str, memory: str, disk: str, before: RevertStep) -> None:
+    snap = snapshot(snap_state, memory, disk, UEFI_DOMAIN)
+    steps = plan_revert(DomainDef.parse(UEFI_DOMAIN), dom_state, snap).steps
+    assert steps.count(S.RESTORE_NVRAM) == 1
+    assert steps[steps.index(S.RESTORE_NVRAM) + 1] == before, steps
+    plain = plan_revert(DomainDef.parse(DOMAIN), dom_state, snapshot(snap_state, memory, disk))
+    assert S.RESTORE_NVRAM not in plain.steps
