@@ -17,8 +17,9 @@ from typing import AsyncIterator
 
 import anyio
 
-from . import emulator, network, qmp, runas
+from . import cloudinit, emulator, network, qmp, runas
 from .caps import accel, firmware, qemucaps
+from .cloudinit import CloudInit
 from .domain import Domain
 from .durable import locked, next_counter
 from .errors import (
@@ -177,15 +178,22 @@ class Driver:
                 return dom
         raise NoDomainError(f"no domain with matching uuid '{uuid}'")
 
-    async def define_xml(self, xml: str | bytes) -> Domain:
+    async def define_xml(self, xml: str | bytes, cloud_init: CloudInit | None = None
+                         ) -> Domain:
         """Define (or redefine, same name and uuid) a persistent domain.
 
         As libvirt does, the stored definition gets the implicit devices and an
         address on every device (`layout.assign`): they are the guest's ABI, fixed
-        from now on, so memory files and internal snapshots keep loading."""
+        from now on, so memory files and internal snapshots keep loading.
+        ``cloud_init``: a NoCloud seed made for the domain, kept in its directory and
+        attached as a read-only cdrom (`qdriver.cloudinit`)."""
+        definition = checked_definition(xml)
+        seed = DomainPaths.of(self.state_dir, definition.name).dir / cloudinit.SEED_NAME
+        if cloud_init is not None:
+            definition = definition.with_seed_cdrom(str(seed))
         definition = fill_firmware(await anyio.to_thread.run_sync(
-            pin_machine, layout.assign(checked_definition(xml)), self.policy.qemu_user),
-            self.state_dir)
+            pin_machine, layout.assign(definition), self.policy.qemu_user), self.state_dir)
+        files = cloud_init.files(definition.uuid, definition.name) if cloud_init else None
         storable_definition(definition)  # before anything is made for it
         async with locked(self.state_dir / "define.lock", self.lock_timeout, "define"):
             for other in self.list_domains():
@@ -203,13 +211,21 @@ class Driver:
                 # a redefinition waits for the operation in progress on the domain, and
                 # finishes a dead one first: its rollback must not undo this definition
                 async with existing.job() as job:
+                    if files is not None:
+                        cloudinit.write_seed(seed, files)
                     job.save_persistent(definition)
                     job.emit(EventType.DEFINED, "updated")
                 return existing
             paths = DomainPaths.of(self.state_dir, definition.name)
             make_private_dir(paths.dir)
             async with locked(paths.lock, self.lock_timeout, f"domain '{definition.name}'"):
-                write_definition(paths, definition)
+                try:
+                    if files is not None:  # before the definition that names it
+                        cloudinit.write_seed(seed, files)
+                    write_definition(paths, definition)
+                except BaseException:
+                    seed.unlink(missing_ok=True)
+                    raise
                 events_log.append(self.state_dir, definition.name, EventType.DEFINED, "added")
             return Domain(self, definition.name, definition.uuid)
 

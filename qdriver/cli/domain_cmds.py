@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..caps import accel as accel_mod
 from ..caps import qemucaps
+from ..cloudinit import CloudInit
 from ..console import attach
 from ..domain import Domain, DomainState
 from ..driver import Driver
@@ -33,10 +34,17 @@ from .registry import (
 
 # -- domain lifecycle ---------------------------------------------------------
 
-@command("define", "define a persistent domain from an XML file",
-         lambda p: p.add_argument("file", help="domain XML file"))
+def _setup_define(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="domain XML file")
+    p.add_argument("--cloud-init", metavar="OPTIONS",
+                   help="attach a NoCloud seed: user-data=FILE[,meta-data=FILE]"
+                        "[,network-config=FILE], or ssh-key=FILE (as virt-install)")
+
+
+@command("define", "define a persistent domain from an XML file", _setup_define)
 async def cmd_define(drv: Driver, a: argparse.Namespace) -> int:
-    dom = await drv.define_xml(Path(a.file).read_bytes())
+    seed = CloudInit.parse(a.cloud_init) if a.cloud_init else None
+    dom = await drv.define_xml(Path(a.file).read_bytes(), cloud_init=seed)
     out(f"Domain '{dom.name}' defined from {a.file}")
     return 0
 

@@ -345,6 +345,27 @@ class DomainDef:
         """The disk with that target name, if any."""
         return next((d for d in self.disks if d.target == target), None)
 
+    def with_seed_cdrom(self, seed: str) -> DomainDef:
+        """A copy with a read-only cdrom of image ``seed`` (a cloud-init seed): the
+        disk that already reads it, or a new one on the machine's cdrom bus (sata on
+        q35, ide on pc) at the first free target."""
+        if any(d.source == seed for d in self.disks):
+            return self
+        bus, prefix = ("sata", "sd") if self.q35 else ("ide", "hd")
+        taken = {d.target for d in self.disks}
+        target = next(f"{prefix}{chr(c)}" for c in range(ord("a"), ord("z") + 1)
+                      if f"{prefix}{chr(c)}" not in taken)
+        root = safe.copy(self.root)
+        devices = root.find("devices")
+        if devices is None:
+            devices = safe.sub(root, "devices")
+        disk = safe.sub(devices, "disk", {"type": "file", "device": "cdrom"})
+        safe.sub(disk, "driver", {"name": "qemu", "type": "raw"})
+        safe.sub(disk, "source", {"file": seed})
+        safe.sub(disk, "target", {"dev": target, "bus": bus})
+        safe.sub(disk, "readonly")
+        return _parse(root)
+
     def with_disk_sources(self, sources: dict[str, tuple[str, str]]) -> DomainDef:
         """A copy whose disks ``{target: (file, format)}`` point at new images."""
         root = safe.copy(self.root)
