@@ -1,6 +1,7 @@
 """Lifecycle events: heard by one process whichever process or guest causes them."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -124,6 +125,15 @@ def test_the_log_rotates_without_losing_a_line(tmp_path: Path) -> None:
     tail.close()
 
 
+def _reads_log(pid: int, state_dir: Path) -> bool:
+    """Whether process ``pid`` has the state dir's event log open."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(state_dir / "events.log") for fd in fds.iterdir())
+    except OSError:
+        return False
+
+
 async def _agent_up(dom: qdriver.Domain) -> None:
     """Wait until the guest's agent answers (it starts beside GUEST-READY)."""
     with anyio.fail_after(30):
@@ -174,10 +184,12 @@ async def test_reboot_by_button_and_by_agent_guestinfo_and_the_event_command(
     listener = subprocess.Popen(
         [sys.executable, "-m", "qdriver", "--state-dir", str(state_dir), "event", "rb",
          "--count", "2", "--timeout", "30"], stdout=subprocess.PIPE, text=True)
-    await anyio.sleep(1.0)  # the listener is up
+    with anyio.fail_after(30):  # the listener is up: it has the event log open
+        while not _reads_log(listener.pid, state_dir):
+            await anyio.sleep(0.05)
     await dom.suspend()
     await dom.resume()
-    printed, _ = listener.communicate(timeout=30)
+    printed, _ = listener.communicate(timeout=60)
     assert printed.splitlines() == ["event 'lifecycle' for domain 'rb': Suspended Paused",
                                     "event 'lifecycle' for domain 'rb': Resumed Unpaused",
                                     "events received: 2"]
