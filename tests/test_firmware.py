@@ -19,9 +19,10 @@ from tests.helpers.libvirt_oracle import Libvirt, needs_libvirt
 OVMF = Path("/usr/share/qemu/firmware/60-edk2-x86_64.json")
 needs_ovmf = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf is not installed: "
                                 "see .ci/setup")
-EFI_VAR = "/sys/firmware/efi/efivars/QdriverTest-4e8f1c2a-6b1d-4f7e-9a3b-2c5d7e9f0a11"
-"""A variable the guest writes, under a vendor GUID of our own (the kernel takes only
-the specification's names under the global one)."""
+GUID = "4e8f1c2a-6b1d-4f7e-9a3b-2c5d7e9f0a11"
+"""The vendor GUID of the variables the guest writes (the kernel takes only the
+specification's names under the global one).  Each is written once: efivarfs makes
+a variable immutable, and busybox has no chattr."""
 
 
 def _descriptor(where: Path, name: str, features: list[str], machines: list[str],
@@ -137,22 +138,22 @@ async def _shell(console: DomainConsole, command: str, marker: str) -> str:
     return (await console.wait_async(marker, 30)).group(0)
 
 
-async def _variable(dom: qdriver.Domain) -> str:
-    """The test variable's value as the guest reads it (``none``: not set)."""
+async def _variables(dom: qdriver.Domain) -> list[str]:
+    """The test variables the guest finds in its store."""
     console = dom.console()
     said = await _shell(console, "mount -t efivarfs none /sys/firmware/efi/efivars 2>/dev/null;"
-                        f" echo VAR-$(tail -c 4 {EFI_VAR} 2>/dev/null || echo none)-END",
-                        "VAR-[^-]*(-[0-9])?-END")
+                        f" echo VAR''S= $(cd /sys/firmware/efi/efivars; ls | grep {GUID}) =END",
+                        "VARS=[^=]*=END")  # (the typed line, echoed, reads VAR''S)
     console.close()
-    return said[4:-4]
+    return sorted(v.split("-")[0] for v in said[5:-4].split())
 
 
-async def _set_variable(dom: qdriver.Domain, value: str) -> None:
+async def _set_variable(dom: qdriver.Domain, name: str) -> None:
     console = dom.console()
     # efivarfs takes a variable (attributes, then data) in one write: cat writes it so
     await _shell(console, "mount -t efivarfs none /sys/firmware/efi/efivars 2>/dev/null; "
-                 f"printf '\\007\\000\\000\\000{value}' > /tmp/v; cat /tmp/v > {EFI_VAR}; "
-                 "echo SET-$?", "SET-0")
+                 "printf '\\007\\000\\000\\000qd' > /tmp/v; "
+                 f"cat /tmp/v > /sys/firmware/efi/efivars/{name}-{GUID}; echo SET-$?", "SET-0")
     console.close()
 
 
@@ -180,27 +181,27 @@ async def test_a_uefi_guest_keeps_its_variables_and_snapshots_take_them_back(
     await _boot(dom)
     assert nvram.stat().st_mode & 0o777 == 0o600
     await dom.snapshot_create_xml("<domainsnapshot><name>i</name></domainsnapshot>")
-    await _set_variable(dom, "qd-1")
+    await _set_variable(dom, "QdOne")
     await dom.shutdown(timeout=60)
     await _boot(dom)  # the variable is in the domain's store, across QEMUs
-    assert await _variable(dom) == "qd-1"
+    assert await _variables(dom) == ["QdOne"]
     await dom.revert_to_snapshot("i")  # internal: in the QEMU that runs
-    assert await _variable(dom) == "none"
+    assert await _variables(dom) == []
     await dom.shutdown(timeout=60)
     await _boot(dom)  # ... and in the store: the snapshot's copy went back
-    assert await _variable(dom) == "none"
-    await _set_variable(dom, "qd-1")
+    assert await _variables(dom) == []
+    await _set_variable(dom, "QdOne")
     await dom.snapshot_create_xml(
         f"<domainsnapshot><name>e</name><memory snapshot='external' file='{tmp_path}/e.mem'/>"
         f"<disks><disk name='vda' snapshot='external'><source file='{tmp_path}/e.qcow2'/>"
         "</disk></disks></domainsnapshot>")
-    await _set_variable(dom, "qd-2")
-    assert await _variable(dom) == "qd-2"
+    await _set_variable(dom, "QdTwo")
+    assert await _variables(dom) == ["QdOne", "QdTwo"]
     await dom.revert_to_snapshot("e")  # external: a new QEMU loads the memory file
-    assert await _variable(dom) == "qd-1"
+    assert await _variables(dom) == ["QdOne"]
     await dom.shutdown(timeout=60)
     await _boot(dom)
-    assert await _variable(dom) == "qd-1"
+    assert await _variables(dom) == ["QdOne"]
     copies = sorted(p.name for p in dom.paths.snapshots.glob("*.nvram"))
     assert copies == ["e.nvram", "i.nvram"]
     await dom.destroy()
