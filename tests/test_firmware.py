@@ -80,10 +80,16 @@ async def test_uefi_arguments_are_libvirts(driver: qdriver.Driver, guest_image: 
     """Devices and their addresses, flash images, machine options: as libvirt's."""
     lv = Libvirt(Path(tempfile.mkdtemp(prefix="qdfw-", dir="/tmp")))
     try:
+        explicit = ("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd"
+                    "</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"
+                    f"{tmp_path}/fw2_VARS.fd</nvram>")
         for i, features in enumerate(
-                ("", "<firmware><feature enabled='no' name='secure-boot'/></firmware>")):
+                ("", "<firmware><feature enabled='no' name='secure-boot'/></firmware>",
+                 explicit)):
             xml = _efi_xml(guest_image, f"fw{i}", None, features).replace(
                 "<devices>", "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>")
+            if features == explicit:  # <loader> and <nvram> given: no firmware to choose
+                xml = xml.replace("<os firmware='efi'>", "<os>")
             theirs = lv.call("to_native", xml).split()
             dom = await driver.define_xml(xml)
             ours = driver.native_argv(f"fw{i}")
