@@ -76,6 +76,22 @@ def copy_file(source: str | Path, target: str | Path, owner: tuple[int, int] | N
     fsync_dir(target.parent)
 
 
+def overwrite_file(source: str | Path, target: str | Path) -> None:
+    """Write ``source``'s bytes over ``target`` in place, durably: the same file, so
+    that a process holding it open (QEMU, its flash) goes on with the new bytes."""
+    data = Path(source).read_bytes()
+    fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_path(path: str | Path) -> None:
     """Flush a file's data to disk (one written through a mapping or by another process)."""
     fd = os.open(path, os.O_RDONLY)

@@ -38,6 +38,7 @@ def test_every_action_kind_round_trips_through_the_journal(tmp_path: Path) -> No
             actions.move_ram_file(Path("/x/pc.ram"), "/x/m.ram"),
             actions.discard_fork("f1", "11111111-2222-3333-4444-555555555555"),
             actions.discard_standby("0a1b2c3d", ["/x/vda.1"]),
+            actions.restore_file("/x/g_VARS.fd.before-revert", "/x/g_VARS.fd", "store"),
             actions.write_metadata_files(tmp_path, {"a.xml": "<x/>"}, "meta")]
     assert {a.kind for a in made} | {journal.WriteDefinition.KIND} == set(journal.KINDS)
     assert set(journal.KINDS.values()) == set(actions.ACTIONS), "a kind without its code"

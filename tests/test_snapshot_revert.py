@@ -595,10 +595,10 @@ UEFI_DOMAIN = DOMAIN.replace(
 
 
 @pytest.mark.parametrize("dom_state, snap_state, memory, disk, before", [
-    ("running", "running", "internal", "internal", S.RESUME),  # loaded in place
+    ("running", "running", "internal", "internal", S.SNAPSHOT_LOAD),  # paused, in place
     ("shutoff", "running", "internal", "internal", S.START_PAUSED),  # before QEMU opens it
     ("running", "running", "external", "external", S.START_INCOMING),
-    ("running", "shutoff", "no", "internal", S.SET_CURRENT),
+    ("running", "shutoff", "no", "internal", S.QEMU_IMG_APPLY),  # before the disks change
 ])
 @pytest.mark.no_qemu
 def test_a_uefi_revert_puts_the_variable_store_back_before_it_is_used(

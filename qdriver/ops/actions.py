@@ -18,7 +18,7 @@ import anyio
 from .. import agent, process, qemuimg, qmp
 from .. import journal as j
 from ..blockdev.nodes import image_file, open_images
-from ..durable import atomic_write, fsync_dir, fsync_path, locked
+from ..durable import atomic_write, fsync_dir, fsync_path, locked, overwrite_file
 from ..errors import NoDomainError, OperationFailedError
 from ..job import Job, read_definition
 from ..journal import Action
@@ -241,9 +241,10 @@ async def _move_ram(job: Job, args: j.MoveRam) -> None:
 
 
 async def _restore_file(job: Job, args: j.RestoreFile) -> None:
-    """Put the file back from its copy."""
+    """Put the file back from its copy, in place (QEMU may hold it open)."""
     if os.path.exists(args.backup):
-        os.replace(args.backup, args.target)
+        await anyio.to_thread.run_sync(overwrite_file, args.backup, args.target)
+        os.unlink(args.backup)
 
 
 async def _complete_memory_file(job: Job, args: j.CompleteMemoryFile) -> None:

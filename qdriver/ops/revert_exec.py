@@ -21,7 +21,7 @@ import anyio
 
 from .. import qemuimg, qmp, runas
 from ..blockdev.nodes import open_images, top_nodes
-from ..durable import copy_file
+from ..durable import copy_file, overwrite_file
 from ..errors import OperationFailedError, OperationInvalidError, SystemError_
 from ..events.kinds import EventType
 from ..job import Job, JobView
@@ -119,6 +119,8 @@ class RevertExecution:
         """Files of an earlier revert to this snapshot, no longer recorded after this one."""
         self.standby: StandbyRecord | None = None
         """The QEMU started ahead for this revert, claimed from the domain."""
+        self.nvram_undo: actions.Action | None = None
+        """Puts back the variable store the revert replaced, until the disks are reverted."""
         self.loaded_ahead: qmp.Monitor | None = None
         """The standby's monitor, once it loaded the memory file while the old QEMU stopped."""
 
@@ -142,9 +144,11 @@ class RevertExecution:
                 self.new_overlays = dict(self.standby.overlays)
                 self.definition = DomainDef.parse(self.standby.definition)
             await runner.run(self.plan.steps)
-        await self.txn.attempt(body)
-        if self.definition.nvram:  # through: the store it replaced is not needed
-            Path(f"{self.definition.nvram}.before-revert").unlink(missing_ok=True)
+        try:
+            await self.txn.attempt(body)
+        finally:  # through, or taken back: the store it replaced is not needed any more
+            if self.definition.nvram:
+                Path(f"{self.definition.nvram}.before-revert").unlink(missing_ok=True)
         if self.job.record is not None:
             await self.job.sync_run_state()
 
@@ -177,6 +181,7 @@ class RevertExecution:
         await self.mark_stale()
         for target in self.plan.internal_disks:
             await qemuimg.snapshot_apply(self.sources[target], self.plan.name)
+        self._disks_reverted()
 
     async def mark_stale(self) -> None:
         """Before an internal snapshot is applied to an image that others build on
@@ -299,6 +304,7 @@ class RevertExecution:
             "tag": self.plan.name, "vmstate": vmstate, "devices": devices},
             f"qdriver-load-{int(time.time())}", JOB_TIMEOUT,
             ProgressMeter("snapshot-load", self.progress))
+        self._disks_reverted()
 
     async def _vmstate_node(self, mon: qmp.Monitor, nodes: dict[str, str]) -> str:
         """The node whose image holds the snapshot's memory (as libvirt finds it)."""
@@ -319,6 +325,7 @@ class RevertExecution:
                                                    JOB_TIMEOUT)
         if out.strip():  # HMP reports errors as text, not as a QMP error
             raise OperationFailedError(f"loadvm failed: {out.strip()}")
+        self._disks_reverted()
 
     async def resume(self) -> None:
         if self.plan.is_restore and not self.txn.committed:
@@ -339,12 +346,23 @@ class RevertExecution:
                         "current one stays", self.plan.name, self.job.name)
             return
         aside = f"{store}.before-revert"
-        if os.path.exists(store):
-            await anyio.to_thread.run_sync(copy_file, store, aside)
-            self.txn.on_undo(actions.restore_file(aside, store, "the UEFI variable store"))
-        user = self.job.policy.qemu_user
-        await anyio.to_thread.run_sync(copy_file, copy, store,
-                                       (user.uid, user.gid) if user else None)
+        if not os.path.exists(store):  # never started: the copy becomes the store
+            user = self.job.policy.qemu_user
+            await anyio.to_thread.run_sync(copy_file, copy, store,
+                                           (user.uid, user.gid) if user else None)
+            return
+        await anyio.to_thread.run_sync(copy_file, store, aside)
+        self.nvram_undo = self.txn.on_undo(actions.restore_file(
+            aside, store, "the UEFI variable store"))
+        # in place: a QEMU that runs the guest (a load in place) holds the file open
+        await anyio.to_thread.run_sync(overwrite_file, copy, store)
+
+    def _disks_reverted(self) -> None:
+        """The disks are the snapshot's for good (a load or ``qemu-img snapshot -a``
+        has no undo): the variable store stays the snapshot's with them."""
+        if self.nvram_undo is not None:
+            self.txn.discard(self.nvram_undo)
+            self.nvram_undo = None
 
     async def set_current(self) -> None:
         if self.job.tree.current != self.plan.name:

@@ -173,12 +173,14 @@ def plan_revert(domain: DomainDef, state: str, snap: SnapshotDef,
                       snap.template_ram if memory_file else None)
 
 
+NVRAM_BEFORE = (RevertStep.QEMU_IMG_APPLY, RevertStep.START_PAUSED, RevertStep.START_INCOMING,
+                RevertStep.SNAPSHOT_LOAD, RevertStep.HMP_LOADVM)
+"""The steps the snapshot's UEFI variable store goes back before: before a QEMU opens
+it, and before the disks change for good (a rollback until then puts it back)."""
+
+
 def _with_nvram_restore(steps: tuple[RevertStep, ...]) -> tuple[RevertStep, ...]:
-    """The snapshot's UEFI variable store goes back before a QEMU opens it, or (in the
-    QEMU that runs, its flash loaded with the guest's state) before the guest runs."""
-    order = (RevertStep.START_PAUSED, RevertStep.START_INCOMING, RevertStep.RESUME,
-             RevertStep.SET_CURRENT)
-    at = next((steps.index(s) for s in order if s in steps), len(steps))
+    at = min((steps.index(s) for s in NVRAM_BEFORE if s in steps), default=len(steps))
     return (*steps[:at], RevertStep.RESTORE_NVRAM, *steps[at:])
 
 
