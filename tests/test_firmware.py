@@ -18,7 +18,7 @@ from qdriver.console import DomainConsole
 from qdriver.testing import faults
 from tests.helpers.cli import run_cli
 from tests.helpers.guest import GuestImage, domain_xml
-from tests.helpers.libvirt_oracle import Libvirt, needs_libvirt
+from tests.helpers.libvirt_oracle import Libvirt, device_addresses, needs_libvirt
 
 OVMF = Path("/usr/share/qemu/firmware/60-edk2-x86_64.json")
 needs_ovmf = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf is not installed: "
@@ -101,7 +101,7 @@ async def test_uefi_arguments_are_libvirts(driver: qdriver.Driver, guest_image: 
             assert _machine_flags(ours) == _machine_flags(theirs)
             assert ("driver=cfi.pflash01,property=secure,value=on" in ours) == \
                 ("driver=cfi.pflash01,property=secure,value=on" in theirs)
-            assert _devices(ours) == _devices(theirs)
+            assert device_addresses(ours) == device_addresses(theirs)
             await driver.undefine(dom, nvram=True)
     finally:
         lv.cleanup()
@@ -120,26 +120,6 @@ def _machine_flags(argv: list[str]) -> set[str]:
     machine = argv[argv.index("-machine") + 1].split(",")
     return {o.split("=")[0] for o in machine if o.startswith(("smm", "pflash"))} | \
         {o for o in machine if o.startswith("smm")}
-
-
-def _options(text: str) -> dict[str, str]:
-    """A ``driver,key=value,...`` option string."""
-    found = {}
-    for i, item in enumerate(text.split(",")):
-        key, _, value = item.partition("=")
-        found.update({"driver": key} if i == 0 and not value else {key: value})
-    return found
-
-
-def _devices(argv: list[str]) -> list[str]:
-    """Each device's driver and address, in order."""
-    out = []
-    for i, a in enumerate(argv):
-        if a == "-device":
-            text = argv[i + 1].strip("'")
-            d = json.loads(text) if text.startswith("{") else _options(text)
-            out.append(f"{d['driver']}@{d.get('bus', '')}/{d.get('addr', '')}")
-    return out
 
 
 async def _shell(console: DomainConsole, command: str, marker: str) -> str:

@@ -1,7 +1,6 @@
 """Host folders in the guest: virtiofs (a supervised virtiofsd) and 9p (inside QEMU)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -11,7 +10,7 @@ import pytest
 
 import qdriver
 from tests.helpers.guest import GuestImage, domain_xml
-from tests.helpers.libvirt_oracle import Libvirt, needs_libvirt
+from tests.helpers.libvirt_oracle import Libvirt, device_addresses, needs_libvirt
 
 SHARED_RAM = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
 
@@ -38,29 +37,9 @@ async def test_folders_get_libvirts_devices_and_addresses(
         lv.cleanup()
     await driver.define_xml(xml)
     ours = driver.native_argv("fs")
-    assert sorted(_devices(ours)) == sorted(_devices(theirs))  # the order of options aside
-    assert "vhost-user-fs-pci@pci.1/0x0:hostshare" in _devices(ours)
-    assert "virtio-9p-pci@pci.2/0x0:ninep" in _devices(ours)
-
-
-def _devices(argv: list[str]) -> list[str]:
-    out = []
-    for i, a in enumerate(argv):
-        if a == "-device":
-            text = argv[i + 1].strip("'")
-            d = json.loads(text) if text.startswith("{") else _options(text)
-            tag = d.get("tag") or d.get("mount_tag") or ""
-            out.append(f"{d['driver']}@{d.get('bus', '')}/{d.get('addr', '')}"
-                       + (f":{tag}" if tag else ""))
-    return out
-
-
-def _options(text: str) -> dict[str, str]:
-    found = {}
-    for i, item in enumerate(text.split(",")):
-        key, _, value = item.partition("=")
-        found.update({"driver": key} if i == 0 and not value else {key: value})
-    return found
+    assert sorted(device_addresses(ours)) == sorted(device_addresses(theirs))  # any order
+    assert "vhost-user-fs-pci@pci.1/0x0:hostshare" in device_addresses(ours)
+    assert "virtio-9p-pci@pci.2/0x0:ninep" in device_addresses(ours)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="virtiofsd runs as root, as libvirt runs it")

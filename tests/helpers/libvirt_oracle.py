@@ -144,3 +144,28 @@ def pci_tree(devices: list[dict[str, Any]], bus: int = 0) -> list[tuple[Any, ...
         if bridge:
             out += pci_tree(bridge.get("devices", []), bridge["bus"]["secondary"])
     return sorted(out)
+
+
+def device_addresses(argv: list[str]) -> list[str]:
+    """Each ``-device``'s driver, bus and address (and mount tag), in order, from a
+    QEMU command line as qdriver gives it or as libvirt's ``domxml-to-native`` prints it
+    (split on spaces: its JSON has none)."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "-device":
+            text = argv[i + 1].strip("'")
+            d = json.loads(text) if text.startswith("{") else _options(text)
+            tag = d.get("tag") or d.get("mount_tag") or ""
+            out.append(f"{d['driver']}@{d.get('bus', '')}/{d.get('addr', '')}"
+                       + (f":{tag}" if tag else ""))
+    return out
+
+
+def _options(text: str) -> dict[str, str]:
+    """A ``driver,key=value,...`` option string."""
+    found = {}
+    for i, item in enumerate(text.split(",")):
+        key, _, value = item.partition("=")
+        found.update({"driver": key} if i == 0 and not value else {key: value})
+    return found
+
