@@ -6,6 +6,7 @@ address, model and root-port numbering must come out the same.
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ import anyio
 import pytest
 
 import qdriver
+import qdriver.blocking
 from qdriver.caps import qemucaps
 from qdriver.driver import pin_machine
 from qdriver.errors import ConfigUnsupportedError
@@ -407,3 +409,23 @@ def test_power_states_and_vmport_reach_qemu_as_libvirt_passes_them(
                 sorted(o for a, o in zip(argv, argv[1:]) if a == "-global"))
     assert settings(ours) == settings(theirs)
     assert settings(ours)[1] and settings(ours)[0] == ["vmport=off"]
+
+
+@needs_libvirt
+def test_xhci_ports_reach_qemu_as_libvirt_passes_them(libvirt: Libvirt, guest_image: GuestImage,
+                                                      tmp_path: Path) -> None:
+    """``ports='15'`` on a qemu-xhci: USB 2 and 3 ports alike (``p2``, ``p3``)."""
+    xml = domain_xml(guest_image, "usb", None, extra_devices=(
+        "<controller type='usb' model='qemu-xhci' ports='15'/>")).replace(
+        "<devices>", "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>")
+    theirs = shlex.split(libvirt.call("to_native", xml))
+    xhci = next(a for a in theirs if '"qemu-xhci"' in a)
+    driver = qdriver.blocking.Driver(tmp_path / "state")
+    try:
+        driver.define_xml(xml)
+        ours = next(a for a in driver.native_argv("usb") if a.startswith("qemu-xhci"))
+    finally:
+        driver.close()
+    assert ",p2=15,p3=15," in ours and '"p2":15,"p3":15' in xhci
+    assert ours.split(",bus=")[1] == "{bus},addr={addr}".format(**json.loads(xhci))
+

@@ -16,7 +16,16 @@ import qdriver
 from qdriver import DomainState
 from qdriver.paths import socket_root
 
-from .helpers import MakeDomain, disk_source, last_counter, qemu_pids, run_cli, wait_console
+from .helpers import (
+    GuestImage,
+    MakeDomain,
+    disk_source,
+    domain_xml,
+    last_counter,
+    qemu_pids,
+    run_cli,
+    wait_console,
+)
 
 
 async def test_define_start_suspend_resume_shutdown(make_domain: MakeDomain) -> None:
@@ -345,3 +354,19 @@ async def test_the_state_of_a_qemu_on_its_way_out_is_shut_off(
         tg.start_soon(exit_later)
         state, _ = await dom.get_state()
     assert state == qdriver.DomainState.SHUTOFF
+
+
+async def test_xhci_ports_are_the_guests(driver: qdriver.Driver, guest_image: GuestImage
+                                         ) -> None:
+    """``ports`` on a qemu-xhci is what QEMU gives the guest (libvirt's p2, p3)."""
+    dom = await driver.define_xml(domain_xml(guest_image, "usb", None, extra_devices=(
+        "<controller type='usb' model='qemu-xhci' ports='3'/>")))
+    await dom.start(paused=True)
+    async with dom.monitor() as mon:
+        ports = [await mon.execute("qom-get", {"path": "/machine/peripheral/usb",
+                                                "property": p}) for p in ("p2", "p3")]
+    await dom.destroy()
+    assert ports == [3, 3]
+    with pytest.raises(qdriver.ConfigUnsupportedError, match="ports"):
+        await driver.define_xml(domain_xml(guest_image, "uhci", None, extra_devices=(
+            "<controller type='usb' model='piix3-uhci' ports='2'/>")))

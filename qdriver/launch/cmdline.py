@@ -382,6 +382,8 @@ def _controller(b: _Builder, c: ControllerDef) -> None:
         extra = f",port={c.port if c.port is not None else 0:#x},chassis={c.chassis or c.index}"
     elif c.model == "pci-bridge":
         extra = f",chassis_nr={c.chassis or c.index}"
+    elif c.model == "qemu-xhci" and c.ports is not None:  # as libvirt: USB 2 and 3 alike
+        extra = f",p2={c.ports},p3={c.ports}"
     b.add("-device", f"{device}{extra},id={c.bus_name}{b.place(c.address)}")
 
 

@@ -185,6 +185,8 @@ class ControllerDef:
     address: Address | None = None
     chassis: int | None = None
     port: int | None = None
+    ports: int | None = None
+    """``<controller type='usb' model='qemu-xhci' ports=N>``: its USB 2 and 3 ports."""
 
     @property
     def bus_name(self) -> str:
@@ -1050,11 +1052,16 @@ def _parse_controller(el: safe.Element, d: DomainDef) -> None:
     target = el.find("target")
     chassis = target.get("chassis") if target is not None else None
     port = target.get("port") if target is not None else None
+    ports = el.get("ports")
+    if ports is not None and model != "qemu-xhci":
+        d.unsupported.append(f"<controller type='{ctype}' model='{model}' ports=...>")
+        return
     d.controllers.append(ControllerDef(
         ctype, index, model, address.parse(el),
         chassis=_int(chassis, "<controller><target chassis>", 0, 255) if chassis else None,
         port=_int(str(int(port, 0)) if re.fullmatch(r"0x[0-9a-fA-F]+|[0-9]+", port) else port,
-                  "<controller><target port>", 0, 255) if port else None))
+                  "<controller><target port>", 0, 255) if port else None,
+        ports=_int(ports, "<controller ports>", 1, 15) if ports else None))
 
 
 def _parse_video(el: safe.Element, d: DomainDef) -> None:
