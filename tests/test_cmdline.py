@@ -92,7 +92,7 @@ def test_network_serial_channel_vnc(tmp_path: Path) -> None:
     chardevs = opts(argv, "-chardev")
     assert any(c.startswith("pty,id=charserial0,logfile=") for c in chardevs)
     assert any("name=org.qemu.guest_agent.0" in d for d in opts(argv, "-device"))
-    assert opts(argv, "-vnc") == ["127.0.0.1:1"]
+    assert opts(argv, "-vnc") == ["127.0.0.1:1,audiodev=audio1"]  # as libvirt links them
 
 
 def test_kvm_and_cpu_modes(tmp_path: Path) -> None:

@@ -429,3 +429,24 @@ def test_xhci_ports_reach_qemu_as_libvirt_passes_them(libvirt: Libvirt, guest_im
     assert ",p2=15,p3=15," in ours and '"p2":15,"p3":15' in xhci
     assert ours.split(",bus=")[1] == "{bus},addr={addr}".format(**json.loads(xhci))
 
+
+
+@needs_libvirt
+def test_a_display_gets_libvirts_silent_audio_backend(libvirt: Libvirt, guest_image: GuestImage,
+                                                      tmp_path: Path) -> None:
+    """With VNC libvirt 9.0 still adds ``<audio type='none'>``, and links VNC to it."""
+    xml = domain_xml(guest_image, "vnc", None, extra_devices="<graphics type='vnc'/>").replace(
+        "<devices>", "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>")
+    theirs = libvirt.define(xml)
+    native = shlex.split(libvirt.call("to_native", xml))
+    driver = qdriver.blocking.Driver(tmp_path / "state")
+    try:
+        ours = driver.define_xml(xml).xml_desc(inactive=True)
+        argv = driver.native_argv("vnc")
+    finally:
+        driver.close()
+    assert "<audio id='1' type='none'/>" in theirs and "<audio id='1' type='none'/>" in ours
+    assert native[native.index("-vnc") + 1].endswith(",audiodev=audio1")
+    assert argv[argv.index("-vnc") + 1].endswith(",audiodev=audio1")
+    assert native[native.index("-audiodev") + 1].strip("'") == \
+        argv[argv.index("-audiodev") + 1].replace(" ", "")

@@ -172,8 +172,10 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
         _serial(b, i, serial)
     for i, chan in enumerate(d.channels):
         _channel(b, i, chan)
+    sound = f",audiodev=audio{d.audio_ids[0]}" if d.audio_ids else ""  # libvirt's link
     for g in d.graphics:
-        b.add("-vnc", f"{opt(g.listen)}:{g.port - 5900}" if g.port else f"{opt(g.listen)}:0,to=99")
+        b.add("-vnc", (f"{opt(g.listen)}:{g.port - 5900}" if g.port else
+                       f"{opt(g.listen)}:0,to=99") + sound)
     for video in (v for v in d.videos if v.model != "none"):  # one: a second is refused
         b.add("-device", f"{VIDEO_DEVICES[video.model]},id=video0{b.place(video.address)}")
     for i, inp in enumerate(i for i in d.inputs if i.bus == "usb"):

@@ -18,7 +18,7 @@ HOST_SIDE: dict[type, frozenset[str]] = {
     DomainDef: frozenset({"root", "kernel", "initrd", "cmdline", "boot_devs", "on_poweroff",
                           "on_reboot", "on_crash", "emulator", "unsupported", "disks",
                           "interfaces", "serials", "channels", "graphics", "firmware",
-                          "firmware_features", "nvram", "nvram_template"}),
+                          "firmware_features", "nvram", "nvram_template", "audio_ids"}),
     DiskDef: frozenset({"source", "format", "snapshot", "boot_order", "io"}),
     InterfaceDef: frozenset({"forwards", "type", "source", "local", "backend"}),
     CharDef: frozenset({"type", "path", "mode"}),

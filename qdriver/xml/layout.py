@@ -172,7 +172,7 @@ def _implicit_devices(devices: safe.Element, d: DomainDef, drives: dict[str, set
         video = safe.sub(devices, "video")
         safe.sub(video, "model", {"type": "cirrus", "vram": "16384", "heads": "1",
                                   "primary": "yes"})
-    if not d.graphics and devices.find("audio") is None:
+    if devices.find("audio") is None:  # libvirt 9.0 adds one, a display or not
         safe.sub(devices, "audio", {"id": "1", "type": "none"})
 
 
