@@ -18,7 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import anyio
 
-from .errors import AgentUnresponsiveError, OperationFailedError
+from .errors import AgentUnresponsiveError, ArgumentUnsupportedError, OperationFailedError
 from .paths import DomainPaths
 from .xml.domain import DomainDef
 
@@ -41,6 +41,17 @@ def socket_path(definition: DomainDef, paths: DomainPaths) -> Path | None:
         if chan.target_name == CHANNEL:
             return Path(chan.path) if chan.path else paths.channel(i)
     return None
+
+
+def require_socket(definition: DomainDef, paths: DomainPaths) -> Path:
+    """The host end of the guest-agent channel.
+
+    :raise ArgumentUnsupportedError: the domain has none.
+    """
+    path = socket_path(definition, paths)
+    if path is None:
+        raise ArgumentUnsupportedError("QEMU guest agent is not configured")
+    return path
 
 
 async def _call(stream: anyio.abc.ByteStream, buf: bytearray, command: str,

@@ -107,10 +107,7 @@ class GuestInfo:
             raise ArgumentUnsupportedError("interface addresses from the host's ARP table are "
                                            "not offered: the guests' links are no host "
                                            "interface")
-        path = agent.socket_path(self.definition, self.paths)
-        if path is None:
-            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
-        return await agent.interfaces(path)
+        return await agent.interfaces(agent.require_socket(self.definition, self.paths))
 
 
     async def agent_command(self, command: str | dict[str, Any],
@@ -123,12 +120,8 @@ class GuestInfo:
         :raise ArgumentUnsupportedError: no guest agent channel.
         """
         msg = _agent_message(command)
-        if self.runtime.peek() is None:
-            raise OperationInvalidError("domain is not running")
-        path = agent.socket_path(self.definition, self.paths)
-        if path is None:
-            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
-        return await agent.execute(path, msg["execute"], timeout, msg.get("arguments"))
+        return await agent.execute(self._agent(), msg["execute"], timeout,
+                                   msg.get("arguments"))
 
     async def guest_info(self, types: tuple[str, ...] = ()) -> dict[str, str | int]:
         """``virsh guestinfo``: what the guest agent tells of the guest, under
@@ -142,13 +135,8 @@ class GuestInfo:
         unknown = set(types) - set(GUEST_INFO)
         if unknown:
             raise ArgumentUnsupportedError(f"unknown guest info type '{sorted(unknown)[0]}'")
-        if self.runtime.peek() is None:
-            raise OperationInvalidError("domain is not running")
-        path = agent.socket_path(self.definition, self.paths)
-        if path is None:
-            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
         info: dict[str, str | int] = {}
-        async with agent.session(path) as call:
+        async with agent.session(self._agent()) as call:
             for group in types or tuple(GUEST_INFO):
                 command, read = GUEST_INFO[group]
                 try:
@@ -159,6 +147,16 @@ class GuestInfo:
                     continue  # the agent has not that command
                 info.update(read(reply if isinstance(reply, (dict, list)) else {}))
         return info
+
+    def _agent(self) -> Path:
+        """The running guest's agent channel.
+
+        :raise OperationInvalidError: the domain is not running.
+        :raise ArgumentUnsupportedError: it has no agent channel.
+        """
+        if self.runtime.peek() is None:
+            raise OperationInvalidError("domain is not running")
+        return agent.require_socket(self.definition, self.paths)
 
     def _leased(self) -> list[Interface]:
         found = []

@@ -74,10 +74,8 @@ async def reboot(job: Job, mode: str, timeout: float) -> None:
         raise ArgumentUnsupportedError(f"unknown reboot mode '{mode}'")
     job.require_active()
     if mode == "agent":
-        path = agent.socket_path(job.definition, job.paths)
-        if path is None:
-            raise ArgumentUnsupportedError("QEMU guest agent is not configured")
-        await agent.execute(path, "guest-shutdown", timeout, {"mode": "reboot"})
+        await agent.execute(agent.require_socket(job.definition, job.paths), "guest-shutdown",
+                            timeout, {"mode": "reboot"})
         return
     mon = await job.monitor()
     after = "pause" if job.definition.on_poweroff == "preserve" else "poweroff"
