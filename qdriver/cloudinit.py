@@ -10,12 +10,12 @@ definition; it goes with the domain.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pycdlib
 
+from .durable import atomic_write
 from .errors import InvalidArgError
 
 LABEL = "cidata"
@@ -80,11 +80,10 @@ def write_seed(path: Path, files: dict[str, bytes]) -> None:
     for i, (name, data) in enumerate(sorted(files.items())):
         iso.add_fp(io.BytesIO(data), len(data), f"/F{i}.;1", rr_name=name,
                    joliet_path=f"/{name}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
-        iso.write_fp(out)
+    out = io.BytesIO()
+    iso.write_fp(out)
     iso.close()
-    tmp.replace(path)
+    atomic_write(path, out.getvalue())
 
 
 def read_seed(path: Path) -> tuple[str, dict[str, bytes]]:

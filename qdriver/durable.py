@@ -11,7 +11,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import shutil
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,14 +24,16 @@ T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
-                 sync_dir: bool = True, durable: bool = True) -> None:
+                 sync_dir: bool = True, durable: bool = True,
+                 owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` with ``data`` atomically and (unless ``durable=False``) durably.
 
     ``sync_dir=False`` leaves the directory fsync to the caller (`fsync_dir`),
     for several files written together.  ``durable=False`` is for state that
     only means something while a QEMU process lives (run records, journals):
     it must survive the death of the writing process, which the page cache
-    guarantees, but not a host crash, which ends the QEMU too.
+    guarantees, but not a host crash, which ends the QEMU too.  ``owner``: the uid
+    and gid the file gets (before it takes the name).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -47,6 +48,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
                 os.fsync(fd)
         finally:
             os.close(fd)
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
@@ -57,23 +60,9 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
 
 def copy_file(source: str | Path, target: str | Path, owner: tuple[int, int] | None = None
               ) -> None:
-    """Replace ``target`` with a private copy of ``source`` (``owner``: uid and gid to
-    give it), atomically and durably: a crash leaves the old file or the new one."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(source, "rb") as src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                                     | os.O_NOFOLLOW, 0o600), "wb") as dst:
-            shutil.copyfileobj(src, dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    """Replace ``target`` with a private copy of ``source`` (a small file: a UEFI
+    variable store), as `atomic_write` writes (``owner``: uid and gid to give it)."""
+    atomic_write(Path(target), Path(source).read_bytes(), owner=owner)
 
 
 def overwrite_file(source: str | Path, target: str | Path) -> None:

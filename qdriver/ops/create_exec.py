@@ -34,6 +34,7 @@ from ..errors import (
 from ..events.kinds import EventType
 from ..job import Job, JobView
 from ..memory.template import move_ram
+from ..paths import make_private_dir
 from ..progress import CreateReport, ProgressFn, ProgressMeter, first_stop, guest_pause
 from ..snapshots.store import storable
 from ..testing import faults
@@ -468,7 +469,7 @@ class CreateExecution:
             return  # never started: the template is what a revert would give
         copy = self.job.paths.nvram_copy(self.plan.name)
         self.txn.on_undo(actions.remove_file(str(copy), "the copy of the UEFI variable store"))
-        copy.parent.mkdir(mode=0o700, exist_ok=True)
+        make_private_dir(copy.parent)
         await anyio.to_thread.run_sync(copy_file, store, copy)
 
     async def write_metadata(self) -> None:
