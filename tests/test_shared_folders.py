@@ -83,3 +83,21 @@ async def test_virtiofs_without_shared_memory_is_refused(driver: qdriver.Driver,
                        "memory"):
         await driver.define_xml(xml)
     assert driver.list_domains() == []
+
+
+async def test_a_folder_that_is_not_there_or_cannot_be_passed_is_refused(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    dom = await driver.define_xml(domain_xml(
+        guest_image, "nofolder", None, extra_devices=f"<filesystem type='mount'><source "
+        f"dir='{missing}'/><target dir='t'/></filesystem>"))
+    with pytest.raises(qdriver.SystemError_, match=f"filesystem 't' source '{missing}'"):
+        await dom.start()
+    assert not dom.is_active
+    comma = tmp_path / "a,b"
+    comma.mkdir()
+    with pytest.raises(qdriver.ConfigUnsupportedError, match="with a comma for virtiofs"):
+        await driver.define_xml(domain_xml(
+            guest_image, "comma", None, memory_backing=SHARED_RAM, extra_devices=(
+                "<filesystem type='mount'><driver type='virtiofs'/>"
+                f"<source dir='{comma}'/><target dir='t'/></filesystem>")))

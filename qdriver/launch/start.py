@@ -153,6 +153,10 @@ def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
                                f"{e.strerror}") from e
         wanted.append((what, disk.source, not disk.readonly))
         wanted += [(what, layer.path, False) for layer in chains[disk.target]]
+    for fs in definition.filesystems:  # a folder QEMU (9p) or virtiofsd serves
+        if not Path(fs.source).is_dir():
+            raise SystemError_(f"Cannot access filesystem '{fs.target}' source '{fs.source}': "
+                               "No such directory")
     secrets = runas.secret_files() if not policy.allow_host_secrets else {}
     for what, path, write in wanted:
         if path:

@@ -1025,6 +1025,10 @@ def _parse_filesystem(el: safe.Element, d: DomainDef) -> None:
         return
     if source is None or not source.get("dir") or target is None or not target.get("dir"):
         raise XMLError("a <filesystem> needs <source dir=...> and <target dir=...>")
+    if kind == "virtiofs" and "," in str(source.get("dir")):  # virtiofsd splits -o on commas
+        d.unsupported.append(f"<filesystem><source dir='{source.get('dir')}'> with a comma "
+                             "for virtiofs")
+        return
     d.filesystems.append(FilesystemDef(
         kind, str(source.get("dir")), _token(str(target.get("dir")), "filesystem target"),
         mode, el.find("readonly") is not None, address.parse(el)))
