@@ -3,10 +3,7 @@ store of the domain's own, the same QEMU arguments as libvirt's."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,8 +12,7 @@ import pytest
 import qdriver
 from qdriver.caps import firmware
 from qdriver.console import DomainConsole
-from qdriver.testing import faults
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import cli_with_faults, run_cli
 from tests.helpers.guest import GuestImage, domain_xml
 from tests.helpers.libvirt_oracle import Libvirt, device_addresses, needs_libvirt
 
@@ -147,13 +143,6 @@ async def _set_variable(dom: qdriver.Domain, name: str) -> None:
     console.close()
 
 
-def _cli_killed_at(state_dir: Path, point: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """A qdriver command that dies at fault point ``point``."""
-    env = {k: v for k, v in os.environ.items() if k != faults.TRACE_ENV} | {faults.ENV: point}
-    return subprocess.run([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
-                           *args], capture_output=True, text=True, env=env, timeout=120)
-
-
 async def _boot(dom: qdriver.Domain) -> None:
     console = dom.console()
     await dom.start()
@@ -189,8 +178,8 @@ async def test_a_uefi_guest_keeps_its_variables_and_snapshots_take_them_back(
     await _boot(dom)  # the store went back in place: what the guest wrote since is in it
     assert await _variables(dom) == ["QdOne"]
     before = nvram.read_bytes()
-    killed = _cli_killed_at(state_dir, "snapshot-revert:snapshot-load", "snapshot-revert",
-                            "efi", "i")
+    killed = cli_with_faults(state_dir, "snapshot-revert", "efi", "i",
+                             fault="snapshot-revert:snapshot-load")
     assert killed.returncode != 0, killed.stderr
     await dom.recover()  # rolled back: the guest as it was, its store as it was
     assert nvram.read_bytes() == before

@@ -32,19 +32,9 @@ from qdriver.launch import standby
 from qdriver.testing.faults import ENV, TRACE_ENV
 
 from .helpers import SavedGuests, assert_consistent, qemu_pids
+from .helpers.cli import cli_with_faults as cli
 from .helpers.images import sha256
 from .helpers.templates import SHARED_FILE_RAM
-
-
-def cli(state_dir: Path, *args: str, fault: str | None = None, trace: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (ENV, TRACE_ENV)}
-    if fault:
-        env[ENV] = fault
-    if trace:
-        env[TRACE_ENV] = str(trace)
-    return subprocess.run([sys.executable, "-m", "qdriver", "--state-dir", str(state_dir),
-                           *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def ok(state_dir: Path, *args: str) -> str:
