@@ -100,6 +100,8 @@ def test_kvm_and_cpu_modes(tmp_path: Path) -> None:
     assert opts(argv, "-cpu") == ["host"] and opts(argv, "-machine") == ["q35,accel=kvm"]
     assert opts(build(tmp_path, cpu="<cpu mode='maximum'/>"), "-cpu") == ["max"]
     with pytest.raises(ConfigUnsupportedError, match="host-passthrough' needs KVM"):
+        build(tmp_path, t="kvm", cpu="<cpu mode='host-passthrough'/>")  # KVM unusable here
+    with pytest.raises(ConfigUnsupportedError, match="host-passthrough'> in a domain of type"):
         build(tmp_path, cpu="<cpu mode='host-passthrough'/>")
 
 

@@ -65,8 +65,8 @@ def test_unsupported_element_is_named_at_start(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("devices,message", [
     ("<interface type='bridge'><source bridge='br0'/></interface>", "interface type='bridge'"),
-    ("<disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vdb'/></disk>",
-     "disk type='block'"),
+    ("<disk type='network' device='disk'><source protocol='nbd' name='x'/>"
+     "<target dev='vdb'/></disk>", "disk type='network'"),
     ("<graphics type='spice'/>", "graphics type='spice'"),
 ])
 @pytest.mark.no_qemu

@@ -22,15 +22,24 @@ import qdriver
 import qdriver.blocking
 from qdriver.caps import qemucaps
 from qdriver.driver import pin_machine
-from qdriver.errors import ConfigUnsupportedError
+from qdriver.errors import ConfigUnsupportedError, XMLError
 from qdriver.launch import cmdline
 from qdriver.memory.header import read_header
 from qdriver.paths import DomainPaths
 from qdriver.xml import layout as qlayout
+from qdriver.xml.address import PciAddress
 from qdriver.xml.domain import DomainDef
 
 from .helpers import GuestImage, disk_counter, domain_xml, run_cli
-from .helpers.libvirt_oracle import LIBVIRT_QEMU, Libvirt, layout, needs_libvirt, pci_tree
+from .helpers.libvirt_oracle import (
+    LIBVIRT_QEMU,
+    Libvirt,
+    LibvirtError,
+    device_places,
+    layout,
+    needs_libvirt,
+    pci_tree,
+)
 
 pytestmark = pytest.mark.system_qemu  # every domain here names libvirt's QEMU
 
@@ -44,58 +53,160 @@ def disk(target: str, bus: str = "virtio", device: str = "disk") -> str:
 NET = "<interface type='user'><model type='{}'/></interface>"
 AGENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
 RNG = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
-DEVICES = {
+NO_BALLOON, NO_USB = "<memballoon model='none'/>", "<controller type='usb' model='none'/>"
+
+
+def pci(model: str, index: int, inner: str = "") -> str:
+    return f"<controller type='pci' index='{index}' model='{model}'>{inner}</controller>"
+
+
+def at(bus: int, slot: int = 0) -> str:
+    return f"<address type='pci' domain='0x0000' bus='{bus:#x}' slot='{slot:#x}' function='0x0'/>"
+
+
+TIMERS = ("<clock offset='utc'><timer name='rtc' tickpolicy='catchup' track='guest'/>"
+          "<timer name='pit' tickpolicy='delay'/><timer name='hpet' present='no'/>"
+          "<timer name='kvmclock' present='no'/></clock>")
+CPU = ("<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model>"
+       "<feature policy='require' name='sse4.2'/><feature policy='disable' name='svm'/>"
+       "<feature policy='optional' name='popcnt'/></cpu>")
+SWITCH = (pci("pcie-root-port", 1) + pci("pcie-switch-upstream-port", 2)
+          + pci("pcie-switch-downstream-port", 3) + pci("pcie-switch-downstream-port", 4))
+DEVICES: dict[str, tuple[str, str, str]] = {
     "q35-typical": ("q35", disk("vda") + NET.format("virtio") + "<serial type='pty'/>" + AGENT
-                    + RNG),
-    "q35-many-disks": ("q35", "".join(disk(f"vd{c}") for c in "abcdefghij")
-                       + "<memballoon model='none'/>"),
+                    + RNG, ""),
+    "q35-many-disks": ("q35", "".join(disk(f"vd{c}") for c in "abcdefghij") + NO_BALLOON, ""),
     "q35-conventional-pci": ("q35", disk("vda") + "<interface type='user'/>"
                              + NET.format("e1000") + disk("sdc", "scsi", "cdrom")
-                             + disk("sdb", "sata", "cdrom") + "<graphics type='vnc'/>"),
+                             + disk("sdb", "sata", "cdrom") + "<graphics type='vnc'/>", ""),
     "q35-video-usb-scsi": ("q35", disk("vda") + disk("vdb") + "<video><model type='vga'/>"
                            "</video><input type='tablet' bus='usb'/><controller type='scsi' "
-                           "model='virtio-scsi'/>" + disk("sda", "scsi")
-                           + "<memballoon model='none'/>"),
+                           "model='virtio-scsi'/>" + disk("sda", "scsi") + NO_BALLOON, ""),
     "q35-no-usb-virtio-video": ("q35", disk("vda") + NET.format("e1000e")
-                                + "<video><model type='virtio'/></video>"
-                                "<controller type='usb' model='none'/>"),
+                                + "<video><model type='virtio'/></video>" + NO_USB, ""),
     "pc-typical": ("pc", disk("vda") + NET.format("virtio") + AGENT + RNG
-                   + disk("hdc", "ide", "cdrom")),
+                   + disk("hdc", "ide", "cdrom"), ""),
     "pc-sata-video": ("pc", disk("vda") + disk("sda", "sata") + "<video><model type='vga'/>"
-                      "</video>" + NET.format("rtl8139")),
+                      "</video>" + NET.format("rtl8139"), ""),
+    # no machine: libvirt's default is pc (i440fx), not q35
+    "no-machine": ("", disk("vda") + NET.format("virtio") + "<serial type='pty'/>", ""),
+    # a USB controller without a model: piix3-uhci, on q35 behind a pcie-to-pci-bridge
+    "q35-usb-no-model": ("q35", "<controller type='usb'/>", ""),
+    "pc-usb-no-model": ("pc", "<controller type='usb'/><video><model type='virtio'/></video>",
+                        ""),
+    # libvirt's spare root port: only where it added root ports for devices
+    "q35-no-endpoints": ("q35", NO_USB + NO_BALLOON, ""),
+    "q35-endpoint-on-pcie0": ("q35", NO_USB + "<memballoon model='virtio'>" + at(0, 5)
+                              + "</memballoon>", ""),
+    "q35-own-root-port": ("q35", NO_USB + pci("pcie-root-port", 1), ""),
+    "q35-own-root-port-full": ("q35", NO_USB + pci("pcie-root-port", 1) + RNG, ""),
+    "q35-only-conventional": ("q35", NO_USB + NO_BALLOON + "<interface type='user'/>", ""),
+    "q35-usb-only": ("q35", NO_BALLOON, ""),
+    "q35-console-only": ("q35", "<console type='pty'/>" + NO_BALLOON, ""),
+    "q35-serial-console": ("q35", "<serial type='pty'/><console type='pty'/>", ""),
+    "q35-timers-cpu": ("q35", NO_BALLOON, TIMERS + CPU),
+    "pc-timers": ("pc", NO_BALLOON, "<clock offset='utc'><timer name='rtc' track='wall'/>"
+                  "<timer name='pit' tickpolicy='discard'/><timer name='hpet' present='yes'/>"
+                  "<timer name='kvmclock' present='yes'/></clock>"),
+    "q35-qxl": ("q35", "<graphics type='vnc'/><video><model type='qxl'/></video>", ""),
+    "pc-qxl": ("pc", "<graphics type='vnc'/><video><model type='qxl' ram='65536' vram='32768' "
+               "vgamem='16384' heads='1'/></video>", ""),
+    "q35-switch": ("q35", NO_USB + NO_BALLOON + SWITCH
+                   + disk("vda").replace("</disk>", at(3) + "</disk>") + disk("vdb"), ""),
+    "q35-ioh3420": ("q35", NO_USB + pci("pcie-root-port", 1, "<model name='ioh3420'/>") + RNG,
+                    ""),
+    "q35-hotplug-off": ("q35", NO_USB + pci("pcie-root-port", 1, "<target hotplug='off'/>"),
+                        ""),
+    "q35-scsi-auto": ("q35", "<controller type='scsi' model='auto'/>" + disk("sda", "scsi"), ""),
+    "pc-scsi-no-model": ("pc", "<controller type='scsi'/>" + disk("sda", "scsi"), ""),
+    "pc-bus-index": ("pc", disk("vda").replace("</disk>", at(2, 3) + "</disk>"), ""),
+    "pc-bus-index-order": ("pc", NET.format("virtio") + disk("vda").replace(
+        "</disk>", at(1, 3) + "</disk>"), ""),
+    "q35-bus-index": ("q35", disk("vda").replace("</disk>", at(3) + "</disk>"), ""),
+    "pc-bridges": ("pc", NET.format("virtio") + pci("pci-bridge", 1) + pci(
+        "pci-bridge", 2, "<target chassisNr='5'/>") + "<filesystem type='mount' accessmode="
+        "'passthrough'><source dir='/tmp'/><target dir='t'/></filesystem>", ""),
+    "q35-block": ("q35", "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+                  "<source dev='/dev/qd-nonexistent'/><target dev='vda' bus='virtio'/></disk>"
+                  "<disk type='block' device='cdrom'><driver name='qemu' type='raw'/>"
+                  "<source dev='/dev/sr0'/><target dev='sda' bus='sata'/><readonly/></disk>",
+                  ""),
+    "pc-host-cdrom": ("pc", "<disk type='block' device='cdrom'><source dev='/dev/sr0'/>"
+                      "<target dev='hdc' bus='ide'/></disk><disk type='file' device='cdrom'>"
+                      "<target dev='hdd' bus='ide'/></disk>", ""),
+    # more devices than pci.0 has slots: libvirt's pci-bridge, in the slot it held back
+    "pc-29-disks": ("pc", "".join(disk(f"vd{c}") for c in "abcdefghijklmnopqrstuvwxyz")
+                    + disk("vdaa") + disk("vdab") + disk("vdac"), ""),
+    "pc-34-disks-nic": ("pc", "".join(disk(f"vd{c}") for c in "abcdefghijklmnopqrstuvwxyz")
+                        + "".join(disk(f"vda{c}") for c in "abcdefgh")
+                        + "<interface type='user'/>", ""),
+    # a conventional device brings a root port and a bridge of its own (libvirt's first
+    # pass), which the second pass puts on the first free port
+    "q35-free-port-conventional": ("q35", pci("pcie-root-port", 1) + "<interface type='user'/>"
+                                   + disk("vda"), ""),
+    "q35-switch-conventional": ("q35", pci("pcie-root-port", 1)
+                                + pci("pcie-switch-upstream-port", 2)
+                                + pci("pcie-switch-downstream-port", 3)
+                                + "<interface type='user'/><controller type='usb'/>"
+                                + disk("vda"), ""),
+    "q35-everything": ("q35", SWITCH
+                       + pci("pcie-root-port", 5, "<model name='ioh3420'/><target "
+                             "hotplug='off'/>") + disk("vda").replace("</disk>", at(3)
+                                                                      + "</disk>")
+                       + "<controller type='scsi' model='auto'/><controller type='usb'/>"
+                       + disk("sdb", "scsi", "cdrom") + NET.format("virtio")
+                       + RNG.replace("</rng>", at(7) + "</rng>")
+                       + "<graphics type='vnc'/><video><model type='qxl'/></video>",
+                       TIMERS + CPU),
 }
+"""Domain XMLs as libvirt users write them: (machine, devices, elements before
+``<devices>``).  libvirt 9.0 (Debian 12) adds no implicit iTCO watchdog on q35 (newer
+versions do): qdriver follows the version it is tested against."""
 
 
-def domain(name: str, machine: str, devices: str) -> str:
+def domain(name: str, machine: str, devices: str, extra: str = "") -> str:
     """A domain on the QEMU libvirt runs, so that machine aliases resolve alike."""
+    machine_attr = f" machine='{machine}'" if machine else ""
     return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
-            f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>"
+            f"<os><type arch='x86_64'{machine_attr}>hvm</type></os>{extra}"
             f"<devices><emulator>{LIBVIRT_QEMU}</emulator>{devices}</devices></domain>")
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What libvirt makes of a domain XML: its stored layout and where
+    ``domxml-to-native`` puts each device."""
+
+    layout: dict[tuple[str, ...], dict[str, str]]
+    places: list[str]
+
+
 @pytest.fixture(scope="module")
-def libvirt_layouts(tmp_path_factory: pytest.TempPathFactory
-                    ) -> dict[str, dict[tuple[str, ...], dict[str, str]]]:
+def libvirt_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reference]:
     """What libvirt makes of each XML of `DEVICES`, defined in one embedded libvirt."""
     lv = Libvirt(tmp_path_factory.mktemp("libvirt"))
     try:
-        return {case: layout(lv.define(domain(case, machine, devs)))
-                for case, (machine, devs) in DEVICES.items()}
+        return {case: Reference(layout(lv.define(domain(case, *xml))), device_places(
+                    shlex.split(lv.call("to_native", domain(case, *xml)))))
+                for case, xml in DEVICES.items()}
     finally:
         lv.cleanup()
 
 
 @needs_libvirt
 @pytest.mark.parametrize("case", sorted(DEVICES))
-async def test_define_places_devices_where_libvirt_does(case: str, libvirt_layouts: dict[str,
-                                                        dict[tuple[str, ...], dict[str, str]]],
-                                                       driver: qdriver.Driver) -> None:
-    machine, devices = DEVICES[case]
-    dom = await driver.define_xml(domain(case, machine, devices))
+async def test_define_places_devices_where_libvirt_does(
+        case: str, libvirt_layouts: dict[str, Reference], driver: qdriver.Driver) -> None:
+    """The stored devices, models, controllers and addresses are libvirt's; and
+    ``domxml-to-native`` puts each device on libvirt's bus, at libvirt's address (a
+    root port with libvirt's chassis and port)."""
+    dom = await driver.define_xml(domain(case, *DEVICES[case]))
     ours = layout(dom.xml_desc(inactive=True))
-    assert ours == libvirt_layouts[case]
+    assert ours == libvirt_layouts[case].layout
+    assert device_places(driver.native_argv(case)) == libvirt_layouts[case].places
     again = await driver.define_xml(dom.xml_desc(inactive=True))  # stored: never moves
     assert again.xml_desc(inactive=True) == dom.xml_desc(inactive=True)
+
 
 
 def test_assignment_is_idempotent_and_keeps_given_addresses() -> None:
@@ -125,33 +236,107 @@ def test_every_device_is_placed_on_the_command_line(tmp_path: Path) -> None:
     assert unplaced == []
 
 
-@pytest.mark.parametrize("devices, message", [
-    ("<controller type='usb' model='ehci'/>", "<controller type='usb' model='ehci'>"),
-    ("<video><model type='qxl'/></video>", "<video><model type='qxl'>"),
-    ("<input type='tablet' bus='virtio'/>", "<input type='tablet' bus='virtio'>"),
-    (disk("hda", "ide"), "<target bus='ide'> (hda) on machine 'q35'"),
-    ("<memballoon model='xen'/>", "<memballoon model='xen'>"),
-    ("<video/><video><model type='vga'/></video>", "a second <video>"),
-    ("<serial type='pty'><target type='pci-serial'/></serial>",
+REFUSED = [
+    # (what goes before <devices>, the devices, what the refusal names)
+    ("", "<controller type='usb' model='ehci'/>", "<controller type='usb' model='ehci'>"),
+    ("", "<input type='tablet' bus='virtio'/>", "<input type='tablet' bus='virtio'>"),
+    ("", disk("hda", "ide"), "<target bus='ide'> (hda) on machine 'q35'"),
+    ("", "<memballoon model='xen'/>", "<memballoon model='xen'>"),
+    ("", "<video/><video><model type='vga'/></video>", "a second <video>"),
+    ("", "<video><model type='bochs'/></video>", "<video><model type='bochs'>"),
+    ("", "<serial type='pty'><target type='pci-serial'/></serial>",
      "<serial><target type='pci-serial'>"),
-    ("<console type='pty'><target type='virtio'/></console>", "<console><target type='virtio'>"),
+    ("", "<console type='pty'><target type='virtio'/></console>",
+     "<console><target type='virtio'>"),
+    ("", "<graphics type='spice'/>", "<graphics type='spice'>"),
+    ("", "<interface type='user'><model type='ne2k_pci'/></interface>",
+     "<interface><model type='ne2k_pci'>"),
+    ("<cpu mode='host-passthrough'/>", "", "<cpu mode='host-passthrough'> in a domain of "
+     "type 'qemu'"),
+    ("", "<sound model='ich9'/>", "<devices><sound>"),
+    ("", "<hostdev mode='subsystem' type='usb'/>", "<devices><hostdev>"),
+    ("", "<watchdog model='itco' action='reset'/>", "<devices><watchdog>"),
+    ("", "<disk type='network' device='disk'><source protocol='nbd' name='x'/>"
+     "<target dev='vdb'/></disk>", "<disk type='network' device='disk'> (vdb)"),
+    ("", "<disk type='block' device='lun'><source dev='/dev/sr0'/><target dev='sdb' "
+     "bus='scsi'/></disk>", "<disk type='block' device='lun'> (sdb)"),
+    ("", pci("dmi-to-pci-bridge", 1), "<controller type='pci' model='dmi-to-pci-bridge'>"),
+    ("", pci("pcie-expander-bus", 1), "<controller type='pci' model='pcie-expander-bus'>"),
+    ("", pci("pcie-root-port", 1, "<model name='pcie-pci-bridge'/>"),
+     "<controller type='pci' model='pcie-root-port'><model name='pcie-pci-bridge'>"),
+    ("<clock offset='utc'><timer name='tsc' frequency='1000'/></clock>", "",
+     "<clock><timer name='tsc'>"),
+    ("<clock offset='utc'><timer name='rtc' tickpolicy='merge'/></clock>", "",
+     "<clock><timer name='rtc' tickpolicy='merge'>"),
+    ("<clock offset='utc'><timer name='pit' tickpolicy='catchup'/></clock>", "",
+     "<clock><timer name='pit' tickpolicy='catchup'>"),
+    ("<clock offset='utc'><timer name='hpet' present='no' tickpolicy='delay'/></clock>", "",
+     "<clock><timer name='hpet' tickpolicy='delay'>"),
+    ("<clock offset='localtime'/>", "", "<clock offset='localtime'>"),
+    ("<cpu mode='custom'><model>qemu64</model><topology sockets='1' cores='2' threads='1'/>"
+     "</cpu>", "", "<cpu><topology>"),
+    ("<cpu mode='custom' match='minimum'><model>qemu64</model></cpu>", "",
+     "<cpu match='minimum'>"),
+    ("<cpu mode='custom'><model vendor_id='GenuineIntel'>qemu64</model></cpu>", "",
+     "<cpu><model vendor_id>"),
+    ("<cpu mode='custom'><model>qemu64</model><numa><cell id='0' cpus='0' memory='131072'/>"
+     "</numa></cpu>", "", "<cpu><numa>"),
+]
+"""What stays refused, by name, at define: nothing of it is stored."""
+
+
+@pytest.mark.parametrize("extra, devices, message", REFUSED)
+def test_what_cannot_be_honoured_is_refused_at_define(tmp_path: Path, extra: str,
+                                                      devices: str, message: str) -> None:
+    driver = qdriver.blocking.Driver(tmp_path / "state")
+    try:
+        with pytest.raises(ConfigUnsupportedError) as err:
+            driver.define_xml(domain("x", "q35", devices, extra))
+        assert f"qdriver cannot honour {message} in domain 'x'" in str(err.value)
+        assert driver.list_domains() == []
+    finally:
+        driver.close()
+
+
+@pytest.mark.parametrize("machine", ["pc", ""])
+def test_pci_express_controllers_need_q35(tmp_path: Path, machine: str) -> None:
+    d = DomainDef.parse(domain("x", machine, pci("pcie-root-port", 1)))
+    assert d.unsupported == [f"<controller type='pci' model='pcie-root-port'> on machine "
+                             f"'{machine or 'pc'}'"]
+
+
+@needs_libvirt
+@pytest.mark.parametrize("devices", [
+    disk("vda").replace("</disk>", at(3, 4) + "</disk>"),  # a root port's bus has slot 0 only
+    pci("pcie-root-port", 0),
+    pci("pcie-switch-upstream-port", 0),
+    "<memballoon model='virtio'>" + at(0, 5) + "</memballoon><rng model='virtio'><backend "
+    "model='random'>/dev/urandom</backend>" + at(0, 5) + "</rng>",
 ])
-def test_what_cannot_be_honoured_is_refused_by_name(tmp_path: Path, devices: str,
-                                                    message: str) -> None:
-    d = DomainDef.parse(domain("x", "q35", devices))
-    with pytest.raises(ConfigUnsupportedError, match=message.replace("(", r"\(")
-                       .replace(")", r"\)")):
-        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+def test_bad_pci_layouts_fail_with_libvirts_words(tmp_path: Path, devices: str) -> None:
+    lv = Libvirt(tmp_path / "libvirt")
+    try:
+        with pytest.raises(LibvirtError) as theirs:
+            lv.define(domain("bad", "q35", devices))
+    finally:
+        lv.cleanup()
+    with pytest.raises(XMLError) as ours:
+        pin_machine(qlayout.assign(DomainDef.parse(domain("bad", "q35", devices))))
+    assert str(ours.value) == str(theirs.value)
 
 
-def test_a_device_on_a_missing_bus_is_an_error(tmp_path: Path) -> None:
-    xml = domain("x", "q35", disk("vda").replace(
-        "</disk>", "<address type='pci' domain='0x0000' bus='0x09' slot='0x00' "
-        "function='0x0'/></disk>"))
+def test_no_switch_goes_below_itself() -> None:
+    """libvirt 9.0 may put a switch's upstream port on one of the switch's own
+    downstream ports, a loop QEMU cannot build; qdriver gives it a root port."""
+    xml = domain("x", "q35", NO_USB + NO_BALLOON + pci("pcie-switch-upstream-port", 1)
+                 + pci("pcie-switch-downstream-port", 2) + pci("pcie-switch-downstream-port", 3)
+                 + disk("vda"))
     d = qlayout.assign(DomainDef.parse(xml))
-    # the given address is kept: no controller 9 is invented for it
-    with pytest.raises(ConfigUnsupportedError, match="no PCI controller with index 9"):
-        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+    parent = {c.index: c.address.bus for c in d.controllers
+              if c.type == "pci" and isinstance(c.address, PciAddress)}
+    assert d.controller("pci", parent[1]) is not None
+    assert d.controller("pci", parent[1]).model == "pcie-root-port"  # type: ignore[union-attr]
+    assert parent[2] == parent[3] == 1
 
 
 # -- the same guest under libvirt and under qdriver ---------------------------------------
@@ -377,19 +562,34 @@ async def test_a_later_process_builds_the_same_device_tree(driver: qdriver.Drive
         stored.strip()
 
 
-@pytest.mark.parametrize("element, message", [
-    ("<clock offset='utc'><timer name='hpet' present='no'/></clock>",
-     "<clock><timer name='hpet'>"),
-    ("<cpu mode='custom'><model>qemu64</model><feature policy='require' name='x2apic'/></cpu>",
-     "<cpu><feature>"),
-    ("<cpu mode='custom'><model>qemu64</model><topology sockets='1' cores='2' threads='1'/>"
-     "</cpu>", "<cpu><topology>"),
+@needs_libvirt
+@pytest.mark.parametrize("extra", [
+    TIMERS + CPU,
+    "<clock offset='utc'><timer name='rtc' track='wall'/><timer name='pit' "
+    "tickpolicy='discard'/><timer name='kvmclock' present='yes'/></clock>",
+    "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>Nehalem</model>"
+    "<feature policy='forbid' name='vmx'/></cpu><clock offset='utc'><timer name='rtc' "
+    "track='realtime' tickpolicy='delay'/></clock>",
 ])
-def test_unhonoured_clock_and_cpu_settings_are_refused(tmp_path: Path, element: str,
-                                                       message: str) -> None:
-    d = DomainDef.parse(domain("x", "q35", "").replace("<devices>", element + "<devices>"))
-    with pytest.raises(ConfigUnsupportedError, match=message):
-        cmdline.build(d, DomainPaths.of(tmp_path, "x"), "tcg")
+def test_timers_and_cpu_features_reach_qemu_as_libvirt_passes_them(
+        tmp_path: Path, extra: str) -> None:
+    """``-cpu`` with its features and kvmclock, ``-rtc``, the PIT's policy: libvirt's
+    words; an HPET turned off is ``-machine hpet=off`` (libvirt 9.0 passes the
+    ``-no-hpet`` QEMU 9 dropped)."""
+    xml = domain("t", "q35", NO_BALLOON, extra)
+    lv = Libvirt(tmp_path / "libvirt")
+    try:
+        theirs = shlex.split(lv.call("to_native", xml))
+    finally:
+        lv.cleanup()
+    ours = cmdline.build(pin_machine(qlayout.assign(DomainDef.parse(xml))),
+                         DomainPaths.of(tmp_path, "t"), "tcg")
+
+    def clock(argv: list[str]) -> list[str]:
+        return [f"{a} {v}" for a, v in zip(argv, argv[1:]) if a in ("-cpu", "-rtc", "-global")]
+    assert clock(ours) == clock(theirs)
+    hpet = "hpet=off" in ours[ours.index("-machine") + 1].split(",")
+    assert hpet == ("-no-hpet" in theirs)
 
 
 @needs_libvirt

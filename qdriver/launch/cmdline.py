@@ -37,9 +37,16 @@ CONTROLLER_DEVICES = {
     ("pci", "pcie-to-pci-bridge"): "pcie-pci-bridge", ("usb", "qemu-xhci"): "qemu-xhci",
     ("usb", "piix3-uhci"): "piix3-usb-uhci", ("scsi", "virtio-scsi"): "virtio-scsi-pci",
     ("scsi", "lsilogic"): "lsi", ("sata", ""): "ahci", ("virtio-serial", ""): "virtio-serial-pci",
+    ("pci", "pcie-switch-upstream-port"): "x3130-upstream",
+    ("pci", "pcie-switch-downstream-port"): "xio3130-downstream",
 }
 """The QEMU device of each controller; the others are built into the machine."""
-VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga"}
+VIDEO_DEVICES = {"cirrus": "cirrus-vga", "vga": "VGA", "virtio": "virtio-vga", "qxl": "qxl-vga"}
+RTC_TRACK = {"guest": "vm", "wall": "host", "realtime": "rt"}
+"""``<timer name='rtc' track=...>``: the clock QEMU's RTC follows (``-rtc clock=``)."""
+PIT_POLICY = {"delay": "delay", "discard": "discard"}
+"""``<timer name='pit' tickpolicy=...>``: the in-kernel PIT's lost tick policy, as
+libvirt passes it (QEMU's own PIT, under TCG, has no such setting)."""
 USB_INPUTS = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 CONSOLE_LOG_FD = 3
@@ -160,7 +167,7 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
     b.add("-smp", str(d.vcpus))
     _boot(b)
     _monitors(b)
-    for controller in sorted(d.controllers, key=lambda c: (c.type != "pci", c.index)):
+    for controller in _parents_first(d.controllers):
         _controller(b, controller)
     if d.machine == "microvm" and d.channels:  # no PCI: the MMIO flavour, no layout pass
         b.add("-device", "virtio-serial-device,id=virtio-serial0")
@@ -177,7 +184,9 @@ def build(d: DomainDef, paths: DomainPaths, accel: str, incoming: bool = False,
         b.add("-vnc", (f"{opt(g.listen)}:{g.port - 5900}" if g.port else
                        f"{opt(g.listen)}:0,to=99") + sound)
     for video in (v for v in d.videos if v.model != "none"):  # one: a second is refused
-        b.add("-device", f"{VIDEO_DEVICES[video.model]},id=video0{b.place(video.address)}")
+        sizes = "".join(f",{k}={v}" for k, v in _qxl_sizes(video.sizes, video.heads).items())
+        b.add("-device", f"{VIDEO_DEVICES[video.model]},id=video0{sizes}"
+                         f"{b.place(video.address)}")
     for i, inp in enumerate(i for i in d.inputs if i.bus == "usb"):
         port = f",port={inp.address.port}" if isinstance(inp.address, PortAddress) else ""
         b.add("-device", f"{USB_INPUTS[inp.type]},id=input{i},bus=usb.0{port}")
@@ -275,6 +284,8 @@ def _machine(b: _Builder, accel: str) -> None:
         opts.append("acpi=off")
     if d.vmport is not None:
         opts.append(f"vmport={'on' if d.vmport else 'off'}")
+    if d.timers.get("hpet", {}).get("present") == "no":
+        opts.append("hpet=off")  # libvirt's -no-hpet, which QEMU 9 dropped
     if d.memory_backing.needs_backend or b.ram_template is not None:
         opts.append(f"memory-backend={RAM_ID}")
     elif not d.memory_backing.merge:
@@ -287,19 +298,49 @@ def _machine(b: _Builder, accel: str) -> None:
     power = "ICH9-LPC" if d.q35 else "PIIX4_PM"  # as libvirt: the chipset's power device
     for state, enabled in sorted(d.sleep_states.items()):
         b.add("-global", f"{power}.disable_{state}={0 if enabled else 1}")
-    if d.cpu_mode in ("host-passthrough", "host-model"):
-        if accel != "kvm":
-            raise ConfigUnsupportedError(f"CPU mode '{d.cpu_mode}' needs KVM "
-                                         "(domain type='kvm'), not TCG")
-        b.add("-cpu", "host")
-    elif d.cpu_mode == "maximum":
-        b.add("-cpu", "max")
-    elif d.cpu_model:
-        b.add("-cpu", opt(d.cpu_model))
+    _cpu(b, accel)
+    _clock(b)
     if d.on_poweroff == "preserve":
         b.add("-no-shutdown")
     if d.on_reboot == "destroy":
         b.add("-no-reboot")
+
+
+def _cpu(b: _Builder, accel: str) -> None:
+    """``-cpu``: the model (or ``host``, ``max``), its ``<feature>``s on or off, kvmclock
+    as ``<timer name='kvmclock'>`` says, and ``enforce`` for ``check='partial|full'``."""
+    d = b.d
+    if d.cpu_mode in ("host-passthrough", "host-model"):
+        if accel != "kvm":
+            raise ConfigUnsupportedError(f"CPU mode '{d.cpu_mode}' needs KVM "
+                                         "(domain type='kvm'), not TCG")
+        model = "host"
+    else:
+        model = "max" if d.cpu_mode == "maximum" else opt(d.cpu_model or "")
+    flags = [f"{opt(name)}={'on' if on else 'off'}" for name, on in d.cpu_features]
+    kvmclock = d.timers.get("kvmclock", {}).get("present")
+    if kvmclock:
+        flags.append(f"kvmclock={'on' if kvmclock == 'yes' else 'off'}")
+    if d.cpu_check != "none" and d.cpu_features:
+        flags.append("enforce")  # QEMU refuses a feature it cannot give, not drops it
+    if model:
+        b.add("-cpu", ",".join([model, *flags]))
+    elif flags:
+        raise ConfigUnsupportedError("<timer name='kvmclock'> needs a <cpu> model")
+
+
+def _clock(b: _Builder) -> None:
+    """``-rtc`` (UTC; the clock it tracks, catch-up of lost ticks) and the PIT's lost
+    tick policy, as libvirt passes them."""
+    rtc, pit = b.d.timers.get("rtc", {}), b.d.timers.get("pit", {})
+    value = "base=utc"
+    if rtc.get("track"):
+        value += f",clock={RTC_TRACK[rtc['track']]}"
+    if rtc.get("tickpolicy") == "catchup":
+        value += ",driftfix=slew"
+    b.add("-rtc", value)
+    if pit.get("tickpolicy"):
+        b.add("-global", f"kvm-pit.lost_tick_policy={PIT_POLICY[pit['tickpolicy']]}")
 
 
 def _boot(b: _Builder) -> None:
@@ -332,6 +373,14 @@ def _backing(fmt: str, target: str, layers: tuple[Layer, ...], below: int
     return {"backing": layer_nodes(target, layers[below].path)[0]}
 
 
+def _protocol(disk: DiskDef) -> str:
+    """The QEMU driver that opens a disk's source: a file, a host block device or a
+    host cdrom drive."""
+    if disk.type != "block":
+        return "file"
+    return "host_cdrom" if disk.device == "cdrom" else "host_device"
+
+
 def _disk(b: _Builder, disk: DiskDef) -> None:
     ro = disk.readonly
     drive = ""
@@ -345,8 +394,9 @@ def _disk(b: _Builder, disk: DiskDef) -> None:
                          "auto-read-only": True, "discard": "unmap", **aio_option(disk.io)},
                 **_backing(layer.format, disk.target, layers, i + 1)}))
         b.add("-blockdev", json.dumps({
-            "driver": "file", "filename": disk.source, "node-name": file_node(disk.target),
-            "read-only": ro, "discard": "unmap", **aio_option(disk.io)}))
+            "driver": _protocol(disk), "filename": disk.source,
+            "node-name": file_node(disk.target), "read-only": ro, "discard": "unmap",
+            **aio_option(disk.io)}))
         b.add("-blockdev", json.dumps({
             "driver": disk.format, "file": file_node(disk.target),
             "node-name": format_node(disk.target), "read-only": ro, "discard": "unmap",
@@ -375,13 +425,39 @@ def _disk(b: _Builder, disk: DiskDef) -> None:
     b.add("-device", f"{device},{bus}{drive},id={opt(disk.target)}{boot}")
 
 
+def _qxl_sizes(sizes: Mapping[str, int], heads: int) -> dict[str, int]:
+    """A qxl adapter's QEMU properties from the XML's sizes in KiB (libvirt's mapping)."""
+    if not sizes:
+        return {}
+    return {"max_outputs": heads, "ram_size": sizes["ram"] * 1024,
+            "vram_size": sizes["vram"] * 1024, "vram64_size_mb": sizes["vram64"] // 1024,
+            "vgamem_mb": sizes["vgamem"] // 1024}
+
+
+def _parents_first(controllers: list[ControllerDef]) -> list[ControllerDef]:
+    """PCI controllers by index, each after the bus it sits on (QEMU adds a device
+    only to a bus that exists), then the other controllers."""
+    pending = sorted((c for c in controllers if c.type == "pci"), key=lambda c: c.index)
+    made = {0}
+    out: list[ControllerDef] = []
+    while pending:
+        ready = next((c for c in pending if c.index == 0 or not isinstance(c.address, PciAddress)
+                      or c.address.bus in made), pending[0])  # a loop is QEMU's to report
+        pending.remove(ready)
+        made.add(ready.index)
+        out.append(ready)
+    return out + sorted((c for c in controllers if c.type != "pci"), key=lambda c: c.index)
+
+
 def _controller(b: _Builder, c: ControllerDef) -> None:
     device = CONTROLLER_DEVICES.get((c.type, c.model))
     if device is None or (c.type == "sata" and b.d.q35 and c.index == 0):
         return  # the PCI root, q35's SATA, PIIX's IDE, USB none: part of the machine
     extra = ""
-    if c.model == "pcie-root-port":
+    if c.model in ("pcie-root-port", "pcie-switch-downstream-port"):
+        device = c.model_name or device
         extra = f",port={c.port if c.port is not None else 0:#x},chassis={c.chassis or c.index}"
+        extra += "" if c.hotplug else ",hotplug=off"
     elif c.model == "pci-bridge":
         extra = f",chassis_nr={c.chassis or c.index}"
     elif c.model == "qemu-xhci" and c.ports is not None:  # as libvirt: USB 2 and 3 alike

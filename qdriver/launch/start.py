@@ -7,6 +7,7 @@ QEMU: revert, restore); ``domxml-to-native`` only prints it.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from .. import emulator, runas
@@ -146,6 +147,8 @@ def check_files(definition: DomainDef, policy: LaunchPolicy = LaunchPolicy()
             continue
         what = f"disk '{disk.target}'"
         _check_exists(what, disk.source)
+        if disk.type == "block" and not stat.S_ISBLK(os.stat(disk.source).st_mode):
+            raise InvalidArgError(f"{what}: '{disk.source}' is not a block device")
         try:
             chains[disk.target] = backing_layers(disk.source, disk.format, what)
         except OSError as e:

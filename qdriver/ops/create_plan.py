@@ -321,6 +321,10 @@ def _check_disks(disks: list[SnapshotDisk], domain: DomainDef, flags: CreateFlag
     for disk in disks:
         ddisk = domain.disk(disk.name)
         assert ddisk is not None
+        if disk.snapshot in ("internal", "external") and ddisk.type == "block":
+            raise ConfigUnsupportedError(f"{disk.snapshot} snapshot of disk {disk.name} on "
+                                         f"block device '{ddisk.source}' is not supported: "
+                                         "give it snapshot='no'")
         if disk.snapshot == "internal" and ddisk.format != "qcow2":
             raise ConfigUnsupportedError(f"internal snapshot for disk {disk.name} "
                                          f"unsupported for storage type {ddisk.format}")

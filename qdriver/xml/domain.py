@@ -48,14 +48,46 @@ DEVICES = {"emulator", "disk", "interface", "serial", "console", "channel", "gra
            "controller", "memballoon", "input", "video", "rng", "audio", "panic",
            "filesystem"}
 CONTROLLER_MODELS: dict[str, tuple[str, ...]] = {
-    "pci": ("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge"),
-    "usb": ("qemu-xhci", "piix3-uhci", "none"),
-    "scsi": ("virtio-scsi", "lsilogic"),
+    "pci": ("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge",
+            "pcie-switch-upstream-port", "pcie-switch-downstream-port"),
+    "usb": ("piix3-uhci", "qemu-xhci", "none"),
+    "scsi": ("lsilogic", "virtio-scsi"),
     "sata": ("",), "ide": ("",), "virtio-serial": ("",),
 }
-"""Controller types and models qdriver builds (the first is the default)."""
-VIDEO_MODELS = ("cirrus", "vga", "virtio", "none")
+"""Controller types and models qdriver builds (the first is libvirt's default for a
+controller the XML names without a model: ``auto`` for SCSI says the same)."""
+PCI_MODEL_NAMES: dict[str, tuple[str, ...]] = {
+    "pcie-root-port": ("pcie-root-port", "ioh3420"), "pci-bridge": ("pci-bridge",),
+    "pcie-to-pci-bridge": ("pcie-pci-bridge",),
+    "pcie-switch-upstream-port": ("x3130-upstream",),
+    "pcie-switch-downstream-port": ("xio3130-downstream",),
+}
+"""``<controller type='pci'><model name=...>``: the QEMU device of each PCI controller
+model (the first is the one libvirt writes when none is named)."""
+PCIE_MODELS = ("pcie-root", "pcie-root-port", "pcie-to-pci-bridge", "pcie-switch-upstream-port",
+               "pcie-switch-downstream-port")
+"""PCI controllers of PCI Express: a q35 machine's only."""
+VIDEO_MODELS = ("cirrus", "vga", "virtio", "qxl", "none")
 """The first is libvirt's default for x86."""
+QXL_DEFAULTS = {"ram": 65536, "vram": 65536, "vgamem": 16384, "vram64": 0}
+"""A qxl adapter's memory sizes (KiB) where the XML gives none: libvirt's."""
+TIMERS: dict[str, dict[str, tuple[str | None, ...]]] = {
+    "rtc": {"tickpolicy": (None, "catchup", "delay"), "track": (None, "guest", "wall",
+                                                                  "realtime"),
+            "present": (None, "yes")},
+    "pit": {"tickpolicy": (None, "delay", "discard"), "present": (None, "yes")},
+    "hpet": {"present": (None, "yes", "no")},
+    "kvmclock": {"present": (None, "yes", "no")},
+}
+"""``<clock><timer>``: each timer qdriver passes to QEMU and the values of each of its
+attributes it honours (None: the attribute left out).  QEMU's in-kernel PIT knows no
+catch-up (libvirt 9.0 takes ``catchup`` and passes nothing)."""
+CPU_FEATURE_POLICIES = {"force": True, "require": True, "optional": True,
+                        "disable": False, "forbid": False}
+"""``<cpu><feature policy=...>``: on or off in QEMU's ``-cpu model,feature=on|off``."""
+CPU_CHECKS = ("none", "partial", "full")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
+"""``<interface><model type=...>`` values qdriver builds (`launch.cmdline` has their devices)."""
 DEFAULT_NIC_MODEL = "rtl8139"
 """libvirt's model for an x86 ``<interface>`` without ``<model>``."""
 INPUTS = {("mouse", "ps2"), ("keyboard", "ps2"), ("tablet", "usb"), ("mouse", "usb"),
@@ -70,12 +102,15 @@ LIFECYCLE = {"on_poweroff": ("destroy", "preserve"), "on_reboot": ("restart", "d
 
 @dataclass
 class DiskDef:
-    """One ``<disk>``: a file-backed disk or cdrom."""
+    """One ``<disk>``: a disk or cdrom on an image file or a host block device."""
 
     target: str
     bus: str
     device: str = "disk"
     source: str | None = None
+    """The image file, or with ``type='block'`` the block device (``<source dev=>``)."""
+    type: str = "file"
+    """``file`` or ``block`` (a host block device: a disk, or a host cdrom drive)."""
     format: str = "raw"
     readonly: bool = False
     snapshot: str | None = None
@@ -187,6 +222,10 @@ class ControllerDef:
     port: int | None = None
     ports: int | None = None
     """``<controller type='usb' model='qemu-xhci' ports=N>``: its USB 2 and 3 ports."""
+    model_name: str | None = None
+    """A PCI controller's ``<model name=...>``: its QEMU device (``ioh3420``...)."""
+    hotplug: bool = True
+    """``<target hotplug='off'>`` of a PCI Express port: no hotplug into it."""
 
     @property
     def bus_name(self) -> str:
@@ -201,10 +240,13 @@ class ControllerDef:
 
 @dataclass
 class VideoDef:
-    """A ``<video>`` adapter."""
+    """A ``<video>`` adapter (sizes in KiB, as the XML gives them)."""
 
     model: str
     address: Address | None = None
+    heads: int = 1
+    sizes: dict[str, int] = field(default_factory=dict)
+    """qxl's ``ram``, ``vram``, ``vram64`` and ``vgamem`` (`QXL_DEFAULTS` where absent)."""
 
 
 @dataclass
@@ -270,7 +312,8 @@ class DomainDef:
     memory_backing: MemoryBacking = MemoryBacking()
     vcpus: int = 1
     arch: str = "x86_64"
-    machine: str = "q35"
+    machine: str = "pc"
+    """libvirt's default for x86 when ``<type machine=>`` is absent: i440fx."""
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
@@ -278,6 +321,13 @@ class DomainDef:
     acpi: bool = False
     cpu_mode: str | None = None
     cpu_model: str | None = None
+    cpu_features: list[tuple[str, bool]] = field(default_factory=list)
+    """``<cpu><feature>``: each feature's name and whether the vCPU has it."""
+    cpu_check: str = "none"
+    """``<cpu check=...>``: ``partial`` and ``full`` make QEMU refuse to start a vCPU
+    that lacks a feature asked for (``enforce``), instead of leaving it out."""
+    timers: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``<clock><timer>``: by timer name, the attributes the XML gives it."""
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -624,12 +674,7 @@ def _parse(root: safe.Element) -> DomainDef:
         setattr(d, el_name, value)
     d.unsupported += [f"<{safe.written_name(c)}>" for c in safe.children(root)
                       if c.tag not in TOP_LEVEL]
-    clock = root.find("clock")
-    if clock is not None and clock.get("offset", "utc") != "utc":
-        d.unsupported.append(f"<clock offset='{clock.get('offset')}'>")
-    if clock is not None:
-        d.unsupported += [f"<clock><{c.tag} name='{c.get('name')}'>"
-                          for c in safe.children(clock)]
+    _parse_clock(root, d)
     _parse_devices(root, d)
     if d.panic and d.on_crash not in PANIC_ACTIONS:
         d.unsupported.append(f"<on_crash>{d.on_crash}</on_crash> with a <panic> device")
@@ -783,6 +828,25 @@ def _parse_pm(root: safe.Element, d: DomainDef) -> None:
                                                         f"<pm><{el.tag} enabled>")
 
 
+def _parse_clock(root: safe.Element, d: DomainDef) -> None:
+    """``<clock offset='utc'>`` and the ``<timer>``s of `TIMERS`, with their values."""
+    clock = root.find("clock")
+    if clock is None:
+        return
+    if clock.get("offset", "utc") != "utc":
+        d.unsupported.append(f"<clock offset='{clock.get('offset')}'>")
+    for timer in safe.children(clock):
+        name = timer.get("name", "")
+        honoured = TIMERS.get(name) if timer.tag == "timer" else None
+        attrs = {str(k): str(v) for k, v in timer.attrib.items() if k != "name"}
+        bad = [k for k, v in attrs.items() if honoured and v not in honoured.get(k, ())]
+        if honoured is None or bad or len(timer):
+            d.unsupported.append(f"<clock><{timer.tag} name='{name}'"
+                                 + "".join(f" {k}='{attrs[k]}'" for k in bad) + ">")
+        else:
+            d.timers[name] = attrs
+
+
 def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
     cpu = root.find("cpu")
     if cpu is None:
@@ -794,8 +858,27 @@ def _parse_cpu(root: safe.Element, d: DomainDef) -> None:
     if not model and d.cpu_mode == "custom" and cpu.find("model") is not None:
         raise XMLError("Missing CPU model name")
     d.cpu_model = _token(model, "CPU model") if model else None
-    d.unsupported += [f"<cpu><{safe.written_name(c)}>" for c in safe.children(cpu)
-                      if c.tag != "model"]
+    if d.cpu_mode in ("host-passthrough", "host-model") and d.type == "qemu":
+        # TCG emulates a CPU model: there is no host CPU to pass through
+        d.unsupported.append(f"<cpu mode='{d.cpu_mode}'> in a domain of type 'qemu'")
+    d.cpu_check = cpu.get("check", "none")
+    if d.cpu_check not in CPU_CHECKS:
+        raise XMLError(f"Invalid CPU check '{d.cpu_check}'")
+    if cpu.get("match", "exact") != "exact":
+        d.unsupported.append(f"<cpu match='{cpu.get('match')}'>")
+    model_el = cpu.find("model")
+    if model_el is not None and model_el.get("fallback", "allow") not in ("allow", "forbid"):
+        raise XMLError(f"Invalid CPU fallback '{model_el.get('fallback')}'")
+    for c in safe.children(cpu):
+        if c.tag == "feature" and d.cpu_mode == "custom" and d.cpu_model:
+            policy = c.get("policy", "require")
+            if policy not in CPU_FEATURE_POLICIES:
+                raise XMLError(f"Invalid CPU feature policy '{policy}'")
+            d.cpu_features.append((_token(c.get("name", ""), "CPU feature"),
+                                   CPU_FEATURE_POLICIES[policy]))
+        elif c.tag != "model" or c.get("vendor_id") is not None:
+            d.unsupported.append(f"<cpu><{safe.written_name(c)}>" if c.tag != "model"
+                                 else "<cpu><model vendor_id>")
 
 
 def _parse_devices(root: safe.Element, d: DomainDef) -> None:
@@ -826,7 +909,7 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
         raise XMLError("missing target information for device")
     if not TARGET_RE.match(tdev):
         raise XMLError(f"Unknown disk name '{tdev}' and no address specified")
-    if dtype != "file" or device not in ("disk", "cdrom"):
+    if dtype not in ("file", "block") or device not in ("disk", "cdrom"):
         d.unsupported.append(f"<disk type='{dtype}' device='{device}'> ({tdev})")
         return
     driver = el.find("driver")
@@ -842,14 +925,14 @@ def _parse_disk(el: safe.Element, d: DomainDef) -> None:
     if device == "cdrom" and bus == "virtio":
         raise XMLError(f"disk '{tdev}': cdrom device cannot use the virtio bus")
     source = el.find("source")
-    path = source.get("file") if source is not None else None
+    path = source.get("dev" if dtype == "block" else "file") if source is not None else None
     if device == "disk" and not path:
-        raise XMLError(f"disk '{tdev}' has no source file")
+        raise XMLError(f"disk '{tdev}' has no source {'dev' if dtype == 'block' else 'file'}")
     boot = el.find("boot")
     order = _int(boot.get("order"), f"<boot order> of disk '{tdev}'", 1) \
         if boot is not None else 0
     d.disks.append(DiskDef(
-        target=tdev, bus=bus, device=device, source=path, format=fmt,
+        target=tdev, bus=bus, device=device, source=path, format=fmt, type=dtype,
         readonly=el.find("readonly") is not None or device == "cdrom",
         snapshot=el.get("snapshot"),
         boot_order=order or None, io=io if io in DISK_IO_MODES else None,
@@ -869,6 +952,8 @@ def _parse_interface(el: safe.Element, d: DomainDef) -> None:
     iface = InterfaceDef(model=(model.get("type") if model is not None else None)
                          or DEFAULT_NIC_MODEL,
                          mac=mac_address, address=address.parse(el), type=itype)
+    if iface.model not in NIC_MODELS:
+        d.unsupported.append(f"<interface><model type='{iface.model}'>")
     backend = el.find("backend")
     iface.backend = backend.get("type", "default") if backend is not None else "default"
     if iface.backend not in (("default", "passt") if itype == "user" else ("default",)):
@@ -1047,15 +1132,34 @@ def _parse_controller(el: safe.Element, d: DomainDef) -> None:
     ctype = el.get("type", "")
     models = CONTROLLER_MODELS.get(ctype)
     model = el.get("model") or (models[0] if models else "")
+    if ctype == "scsi" and model == "auto":
+        model = models[0] if models else model
     if models is None or model not in models:
         d.unsupported.append(f"<controller type='{ctype}' model='{model}'>")
+        return
+    name_el = el.find("model")
+    model_name = name_el.get("name") if name_el is not None else None
+    if model_name is not None and model_name not in PCI_MODEL_NAMES.get(model, ()):
+        d.unsupported.append(f"<controller type='{ctype}' model='{model}'><model "
+                             f"name='{model_name}'>")
+        return
+    root = "pcie-root" if d.q35 else "pci-root"
+    if ctype == "pci" and (el.get("index") or "0") == "0" and model != root:
+        raise XMLError(f"The PCI controller with index='0' must be model='{root}' for this "
+                       f"machine type, but model='{model}' was found instead")
+    if model in PCIE_MODELS and not d.q35:
+        d.unsupported.append(f"<controller type='{ctype}' model='{model}'> on machine "
+                             f"'{d.machine}'")
         return
     index = _int(el.get("index") or "0", f"<controller type='{ctype}'> index", 0, 255)
     if d.controller(ctype, index) is not None:
         raise XMLError(f"Multiple '{ctype}' controllers with index '{index}'")
     target = el.find("target")
-    chassis = target.get("chassis") if target is not None else None
+    chassis = target.get("chassisNr" if model == "pci-bridge" else "chassis") \
+        if target is not None else None
     port = target.get("port") if target is not None else None
+    hotplug = _on_off(target.get("hotplug", "on"), "<controller><target hotplug>") \
+        if target is not None else True
     ports = el.get("ports")
     if ports is not None and model != "qemu-xhci":
         d.unsupported.append(f"<controller type='{ctype}' model='{model}' ports=...>")
@@ -1065,7 +1169,8 @@ def _parse_controller(el: safe.Element, d: DomainDef) -> None:
         chassis=_int(chassis, "<controller><target chassis>", 0, 255) if chassis else None,
         port=_int(str(int(port, 0)) if re.fullmatch(r"0x[0-9a-fA-F]+|[0-9]+", port) else port,
                   "<controller><target port>", 0, 255) if port else None,
-        ports=_int(ports, "<controller ports>", 1, 15) if ports else None))
+        ports=_int(ports, "<controller ports>", 1, 15) if ports else None,
+        model_name=model_name, hotplug=hotplug))
 
 
 def _parse_video(el: safe.Element, d: DomainDef) -> None:
@@ -1077,7 +1182,13 @@ def _parse_video(el: safe.Element, d: DomainDef) -> None:
     if d.videos:
         d.unsupported.append("a second <video>")
         return
-    d.videos.append(VideoDef(mtype, address.parse(el)))
+    assert model is not None or mtype == VIDEO_MODELS[0]
+    sizes = {k: _int(model.get(k) if model is not None else None, f"<video><model {k}>",
+                     0, 1 << 24) if model is not None and model.get(k) else v
+             for k, v in QXL_DEFAULTS.items()} if mtype == "qxl" else {}
+    heads = model.get("heads") if model is not None else None
+    d.videos.append(VideoDef(mtype, address.parse(el),
+                             _int(heads, "<video><model heads>", 1, 16) if heads else 1, sizes))
 
 
 def _parse_input(el: safe.Element, d: DomainDef) -> None:

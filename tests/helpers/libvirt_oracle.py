@@ -161,6 +161,33 @@ def device_addresses(argv: list[str]) -> list[str]:
     return out
 
 
+PLACE_KEYS = ("chassis", "port", "chassis_nr", "multifunction", "hotplug")
+"""What places a PCI controller beside its bus and address: a port's chassis and port
+number, a bridge's chassis, a multifunction slot, a port closed to hotplug."""
+
+
+def device_places(argv: list[str]) -> list[str]:
+    """Each ``-device``'s driver, bus, address and `PLACE_KEYS`, sorted: where a command
+    line puts every device, from qdriver's ``key=value`` options or libvirt's JSON."""
+    out = []
+    for i, a in enumerate(argv):
+        if a != "-device":
+            continue
+        text = argv[i + 1].strip("'")
+        d: dict[str, Any] = json.loads(text) if text.startswith("{") else _options(text)
+        extra = {k: _place_value(d[k]) for k in PLACE_KEYS if k in d}
+        out.append(f"{d['driver']}@{d.get('bus', '')}/{d.get('addr', '')}"
+                   + "".join(f",{k}={v}" for k, v in extra.items()))
+    return sorted(out)
+
+
+def _place_value(value: Any) -> str:
+    """One spelling for JSON's ``8``, ``true`` and an option's ``0x8``, ``on``."""
+    if isinstance(value, bool) or value in ("on", "off"):
+        return "on" if value in (True, "on") else "off"
+    return str(int(value, 0) if isinstance(value, str) else value)
+
+
 def _options(text: str) -> dict[str, str]:
     """A ``driver,key=value,...`` option string."""
     found = {}
