@@ -33,6 +33,7 @@ from .errors import (
 )
 from .events import Event, EventType
 from .events.stream import EventStream
+from .migrate import MigrateFlags, MigrateReport
 from .network import Lease, Network
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
 from .ops.group import Taken
@@ -50,7 +51,8 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was not in
 __all__ = [
     "Domain", "DomainState", "Driver", "CreateFlags", "RunningCaps", "CreatePlan", "plan_snapshot",
     "RevertFlags", "RevertPlan", "plan_revert", "Taken", "Snapshot", "ListFilter", "CreateReport",
-    "Progress", "Event", "EventType", "EventStream", "AgentUnresponsiveError",
+    "Progress", "Event", "EventType", "EventStream", "MigrateFlags", "MigrateReport",
+    "AgentUnresponsiveError",
     "ArgumentUnsupportedError", "ConfigUnsupportedError",
     "DomainBusyError", "ErrorCode", "InternalError", "InvalidArgError", "InvalidSnapshotError",
     "NoDomainError", "NoNetworkError", "Network", "Lease", "NoSnapshotError", "NoSupportError",

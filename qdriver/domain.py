@@ -2,10 +2,10 @@
 
 A `Domain` is a handle by name and uuid; it caches nothing.  Each method that
 changes the domain opens a `Job` (the lock, the state read once under it,
-recovery of a dead process's operation) and calls one operation of
-`qdriver.ops`, which acts on the job and writes back before the lock goes.
-State queries read the files without the lock and never clean up: a QEMU that
-died is reported as shut off and reaped by the next job.
+recovery of a dead process's operation) and calls one operation of `qdriver.ops`
+(or `qdriver.migrate`), which acts on the job and writes back before the lock goes.
+State queries read the files without the lock and never clean up: a QEMU that died
+is reported as shut off and reaped by the next job.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .guestinfo import GuestInfo
 from .job import Job, JobView, read_definition
 from .launch.runtime import Runtime
 from .memory import memfile
+from .migrating import Migrating
 from .ops import create_exec, delete_exec, lifecycle, revert_exec, save_exec
 from .ops.create_plan import CreateFlags, CreatePlan, plan_snapshot
 from .ops.delete_plan import DeleteFlags, DeletePlan
@@ -58,7 +59,7 @@ class Host(Protocol):
         ...
 
 
-class Domain(SnapshotReading, GuestInfo):
+class Domain(SnapshotReading, GuestInfo, Migrating):
     """One defined domain (``virDomain``)."""
 
     def __init__(self, driver: Host, name: str, uuid: str) -> None:
@@ -225,9 +226,8 @@ class Domain(SnapshotReading, GuestInfo):
                    progress: ProgressFn | None = None) -> None:
         """``virsh save``: the guest's memory to ``path``, then QEMU stops.
 
-        ``running``/``paused`` choose the state a restore goes back to (default:
-        the state now).  The disks are not snapshotted: restore needs them unchanged.
-        """
+        ``running``/``paused`` choose the state a restore goes back to (default: the
+        state now).  The disks are not snapshotted: restore needs them unchanged."""
         if running and paused:
             raise InvalidArgError("Flags 'VIR_DOMAIN_SAVE_RUNNING' and "
                                   "'VIR_DOMAIN_SAVE_PAUSED' are mutually exclusive")

@@ -389,8 +389,11 @@ class Job(JobView):
         except QDriverError:
             return
         paused = not status.running  # a running guest keeps why it runs (booted, restored)
-        if self.record.paused != paused or (paused and self.record.reason != status.reason):
-            self.runtime.update(self.record, paused=paused, reason=status.reason)
+        why = status.reason
+        if paused and self.record.paused and why == "user":  # QEMU's plain pause: the
+            why = self.record.reason                           # record says why (migrated)
+        if self.record.paused != paused or (paused and self.record.reason != why):
+            self.runtime.update(self.record, paused=paused, reason=why)
 
 
 def read_definition(paths: DomainPaths, name: str, uuid: str | None = None,

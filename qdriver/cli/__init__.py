@@ -15,7 +15,13 @@ import anyio
 from .. import __version__
 from ..driver import Driver
 from ..errors import QDriverError
-from . import domain_cmds, event_cmds, network_cmds, snapshot_cmds  # noqa: F401  (they register their commands)
+from . import (  # noqa: F401  (they register their commands)
+    domain_cmds,
+    event_cmds,
+    migrate_cmds,
+    network_cmds,
+    snapshot_cmds,
+)
 from .registry import COMMANDS, progress_lines
 
 

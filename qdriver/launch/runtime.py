@@ -45,6 +45,7 @@ STOP_EVENTS: dict[str, tuple[tuple[EventType, str], ...]] = {
     "saved": ((EventType.STOPPED, "saved"),),
     "from snapshot": ((EventType.STOPPED, "from_snapshot"),),
     "failed": ((EventType.STOPPED, "failed"),),
+    "migrated": ((EventType.STOPPED, "migrated"),),
 }
 """The events a QEMU's end records, by the reason the domain stopped (libvirt's: a
 destroy is a host's shutdown, then the stop)."""

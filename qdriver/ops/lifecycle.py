@@ -148,6 +148,9 @@ async def queried_state(paths: DomainPaths, runtime: Runtime,
         try:
             async with qmp.open_monitor(paths.qmp_query) as mon:
                 status = await runstatus.query(mon)
+            rec = runtime.peek()  # QEMU's plain pause: the record says why (migrated)
+            if status.reason == "user" and rec is not None and rec.paused:
+                return status.state, rec.reason
             return status.state, status.reason
         except (qmp.MonitorConnectError, qmp.MonitorClosedError):
             if await _still_running(paths, runtime):

@@ -1,0 +1,258 @@
+"""Live migration to another host over ssh, with no daemon on either side.
+
+Two network namespaces are the two hosts (`helpers.hosts`), each with a state
+directory of its own; the destination's qdriver runs through the test's sshd.
+The guest counts on its disk while it moves; it counts on at the destination
+without a restart, its disk the same as the source's at the switch.  Whatever
+goes wrong part way (an abort from another process, the destination's QEMU
+killed, the source's qdriver killed, the destination's disk full), the guest
+runs on at the source and the destination keeps nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+import qdriver
+import qdriver.blocking
+
+from .helpers import GuestImage, domain_xml, qemu_pids
+from .helpers.guest import counters
+from .helpers.hosts import Hosts, two_hosts
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with two_hosts(tmp_path) as h:
+        yield h
+
+
+@dataclass
+class Moving:
+    """The guest on the source host, and where it goes."""
+
+    hosts: Hosts
+    source_dir: Path
+    dest_dir: Path
+    disk: Path
+    dest_disk: Path
+    dest_xml: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.hosts.qdriver(self.source_dir, *args), text=True,
+                              capture_output=True, check=check, timeout=300)
+
+    def migrate(self, *extra: str) -> subprocess.Popen[str]:
+        """``qdriver migrate`` on the source host, running."""
+        return subprocess.Popen(self.hosts.qdriver(
+            self.source_dir, "migrate", "mover", self.hosts.uri(self.dest_dir), "--live",
+            "--copy-storage-all", "--xml", str(self.dest_xml), "--verbose", *extra),
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    @property
+    def console(self) -> Path:
+        return self.source_dir / "domains" / "mover" / "console.log"
+
+
+def emulator() -> str:
+    found = shutil.which("qemu-system-x86_64")
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def moving(hosts: Hosts, guest_image: GuestImage, tmp_path: Path) -> Iterator[Moving]:
+    """The test guest booted on the source host, counting; its destination XML names
+    a disk of its own there (both hosts share this machine's file system).  Whatever
+    runs on either host at the end is destroyed."""
+    disk, dest_disk = tmp_path / "src.qcow2", tmp_path / "dst" / "mover.qcow2"
+    dest_disk.parent.mkdir()
+    shutil.copyfile(guest_image.disk, disk)
+    xml = domain_xml(guest_image, "mover", disk).replace(
+        "<devices>", f"<devices><emulator>{emulator()}</emulator>")
+    m = Moving(hosts, tmp_path / "a", tmp_path / "b", disk, dest_disk, tmp_path / "dest.xml")
+    (tmp_path / "mover.xml").write_text(xml)
+    m.cli("define", str(tmp_path / "mover.xml"))
+    m.cli("start", "mover")
+    wait_counting(m.console)
+    m.dest_xml.write_text(m.cli("dumpxml", "mover").stdout.replace(str(disk), str(dest_disk)))
+    yield m
+    for state_dir in (m.source_dir, m.dest_dir):
+        drv = qdriver.blocking.Driver(state_dir)
+        try:
+            for dom in drv.list_domains():
+                if dom.is_active:
+                    dom.destroy()
+        finally:
+            drv.close()
+
+
+def wait_counting(console: Path, after: int = 0, count: int = 3, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        values = counters(console.read_text(errors="replace")) if console.exists() else []
+        values = [v for v in values if v > after]
+        if len(values) >= count:
+            return values
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} counters past {after} on {console} in {timeout} s")
+
+
+def dest_clean(m: Moving) -> None:
+    """The destination keeps nothing: no domain, no QEMU, no image, no marker."""
+    domains = m.dest_dir / "domains"
+    assert not domains.exists() or [p.name for p in domains.iterdir()
+                                    if (p / "domain.xml").exists()] == []
+    assert not m.dest_disk.exists()
+    assert not list((m.dest_dir / "incoming").glob("*.json")) \
+        if (m.dest_dir / "incoming").exists() else True
+    assert qemu_pids(m.dest_dir) == []
+
+
+def source_counts_on(m: Moving) -> None:
+    """The guest runs at the source as before: its journal clear, still counting."""
+    assert m.cli("domstate", "mover").stdout.strip() == "running"
+    last = counters(m.console.read_text(errors="replace"))[-1]
+    wait_counting(m.console, after=last)
+    assert not (m.source_dir / "domains" / "mover" / "journal.json").exists()
+
+
+def test_a_counting_guest_moves_live_with_its_disk(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate("--suspend")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Migration: total time" in out and "downtime" in out
+    assert "copying disks 100%" in err and "migrating memory 100%" in err  # the final lines
+    # the source: no QEMU, shut off (migrated); the destination: paused, as asked
+    assert m.cli("domstate", "--reason", "mover").stdout.strip() == "shut off (migrated)"
+    state = subprocess.run(m.hosts.on_dest(  # asked over ssh, as a user would
+        str(Path(sys.executable).with_name("qdriver")), "--state-dir", str(m.dest_dir),
+        "domstate", "--reason", "mover"), text=True, capture_output=True, check=True)
+    assert state.stdout.strip() == "paused (migrated)"
+    # what the guest wrote is what the destination has, byte for byte
+    same = subprocess.run(["qemu-img", "compare", "-U", str(m.disk), str(m.dest_disk)],
+                          capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    # it counts on there, without booting again
+    source_last = counters(m.console.read_text(errors="replace"))[-1]
+    dest_drv = qdriver.blocking.Driver(m.dest_dir)
+    try:
+        dom = dest_drv.lookup("mover")
+        dom.resume()
+        console = m.dest_dir / "domains" / "mover" / "console.log"
+        values = wait_counting(console)
+        text = console.read_text(errors="replace")
+        dom.destroy()
+    finally:
+        dest_drv.close()
+    assert "GUEST-READY" not in text
+    assert source_last <= values[0] <= source_last + 3
+
+
+def migrating_dest(m: Moving, proc: subprocess.Popen[str], timeout: float = 60
+                   ) -> dict[str, object]:
+    """Wait until the destination's QEMU waits for the stream; its run record."""
+    record = m.dest_dir / "domains" / "mover" / "run.json"
+    deadline = time.monotonic() + timeout
+    while not record.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the destination never started its QEMU"
+        time.sleep(0.02)
+    time.sleep(0.3)  # the stream is flowing
+    return dict(json.loads(record.read_text()))
+
+
+SLOW = ("--bandwidth", "4")
+"""Slow enough to act part way (the guest's 256 MiB take seconds at 4 MiB/s)."""
+
+
+def test_abort_from_another_process_leaves_the_guest_at_the_source(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate(*SLOW)
+    migrating_dest(m, proc)
+    m.cli("domjobabort", "mover")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "canceled by client" in err, err
+    source_counts_on(m)
+    dest_clean(m)
+
+
+def test_a_killed_destination_qemu_leaves_the_guest_at_the_source(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate(*SLOW)
+    pid = int(migrating_dest(m, proc)["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    source_counts_on(m)
+    dest_clean(m)
+
+
+def test_a_killed_source_qdriver_is_recovered_on_both_sides(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate(*SLOW)
+    migrating_dest(m, proc)
+    proc.kill()  # ip netns exec execs: this is qdriver itself
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 60
+    while True:  # the destination notices the channel close and takes back what it made
+        try:
+            dest_clean(m)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    m.cli("suspend", "mover")  # the next command on the source rolls the migration back
+    m.cli("resume", "mover")
+    source_counts_on(m)
+
+
+def test_a_full_destination_disk_leaves_the_guest_at_the_source(moving: Moving) -> None:
+    m = moving
+    small = m.dest_disk.parent
+    # room for the empty image, not for what the guest's disk holds (about 1 MiB)
+    subprocess.run(m.hosts.on_dest("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs",
+                                   str(small)), check=True)
+    try:
+        proc = m.migrate()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "the mirror of disk vda ended" in err, err
+        source_counts_on(m)
+        dest_clean(m)
+        # the image was made there, in the destination's own mount of the small disk
+        assert subprocess.run(m.hosts.on_dest("ls", "-A", str(small)), text=True,
+                              capture_output=True, check=True).stdout == ""
+    finally:
+        subprocess.run(m.hosts.on_dest("umount", str(small)), check=True)
+
+
+async def test_another_state_dir_on_this_host_is_a_destination_too(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    """``qdriver:///DIR``: the same migration without ssh, through the API."""
+    disk = tmp_path / "src.qcow2"
+    shutil.copyfile(guest_image.disk, disk)
+    dom = await driver.define_xml(domain_xml(guest_image, "local", disk))
+    await dom.start()
+    await anyio.to_thread.run_sync(wait_counting, dom.paths.console_log)
+    dest_xml = dom.xml_desc().replace(str(disk), str(tmp_path / "dst.qcow2"))
+    report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
+        live=True, copy_storage="all", dest_xml=dest_xml, undefine_source=True))
+    assert report.downtime_ms > 0 and report.ram_bytes > 0 and report.disk_bytes > 0
+    assert driver.list_domains() == []  # --undefinesource
+    async with qdriver.Driver(tmp_path / "b") as there:
+        moved = there.lookup("local")
+        assert moved.state == qdriver.DomainState.RUNNING
+        await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
+        await moved.destroy()
