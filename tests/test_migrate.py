@@ -219,6 +219,27 @@ def test_a_killed_source_qdriver_is_recovered_on_both_sides(moving: Moving) -> N
     source_counts_on(m)
 
 
+def test_a_killed_receiver_is_cleaned_up_by_the_next_command_there(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate(*SLOW)
+    migrating_dest(m, proc)
+    receivers = subprocess.run(["pgrep", "-f", f"{m.dest_dir} migrate-receive"],
+                               capture_output=True, text=True).stdout.split()
+    assert receivers
+    for pid in receivers:
+        os.kill(int(pid), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "closed the migration channel" in err, err
+    source_counts_on(m)
+    assert qemu_pids(m.dest_dir)  # the receiver is gone, what it made is still there
+    listed = subprocess.run(m.hosts.on_dest(
+        str(Path(sys.executable).with_name("qdriver")), "--state-dir", str(m.dest_dir),
+        "list", "--all"), text=True, capture_output=True, check=True)
+    assert "discarded the incoming domain 'mover'" in listed.stderr
+    assert "mover" not in listed.stdout
+    dest_clean(m)
+
+
 def test_a_full_destination_disk_leaves_the_guest_at_the_source(moving: Moving) -> None:
     m = moving
     small = m.dest_disk.parent
@@ -247,6 +268,11 @@ async def test_another_state_dir_on_this_host_is_a_destination_too(
     await dom.start()
     await anyio.to_thread.run_sync(wait_counting, dom.paths.console_log)
     dest_xml = dom.xml_desc().replace(str(disk), str(tmp_path / "dst.qcow2"))
+    await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
+    with pytest.raises(qdriver.OperationInvalidError, match="cannot migrate domain with 1 "
+                       "snapshots"):  # libvirt's refusal: the snapshots' files stay here
+        await dom.migrate(f"qdriver://{tmp_path}/b")
+    await dom.snapshot_lookup("s").delete()
     report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
         live=True, copy_storage="all", dest_xml=dest_xml, undefine_source=True))
     assert report.downtime_ms > 0 and report.ram_bytes > 0 and report.disk_bytes > 0

@@ -15,6 +15,7 @@ import anyio
 from .. import __version__
 from ..driver import Driver
 from ..errors import QDriverError
+from ..migrate.receive import discard_stale
 from . import (  # noqa: F401  (they register their commands)
     domain_cmds,
     event_cmds,
@@ -56,6 +57,10 @@ async def run(argv: list[str]) -> int:
         async with Driver(state_dir, qemu_user=getattr(args, "qemu_user", None),
                           allow_host_secrets=getattr(args, "allow_host_secrets", False)
                           ) as drv:
+            for name in await discard_stale(drv):  # what a killed migrate-receive left
+                logging.getLogger("qdriver").warning(
+                    "discarded the incoming domain '%s' of a migration whose receiving "
+                    "process died", name)
             with progress_lines():
                 return await COMMANDS[args.command].handler(drv, args)
     except (QDriverError, OSError) as e:

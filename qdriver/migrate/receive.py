@@ -192,8 +192,11 @@ async def _forget(driver: Driver, name: str | None, uuid: str | None,
 
 async def discard_stale(driver: Driver) -> list[str]:
     """Discard what receivers that died left behind (their markers name it); the
-    domains so discarded."""
-    found = []
+    domains so discarded.  Every CLI command does this first, so the next command
+    on the destination cleans up after a killed receiver."""
+    found: list[str] = []
+    if not (driver.state_dir / MARKERS).is_dir():
+        return found
     for marker in sorted((driver.state_dir / MARKERS).glob("*.json")):
         try:
             data = json.loads(marker.read_text())

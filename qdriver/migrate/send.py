@@ -18,11 +18,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
-from ..errors import InvalidArgError, OperationAbortedError, OperationFailedError
+from ..errors import (
+    InvalidArgError,
+    OperationAbortedError,
+    OperationFailedError,
+    OperationInvalidError,
+)
 from ..job import Job
 from ..launch.cmdline import format_node
 from ..ops import actions
@@ -96,10 +101,15 @@ class Migration:
         self.was_running = False
         self.started = time.monotonic()
         self.meters: dict[str, ProgressMeter] = {}
+        self.dest_ended: Callable[[], bool] = lambda: False
 
     def _check_abort(self) -> None:
+        """Stop if ``domjobabort`` asked, or the destination's side is gone."""
         if abort_file(self.job).exists():
             raise OperationAbortedError("migration job: canceled by client")
+        if self.dest_ended():
+            raise OperationFailedError("the destination closed the migration channel: its "
+                                       "qdriver ended during the migration")
 
     async def run(self) -> MigrateReport:
         job = self.job
@@ -107,6 +117,9 @@ class Migration:
         if job.definition.loader is not None:
             raise InvalidArgError("migrating a UEFI guest (its variable store) is not "
                                   "supported yet")
+        snapshots = len(job.tree.names())
+        if snapshots:  # libvirt's refusal: their files would not follow
+            raise OperationInvalidError(f"cannot migrate domain with {snapshots} snapshots")
         if job.definition.filesystems:
             raise InvalidArgError("a guest with host folders (<filesystem>) cannot migrate: "
                                   "QEMU does not migrate their state")
@@ -118,6 +131,7 @@ class Migration:
                                             stdout=subprocess.PIPE) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             channel = Channel(proc.stdout, proc.stdin, "the destination")
+            self.dest_ended = lambda: proc.returncode is not None
             try:
                 await self.txn.attempt(lambda: self._migrate(mon, channel))
             finally:
