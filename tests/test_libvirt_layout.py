@@ -313,13 +313,9 @@ def test_pci_express_controllers_need_q35(tmp_path: Path, machine: str) -> None:
     "<memballoon model='virtio'>" + at(0, 5) + "</memballoon><rng model='virtio'><backend "
     "model='random'>/dev/urandom</backend>" + at(0, 5) + "</rng>",
 ])
-def test_bad_pci_layouts_fail_with_libvirts_words(tmp_path: Path, devices: str) -> None:
-    lv = Libvirt(tmp_path / "libvirt")
-    try:
-        with pytest.raises(LibvirtError) as theirs:
-            lv.define(domain("bad", "q35", devices))
-    finally:
-        lv.cleanup()
+def test_bad_pci_layouts_fail_with_libvirts_words(libvirt: Libvirt, devices: str) -> None:
+    with pytest.raises(LibvirtError) as theirs:
+        libvirt.define(domain("bad", "q35", devices))
     with pytest.raises(XMLError) as ours:
         pin_machine(qlayout.assign(DomainDef.parse(domain("bad", "q35", devices))))
     assert str(ours.value) == str(theirs.value)
@@ -572,16 +568,12 @@ async def test_a_later_process_builds_the_same_device_tree(driver: qdriver.Drive
     "track='realtime' tickpolicy='delay'/></clock>",
 ])
 def test_timers_and_cpu_features_reach_qemu_as_libvirt_passes_them(
-        tmp_path: Path, extra: str) -> None:
+        libvirt: Libvirt, tmp_path: Path, extra: str) -> None:
     """``-cpu`` with its features and kvmclock, ``-rtc``, the PIT's policy: libvirt's
     words; an HPET turned off is ``-machine hpet=off`` (libvirt 9.0 passes the
     ``-no-hpet`` QEMU 9 dropped)."""
     xml = domain("t", "q35", NO_BALLOON, extra)
-    lv = Libvirt(tmp_path / "libvirt")
-    try:
-        theirs = shlex.split(lv.call("to_native", xml))
-    finally:
-        lv.cleanup()
+    theirs = shlex.split(libvirt.call("to_native", xml))
     ours = cmdline.build(pin_machine(qlayout.assign(DomainDef.parse(xml))),
                          DomainPaths.of(tmp_path, "t"), "tcg")
 

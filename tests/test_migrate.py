@@ -53,12 +53,15 @@ class Moving:
         return subprocess.run(self.hosts.qdriver(self.source_dir, *args), text=True,
                               capture_output=True, check=check, timeout=300)
 
-    def migrate(self, *extra: str) -> subprocess.Popen[str]:
-        """``qdriver migrate`` on the source host, running."""
-        return subprocess.Popen(self.hosts.qdriver(
-            self.source_dir, "migrate", "mover", self.hosts.uri(self.dest_dir), "--live",
-            "--copy-storage-all", "--xml", str(self.dest_xml), "--verbose", *extra),
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def migrate(self, *extra: str, uri_extra: str = "",
+                env: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+        """``qdriver migrate`` on the source host, running (``env``: NAME=VALUE more)."""
+        argv = self.hosts.qdriver(
+            self.source_dir, "migrate", "mover", self.hosts.uri(self.dest_dir) + uri_extra,
+            "--live", "--copy-storage-all", "--xml", str(self.dest_xml), "--verbose", *extra)
+        at = argv.index("env") + 1
+        return subprocess.Popen(argv[:at] + list(env) + argv[at:], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     @property
     def console(self) -> Path:
@@ -259,9 +262,59 @@ def test_a_full_destination_disk_leaves_the_guest_at_the_source(moving: Moving) 
         subprocess.run(m.hosts.on_dest("umount", str(small)), check=True)
 
 
+def make_certs(pki: Path, server_ip: str) -> None:
+    """A CA, a server certificate for ``server_ip`` and a client certificate, in the
+    files libvirt's ``/etc/pki/qemu`` holds."""
+    pki.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem",
+            "-out", "ca-cert.pem", "-days", "1", "-subj", "/CN=qdriver test CA")
+    for role, usage, san in (("server", "serverAuth", f"IP:{server_ip}"),
+                             ("client", "clientAuth", "DNS:source")):
+        (pki / f"{role}.ext").write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n"
+                                         "keyUsage=digitalSignature,keyEncipherment\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{role}-key.pem",
+                "-out", f"{role}.csr", "-subj", f"/CN={role}")
+        openssl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca-cert.pem", "-CAkey",
+                "ca-key.pem", "-CAcreateserial", "-out", f"{role}-cert.pem", "-days", "1",
+                "-extfile", f"{role}.ext")
+
+
+def test_over_tls_with_libvirts_certificate_layout(moving: Moving, tmp_path: Path) -> None:
+    m = moving
+    pki = tmp_path / "pki"
+    make_certs(pki, m.hosts.dest_address)
+    empty = tmp_path / "no-pki"
+    empty.mkdir()
+    proc = m.migrate("--tls", env=(f"QDRIVER_TLS_DIR={pki}",), uri_extra=f"&tls_dir={empty}")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and f"needs 'ca-cert.pem' in '{empty}'" in err, err
+    source_counts_on(m)
+    dest_clean(m)
+
+    proc = m.migrate("--tls", "--suspend", env=(f"QDRIVER_TLS_DIR={pki}",),
+                     uri_extra=f"&tls_dir={pki}")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+    async def on_dest() -> None:  # its QEMU took the stream with the TLS credentials
+        async with qdriver.Driver(m.dest_dir) as there:
+            dom = there.lookup("mover")
+            async with dom.monitor() as mon:
+                params = await mon.execute("query-migrate-parameters")
+            assert params["tls-creds"] == "qdriver-migrate-tls"
+            await dom.resume()
+    anyio.run(on_dest)
+    wait_counting(m.dest_dir / "domains" / "mover" / "console.log")
+
+
 async def test_another_state_dir_on_this_host_is_a_destination_too(
         driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
-    """``qdriver:///DIR``: the same migration without ssh, through the API."""
+    """``qdriver:///DIR``: the same migration without ssh, through the API; over two
+    connections (multifd, set on both QEMUs)."""
     disk = tmp_path / "src.qcow2"
     shutil.copyfile(guest_image.disk, disk)
     dom = await driver.define_xml(domain_xml(guest_image, "local", disk))
@@ -274,7 +327,8 @@ async def test_another_state_dir_on_this_host_is_a_destination_too(
         await dom.migrate(f"qdriver://{tmp_path}/b")
     await dom.snapshot_lookup("s").delete()
     report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
-        live=True, copy_storage="all", dest_xml=dest_xml, undefine_source=True))
+        live=True, copy_storage="all", dest_xml=dest_xml, undefine_source=True,
+        parallel=2, auto_converge=True))  # multifd, both ends
     assert report.downtime_ms > 0 and report.ram_bytes > 0 and report.disk_bytes > 0
     assert driver.list_domains() == []  # --undefinesource
     async with qdriver.Driver(tmp_path / "b") as there:

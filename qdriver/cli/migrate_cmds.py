@@ -43,6 +43,10 @@ def _setup_migrate(p: argparse.ArgumentParser) -> None:
                    help="leave the guest paused on the destination")
     p.add_argument("--bandwidth", type=int, default=0, metavar="MiB",
                    help="MiB/s for memory and for each disk copy")
+    p.add_argument("--tls", action="store_true",
+                   help="memory and disks over TLS (certificates as libvirt keeps them: "
+                        "here in $QDRIVER_TLS_DIR or /etc/pki/qemu, there in the URI's "
+                        "tls_dir or the same defaults)")
     p.add_argument("--verbose", action="store_true",
                    help="show progress (virsh's flag; qdriver always shows it)")
 
@@ -54,7 +58,7 @@ async def cmd_migrate(drv: Driver, a: argparse.Namespace) -> int:
         live=a.live, persistent=a.persistent, undefine_source=a.undefinesource,
         copy_storage="all" if a.copy_storage_all else "inc" if a.copy_storage_inc else None,
         parallel=parallel, auto_converge=a.auto_converge, timeout=a.timeout,
-        suspend=a.suspend, bandwidth=a.bandwidth,
+        suspend=a.suspend, bandwidth=a.bandwidth, tls=a.tls,
         dest_xml=Path(a.xml).read_text() if a.xml else None)
     report = await drv.lookup(a.domain).migrate(a.desturi, flags,
                                                 ProgressPrinter(f"domain {a.domain}"))

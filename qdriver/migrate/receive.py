@@ -37,6 +37,7 @@ from ..events import EventType
 from ..launch.cmdline import format_node
 from ..qemuimg import image as qemuimg
 from ..xml.domain import DomainDef
+from . import tls
 from .channel import Channel
 
 FINISH_WAIT = 60.0
@@ -90,8 +91,14 @@ class Incoming:
             await self._make_image(definition, str(target), spec)
         dom = await self.driver.define_xml(definition.to_xml())
         self.job = await self.stack.enter_async_context(dom.job())
+        tls_dir = tls.cert_dir(request.get("tls_dir")) if request.get("tls") else None
+        if tls_dir is not None:
+            tls.check(tls_dir, "server")
         mon = await self.job.launch(paused=True, incoming=True)
         address = str(request["address"])
+        if tls_dir is not None:
+            await mon.execute("object-add", tls.creds(tls_dir, "server"))
+            await mon.execute("migrate-set-parameters", {"tls-creds": tls.CREDS})
         parallel = int(request.get("parallel") or 0)
         if parallel:
             await mon.execute("migrate-set-capabilities", {"capabilities": [
@@ -101,7 +108,8 @@ class Incoming:
         if request.get("copy"):
             nbd = free_port(address)
             await mon.execute("nbd-server-start", {"addr": {"type": "inet", "data": {
-                "host": address, "port": str(nbd)}}})
+                "host": address, "port": str(nbd)}}} | (
+                    {"tls-creds": tls.CREDS} if tls_dir is not None else {}))
             for target in request["copy"]:
                 await mon.execute("block-export-add", {
                     "type": "nbd", "id": f"mig-{target}", "node-name": format_node(target),

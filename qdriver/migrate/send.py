@@ -34,6 +34,7 @@ from ..ops import actions
 from ..ops.transaction import Transaction
 from ..progress import ProgressFn, ProgressMeter
 from ..qmp import Monitor
+from . import tls
 from .channel import Channel
 from .uri import Destination
 
@@ -64,6 +65,10 @@ class MigrateFlags:
     """Leave the guest paused on the destination."""
     bandwidth: int = 0
     """MiB/s for memory and for each disk copy; 0: as fast as it goes."""
+    tls: bool = False
+    """Memory and disks over TLS, with certificates as libvirt keeps them
+    (`tls.TLS_FILES`): here from ``tls_dir``, there from the URI's ``tls_dir``."""
+    tls_dir: str | None = None
 
 
 @dataclass
@@ -168,9 +173,17 @@ class Migration:
     async def _migrate(self, mon: Monitor, channel: Channel) -> None:
         request = {"op": "prepare", "xml": self.job.definition.to_xml(),
                    "dest_xml": self.flags.dest_xml, "copy": self.copied,
-                   "address": self.dest.address, "parallel": self.flags.parallel}
+                   "address": self.dest.address, "parallel": self.flags.parallel,
+                   "tls": self.flags.tls, "tls_dir": self.dest.tls_dir}
+        tls_dir = tls.cert_dir(self.flags.tls_dir) if self.flags.tls else None
+        if tls_dir is not None:
+            tls.check(tls_dir, "client")
         target = await channel.call(request)
         self._check_abort()
+        if tls_dir is not None:
+            self.txn.on_undo(actions.qmp_command("TLS credentials", "object-del",
+                                                 {"id": tls.CREDS}))
+            await mon.execute("object-add", tls.creds(tls_dir, "client"))
         await self._capabilities(mon)
         if self.was_running and not self.flags.live:
             self.txn.on_undo(actions.resume_guest())
@@ -197,6 +210,10 @@ class Migration:
             {"capability": "multifd", "state": bool(f.parallel)}]})
         params: dict[str, Any] = {"max-bandwidth": f.bandwidth << 20 if f.bandwidth
                                   else DEFAULT_BANDWIDTH}
+        if f.tls:
+            self.txn.on_undo(actions.qmp_command("migration over TLS", "migrate-set-parameters",
+                                                 {"tls-creds": ""}))
+            params |= {"tls-creds": tls.CREDS, "tls-hostname": self.dest.address}
         if f.parallel:
             params["multifd-channels"] = f.parallel
         await mon.execute("migrate-set-parameters", params)
@@ -208,9 +225,12 @@ class Migration:
             node = f"mig-{target}"
             self.txn.on_undo(actions.qmp_command(f"NBD node of disk {target}", "blockdev-del",
                                                  {"node-name": node}))
+            secure = {"tls-creds": tls.CREDS, "tls-hostname": self.dest.address} \
+                if self.flags.tls else {}
             await mon.execute("blockdev-add", {
                 "driver": "nbd", "node-name": node, "export": target,
-                "server": {"type": "inet", "host": nbd["host"], "port": str(nbd["port"])}})
+                "server": {"type": "inet", "host": nbd["host"], "port": str(nbd["port"])},
+                **secure})
             self.txn.on_undo(actions.qmp_command(f"mirror of disk {target}", "block-job-cancel",
                                                  {"device": node, "force": True}))
             await mon.execute("blockdev-mirror", {

@@ -1,6 +1,6 @@
 """Where a migration goes: a destination URI, and how to run qdriver there.
 
-``qdriver+ssh://[user@]host[:port]/STATE_DIR[?command=PROGRAM]`` runs the
+``qdriver+ssh://[user@]host[:port]/STATE_DIR[?command=PROGRAM][&tls_dir=DIR]`` runs the
 destination's qdriver through ``ssh`` (as ``git`` and ``rsync`` do: no daemon on
 either side); ``qdriver:///STATE_DIR`` is another state directory on this host,
 the same code without ssh.  The destination's QEMU listens on the host the URI
@@ -33,6 +33,9 @@ class Destination:
     user: str | None = None
     port: int | None = None
     command: str = "qdriver"
+    tls_dir: str | None = None
+    """``?tls_dir=``: the destination's certificates for ``--tls`` (default: its
+    ``QDRIVER_TLS_DIR``, else libvirt's ``/etc/pki/qemu``)."""
 
     @property
     def address(self) -> str:
@@ -65,6 +68,7 @@ def parse(uri: str) -> Destination:
                               "[:port]/STATE_DIR or qdriver:///STATE_DIR")
     query = parse_qs(parts.query)
     command = query.pop("command", ["qdriver"])[-1]
+    tls_dir = query.pop("tls_dir", [None])[-1]
     if query:
         raise InvalidArgError(f"destination URI '{uri}': unknown parameter "
                               f"'{sorted(query)[0]}'")
@@ -72,14 +76,14 @@ def parse(uri: str) -> Destination:
         if parts.netloc:
             raise InvalidArgError(f"destination URI '{uri}': a qdriver:/// URI names no host "
                                   "(use qdriver+ssh:// for another host)")
-        return Destination(path)
+        return Destination(path, tls_dir=tls_dir)
     try:
         port = parts.port
     except ValueError as e:
         raise InvalidArgError(f"destination URI '{uri}': bad port") from e
     if not parts.hostname:
         raise InvalidArgError(f"destination URI '{uri}' names no host")
-    return Destination(path, parts.hostname, parts.username, port, command)
+    return Destination(path, parts.hostname, parts.username, port, command, tls_dir)
 
 
 __all__ = ["Destination", "RECEIVE_COMMAND", "parse"]
