@@ -133,7 +133,7 @@ def source_counts_on(m: Moving) -> None:
 
 def test_a_counting_guest_moves_live_with_its_disk(moving: Moving) -> None:
     m = moving
-    proc = m.migrate("--suspend")
+    proc = m.migrate("--suspend", "--tunnelled", "--p2p")  # through ssh, no TCP port there
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Migration: total time" in out and "downtime" in out

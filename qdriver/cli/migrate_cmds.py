@@ -43,6 +43,11 @@ def _setup_migrate(p: argparse.ArgumentParser) -> None:
                    help="leave the guest paused on the destination")
     p.add_argument("--bandwidth", type=int, default=0, metavar="MiB",
                    help="MiB/s for memory and for each disk copy")
+    p.add_argument("--tunnelled", action="store_true",
+                   help="memory and disks through the ssh connection (private UNIX "
+                        "sockets forwarded), not a TCP port of the destination")
+    p.add_argument("--p2p", action="store_true",
+                   help="virsh's companion of --tunnelled (qdriver always is)")
     p.add_argument("--tls", action="store_true",
                    help="memory and disks over TLS (certificates as libvirt keeps them: "
                         "here in $QDRIVER_TLS_DIR or /etc/pki/qemu, there in the URI's "
@@ -58,7 +63,7 @@ async def cmd_migrate(drv: Driver, a: argparse.Namespace) -> int:
         live=a.live, persistent=a.persistent, undefine_source=a.undefinesource,
         copy_storage="all" if a.copy_storage_all else "inc" if a.copy_storage_inc else None,
         parallel=parallel, auto_converge=a.auto_converge, timeout=a.timeout,
-        suspend=a.suspend, bandwidth=a.bandwidth, tls=a.tls,
+        suspend=a.suspend, bandwidth=a.bandwidth, tls=a.tls, tunnelled=a.tunnelled,
         dest_xml=Path(a.xml).read_text() if a.xml else None)
     report = await drv.lookup(a.domain).migrate(a.desturi, flags,
                                                 ProgressPrinter(f"domain {a.domain}"))

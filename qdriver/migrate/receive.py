@@ -4,7 +4,9 @@ source through ssh or as a local process).
 Asked to ``prepare``, it checks and defines the incoming domain, creates the
 images the source copies into (empty, or on the same backing image for an
 incremental copy), starts QEMU with ``-incoming defer`` and the same device
-layout, exports the images over NBD and waits for the migration stream.  Asked
+layout, exports the images over NBD and waits for the migration stream: on a
+TCP port of its address, or (``tunnelled``) on UNIX sockets in the domain's
+private socket directory, which the source reaches through ssh.  Asked
 to ``finish``, it waits for QEMU to have the whole state, ends the exports and
 resumes the guest.  Anything else (the channel closing, a failure) takes back
 everything it made: the QEMU, the definition, the images.  While the domain is
@@ -37,8 +39,11 @@ from ..events import EventType
 from ..launch.cmdline import format_node
 from ..qemuimg import image as qemuimg
 from ..xml.domain import DomainDef
-from . import tls
 from .channel import Channel
+from .tls import CREDS as TLS_CREDS
+from .tls import cert_dir
+from .tls import check as check_certs
+from .tls import creds as tls_creds
 
 FINISH_WAIT = 60.0
 """How long the destination waits for QEMU to have the whole state once the source
@@ -91,34 +96,37 @@ class Incoming:
             await self._make_image(definition, str(target), spec)
         dom = await self.driver.define_xml(definition.to_xml())
         self.job = await self.stack.enter_async_context(dom.job())
-        tls_dir = tls.cert_dir(request.get("tls_dir")) if request.get("tls") else None
+        tls_dir = cert_dir(request.get("tls_dir")) if request.get("tls") else None
         if tls_dir is not None:
-            tls.check(tls_dir, "server")
+            check_certs(tls_dir, "server")
         mon = await self.job.launch(paused=True, incoming=True)
         address = str(request["address"])
         if tls_dir is not None:
-            await mon.execute("object-add", tls.creds(tls_dir, "server"))
-            await mon.execute("migrate-set-parameters", {"tls-creds": tls.CREDS})
+            await mon.execute("object-add", tls_creds(tls_dir, "server"))
+            await mon.execute("migrate-set-parameters", {"tls-creds": TLS_CREDS})
         parallel = int(request.get("parallel") or 0)
         if parallel:
             await mon.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "multifd", "state": True}]})
             await mon.execute("migrate-set-parameters", {"multifd-channels": parallel})
         result: dict[str, Any] = {}
+        tunnelled = bool(request.get("tunnelled"))
         if request.get("copy"):
-            nbd = free_port(address)
-            await mon.execute("nbd-server-start", {"addr": {"type": "inet", "data": {
-                "host": address, "port": str(nbd)}}} | (
-                    {"tls-creds": tls.CREDS} if tls_dir is not None else {}))
+            server: dict[str, Any] = {"type": "unix", "path": str(
+                self.job.paths.sockets / "nbd-in.sock")} if tunnelled else {
+                "type": "inet", "host": address, "port": str(free_port(address))}
+            await mon.execute("nbd-server-start", {"addr": {"type": server["type"], "data": {
+                k: v for k, v in server.items() if k != "type"}}} | (
+                    {"tls-creds": TLS_CREDS} if tls_dir is not None else {}))
             for target in request["copy"]:
                 await mon.execute("block-export-add", {
                     "type": "nbd", "id": f"mig-{target}", "node-name": format_node(target),
                     "writable": True, "name": target})
                 self.exports.append(f"mig-{target}")
-            result["nbd"] = {"host": address, "port": nbd}
-        port = free_port(address)
-        await mon.execute("migrate-incoming", {"uri": f"tcp:{address}:{port}"})
-        result["uri"] = f"tcp:{address}:{port}"
+            result["nbd"] = server
+        result["uri"] = f"unix:{self.job.paths.sockets / 'migrate-in.sock'}" if tunnelled \
+            else f"tcp:{address}:{free_port(address)}"
+        await mon.execute("migrate-incoming", {"uri": result["uri"]})
         return result
 
     def _check(self, definition: DomainDef) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import anyio
+from anyio.abc import Process
 
 from ..errors import (
     InvalidArgError,
@@ -34,9 +35,12 @@ from ..ops import actions
 from ..ops.transaction import Transaction
 from ..progress import ProgressFn, ProgressMeter
 from ..qmp import Monitor
-from . import tls
 from .channel import Channel
-from .uri import Destination
+from .tls import CREDS as TLS_CREDS
+from .tls import cert_dir
+from .tls import check as check_certs
+from .tls import creds as tls_creds
+from .uri import Destination, forward_argv
 
 POLL = 0.05
 DEFAULT_BANDWIDTH = 1 << 50
@@ -69,6 +73,9 @@ class MigrateFlags:
     """Memory and disks over TLS, with certificates as libvirt keeps them
     (`tls.TLS_FILES`): here from ``tls_dir``, there from the URI's ``tls_dir``."""
     tls_dir: str | None = None
+    tunnelled: bool = False
+    """Memory and disks through the ssh connection's forwarding of private UNIX
+    sockets, not over a TCP port of the destination."""
 
 
 @dataclass
@@ -107,6 +114,8 @@ class Migration:
         self.started = time.monotonic()
         self.meters: dict[str, ProgressMeter] = {}
         self.dest_ended: Callable[[], bool] = lambda: False
+        self.stack = contextlib.AsyncExitStack()
+        """What lives as long as the migration: the destination's command, a tunnel."""
 
     def _check_abort(self) -> None:
         """Stop if ``domjobabort`` asked, or the destination's side is gone."""
@@ -132,8 +141,9 @@ class Migration:
         self.was_running = (await job.run_status()).running
         mon = await job.monitor()
         self.copied = await self._copied_disks(mon)
-        async with await anyio.open_process(self.dest.argv(), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE) as proc:
+        async with contextlib.AsyncExitStack() as self.stack, \
+                await anyio.open_process(self.dest.argv(), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             channel = Channel(proc.stdout, proc.stdin, "the destination")
             self.dest_ended = lambda: proc.returncode is not None
@@ -174,16 +184,19 @@ class Migration:
         request = {"op": "prepare", "xml": self.job.definition.to_xml(),
                    "dest_xml": self.flags.dest_xml, "copy": self.copied,
                    "address": self.dest.address, "parallel": self.flags.parallel,
-                   "tls": self.flags.tls, "tls_dir": self.dest.tls_dir}
-        tls_dir = tls.cert_dir(self.flags.tls_dir) if self.flags.tls else None
+                   "tls": self.flags.tls, "tls_dir": self.dest.tls_dir,
+                   "tunnelled": self.flags.tunnelled}
+        tls_dir = cert_dir(self.flags.tls_dir) if self.flags.tls else None
         if tls_dir is not None:
-            tls.check(tls_dir, "client")
+            check_certs(tls_dir, "client")
         target = await channel.call(request)
+        if self.flags.tunnelled and self.dest.host is not None:
+            target = await self._tunnel(target)
         self._check_abort()
         if tls_dir is not None:
             self.txn.on_undo(actions.qmp_command("TLS credentials", "object-del",
-                                                 {"id": tls.CREDS}))
-            await mon.execute("object-add", tls.creds(tls_dir, "client"))
+                                                 {"id": TLS_CREDS}))
+            await mon.execute("object-add", tls_creds(tls_dir, "client"))
         await self._capabilities(mon)
         if self.was_running and not self.flags.live:
             self.txn.on_undo(actions.resume_guest())
@@ -203,6 +216,28 @@ class Migration:
         self.txn.commit([actions.stop_qemu(MIGRATED)])  # the guest runs there now
         await self.job.stop(MIGRATED)
 
+    async def _tunnel(self, target: dict[str, Any]) -> dict[str, Any]:
+        """Forward the destination's sockets to sockets of our own through ssh (a
+        process that lives as long as the migration); the target through them."""
+        sockets = self.job.paths.sockets
+        pairs = [(str(sockets / "migrate-out.sock"), target["uri"][len("unix:"):])]
+        nbd = target.get("nbd")
+        if nbd:
+            pairs.append((str(sockets / "nbd-out.sock"), nbd["path"]))
+        forwarder = await self.stack.enter_async_context(
+            await anyio.open_process(forward_argv(self.dest, pairs),
+                                     stdin=subprocess.DEVNULL))
+        self.stack.callback(_kill, forwarder)  # it forwards until killed
+        deadline = time.monotonic() + 15
+        while not all(Path(local).exists() for local, _ in pairs):
+            if forwarder.returncode is not None or time.monotonic() > deadline:
+                raise OperationFailedError("ssh does not forward the migration's sockets "
+                                           "(does the destination's sshd allow "
+                                           "StreamLocalForwarding?)")
+            await anyio.sleep(0.02)
+        tunnelled = {"uri": f"unix:{pairs[0][0]}"}
+        return tunnelled | ({"nbd": {"type": "unix", "path": pairs[1][0]}} if nbd else {})
+
     async def _capabilities(self, mon: Monitor) -> None:
         f = self.flags
         await mon.execute("migrate-set-capabilities", {"capabilities": [
@@ -213,7 +248,7 @@ class Migration:
         if f.tls:
             self.txn.on_undo(actions.qmp_command("migration over TLS", "migrate-set-parameters",
                                                  {"tls-creds": ""}))
-            params |= {"tls-creds": tls.CREDS, "tls-hostname": self.dest.address}
+            params |= {"tls-creds": TLS_CREDS, "tls-hostname": self.dest.address}
         if f.parallel:
             params["multifd-channels"] = f.parallel
         await mon.execute("migrate-set-parameters", params)
@@ -225,11 +260,10 @@ class Migration:
             node = f"mig-{target}"
             self.txn.on_undo(actions.qmp_command(f"NBD node of disk {target}", "blockdev-del",
                                                  {"node-name": node}))
-            secure = {"tls-creds": tls.CREDS, "tls-hostname": self.dest.address} \
+            secure = {"tls-creds": TLS_CREDS, "tls-hostname": self.dest.address} \
                 if self.flags.tls else {}
             await mon.execute("blockdev-add", {
-                "driver": "nbd", "node-name": node, "export": target,
-                "server": {"type": "inet", "host": nbd["host"], "port": str(nbd["port"])},
+                "driver": "nbd", "node-name": node, "export": target, "server": nbd,
                 **secure})
             self.txn.on_undo(actions.qmp_command(f"mirror of disk {target}", "block-job-cancel",
                                                  {"device": node, "force": True}))
@@ -317,6 +351,11 @@ class Migration:
     def _progress(self, phase: str, done: int, total: int) -> None:
         meter = self.meters.setdefault(phase, ProgressMeter(phase, self.progress))
         meter(min(done, total), total)
+
+
+def _kill(proc: Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 async def migrate(job: Job, dest: Destination, flags: MigrateFlags,

@@ -55,6 +55,17 @@ class Destination:
         return ["ssh", *SSH_OPTIONS, *port, "--", target, remote]
 
 
+def forward_argv(dest: Destination, pairs: list[tuple[str, str]]) -> list[str]:
+    """An ``ssh`` that forwards each local UNIX socket to the destination's socket
+    of the pair (``--tunnelled``), and does nothing else."""
+    assert dest.host is not None
+    target = f"{dest.user}@{dest.host}" if dest.user else dest.host
+    port = ["-p", str(dest.port)] if dest.port else []
+    forwards = [a for local, remote in pairs for a in ("-L", f"{local}:{remote}")]
+    return ["ssh", *SSH_OPTIONS, "-N", "-o", "ExitOnForwardFailure=yes", "-o",
+            "StreamLocalBindUnlink=yes", *port, *forwards, "--", target]
+
+
 def parse(uri: str) -> Destination:
     """``DEST_URI`` of ``qdriver migrate``.
 
@@ -86,4 +97,4 @@ def parse(uri: str) -> Destination:
     return Destination(path, parts.hostname, parts.username, port, command, tls_dir)
 
 
-__all__ = ["Destination", "RECEIVE_COMMAND", "parse"]
+__all__ = ["Destination", "RECEIVE_COMMAND", "forward_argv", "parse"]
