@@ -26,6 +26,7 @@ import pytest
 
 import qdriver
 import qdriver.blocking
+from qdriver.paths import socket_root
 
 from .helpers import GuestImage, domain_xml, qemu_pids
 from .helpers.guest import counters
@@ -334,5 +335,10 @@ async def test_another_state_dir_on_this_host_is_a_destination_too(
     async with qdriver.Driver(tmp_path / "b") as there:
         moved = there.lookup("local")
         assert moved.state == qdriver.DomainState.RUNNING
+        async with moved.monitor() as mon:  # the stream came over TLS, with a key of its own
+            assert (await mon.execute("query-migrate-parameters"))["tls-creds"] == \
+                "qdriver-migrate-tls"
+        for side in (driver.state_dir, there.state_dir):  # and the key is gone, both sides
+            assert not list(socket_root(side).rglob("keys.psk"))
         await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
         await moved.destroy()

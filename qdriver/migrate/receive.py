@@ -41,7 +41,7 @@ from ..qemuimg import image as qemuimg
 from ..xml.domain import DomainDef
 from .channel import Channel
 from .tls import CREDS as TLS_CREDS
-from .tls import cert_dir
+from .tls import cert_dir, psk_creds, remove_psk, write_psk
 from .tls import check as check_certs
 from .tls import creds as tls_creds
 
@@ -71,6 +71,8 @@ class Incoming:
         self.stack = contextlib.AsyncExitStack()
         self.job: Any = None
         self.exports: list[str] = []
+        self.keys: Path | None = None
+        """The directory of this migration's key file, while it exists."""
 
     @property
     def marker(self) -> Path:
@@ -101,8 +103,14 @@ class Incoming:
             check_certs(tls_dir, "server")
         mon = await self.job.launch(paused=True, incoming=True)
         address = str(request["address"])
+        secured = tls_dir is not None or bool(request.get("psk"))
         if tls_dir is not None:
             await mon.execute("object-add", tls_creds(tls_dir, "server"))
+        elif request.get("psk"):  # the key of this migration, for its two QEMUs only
+            self.keys = self.job.paths.sockets / "migrate-psk"
+            write_psk(self.keys, str(request["psk"]), self.job.policy.qemu_user)
+            await mon.execute("object-add", psk_creds(self.keys, "server"))
+        if secured:
             await mon.execute("migrate-set-parameters", {"tls-creds": TLS_CREDS})
         parallel = int(request.get("parallel") or 0)
         if parallel:
@@ -117,7 +125,7 @@ class Incoming:
                 "type": "inet", "host": address, "port": str(free_port(address))}
             await mon.execute("nbd-server-start", {"addr": {"type": server["type"], "data": {
                 k: v for k, v in server.items() if k != "type"}}} | (
-                    {"tls-creds": TLS_CREDS} if tls_dir is not None else {}))
+                    {"tls-creds": TLS_CREDS} if secured else {}))
             for target in request["copy"]:
                 await mon.execute("block-export-add", {
                     "type": "nbd", "id": f"mig-{target}", "node-name": format_node(target),
@@ -173,6 +181,8 @@ class Incoming:
         self.job.emit(EventType.STARTED, "migrated")
         await self.job.vcpus(running, "migrated", "migrated")  # paused: stays so, says why
         await self.stack.aclose()
+        if self.keys is not None:
+            remove_psk(self.keys)
         self.marker.unlink(missing_ok=True)
         return {"images": self.images}
 
@@ -185,6 +195,8 @@ class Incoming:
             finally:
                 await self.stack.aclose()
             await _forget(self.driver, self.name, self.uuid, self.images)
+            if self.keys is not None:
+                remove_psk(self.keys)
             if self.name is not None:
                 self.marker.unlink(missing_ok=True)
 

@@ -37,7 +37,7 @@ from ..progress import ProgressFn, ProgressMeter
 from ..qmp import Monitor
 from .channel import Channel
 from .tls import CREDS as TLS_CREDS
-from .tls import cert_dir
+from .tls import cert_dir, new_psk, psk_creds, remove_psk, write_psk
 from .tls import check as check_certs
 from .tls import creds as tls_creds
 from .uri import Destination, forward_argv
@@ -117,6 +117,12 @@ class Migration:
         self.stack = contextlib.AsyncExitStack()
         """What lives as long as the migration: the destination's command, a tunnel."""
 
+    @property
+    def secured_by_psk(self) -> bool:
+        """The default: TCP between the two QEMUs, TLS with a key of this migration's
+        own (x509 with ``--tls``; ssh itself with ``--tunnelled``)."""
+        return not self.flags.tls and not self.flags.tunnelled
+
     def _check_abort(self) -> None:
         """Stop if ``domjobabort`` asked, or the destination's side is gone."""
         if abort_file(self.job).exists():
@@ -189,14 +195,24 @@ class Migration:
         tls_dir = cert_dir(self.flags.tls_dir) if self.flags.tls else None
         if tls_dir is not None:
             check_certs(tls_dir, "client")
+        psk = new_psk() if self.secured_by_psk else None
+        request["psk"] = psk
         target = await channel.call(request)
         if self.flags.tunnelled and self.dest.host is not None:
             target = await self._tunnel(target)
         self._check_abort()
-        if tls_dir is not None:
+        if tls_dir is not None or psk is not None:
             self.txn.on_undo(actions.qmp_command("TLS credentials", "object-del",
                                                  {"id": TLS_CREDS}))
+        if tls_dir is not None:
             await mon.execute("object-add", tls_creds(tls_dir, "client"))
+        elif psk is not None:
+            keys = self.job.paths.sockets / "migrate-psk"
+            write_psk(keys, psk, self.job.policy.qemu_user)
+            try:
+                await mon.execute("object-add", psk_creds(keys, "client"))
+            finally:  # the client keeps the key it loaded; the file goes at once
+                remove_psk(keys)
         await self._capabilities(mon)
         if self.was_running and not self.flags.live:
             self.txn.on_undo(actions.resume_guest())
@@ -245,7 +261,7 @@ class Migration:
             {"capability": "multifd", "state": bool(f.parallel)}]})
         params: dict[str, Any] = {"max-bandwidth": f.bandwidth << 20 if f.bandwidth
                                   else DEFAULT_BANDWIDTH}
-        if f.tls:
+        if f.tls or self.secured_by_psk:
             self.txn.on_undo(actions.qmp_command("migration over TLS", "migrate-set-parameters",
                                                  {"tls-creds": ""}))
             params |= {"tls-creds": TLS_CREDS, "tls-hostname": self.dest.address}
@@ -261,7 +277,7 @@ class Migration:
             self.txn.on_undo(actions.qmp_command(f"NBD node of disk {target}", "blockdev-del",
                                                  {"node-name": node}))
             secure = {"tls-creds": TLS_CREDS, "tls-hostname": self.dest.address} \
-                if self.flags.tls else {}
+                if self.flags.tls or self.secured_by_psk else {}
             await mon.execute("blockdev-add", {
                 "driver": "nbd", "node-name": node, "export": target, "server": nbd,
                 **secure})
