@@ -342,3 +342,32 @@ async def test_another_state_dir_on_this_host_is_a_destination_too(
             assert not list(socket_root(side).rglob("keys.psk"))
         await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
         await moved.destroy()
+
+
+async def test_an_incremental_copy_moves_the_top_image_and_a_timeout_pauses_to_finish(
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+    """``--copy-storage-inc``: the destination has the backing image (the same path
+    here), only the top image is copied; ``--timeout``: past it the guest pauses so
+    that the migration ends, and it runs on at the destination."""
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(guest_image.disk),
+                    "-F", "qcow2", str(top)], check=True)
+    dom = await driver.define_xml(domain_xml(guest_image, "inc", top))
+    await dom.start()
+    await anyio.to_thread.run_sync(wait_counting, dom.paths.console_log)
+    moved_top = tmp_path / "moved-top.qcow2"
+    report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
+        live=True, copy_storage="inc", dest_xml=dom.xml_desc().replace(str(top), str(moved_top)),
+        timeout=0.001, bandwidth=64))
+    assert report.disk_bytes < 8 << 20  # the top image's writes, not the 64 MiB disk
+    assert report.paused_for_timeout
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                      str(moved_top)], capture_output=True, check=True,
+                                     text=True).stdout)
+    assert info["backing-filename"] == str(guest_image.disk)
+    async with qdriver.Driver(tmp_path / "b") as there:
+        moved = there.lookup("inc")
+        assert moved.state == qdriver.DomainState.RUNNING  # paused to finish, resumed there
+        await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
+        await moved.destroy()
+

@@ -86,6 +86,8 @@ class MigrateReport:
     downtime_ms: int = 0
     ram_bytes: int = 0
     disk_bytes: int = 0
+    paused_for_timeout: bool = False
+    """``timeout`` passed: the guest was paused so that the migration ended."""
     destination: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,9 +182,10 @@ class Migration:
             if node is None:
                 raise OperationFailedError(f"disk '{disk.target}' has no image node to copy")
             spec: dict[str, Any] = {"size": node["image"]["virtual-size"]}
-            backing = node["image"].get("backing-image")
+            backing = node["image"].get("backing-filename")  # the header's, as qdriver read it
             if self.flags.copy_storage == "inc" and backing:
-                spec["backing"] = [backing["filename"], backing.get("format", "qcow2")]
+                spec["backing"] = [backing, node["image"].get("backing-filename-format",
+                                                              "qcow2")]
             out[disk.target] = spec
         return out
 
@@ -325,6 +328,7 @@ class Migration:
             if timeout and time.monotonic() - self.started > timeout and \
                     (await self.job.run_status()).running:
                 await self.job.vcpus(False, MIGRATED, MIGRATED)
+                self.report.paused_for_timeout = True
             await anyio.sleep(POLL)
 
     async def _complete_mirrors(self, mon: Monitor) -> None:
