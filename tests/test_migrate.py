@@ -312,8 +312,22 @@ def test_over_tls_with_libvirts_certificate_layout(moving: Moving, tmp_path: Pat
     wait_counting(m.dest_dir / "domains" / "mover" / "console.log")
 
 
+@pytest.fixture
+def there(tmp_path: Path) -> Iterator[Path]:
+    """The destination state directory of a migration on this host; whatever runs
+    there at the end is destroyed, the test passed or not."""
+    yield tmp_path / "b"
+    drv = qdriver.blocking.Driver(tmp_path / "b")
+    try:
+        for dom in drv.list_domains():
+            if dom.is_active:
+                dom.destroy()
+    finally:
+        drv.close()
+
+
 async def test_another_state_dir_on_this_host_is_a_destination_too(
-        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path, there: Path) -> None:
     """``qdriver:///DIR``: the same migration without ssh, through the API; over two
     connections (multifd, set on both QEMUs)."""
     disk = tmp_path / "src.qcow2"
@@ -325,27 +339,27 @@ async def test_another_state_dir_on_this_host_is_a_destination_too(
     await dom.snapshot_create_xml("<domainsnapshot><name>s</name></domainsnapshot>")
     with pytest.raises(qdriver.OperationInvalidError, match="cannot migrate domain with 1 "
                        "snapshots"):  # libvirt's refusal: the snapshots' files stay here
-        await dom.migrate(f"qdriver://{tmp_path}/b")
+        await dom.migrate(f"qdriver://{there}")
     await dom.snapshot_lookup("s").delete()
-    report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
+    report = await dom.migrate(f"qdriver://{there}", qdriver.MigrateFlags(
         live=True, copy_storage="all", dest_xml=dest_xml, undefine_source=True,
         parallel=2, auto_converge=True))  # multifd, both ends
     assert report.downtime_ms > 0 and report.ram_bytes > 0 and report.disk_bytes > 0
     assert driver.list_domains() == []  # --undefinesource
-    async with qdriver.Driver(tmp_path / "b") as there:
-        moved = there.lookup("local")
+    async with qdriver.Driver(there) as dest:
+        moved = dest.lookup("local")
         assert moved.state == qdriver.DomainState.RUNNING
         async with moved.monitor() as mon:  # the stream came over TLS, with a key of its own
             assert (await mon.execute("query-migrate-parameters"))["tls-creds"] == \
                 "qdriver-migrate-tls"
-        for side in (driver.state_dir, there.state_dir):  # and the key is gone, both sides
+        for side in (driver.state_dir, there):  # and the key is gone, both sides
             assert not list(socket_root(side).rglob("keys.psk"))
         await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
         await moved.destroy()
 
 
 async def test_an_incremental_copy_moves_the_top_image_and_a_timeout_pauses_to_finish(
-        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path) -> None:
+        driver: qdriver.Driver, guest_image: GuestImage, tmp_path: Path, there: Path) -> None:
     """``--copy-storage-inc``: the destination has the backing image (the same path
     here), only the top image is copied; ``--timeout``: past it the guest pauses so
     that the migration ends, and it runs on at the destination."""
@@ -356,7 +370,7 @@ async def test_an_incremental_copy_moves_the_top_image_and_a_timeout_pauses_to_f
     await dom.start()
     await anyio.to_thread.run_sync(wait_counting, dom.paths.console_log)
     moved_top = tmp_path / "moved-top.qcow2"
-    report = await dom.migrate(f"qdriver://{tmp_path}/b", qdriver.MigrateFlags(
+    report = await dom.migrate(f"qdriver://{there}", qdriver.MigrateFlags(
         live=True, copy_storage="inc", dest_xml=dom.xml_desc().replace(str(top), str(moved_top)),
         timeout=0.001, bandwidth=64))
     assert report.disk_bytes < 8 << 20  # the top image's writes, not the 64 MiB disk
@@ -365,8 +379,8 @@ async def test_an_incremental_copy_moves_the_top_image_and_a_timeout_pauses_to_f
                                       str(moved_top)], capture_output=True, check=True,
                                      text=True).stdout)
     assert info["backing-filename"] == str(guest_image.disk)
-    async with qdriver.Driver(tmp_path / "b") as there:
-        moved = there.lookup("inc")
+    async with qdriver.Driver(there) as dest:
+        moved = dest.lookup("inc")
         assert moved.state == qdriver.DomainState.RUNNING  # paused to finish, resumed there
         await anyio.to_thread.run_sync(wait_counting, moved.paths.console_log)
         await moved.destroy()
