@@ -93,13 +93,22 @@ def moving(hosts: Hosts, guest_image: GuestImage, tmp_path: Path) -> Iterator[Mo
     m.dest_xml.write_text(m.cli("dumpxml", "mover").stdout.replace(str(disk), str(dest_disk)))
     yield m
     for state_dir in (m.source_dir, m.dest_dir):
-        drv = qdriver.blocking.Driver(state_dir)
-        try:
-            for dom in drv.list_domains():
-                if dom.is_active:
-                    dom.destroy()
-        finally:
-            drv.close()
+        nothing_left_running(state_dir)
+
+
+def nothing_left_running(state_dir: Path) -> None:
+    """Destroy what still runs in ``state_dir``; then no socket may be left in its
+    socket directory, which goes (a test's own state dirs are not the fixture's)."""
+    drv = qdriver.blocking.Driver(state_dir)
+    try:
+        for dom in drv.list_domains():
+            if dom.is_active:
+                dom.destroy()
+    finally:
+        drv.close()
+    sockets = socket_root(state_dir)
+    assert [p for p in sockets.rglob("*") if not p.is_dir()] == [], "sockets left behind"
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def wait_counting(console: Path, after: int = 0, count: int = 3, timeout: float = 60) -> list[int]:
@@ -317,13 +326,7 @@ def there(tmp_path: Path) -> Iterator[Path]:
     """The destination state directory of a migration on this host; whatever runs
     there at the end is destroyed, the test passed or not."""
     yield tmp_path / "b"
-    drv = qdriver.blocking.Driver(tmp_path / "b")
-    try:
-        for dom in drv.list_domains():
-            if dom.is_active:
-                dom.destroy()
-    finally:
-        drv.close()
+    nothing_left_running(tmp_path / "b")
 
 
 async def test_another_state_dir_on_this_host_is_a_destination_too(

@@ -37,11 +37,12 @@ from ..errors import (
 )
 from ..events import EventType
 from ..launch.cmdline import format_node
+from ..paths import DomainPaths
 from ..qemuimg import image as qemuimg
 from ..xml.domain import DomainDef
 from .channel import Channel
 from .tls import CREDS as TLS_CREDS
-from .tls import cert_dir, psk_creds, remove_psk, write_psk
+from .tls import PSK_DIR, cert_dir, psk_creds, remove_psk, write_psk
 from .tls import check as check_certs
 from .tls import creds as tls_creds
 
@@ -107,7 +108,7 @@ class Incoming:
         if tls_dir is not None:
             await mon.execute("object-add", tls_creds(tls_dir, "server"))
         elif request.get("psk"):  # the key of this migration, for its two QEMUs only
-            self.keys = self.job.paths.sockets / "migrate-psk"
+            self.keys = self.job.paths.sockets / PSK_DIR
             write_psk(self.keys, str(request["psk"]), self.job.policy.qemu_user)
             await mon.execute("object-add", psk_creds(self.keys, "server"))
         if secured:
@@ -206,6 +207,7 @@ async def _forget(driver: Driver, name: str | None, uuid: str | None,
     """Undefine the incoming domain (if it is still the one this migration made) and
     remove the images made for it."""
     if name is not None:
+        remove_psk(DomainPaths.of(driver.state_dir, name).sockets / PSK_DIR)
         try:
             dom = driver.lookup(name)
         except NoDomainError:

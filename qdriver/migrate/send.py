@@ -37,7 +37,7 @@ from ..progress import ProgressFn, ProgressMeter
 from ..qmp import Monitor
 from .channel import Channel
 from .tls import CREDS as TLS_CREDS
-from .tls import cert_dir, new_psk, psk_creds, remove_psk, write_psk
+from .tls import PSK_DIR, cert_dir, new_psk, psk_creds, remove_psk, write_psk
 from .tls import check as check_certs
 from .tls import creds as tls_creds
 from .uri import Destination, forward_argv
@@ -210,7 +210,7 @@ class Migration:
         if tls_dir is not None:
             await mon.execute("object-add", tls_creds(tls_dir, "client"))
         elif psk is not None:
-            keys = self.job.paths.sockets / "migrate-psk"
+            keys = self.job.paths.sockets / PSK_DIR
             write_psk(keys, psk, self.job.policy.qemu_user)
             try:
                 await mon.execute("object-add", psk_creds(keys, "client"))
@@ -246,6 +246,8 @@ class Migration:
         forwarder = await self.stack.enter_async_context(
             await anyio.open_process(forward_argv(self.dest, pairs),
                                      stdin=subprocess.DEVNULL))
+        for local, _ in pairs:  # ssh leaves its listening sockets behind
+            self.stack.callback(Path(local).unlink, missing_ok=True)
         self.stack.callback(_kill, forwarder)  # it forwards until killed
         deadline = time.monotonic() + 15
         while not all(Path(local).exists() for local, _ in pairs):

@@ -46,6 +46,8 @@ def creds(directory: str, endpoint: str) -> dict[str, Any]:
 
 
 
+PSK_DIR = "migrate-psk"
+"""Under a domain's socket directory: the key file's directory, while it exists."""
 PSK_USER = "qdriver"
 """The identity both QEMUs use with a migration's pre-shared key."""
 
@@ -75,5 +77,5 @@ def psk_creds(directory: Path, endpoint: str) -> dict[str, Any]:
             "endpoint": endpoint} | ({"username": PSK_USER} if endpoint == "client" else {})
 
 
-__all__ = ["CREDS", "DEFAULT_DIR", "PSK_USER", "TLS_FILES", "cert_dir", "check", "creds",
+__all__ = ["CREDS", "DEFAULT_DIR", "PSK_DIR", "PSK_USER", "TLS_FILES", "cert_dir", "check", "creds",
            "new_psk", "psk_creds", "remove_psk", "write_psk"]
