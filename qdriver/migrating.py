@@ -2,6 +2,8 @@
 domain's methods, a mixin of `Domain`, over `qdriver.migrate`."""
 from __future__ import annotations
 
+import fcntl
+import os
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -50,11 +52,20 @@ class Migrating:
         """``virsh domjobabort``: ask the process migrating this domain to stop; it
         takes back what it did (the guest runs on here).
 
-        :raise OperationInvalidError: the domain does not run.
+        :raise OperationInvalidError: the domain does not run, or no process holds
+            it for a job (libvirt's "no job is active on the domain").
         """
         if self.runtime.peek() is None:
             raise OperationInvalidError("domain is not running")
-        self.paths.dir.joinpath(send.ABORT_FILE).touch()
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a job holds the domain: ask it
+            self.paths.dir.joinpath(send.ABORT_FILE).touch()
+            return
+        finally:
+            os.close(fd)
+        raise OperationInvalidError("no job is active on the domain")
 
 
 __all__ = ["Migrating"]

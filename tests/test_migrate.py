@@ -200,6 +200,9 @@ def test_abort_from_another_process_leaves_the_guest_at_the_source(moving: Movin
     assert proc.returncode == 1 and "canceled by client" in err, err
     source_counts_on(m)
     dest_clean(m)
+    again = m.cli("domjobabort", "mover", check=False)  # nothing left to abort
+    assert again.returncode == 1 and "no job is active on the domain" in again.stderr
+    assert not (m.source_dir / "domains" / "mover" / "abort-job").exists()
 
 
 def test_a_killed_destination_qemu_leaves_the_guest_at_the_source(moving: Moving) -> None:

@@ -146,12 +146,18 @@ class Migration:
             raise InvalidArgError("a guest with host folders (<filesystem>) cannot migrate: "
                                   "QEMU does not migrate their state")
         abort_file(job).unlink(missing_ok=True)
-        self.was_running = (await job.run_status()).running
-        mon = await job.monitor()
+        try:
+            await self._run()
+        finally:  # an abort asked or not, it is answered
+            abort_file(job).unlink(missing_ok=True)
+        return self.report
+
+    async def _run(self) -> None:
+        self.was_running = (await self.job.run_status()).running
+        mon = await self.job.monitor()
         self.copied = await self._copied_disks(mon)
-        async with contextlib.AsyncExitStack() as self.stack, \
-                await anyio.open_process(self.dest.argv(), stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE) as proc:
+        async with self.stack, await anyio.open_process(
+                self.dest.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
             assert proc.stdin is not None and proc.stdout is not None
             channel = Channel(proc.stdout, proc.stdin, "the destination")
             self.dest_ended = lambda: proc.returncode is not None
@@ -164,8 +170,6 @@ class Migration:
                         await proc.wait()
                     if proc.returncode is None:
                         proc.kill()
-        abort_file(job).unlink(missing_ok=True)
-        return self.report
 
     async def _copied_disks(self, mon: Monitor) -> dict[str, dict[str, Any]]:
         """The disks to copy (writable, with an image) and what the destination needs
