@@ -205,6 +205,18 @@ def test_abort_from_another_process_leaves_the_guest_at_the_source(moving: Movin
     assert not (m.source_dir / "domains" / "mover" / "abort-job").exists()
 
 
+def test_ctrl_c_leaves_the_guest_at_the_source(moving: Moving) -> None:
+    m = moving
+    proc = m.migrate(*SLOW)
+    migrating_dest(m, proc)
+    proc.send_signal(signal.SIGINT)  # ip netns exec execs: this is qdriver itself
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.endswith(
+        "error: operation aborted: interrupted by the user\n"), err
+    source_counts_on(m)
+    dest_clean(m)
+
+
 def test_a_killed_destination_qemu_leaves_the_guest_at_the_source(moving: Moving) -> None:
     m = moving
     proc = m.migrate(*SLOW)

@@ -79,6 +79,16 @@ def _report_warnings() -> None:
         log.setLevel(logging.WARNING)
 
 
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    sys.exit(anyio.run(run, sys.argv[1:] if argv is None else argv))
+    """Console-script entry point.  Ctrl-C cancels the command, which takes back
+    what it did (its transaction), and ends with a line, not a traceback."""
+    try:
+        sys.exit(anyio.run(run, sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        print("error: operation aborted: interrupted by the user",
+              file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)
