@@ -2,11 +2,10 @@
 domain's methods, a mixin of `Domain`, over `qdriver.migrate`."""
 from __future__ import annotations
 
-import fcntl
-import os
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from .durable import held_elsewhere
 from .errors import OperationInvalidError
 from .job import Job
 from .launch.runtime import Runtime
@@ -57,15 +56,9 @@ class Migrating:
         """
         if self.runtime.peek() is None:
             raise OperationInvalidError("domain is not running")
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # a job holds the domain: ask it
-            self.paths.dir.joinpath(send.ABORT_FILE).touch()
-            return
-        finally:
-            os.close(fd)
-        raise OperationInvalidError("no job is active on the domain")
+        if not held_elsewhere(self.paths.lock):
+            raise OperationInvalidError("no job is active on the domain")
+        self.paths.dir.joinpath(send.ABORT_FILE).touch()  # a job holds the domain: ask it
 
 
 __all__ = ["Migrating"]
